@@ -1,0 +1,40 @@
+#!/bin/sh
+# Set up libvirt-arm-cpu from a clean clone on Debian 12 (as root, no systemd):
+# Debian packages, a virtualenv in .venv, the package (editable) with its
+# test and libvirt extras.  Safe to run again: it only does what is missing.
+#
+#   LIBVIRT_ARM_CPU_VENV   where the virtualenv goes (default: <clone>/.venv)
+set -eu
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${LIBVIRT_ARM_CPU_VENV:-$ROOT/.venv}
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+# python3-dev, gcc, pkg-config and libvirt-dev build libvirt-python.
+APT_PACKAGES="python3 python3-venv python3-dev gcc pkg-config libvirt-dev"
+missing=""
+for pkg in $APT_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    say "installing Debian packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    say "creating virtualenv $VENV (Debian's Python $(/usr/bin/python3 -V 2>&1 | cut -d' ' -f2))"
+    /usr/bin/python3 -m venv "$VENV"
+fi
+
+stamp="$VENV/.libvirt-arm-cpu-installed"
+if [ ! -f "$stamp" ] || [ "$ROOT/setup.cfg" -nt "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+    say "installing libvirt-arm-cpu and its dependencies into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "$ROOT[test,libvirt]"
+    touch "$stamp"
+fi
+say "ready: $VENV/bin/libvirt-arm-cpu"

@@ -1,0 +1,120 @@
+"""The ``libvirt-arm-cpu`` command: one subcommand per job.
+
+Each subcommand is a small class (name, help, arguments, ``run``) in its own
+module under :mod:`libvirt_arm_cpu.commands`; :func:`main` registers them and
+is the one place where errors become a message and an exit code:
+
+    0  success
+    1  the data is wrong (unknown register in a file, value out of range...)
+    2  the command line is wrong (unknown option or name, not a number...)
+
+Nothing reaches the user as a traceback; ``LIBVIRT_ARM_CPU_DEBUG=1`` shows one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import EXIT_DATA, EXIT_USAGE, Error
+
+__all__ = ["main", "Command", "ArgumentParser"]
+
+PROG = "libvirt-arm-cpu"
+
+
+class UsageExit(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and goes through :func:`main`."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageExit(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+class Command:
+    """A subcommand: subclasses set the class attributes and ``run``."""
+
+    name = ""
+    help = ""
+    description = ""
+    epilog = ""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        pass
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError
+
+
+def commands() -> list[Command]:
+    from .commands.decode import DecodeCommand
+    from .commands.features import FeaturesCommand
+
+    return [DecodeCommand(), FeaturesCommand()]
+
+
+def build_parser(prog: str, description: str, cmds: Sequence[Command]) -> ArgumentParser:
+    parser = ArgumentParser(prog=prog, description=description,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+    for cmd in cmds:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help,
+                           epilog=cmd.epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+        cmd.add_arguments(p)
+        p.set_defaults(handler=cmd)
+    return parser
+
+
+def run_main(prog: str, description: str, cmds: Sequence[Command],
+             argv: Sequence[str] | None) -> int:
+    """Parse, dispatch, and map errors to exit codes (shared with the helper)."""
+    parser = build_parser(prog, description, cmds)
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "handler", None) is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        return args.handler.run(args)
+    except UsageExit as err:
+        print(err.message, file=sys.stderr)
+        return EXIT_USAGE
+    except Error as err:
+        if os.environ.get("LIBVIRT_ARM_CPU_DEBUG"):
+            raise
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except BrokenPipeError:
+        # `... | head`: the reader has gone; say nothing more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_DATA
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+DESCRIPTION = """\
+Migratable CPU models for ARM64 KVM hosts.
+
+Decode ID register values, look up feature names, and (later) probe hosts,
+compute baselines and validate libvirt domains.
+
+exit codes: 0 success, 1 bad data, 2 bad usage
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(PROG, DESCRIPTION, commands(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

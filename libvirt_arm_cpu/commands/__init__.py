@@ -1,0 +1,1 @@
+"""Subcommands of ``libvirt-arm-cpu``, one module each."""

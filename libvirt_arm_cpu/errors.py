@@ -1,0 +1,82 @@
+"""The errors libvirt-arm-cpu raises, and the exit code each maps to.
+
+Every error carries the facts a user needs to act (file and line, register,
+field, the value seen) and renders as one line.  The command-line front ends
+(CLI, helper, hook) turn them into a message and an exit code in one place
+each; nothing else prints tracebacks.
+
+    Error                     root; exit code 1 (the data is wrong)
+     +-- UsageError           exit code 2 (the command line is wrong)
+     |    +-- UnknownName     a register, field or feature name we do not know
+     +-- DataError            exit code 1
+          +-- ParseError      a file that does not parse (names file and line)
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["Error", "UsageError", "UnknownName", "DataError", "ParseError",
+           "EXIT_OK", "EXIT_DATA", "EXIT_USAGE"]
+
+EXIT_OK = 0
+EXIT_DATA = 1
+EXIT_USAGE = 2
+
+
+class Error(Exception):
+    """Root of every error this package raises on purpose."""
+
+    exit_code = EXIT_DATA
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(Error):
+    """The user asked for something that cannot be: bad option, bad number."""
+
+    exit_code = EXIT_USAGE
+
+
+class UnknownName(UsageError):
+    """A register, field or feature name that the knowledge base lacks.
+
+    :param what: "register", "field of ID_AA64ISAR0_EL1", "feature", ...
+    :param name: the name as the user typed it
+    :param known: candidates, used to suggest the closest
+    """
+
+    def __init__(self, what: str, name: str, known: Iterable[str]) -> None:
+        self.what = what
+        self.name = name
+        self.suggestion = closest(name, known)
+        hint = f" (did you mean {self.suggestion}?)" if self.suggestion else ""
+        super().__init__(f"unknown {what} '{name}'{hint}")
+
+
+class DataError(Error):
+    """Input data that is well-formed but wrong (a value that does not fit)."""
+
+
+class ParseError(DataError):
+    """A file that does not parse; names the file and line."""
+
+    def __init__(self, path: str, line: int | None, message: str) -> None:
+        self.path = path
+        self.line = line
+        self.detail = message
+        where = f"{path}:{line}" if line is not None else path
+        super().__init__(f"{where}: {message}")
+
+
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name most like *name*, compared case-insensitively."""
+    by_upper = {k.upper(): k for k in known}
+    hits = difflib.get_close_matches(name.upper(), list(by_upper), n=1, cutoff=0.6)
+    return by_upper[hits[0]] if hits else None

@@ -1,0 +1,70 @@
+"""Shared fixtures: the knowledge base, the shared upstream data, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from libvirt_arm_cpu import cli, features, registers
+
+ROOT = Path(__file__).resolve().parent.parent
+XML_DIR = ROOT / "xml"
+EXAMPLES = ROOT / "contrib" / "examples"
+# The upstream facts every developer and CI run has beside the checkout.
+SHARED_DATA = Path(os.environ.get("LIBVIRT_ARM_CPU_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def kb() -> registers.KnowledgeBase:
+    return registers.load()
+
+
+@pytest.fixture(scope="session")
+def catalog() -> features.FeatureCatalog:
+    return features.load()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "sysreg").exists():
+        pytest.skip(f"the shared upstream data is not at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+
+@pytest.fixture
+def run(capsys):
+    """Run the CLI in-process: run("decode", "midr", "0x1") -> Result."""
+
+    def _run(*argv: str) -> Result:
+        code = cli.main(list(argv))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return _run
+
+
+def run_installed(prog: str, *argv: str, stdin: str | None = None) -> Result:
+    """Run an installed console script, as a user would."""
+    exe = Path(sys.executable).parent / prog
+    proc = subprocess.run([str(exe), *argv], input=stdin, capture_output=True, text=True,
+                          timeout=60)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_one_line_error(result: Result, code: int, *needles: str) -> None:
+    """The bad-input contract: exit code, one line on stderr, no traceback."""
+    assert result.code == code, (result.code, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert "Traceback" not in result.err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])

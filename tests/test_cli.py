@@ -1,0 +1,138 @@
+"""The libvirt-arm-cpu command: output, JSON shape, exit codes, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import EXAMPLES, assert_one_line_error, run_installed
+
+
+def test_decode_text(run):
+    r = run("decode", "ID_AA64ISAR0_EL1", "0x0000100010211120")
+    assert r.code == 0, r.err
+    lines = {line.split()[0]: line for line in r.out.splitlines() if line.startswith("  ")}
+    assert "[47:44] = 1" in lines["DP"] and "(IMP)" in lines["DP"]
+    assert "asimddp" in lines["DP"] and "FEAT_DotProd" in lines["DP"]
+    assert "[23:20] = 2" in lines["ATOMIC"] and "atomics" in lines["ATOMIC"]
+    assert "[63:60] = 0" in lines["RNDR"] and "(NI)" in lines["RNDR"]
+    assert "KVM id 0x603000000013c030" in r.out
+
+
+def test_decode_json_shape(run):
+    r = run("decode", "id_aa64isar0", "0x0000100010211120", "--json")
+    assert r.code == 0
+    data = json.loads(r.out)
+    reg = data["registers"][0]
+    assert reg["name"] == "ID_AA64ISAR0_EL1" and reg["value"] == "0x0000100010211120"
+    assert reg["encoding"] == {"op0": 3, "op1": 0, "crn": 0, "crm": 6, "op2": 0}
+    assert reg["kvm_id"] == "0x603000000013c030" and reg["mask_index"] == 48
+    dp = next(f for f in reg["fields"] if f["name"] == "DP")
+    assert dp == {"name": "DP", "msb": 47, "lsb": 44, "value": 1, "meaning": "IMP",
+                  "kind": "unsigned-enum", "signed": False, "policy": "lower-safe",
+                  "qemu_property": "SYSREG_ID_AA64ISAR0_EL1_DP",
+                  "features": ["asimddp", "FEAT_DotProd"]}
+    assert {"kind": "res0", "msb": 27, "lsb": 24, "value": 0} in reg["reserved"]
+    assert reg["warnings"] == []
+    assert "atomics" in data["features"]
+
+
+def test_decode_midr_names_the_core(run):
+    r = run("decode", "midr", "0x414fd0c1")
+    assert r.code == 0
+    assert "Arm Neoverse-N1 r4p1" in r.out
+    r = run("decode", "midr", "0x414fd0c1", "--json")
+    assert json.loads(r.out)["registers"][0]["implementation"] == "Arm Neoverse-N1 r4p1"
+
+
+def test_decode_reserved_bits_warn(run):
+    r = run("decode", "ID_AA64ISAR0_EL1", "0x0000100011211120")
+    assert r.code == 0
+    assert "warning: ID_AA64ISAR0_EL1[27:24] is RES0 but reads 0x1" in r.out
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.regs")))
+def test_decode_every_example(run, example):
+    r = run("decode", "--file", str(EXAMPLES / example), "--json")
+    assert r.code == 0, r.err
+    data = json.loads(r.out)
+    assert any(reg["name"] == "ID_AA64PFR0_EL1" for reg in data["registers"])
+    assert all(reg["warnings"] == [] for reg in data["registers"]), example
+    assert "fp" in data["features"] and "asimd" in data["features"]
+
+
+def test_decode_file_from_stdin():
+    r = run_installed("libvirt-arm-cpu", "decode", "--file", "-", "--nonzero",
+                      stdin="ID_AA64ISAR0_EL1=0x0000100010211120\n")
+    assert r.code == 0, r.err
+    assert "DP" in r.out and "RNDR" not in r.out
+
+
+def test_features_list_and_one(run):
+    r = run("features", "--kind", "hwcap")
+    assert r.code == 0
+    assert any(line.startswith("atomics ") and "ID_AA64ISAR0_EL1.ATOMIC >= 2" in line
+               for line in r.out.splitlines())
+    assert not any(line.startswith("FEAT_") for line in r.out.splitlines())
+    r = run("features", "lse", "--json")
+    assert json.loads(r.out) == {"name": "FEAT_LSE", "kind": "feat",
+                                 "requires": "ID_AA64ISAR0_EL1.ATOMIC >= 2 (IMP)",
+                                 "fields": ["ID_AA64ISAR0_EL1.ATOMIC"], "checkable": True,
+                                 "llvm": "lse"}
+    r = run("features", "FEAT_TME")
+    assert r.code == 0 and "cannot be told from ID registers" in r.out
+
+
+# -- bad input: one line, distinct exit code, no traceback -------------------
+
+@pytest.mark.parametrize("argv, code, needles", [
+    (["decode", "ID_AA64ISRA0_EL1", "1"], 2, ["unknown register 'ID_AA64ISRA0_EL1'",
+                                              "did you mean ID_AA64ISAR0_EL1?"]),
+    (["decode", "ID_AA64ISAR0_EL1", "0xzz"], 2, ["'0xzz' is not a number"]),
+    (["decode", "ID_AA64ISAR0_EL1", "0x10000000000000000"], 2, ["does not fit in 64 bits"]),
+    (["decode", "ID_AA64ISAR0_EL1", "-5"], 2, ["negative"]),
+    (["decode", "ID_AA64ISAR0_EL1"], 2, ["give REGISTER VALUE"]),
+    (["decode", "--file", "x", "midr", "1"], 2, ["not both"]),
+    (["decode", "--bogus"], 2, ["unrecognized arguments: --bogus"]),
+    (["nosuchcommand"], 2, ["invalid choice: 'nosuchcommand'"]),
+    (["features", "atomic"], 2, ["unknown feature 'atomic'", "did you mean atomics?"]),
+    (["decode", "--file", "/nonexistent/host.regs"], 1, ["/nonexistent/host.regs: cannot read"]),
+])
+def test_bad_input(run, argv, code, needles):
+    assert_one_line_error(run(*argv), code, *needles)
+
+
+def test_bad_dump_names_file_and_line(run, tmp_path):
+    dump = tmp_path / "host.regs"
+    dump.write_text("ID_AA64ISAR0_EL1=0x1\nID_AA64PFR9_EL1=0x1\n")
+    assert_one_line_error(run("decode", "--file", str(dump)), 1,
+                          f"{dump}:2: unknown register 'ID_AA64PFR9_EL1'",
+                          "did you mean ID_AA64PFR")
+
+
+def test_installed_entry_points():
+    r = run_installed("libvirt-arm-cpu", "decode", "ID_AA64ISAR0_EL1", "0x0000100010211120")
+    assert r.code == 0 and "DP" in r.out
+    r = run_installed("libvirt-arm-cpu", "decode", "nosuch", "1")
+    assert_one_line_error(r, 2, "libvirt-arm-cpu: error: unknown register 'nosuch'")
+    r = run_installed("libvirt-arm-cpu", "--help")
+    assert r.code == 0 and "decode" in r.out and "exit codes" in r.out
+    r = run_installed("libvirt-arm-cpu-helper", "--version")
+    assert r.code == 0 and "libvirt-arm-cpu-helper" in r.out
+
+
+def test_no_command_prints_help(run):
+    r = run()
+    assert r.code == 2 and "COMMAND" in r.err
+
+
+def test_broken_pipe_is_quiet():
+    import subprocess
+    import sys
+    from pathlib import Path
+    exe = Path(sys.executable).parent / "libvirt-arm-cpu"
+    proc = subprocess.run(f"'{exe}' features | head -1", shell=True, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
