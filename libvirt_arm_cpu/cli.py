@@ -57,8 +57,9 @@ class Command:
 def commands() -> list[Command]:
     from .commands.decode import DecodeCommand
     from .commands.features import FeaturesCommand
+    from .commands.host import HostCommand
 
-    return [DecodeCommand(), FeaturesCommand()]
+    return [DecodeCommand(), FeaturesCommand(), HostCommand()]
 
 
 def build_parser(prog: str, description: str, cmds: Sequence[Command]) -> ArgumentParser:

@@ -9,7 +9,14 @@ each; nothing else prints tracebacks.
      +-- UsageError           exit code 2 (the command line is wrong)
      |    +-- UnknownName     a register, field or feature name we do not know
      +-- DataError            exit code 1
-          +-- ParseError      a file that does not parse (names file and line)
+     |    +-- ParseError      a file that does not parse (names file and line)
+     +-- HostError            this machine cannot answer (helper), exit codes 3-8:
+          +-- NotArm64        3  not an aarch64 machine
+          +-- NoKvm           4  no /dev/kvm (KVM off, or no EL2)
+          +-- KvmPermission   5  /dev/kvm not accessible to this user
+          |                   6  (not an error: profile written, masks unknown)
+          +-- kvm.KvmError    7  an ioctl failed with an unexpected errno
+          +-- TimedOut        8  a step did not finish in time
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = ["Error", "UsageError", "UnknownName", "DataError", "ParseError",
-           "EXIT_OK", "EXIT_DATA", "EXIT_USAGE"]
+           "HostError", "NotArm64", "NoKvm", "KvmPermission", "TimedOut",
+           "EXIT_OK", "EXIT_DATA", "EXIT_USAGE", "EXIT_MASKS_UNKNOWN"]
 
 EXIT_OK = 0
 EXIT_DATA = 1
 EXIT_USAGE = 2
+EXIT_MASKS_UNKNOWN = 6     # the helper wrote a profile, but the kernel cannot tell writable masks
 
 
 class Error(Exception):
@@ -73,6 +82,26 @@ class ParseError(DataError):
         self.detail = message
         where = f"{path}:{line}" if line is not None else path
         super().__init__(f"{where}: {message}")
+
+
+class HostError(Error):
+    """This machine cannot answer the question (the helper's failure modes)."""
+
+
+class NotArm64(HostError):
+    exit_code = 3
+
+
+class NoKvm(HostError):
+    exit_code = 4
+
+
+class KvmPermission(HostError):
+    exit_code = 5
+
+
+class TimedOut(HostError):
+    exit_code = 8
 
 
 def closest(name: str, known: Iterable[str]) -> str | None:

@@ -7,7 +7,7 @@ in README.md), which :func:`render_text` turns into the human table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .features import FeatureCatalog
@@ -21,7 +21,10 @@ def _field_value_text(width: int, value: int) -> str:
     return str(value) if width <= 4 else f"{value:#x}"
 
 
-def decode_registers(values: Sequence[RegisterValue], catalog: FeatureCatalog) -> dict[str, Any]:
+def decode_registers(values: Sequence[RegisterValue], catalog: FeatureCatalog,
+                     masks: Mapping[str, int | None] | None = None) -> dict[str, Any]:
+    """The report for *values*; with *masks* (register -> writable mask, None
+    when unknown) each field also says whether KVM lets userspace change it."""
     known = {v.register.name: v.raw for v in values}
     present = catalog.present(known)
     # field (REG.FIELD) -> the present features that field helps give
@@ -41,6 +44,9 @@ def decode_registers(values: Sequence[RegisterValue], catalog: FeatureCatalog) -
                 "policy": f.effective_policy, "qemu_property": f.qemu_property,
                 "features": giving.get(str(f), []),
             })
+            if masks is not None:
+                mask = masks.get(reg.name)
+                fields[-1]["writable"] = None if mask is None else (mask & f.mask) == f.mask
         reserved = [{"kind": r.kind, "msb": r.msb, "lsb": r.lsb,
                      "value": (v.raw & r.mask) >> r.lsb} for r in reg.reserved]
         entry: dict[str, Any] = {
@@ -94,6 +100,8 @@ def render_text(report: dict[str, Any], show_features: bool = True) -> str:
             bits = f"{f['msb']}:{f['lsb']}" if f["msb"] != f["lsb"] else str(f["msb"])
             value = _field_value_text(f["msb"] - f["lsb"] + 1, f["value"])
             meaning = f"({f['meaning']})" if f["meaning"] else ""
+            if "writable" in f:     # host profiles: mark what KVM lets userspace change
+                meaning = ("w " if f["writable"] else "  ") + meaning
             rows.append((f["msb"], f["name"], bits, value, meaning, " ".join(f["features"])))
         for r in reg["reserved"]:
             if r["kind"] in ("res0", "raz") and r["value"] == 0:

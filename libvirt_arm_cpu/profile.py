@@ -1,0 +1,309 @@
+"""The host profile: what one host's KVM can present to a guest.
+
+Written by ``libvirt-arm-cpu-helper probe`` and read by everything that
+decides (baseline, compare, validation).  It holds the host's identity
+(kernel, QEMU and whether it takes SYSREG_* properties), the vCPU features
+the probe enabled, KVM capabilities, every CPU's MIDR, and for each register
+of the feature-ID space its value and writable mask.
+
+The XML form (``xml/schemas/profile.xsd``, namespace
+``urn:x-libvirt-arm-cpu:host:1``) is handled here and only here, with the
+stdlib's ElementTree so the helper also runs where lxml is not installed.
+Files are validated against the schema when written and, unless the caller
+is on a latency budget (the hook), when read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+from .errors import DataError, ParseError
+from .fileio import atomic_write
+from .paths import schema_path
+
+__all__ = ["HostProfile", "ProfileRegister", "QemuInfo", "CpuIdentity", "Fingerprint",
+           "NAMESPACE", "to_xml", "from_xml", "read_profile", "write_profile"]
+
+NAMESPACE = "urn:x-libvirt-arm-cpu:host:1"
+_NS = "{" + NAMESPACE + "}"
+FORMAT_VERSION = "1"
+
+
+@dataclass
+class QemuInfo:
+    status: str                      # found, missing, error
+    path: str | None = None
+    version: str | None = None
+    sysreg: str = "unknown"          # yes, no, unknown: takes -cpu host,SYSREG_* properties?
+    detail: str | None = None        # why missing/unknown
+
+
+@dataclass
+class CpuIdentity:
+    cpu: int
+    midr: int | None
+    revidr: int | None
+
+
+@dataclass
+class ProfileRegister:
+    name: str
+    encoding: tuple[int, int, int, int, int]
+    kvm_id: int
+    mask_index: int | None
+    value: int | None                # None: the kernel does not know the register
+    writable: int | None             # None: unknown (kernel without capability 230)
+
+
+@dataclass
+class Fingerprint:
+    """What, when it changes, makes a cached profile stale."""
+
+    components: dict[str, str]
+
+    @property
+    def digest(self) -> str:
+        text = "\n".join(f"{k}={v}" for k, v in sorted(self.components.items()))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class HostProfile:
+    hostname: str
+    machine: str
+    kernel_release: str
+    kernel_version: str
+    probed_at: str                   # ISO 8601, UTC
+    tool_version: str
+    qemu: QemuInfo
+    vcpu_features: list[str]
+    capabilities: dict[str, tuple[int, int]]   # name -> (number, value)
+    cpus: list[CpuIdentity]
+    registers: list[ProfileRegister]
+    masks_known: bool
+    fingerprint: Fingerprint = field(default_factory=lambda: Fingerprint({}))
+
+    @property
+    def heterogeneous(self) -> bool:
+        """Do the CPUs differ (big.LITTLE)?  Compared as MIDR_CPU_MODEL does,
+        plus variant and revision: any MIDR difference counts."""
+        return len({c.midr for c in self.cpus if c.midr is not None}) > 1
+
+    def values(self) -> dict[str, int]:
+        """Register name -> value, for the registers this host has."""
+        return {r.name: r.value for r in self.registers if r.value is not None}
+
+    def register(self, name: str) -> ProfileRegister | None:
+        for r in self.registers:
+            if r.name == name:
+                return r
+        return None
+
+    def capability(self, name: str) -> int:
+        return self.capabilities.get(name, (0, 0))[1]
+
+
+# -- XML ---------------------------------------------------------------------
+
+def _q(tag: str) -> str:
+    return _NS + tag
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: object) -> ET.Element:
+    elem = ET.SubElement(parent, _q(tag), {k.replace("_", "-"): _attr(v)
+                                           for k, v in attrs.items() if v is not None})
+    if text is not None:
+        elem.text = text
+    return elem
+
+
+def _attr(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _hex(v: int) -> str:
+    return f"0x{v:016x}"
+
+
+def to_xml(p: HostProfile) -> bytes:
+    root = ET.Element(_q("hostprofile"), {"version": FORMAT_VERSION})
+    ident = _sub(root, "identity", hostname=p.hostname, machine=p.machine,
+                 probed=p.probed_at, tool_version=p.tool_version)
+    _sub(ident, "kernel", release=p.kernel_release, version=p.kernel_version)
+    _sub(ident, "qemu", p.qemu.detail, status=p.qemu.status, path=p.qemu.path,
+         version=p.qemu.version, sysreg_properties=p.qemu.sysreg)
+    fp = _sub(root, "fingerprint", digest=p.fingerprint.digest)
+    for name, value in sorted(p.fingerprint.components.items()):
+        _sub(fp, "component", value, name=name)
+    feats = _sub(root, "vcpu-features")
+    for name in p.vcpu_features:
+        _sub(feats, "feature", name=name)
+    caps = _sub(root, "capabilities")
+    for name, (number, value) in p.capabilities.items():
+        _sub(caps, "capability", name=name, number=number, value=value)
+    cpus = _sub(root, "cpus", heterogeneous=p.heterogeneous)
+    for c in p.cpus:
+        _sub(cpus, "cpu", id=c.cpu, midr=None if c.midr is None else f"{c.midr:#010x}",
+             revidr=None if c.revidr is None else f"{c.revidr:#x}")
+    regs = _sub(root, "registers", writable_masks="known" if p.masks_known else "unknown")
+    for r in p.registers:
+        _sub(regs, "register", name=r.name, op0=r.encoding[0], op1=r.encoding[1],
+             crn=r.encoding[2], crm=r.encoding[3], op2=r.encoding[4],
+             kvm_id=f"{r.kvm_id:#x}", mask_index=r.mask_index,
+             value="absent" if r.value is None else _hex(r.value),
+             writable="unknown" if r.writable is None else _hex(r.writable))
+    ET.register_namespace("", NAMESPACE)
+    ET.indent(root, space="  ")
+    return (b"<?xml version='1.0' encoding='UTF-8'?>\n"
+            + ET.tostring(root, encoding="unicode").encode() + b"\n")
+
+
+def _int(elem: ET.Element, attr: str, path: str, base: int = 0) -> int:
+    text = elem.get(attr)
+    if text is None:
+        raise ParseError(path, None, f"<{elem.tag[len(_NS):]}> lacks '{attr}'")
+    try:
+        return int(text, base)
+    except ValueError:
+        raise ParseError(path, None, f"<{elem.tag[len(_NS):]} {attr}='{text}'> is not a "
+                         f"number") from None
+
+
+def _opt_int(elem: ET.Element, attr: str, path: str, none: str) -> int | None:
+    text = elem.get(attr)
+    if text is None or text == none:
+        return None
+    return _int(elem, attr, path)
+
+
+def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
+    """Parse a profile (no schema check: see :func:`read_profile`).
+
+    :raise ParseError: naming *path* when it is not a host profile.
+    """
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as err:
+        raise ParseError(path, err.position[0], f"not well-formed XML: {err}") from err
+    if root.tag != _q("hostprofile"):
+        raise ParseError(path, None, f"not a host profile: root element is "
+                         f"<{root.tag.rsplit('}', 1)[-1]}>, expected <hostprofile "
+                         f"xmlns='{NAMESPACE}'>")
+    ident = root.find(_q("identity"))
+    kernel = root.find(f"{_q('identity')}/{_q('kernel')}")
+    qemu = root.find(f"{_q('identity')}/{_q('qemu')}")
+    regs = root.find(_q("registers"))
+    if ident is None or kernel is None or qemu is None or regs is None:
+        raise ParseError(path, None, "host profile lacks identity, kernel, qemu or registers")
+    fp = root.find(_q("fingerprint"))
+    components = {c.get("name", ""): c.text or "" for c in fp} if fp is not None else {}
+    return HostProfile(
+        hostname=ident.get("hostname", ""),
+        machine=ident.get("machine", ""),
+        kernel_release=kernel.get("release", ""),
+        kernel_version=kernel.get("version", ""),
+        probed_at=ident.get("probed", ""),
+        tool_version=ident.get("tool-version", ""),
+        qemu=QemuInfo(status=qemu.get("status", "missing"), path=qemu.get("path"),
+                      version=qemu.get("version"),
+                      sysreg=qemu.get("sysreg-properties", "unknown"), detail=qemu.text),
+        vcpu_features=[f.get("name", "") for f in root.iter(_q("feature"))],
+        capabilities={c.get("name", ""): (_int(c, "number", path), _int(c, "value", path))
+                      for c in root.iter(_q("capability"))},
+        cpus=[CpuIdentity(_int(c, "id", path), _opt_int(c, "midr", path, ""),
+                          _opt_int(c, "revidr", path, "")) for c in root.iter(_q("cpu"))],
+        registers=[ProfileRegister(
+            name=r.get("name", ""),
+            encoding=tuple(_int(r, a, path) for a in ("op0", "op1", "crn", "crm", "op2")),  # type: ignore[arg-type]
+            kvm_id=_int(r, "kvm-id", path),
+            mask_index=_opt_int(r, "mask-index", path, ""),
+            value=_opt_int(r, "value", path, "absent"),
+            writable=_opt_int(r, "writable", path, "unknown"))
+            for r in regs.iter(_q("register"))],
+        masks_known=regs.get("writable-masks") == "known",
+        fingerprint=Fingerprint(components),
+    )
+
+
+def validate(data: bytes, path: str) -> None:
+    """Check *data* against profile.xsd.
+
+    :raise ParseError: with the first schema violation.
+    """
+    import xmlschema  # ~190 ms to import: only where files are written, and on explicit reads
+
+    try:
+        ET.fromstring(data)     # well-formedness first, for the line number
+    except ET.ParseError as err:
+        raise ParseError(path, err.position[0], f"not well-formed XML: {err}") from err
+    schema = xmlschema.XMLSchema(schema_path("profile.xsd"))
+    try:
+        errors = schema.iter_errors(data.decode("utf-8", errors="replace"))
+        for err in errors:
+            line = getattr(err, "sourceline", None)
+            raise ParseError(path, line, f"not a valid host profile: {err.reason} "
+                             f"(at {err.path})")
+    except xmlschema.XMLSchemaException as err:
+        raise ParseError(path, None, f"not a valid host profile: {err}") from err
+
+
+def write_profile(p: HostProfile, path: str) -> bytes:
+    """Validate and write atomically; returns the bytes written.
+
+    :raise DataError: when the profile does not validate (a bug) or the file
+        cannot be written.
+    """
+    data = to_xml(p)
+    try:
+        validate(data, path)
+    except ParseError as err:
+        raise DataError(f"refusing to write an invalid profile: {err}") from err
+    if path != "-":
+        atomic_write(path, data)
+    return data
+
+
+def read_profile(path: str, validate_schema: bool = True) -> HostProfile:
+    """Read a profile file (``-`` for stdin).
+
+    :raise ParseError: when it cannot be read, does not validate or parse.
+    """
+    import sys
+
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as err:
+        raise ParseError(path, None, f"cannot read: {err.strerror}") from err
+    if validate_schema:
+        validate(data, path)
+    return from_xml(data, path)
+
+
+def to_json(p: HostProfile) -> dict:
+    """The profile as plain data (``--json``)."""
+    return {
+        "hostname": p.hostname, "machine": p.machine,
+        "kernel": {"release": p.kernel_release, "version": p.kernel_version},
+        "probed": p.probed_at, "tool_version": p.tool_version,
+        "qemu": {"status": p.qemu.status, "path": p.qemu.path, "version": p.qemu.version,
+                 "sysreg_properties": p.qemu.sysreg, "detail": p.qemu.detail},
+        "fingerprint": {"digest": p.fingerprint.digest, **p.fingerprint.components},
+        "vcpu_features": p.vcpu_features,
+        "capabilities": {k: v for k, (_, v) in p.capabilities.items()},
+        "cpus": [{"cpu": c.cpu, "midr": None if c.midr is None else f"{c.midr:#010x}",
+                  "revidr": None if c.revidr is None else f"{c.revidr:#x}"} for c in p.cpus],
+        "heterogeneous": p.heterogeneous,
+        "writable_masks": "known" if p.masks_known else "unknown",
+        "registers": [{"name": r.name, "kvm_id": f"{r.kvm_id:#x}", "mask_index": r.mask_index,
+                       "value": None if r.value is None else _hex(r.value),
+                       "writable": None if r.writable is None else _hex(r.writable)}
+                      for r in p.registers],
+    }

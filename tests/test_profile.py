@@ -1,0 +1,117 @@
+"""Host profile XML: round trips through the schema, and bad files are refused."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from libvirt_arm_cpu.errors import DataError, ParseError
+from libvirt_arm_cpu.probe import feature_id_space, register_name
+from libvirt_arm_cpu.profile import (CpuIdentity, Fingerprint, HostProfile, ProfileRegister,
+                                     QemuInfo, from_xml, read_profile, to_xml, validate,
+                                     write_profile)
+from libvirt_arm_cpu.registers import kvm_reg_id, load, writable_mask_index
+
+u64 = st.integers(min_value=0, max_value=2**64 - 1)
+
+
+@st.composite
+def profiles(draw):
+    kb = load()
+    known = draw(st.booleans())
+    regs = []
+    for enc in feature_id_space():
+        value = draw(st.one_of(st.none(), u64))
+        regs.append(ProfileRegister(register_name(kb, enc), enc, kvm_reg_id(*enc),
+                                    writable_mask_index(*enc), value,
+                                    draw(u64) if known else None))
+    qemu = draw(st.sampled_from([
+        QemuInfo("found", "/usr/bin/qemu-system-aarch64", "10.0.2", "no"),
+        QemuInfo("found", "/usr/bin/qemu-system-aarch64", "11.1.0", "yes"),
+        QemuInfo("missing", None, None, "unknown", "qemu-system-aarch64 not found on PATH"),
+        QemuInfo("found", "/opt/q", "7.2.22", "unknown", "QMP: <&> \"quoted\""),
+    ]))
+    midrs = draw(st.lists(st.sampled_from([0x414FD0C1, 0x410FD034, 0x410FD092]),
+                          min_size=1, max_size=4))
+    return HostProfile(
+        hostname=draw(st.text(alphabet="abc-.0123", min_size=1, max_size=10)),
+        machine="aarch64", kernel_release="6.12.118+deb13-cloud-arm64",
+        kernel_version="#1 SMP Debian 6.12.118-1 (2026-01-01)",
+        probed_at="2026-11-24T21:00:00Z", tool_version="0.1.0", qemu=qemu,
+        vcpu_features=draw(st.sampled_from([[], ["pmu"], ["pmu", "sve", "ptrauth"]])),
+        capabilities={"KVM_CAP_ARM_SVE": (170, draw(st.integers(0, 1))),
+                      "KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES": (230, 1 if known else 0)},
+        cpus=[CpuIdentity(i, m, 0) for i, m in enumerate(midrs)],
+        registers=regs, masks_known=known,
+        fingerprint=Fingerprint({"kernel-release": "6.12.118", "boot-id": "x"}))
+
+
+@settings(max_examples=25, deadline=None)
+@given(profiles())
+def test_round_trip_through_the_schema(profile):
+    data = to_xml(profile)
+    validate(data, "p.xml")
+    back = from_xml(data, "p.xml")
+    assert back == profile
+    assert to_xml(back) == data
+    assert back.heterogeneous == (len({c.midr for c in profile.cpus}) > 1)
+
+
+def _valid_xml() -> bytes:
+    kb = load()
+    regs = [ProfileRegister(register_name(kb, e), e, kvm_reg_id(*e), writable_mask_index(*e),
+                            0, 0) for e in feature_id_space()]
+    p = HostProfile("h", "aarch64", "6.12", "#1", "2026-11-24T21:00:00Z", "0.1.0",
+                    QemuInfo("missing", detail="none"), [], {}, [CpuIdentity(0, 1, 0)], regs, True)
+    return to_xml(p)
+
+
+def test_write_and_read_file(tmp_path):
+    p = from_xml(_valid_xml())
+    path = tmp_path / "host.xml"
+    write_profile(p, str(path))
+    assert read_profile(str(path)) == p
+    assert [f.name for f in tmp_path.iterdir()] == ["host.xml"]
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda x: x.replace(b'writable-masks="known"', b'writable-masks="maybe"'),
+     "not a valid host profile"),
+    (lambda x: x.replace(b'value="0x0000000000000000"', b'value="12"', 1),
+     "not a valid host profile"),
+    (lambda x: x.replace(b"<hostprofile", b"<hostprofil").replace(b"</hostprofile", b"</hostprofil"),
+     "not a valid host profile"),
+    (lambda x: x[: len(x) // 2], "not well-formed"),
+])
+def test_invalid_files_are_refused(tmp_path, mutate, needle):
+    path = tmp_path / "bad.xml"
+    path.write_bytes(mutate(_valid_xml()))
+    with pytest.raises(ParseError) as info:
+        read_profile(str(path))
+    assert needle in str(info.value) and str(path) in str(info.value)
+
+
+def test_unvalidated_read_still_checks_the_root(tmp_path):
+    path = tmp_path / "domain.xml"
+    path.write_bytes(b"<domain type='kvm'><name>x</name></domain>")
+    with pytest.raises(ParseError, match="not a host profile: root element is <domain>"):
+        read_profile(str(path), validate_schema=False)
+
+
+def test_entity_expansion_is_refused(tmp_path):
+    bomb = (b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+            b'<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;">'
+            b'<!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">]><hostprofile>&d;</hostprofile>')
+    path = tmp_path / "bomb.xml"
+    path.write_bytes(bomb)
+    with pytest.raises(ParseError):
+        read_profile(str(path))
+
+
+def test_invalid_profile_is_not_written(tmp_path):
+    p = from_xml(_valid_xml())
+    p.hostname = "x"
+    p.probed_at = "yesterday"
+    with pytest.raises(DataError, match="refusing to write an invalid profile"):
+        write_profile(p, str(tmp_path / "h.xml"))
+    assert not list(tmp_path.iterdir())
