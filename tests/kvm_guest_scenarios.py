@@ -10,9 +10,8 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, "/opt/project")
-from libvirt_arm_cpu.profile import read_profile  # noqa: E402
-from libvirt_arm_cpu.registers import load  # noqa: E402
+from libvirt_arm_cpu.profile import read_profile
+from libvirt_arm_cpu.registers import load
 
 kb = load()
 profile = read_profile("/out/host.xml", validate_schema=False)
@@ -36,8 +35,7 @@ def helper(name, argv, dump=None, as_user=None):
         def pre():
             os.setgid(as_user)
             os.setuid(as_user)
-    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pre, timeout=120,
-                          env={**os.environ, "PYTHONPATH": "/opt/project:/opt/pylib"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pre, timeout=120)
     try:
         result = json.loads(proc.stdout) if proc.stdout.strip() else None
     except ValueError:

@@ -136,3 +136,38 @@ def test_broken_pipe_is_quiet():
                           text=True, timeout=60)
     assert proc.returncode == 0
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+# -- host: profiles captured in the test bed ---------------------------------
+
+def test_host_shows_a_captured_profile(run):
+    from .kvm_hosts import FIXTURES
+    fixture = FIXTURES / "neoverse-n1-qemu7.2-linux6.12.xml"
+    r = run("host", "--profile", str(fixture))
+    assert r.code == 0, r.err
+    assert "CPUs 0-1: Arm Neoverse-N1 r4p1 (MIDR 0x414fd0c1)" in r.out
+    assert "QEMU: missing" in r.out and "vCPU features: pmu" in r.out
+    dp = next(line for line in r.out.splitlines() if line.strip().startswith("DP "))
+    assert dp.split()[2:6] == ["=", "1", "w", "(IMP)"]   # DotProd, and KVM lets it change
+    midr_impl = next(line for line in r.out.splitlines()
+                     if line.strip().startswith("Implementer "))
+    assert "w" not in midr_impl.split()             # 6.12: MIDR is not writable
+    data = json.loads(run("host", "--profile", str(fixture), "--json").out)
+    assert data["writable_masks"] == "known" and data["heterogeneous"] is False
+    assert data["cpus"] == [{"cpu": 0, "midr": "0x414fd0c1", "revidr": "0x0"},
+                            {"cpu": 1, "midr": "0x414fd0c1", "revidr": "0x0"}]
+
+
+def test_host_on_linux_7_3_marks_midr_writable(run):
+    from .kvm_hosts import FIXTURES
+    r = run("host", "--profile", str(FIXTURES / "neoverse-n1-qemu7.2-linux7.3.xml"))
+    assert r.code == 0
+    implementer = next(line for line in r.out.splitlines()
+                       if line.strip().startswith("Implementer "))
+    assert implementer.split()[2:5] == ["=", "0x41", "w"]
+
+
+def test_host_refuses_a_non_profile(run, tmp_path):
+    bad = tmp_path / "domain.xml"
+    bad.write_text("<domain type='kvm'/>")
+    assert_one_line_error(run("host", "--profile", str(bad)), 1, str(bad))

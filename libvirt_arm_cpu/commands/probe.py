@@ -67,7 +67,8 @@ exit codes: 0 written; 6 written, but this kernel cannot tell writable masks
         elif args.output == "-":
             sys.stdout.write(data.decode())
         else:
-            print(f"probe: wrote {args.output}", file=sys.stderr)
+            if not args.quiet:
+                print(f"probe: wrote {args.output}", file=sys.stderr)
         if not profile.masks_known:
             print(f"libvirt-arm-cpu-helper: warning: {MASKS_UNKNOWN}", file=sys.stderr)
             return EXIT_MASKS_UNKNOWN

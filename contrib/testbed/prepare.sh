@@ -1,0 +1,429 @@
+#!/bin/bash
+# Prepare the arm64 KVM test bed (see README.md next to this file): host
+# packages, arm64 kernels, QEMU 10.0 and the base guest root, all in a cache.
+# Safe to re-run; when everything is cached it only checks (about a second).
+#
+# Usage: contrib/testbed/prepare.sh [--refresh]
+#   --refresh   resolve the package versions through apt again; without it the
+#               versions pinned in the cache by the first run are re-used.
+# Env:
+#   LIBVIRT_ARM_CPU_TESTBED_CACHE   cache directory
+#                                   (default /var/cache/libvirt-arm-cpu/testbed)
+#
+# Nothing of the host's apt or dpkg state changes except installing missing
+# host packages (qemu-system-arm, cpio, python3): arm64 and backports .debs
+# come through private apt roots in the cache, using the mirror of the host's
+# own /etc/apt configuration.
+set -eu -o pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+CACHE=${LIBVIRT_ARM_CPU_TESTBED_CACHE:-/var/cache/libvirt-arm-cpu/testbed}
+
+# Kernel generations: NAME:SUITE (the suite whose linux-image-cloud-arm64 is it).
+KERNELS="6.12:trixie 7.3:trixie-backports 6.1:bookworm"
+ARM64_SUITES="trixie trixie-updates trixie-backports bookworm-backports bookworm"
+# QEMU 10.0 (amd64, run from a folder, not installed) and where it comes from.
+QEMU10_SERIES=10.0
+QEMU10_SUITE=bookworm-backports
+QEMU10_PACKAGES="qemu-system-arm qemu-system-common qemu-system-data"
+# amd64 suites: QEMU 10.0, and trixie's python3.X-minimal, run from a folder
+# through its own loader, to byte-compile the guest's Python code on the host
+# (byte-code does not depend on the machine; compiling under TCG takes seconds
+# per import).
+AMD64_SUITES="$QEMU10_SUITE trixie trixie-updates"
+HOST_PACKAGES="qemu-system-arm cpio python3"
+# Bump when build_base changes what goes into the base guest root: the base is
+# rebuilt when this, guest/base-init or the guest packages change (the driver
+# refuses a stale base).
+BASE_FORMAT=1
+HOST_QEMU_SERIES=7.2
+
+say() { printf 'prepare: %s\n' "$*" >&2; }
+die() { printf 'prepare: error: %s\n' "$*" >&2; exit 1; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+REFRESH=0
+for arg in "$@"; do
+    case $arg in
+        --refresh) REFRESH=1 ;;
+        -h|--help) sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) printf 'prepare: error: unknown argument %s (see --help)\n' "$arg" >&2; exit 2 ;;
+    esac
+done
+
+T0=$(now)
+[ "$(id -u)" = 0 ] || die "run as root (it installs Debian packages and writes $CACHE)"
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.prepare.lock"
+flock -w 900 9 || die "another prepare.sh holds $CACHE/.prepare.lock"
+
+# ---------------------------------------------------------------- host packages
+missing=""
+for pkg in $HOST_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    say "installing host packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || die "apt-get update failed"
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null \
+        || die "apt-get install$missing failed"
+fi
+host_qemu_version=$(qemu-system-aarch64 --version 2>/dev/null | head -1) \
+    || die "qemu-system-aarch64 (Debian's qemu-system-arm) does not run"
+case $host_qemu_version in
+    *"version $HOST_QEMU_SERIES".*) ;;
+    *) die "the host's qemu-system-aarch64 is '$host_qemu_version', expected $HOST_QEMU_SERIES (Debian 12's qemu-system-arm)" ;;
+esac
+
+# ---------------------------------------------------------------- private apt roots
+mirror_uri() {
+    local uri=""
+    if [ -r /etc/apt/sources.list.d/debian.sources ]; then
+        uri=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources)
+    fi
+    if [ -z "$uri" ] && [ -r /etc/apt/sources.list ]; then
+        uri=$(awk '$1 == "deb" && $0 !~ /security/ {
+                     for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:\/\//) { print $i; exit } }' \
+                  /etc/apt/sources.list)
+    fi
+    [ -n "$uri" ] || die "no Debian mirror in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
+    echo "$uri"
+}
+
+# apt_root DIR ARCH SUITES...: a throw-away apt root with its own (empty) dpkg
+# status, so apt resolves complete dependency closures without touching the
+# host.  Sets APT_OPTS.
+apt_root() {
+    local dir=$1 arch=$2
+    shift 2
+    mkdir -p "$dir/etc/apt/sources.list.d" "$dir/etc/apt/preferences.d" \
+             "$dir/etc/apt/apt.conf.d" "$dir/var/lib/apt/lists/partial" \
+             "$dir/var/cache/apt/archives/partial" "$dir/var/lib/dpkg"
+    [ -f "$dir/var/lib/dpkg/status" ] || : >"$dir/var/lib/dpkg/status"
+    cat >"$dir/etc/apt/sources.list.d/testbed.sources" <<EOF
+Types: deb
+URIs: $(mirror_uri)
+Suites: $*
+Components: main
+Architectures: $arch
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    APT_OPTS=(-o "Dir=$dir" -o "Dir::State::status=$dir/var/lib/dpkg/status"
+              -o "APT::Architecture=$arch" -o "APT::Architectures::=$arch"
+              -o "Dir::Etc::trusted=/etc/apt/trusted.gpg"
+              -o "Dir::Etc::trustedparts=/etc/apt/trusted.gpg.d"
+              -o "Acquire::Languages=none" -o "APT::Install-Recommends=false"
+              -o "APT::Sandbox::User=root"
+              -o "Dir::Cache::pkgcache=pkgcache.bin" -o "Dir::Cache::srcpkgcache=srcpkgcache.bin")
+}
+
+# need_arm64 / need_amd64 set up and update a root once per run (call them
+# outside $(...)); arm64_apt / amd64_apt TOOL ARGS... then run apt-get or
+# apt-cache in it.
+ARM64_READY=0
+need_arm64() {
+    [ "$ARM64_READY" = 0 ] || return 0
+    apt_root "$CACHE/apt-arm64" arm64 $ARM64_SUITES
+    ARM64_OPTS=("${APT_OPTS[@]}")
+    say "updating the private arm64 apt root ($ARM64_SUITES)"
+    apt-get "${ARM64_OPTS[@]}" update -qq || die "apt-get update of $CACHE/apt-arm64 failed"
+    ARM64_READY=1
+}
+arm64_apt() {
+    local tool=$1
+    shift
+    "$tool" "${ARM64_OPTS[@]}" "$@"
+}
+
+AMD64_READY=0
+need_amd64() {
+    [ "$AMD64_READY" = 0 ] || return 0
+    apt_root "$CACHE/apt-amd64" amd64 $AMD64_SUITES
+    AMD64_OPTS=("${APT_OPTS[@]}")
+    say "updating the private amd64 apt root ($AMD64_SUITES)"
+    apt-get "${AMD64_OPTS[@]}" update -qq || die "apt-get update of $CACHE/apt-amd64 failed"
+    AMD64_READY=1
+}
+amd64_apt() {
+    local tool=$1
+    shift
+    "$tool" "${AMD64_OPTS[@]}" "$@"
+}
+
+# Download PKG=VERSION... into DIR (quietly, but with apt's errors).
+download_into() {
+    local dir=$1 which=$2
+    shift 2
+    mkdir -p "$dir"
+    (cd "$dir" && "$which" apt-get download -qq "$@") \
+        || die "could not download $* (the mirror may have dropped a pinned version: try --refresh)"
+}
+
+is_arm64_image() { [ "$(dd if="$1" bs=1 skip=56 count=4 2>/dev/null)" = ARMd ]; }
+
+# ---------------------------------------------------------------- kernels
+# kernels/GEN/Image + kernels/GEN/pin ("PACKAGE VERSION PATH-IN-DEB RELEASE")
+prepare_kernel() {
+    local gen=$1 suite=$2 dir=$CACHE/kernels/$1
+    local pkg ver path release tmp
+    if [ "$REFRESH" = 0 ] && [ -s "$dir/pin" ] && [ -s "$dir/Image" ]; then
+        return 0
+    fi
+    if [ "$REFRESH" = 0 ] && [ -s "$dir/pin" ]; then
+        read -r pkg ver path release <"$dir/pin"
+        need_arm64
+    else
+        need_arm64
+        release=$(arm64_apt apt-cache -o "APT::Default-Release=$suite" depends linux-image-cloud-arm64 \
+                  | sed -n 's/^ *Depends: linux-image-\([^ ]*-cloud-arm64\)$/\1/p' | head -1)
+        [ -n "$release" ] || die "no linux-image-cloud-arm64 for arm64 in $suite"
+        case $release in
+            "$gen".*|"$gen"-*) ;;
+            *) die "$suite's linux-image-cloud-arm64 is now Linux $release, not $gen: update KERNELS in $0" ;;
+        esac
+        # From 7.x the image is in linux-binary-unsigned-*, before in linux-image-*-unsigned.
+        if arm64_apt apt-cache show "linux-binary-unsigned-$release" >/dev/null 2>&1; then
+            pkg=linux-binary-unsigned-$release
+            path=usr/lib/modules/$release/vmlinuz.unsigned
+        else
+            pkg=linux-image-$release-unsigned
+            path=boot/vmlinuz-$release
+        fi
+        ver=$(arm64_apt apt-cache -o "APT::Default-Release=$suite" policy "$pkg" \
+              | awk '/Candidate:/ { print $2 }')
+        [ -n "$ver" ] && [ "$ver" != "(none)" ] || die "no version of $pkg in $suite"
+        if [ -s "$dir/Image" ] && [ "$(cat "$dir/pin" 2>/dev/null)" = "$pkg $ver $path $release" ]; then
+            return 0
+        fi
+    fi
+    say "kernel $gen: downloading $pkg $ver"
+    tmp=$(mktemp -d "$CACHE/.kernel.XXXXXX")
+    download_into "$tmp" arm64_apt "$pkg=$ver"
+    dpkg-deb --fsys-tarfile "$tmp"/*.deb | tar -xO "./$path" >"$tmp/Image.raw" \
+        || die "$pkg $ver has no $path"
+    if [ "$(od -An -tx1 -N2 "$tmp/Image.raw" | tr -d ' ')" = 1f8b ]; then
+        gunzip -c "$tmp/Image.raw" >"$tmp/Image"
+    else
+        mv "$tmp/Image.raw" "$tmp/Image"
+    fi
+    is_arm64_image "$tmp/Image" || die "$path of $pkg $ver is not an arm64 kernel Image"
+    mkdir -p "$dir"
+    mv "$tmp/Image" "$dir/Image"
+    echo "$pkg $ver $path $release" >"$dir/pin"
+    rm -rf "$tmp"
+}
+
+# ---------------------------------------------------------------- QEMU 10.0
+# qemu-10.0/usr/bin/qemu-system-aarch64, qemu-10.0/pin ("PACKAGE=VERSION"...)
+qemu10_works() {
+    local v
+    v=$("$CACHE/qemu-$QEMU10_SERIES/usr/bin/qemu-system-aarch64" --version 2>/dev/null | head -1) || return 1
+    case $v in *"version $QEMU10_SERIES".*) return 0 ;; esac
+    return 1
+}
+prepare_qemu10() {
+    local dir=$CACHE/qemu-$QEMU10_SERIES pins="" pkg ver tmp
+    if [ "$REFRESH" = 0 ] && [ -s "$dir/pin" ] && qemu10_works; then
+        return 0
+    fi
+    if [ "$REFRESH" = 0 ] && [ -s "$dir/pin" ]; then
+        pins=$(cat "$dir/pin")
+        need_amd64
+    else
+        need_amd64
+        for pkg in $QEMU10_PACKAGES; do
+            ver=$(amd64_apt apt-cache -o "APT::Default-Release=$QEMU10_SUITE" policy "$pkg" \
+                  | awk '/Candidate:/ { print $2 }')
+            [ -n "$ver" ] && [ "$ver" != "(none)" ] || die "no $pkg in $QEMU10_SUITE"
+            pins="$pins $pkg=$ver"
+        done
+        pins=${pins# }
+        case $pins in
+            "qemu-system-arm=1:$QEMU10_SERIES".*) ;;
+            *) die "$QEMU10_SUITE's qemu-system-arm is now ${pins%% *}, not $QEMU10_SERIES: update QEMU10_SERIES in $0" ;;
+        esac
+        if [ "$(cat "$dir/pin" 2>/dev/null)" = "$pins" ] && qemu10_works; then
+            return 0
+        fi
+    fi
+    say "QEMU $QEMU10_SERIES: downloading $pins"
+    tmp=$(mktemp -d "$CACHE/.qemu.XXXXXX")
+    # shellcheck disable=SC2086
+    download_into "$tmp/debs" amd64_apt $pins
+    for deb in "$tmp"/debs/*.deb; do dpkg-deb -x "$deb" "$tmp/root"; done
+    rm -rf "$tmp/root/usr/share/doc" "$tmp/root/usr/share/man"
+    rm -rf "$dir"
+    mv "$tmp/root" "$dir"
+    echo "$pins" >"$dir/pin"
+    rm -rf "$tmp"
+    if ! qemu10_works; then
+        ldd "$dir/usr/bin/qemu-system-aarch64" 2>&1 | grep 'not found' >&2 || true
+        die "$dir/usr/bin/qemu-system-aarch64 --version does not report $QEMU10_SERIES"
+    fi
+}
+
+# ---------------------------------------------------------------- guest packages
+# guest-debs/*.deb + guest-debs/pin ("PACKAGE=VERSION" a line): busybox-static
+# and trixie's python3 with its whole standard library, arm64.
+guest_debs_complete() {
+    local p
+    [ -s "$CACHE/guest-debs/pin" ] || return 1
+    while read -r p; do
+        compgen -G "$CACHE/guest-debs/${p%%=*}_*.deb" >/dev/null || return 1
+    done <"$CACHE/guest-debs/pin"
+}
+prepare_guest_debs() {
+    local dir=$CACHE/guest-debs py tmp deb
+    if [ "$REFRESH" = 0 ] && guest_debs_complete; then
+        return 0
+    fi
+    need_arm64
+    tmp=$(mktemp -d "$CACHE/.guest-debs.XXXXXX")
+    if [ "$REFRESH" = 0 ] && [ -s "$dir/pin" ]; then
+        say "guest packages: downloading the pinned versions"
+        # shellcheck disable=SC2046
+        download_into "$tmp" arm64_apt $(cat "$dir/pin")
+    else
+        py=$(arm64_apt apt-cache -o APT::Default-Release=trixie depends python3-minimal \
+             | grep -o 'python3\.[0-9]*-minimal' | head -1)
+        py=${py%-minimal}
+        [ -n "$py" ] || die "cannot tell trixie's python3 version"
+        say "guest packages: resolving $py busybox-static (arm64, trixie)"
+        arm64_apt apt-get install --download-only -y -qq -o "Dir::Cache::archives=$tmp" \
+            "$py" busybox-static >/dev/null || die "cannot download $py busybox-static for arm64"
+        rm -rf "$tmp/partial" "$tmp/lock"
+    fi
+    for deb in "$tmp"/*.deb; do
+        dpkg-deb -f "$deb" Package Version | awk '/^Package:/ { p = $2 } /^Version:/ { v = $2 } END { print p "=" v }'
+    done | LC_ALL=C sort >"$tmp/pin"
+    rm -rf "$dir"
+    mv "$tmp" "$dir"
+}
+
+# ---------------------------------------------------------------- host-side python3.X
+# hostpython/: trixie's amd64 python3.X-minimal (the guest's version) with its
+# libraries; hostpython/run starts it through its own loader; hostpython/pin.
+guest_python() { grep -oE '^python3\.[0-9]+=' "$CACHE/guest-debs/pin" | tr -d = | head -1; }
+hostpython_works() {
+    local tag
+    tag=$("$CACHE/hostpython/run" -I -c 'import sys; print(sys.implementation.cache_tag)' 2>/dev/null) \
+        || return 1
+    [ "$tag" = "cpython-$(guest_python | tr -d 'python.')" ]
+}
+prepare_hostpython() {
+    local dir=$CACHE/hostpython py tmp deb
+    py=$(guest_python)
+    [ -n "$py" ] || die "no python3.X in $CACHE/guest-debs/pin"
+    if [ "$REFRESH" = 0 ] && [ -s "$dir/pin" ] && hostpython_works; then
+        return 0
+    fi
+    need_amd64
+    tmp=$(mktemp -d "$CACHE/.hostpython.XXXXXX")
+    if [ "$REFRESH" = 0 ] && [ -s "$dir/pin" ]; then
+        # shellcheck disable=SC2046
+        download_into "$tmp/debs" amd64_apt $(cat "$dir/pin")
+    else
+        say "host-side $py: resolving $py-minimal (amd64, trixie)"
+        mkdir -p "$tmp/debs"
+        amd64_apt apt-get install --download-only -y -qq -o "Dir::Cache::archives=$tmp/debs" \
+            "$py-minimal" >/dev/null || die "cannot download $py-minimal for amd64"
+    fi
+    for deb in "$tmp"/debs/*.deb; do
+        dpkg-deb -x "$deb" "$tmp/root"
+        dpkg-deb -f "$deb" Package Version | awk '/^Package:/ { p = $2 } /^Version:/ { v = $2 } END { print p "=" v }'
+    done | LC_ALL=C sort >"$tmp/pin"
+    rm -rf "$tmp/root/usr/share/doc" "$tmp/root/usr/share/man"
+    {
+        echo '#!/bin/sh'
+        echo "# trixie's $py for amd64, run with its own C library (not installed)."
+        echo 'D=$(cd "$(dirname "$0")" && pwd)'
+        echo "PYTHONHOME=\$D/usr exec \"\$D/usr/lib64/ld-linux-x86-64.so.2\" --library-path \"\$D/usr/lib/x86_64-linux-gnu\" \"\$D/usr/bin/$py\" \"\$@\""
+    } >"$tmp/root/run"
+    chmod 755 "$tmp/root/run"
+    mv "$tmp/pin" "$tmp/root/pin"
+    rm -rf "$dir"
+    mv "$tmp/root" "$dir"
+    rm -rf "$tmp"
+    hostpython_works || die "$dir/run does not start $py"
+}
+
+# ---------------------------------------------------------------- base guest root
+# base-initrd.cpio.gz, rebuilt when BASE_FORMAT, guest/base-init or the guest
+# package pins change (base-initrd.stamp holds their SHA-256; the driver
+# checks it too).
+base_stamp() {
+    { echo "BASE_FORMAT=$BASE_FORMAT"; cat "$HERE/guest/base-init" "$CACHE/guest-debs/pin"; } \
+        | sha256sum | cut -d' ' -f1
+}
+build_base() {
+    local out=$CACHE/base-initrd.cpio.gz stamp root deb py
+    stamp=$(base_stamp)
+    if [ -s "$out" ] && [ "$(cat "$CACHE/base-initrd.stamp" 2>/dev/null)" = "$stamp" ]; then
+        return 0
+    fi
+    say "building the base guest root"
+    root=$(mktemp -d "$CACHE/.base-root.XXXXXX")
+    for deb in "$CACHE"/guest-debs/*.deb; do
+        case ${deb##*/} in debconf_*) continue ;; esac   # perl scripts, no perl
+        dpkg-deb -x "$deb" "$root"
+    done
+    # merged /usr, as base-files would set up
+    for l in bin sbin lib; do
+        [ -e "$root/$l" ] || ln -s "usr/$l" "$root/$l"
+    done
+    # not needed to run Python or busybox (gconv: iconv charsets, 20 MB)
+    rm -rf "$root"/usr/share/{doc,man,info,lintian,locale,perl5,debconf,bug,bash-completion,pixmaps,applications} \
+           "$root"/usr/lib/aarch64-linux-gnu/gconv
+    py=$(cd "$root/usr/bin" && ls | grep -E '^python3\.[0-9]+$' | head -1)
+    [ -n "$py" ] || die "no python3.X in the guest packages"
+    ln -sf "$py" "$root/usr/bin/python3"
+    # Byte-code for the whole standard library, made on the host, with
+    # unchecked hashes (file times in the guest do not matter).
+    "$CACHE/hostpython/run" -I -c '
+import compileall, py_compile, sys
+compileall.compile_dir(sys.argv[1], ddir=sys.argv[2], quiet=2, workers=1,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+' "$root/usr/lib/$py" "/usr/lib/$py" || die "byte-compiling the guest's standard library failed"
+    [ -x "$root/usr/bin/busybox" ] || die "no busybox in the guest packages"
+    mkdir -p "$root"/{proc,sys,dev,tmp,run,root,etc,out,opt,testbed}
+    printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
+    printf 'root:x:0:\n' >"$root/etc/group"
+    install -m 755 "$HERE/guest/base-init" "$root/init"
+    (cd "$root" && find . -mindepth 1 | LC_ALL=C sort \
+        | cpio -o -H newc --quiet --reproducible -R 0:0) | gzip -1 -n >"$out.tmp"
+    mv "$out.tmp" "$out"
+    echo "$stamp" >"$CACHE/base-initrd.stamp"
+    rm -rf "$root"
+}
+
+# ---------------------------------------------------------------- main
+rm -rf "$CACHE"/.kernel.* "$CACHE"/.qemu.* "$CACHE"/.guest-debs.* "$CACHE"/.hostpython.* "$CACHE"/.base-root.*
+TIMES="host=$(since "$T0")"
+step() {  # step NAME FUNCTION ARGS...: run a step, note its time
+    local t name=$1
+    shift
+    t=$(now)
+    "$@"
+    TIMES="$TIMES $name=$(since "$t")"
+}
+step kernels eval 'for k in $KERNELS; do prepare_kernel "${k%%:*}" "${k#*:}"; done'
+step qemu10 prepare_qemu10
+step guest_debs prepare_guest_debs
+step hostpython prepare_hostpython
+step base build_base
+
+for k in $KERNELS; do
+    read -r _ ver _ release <"$CACHE/kernels/${k%%:*}/pin"
+    say "kernel ${k%%:*}: $release ($ver)"
+done
+say "QEMU $HOST_QEMU_SERIES: $(command -v qemu-system-aarch64) ($host_qemu_version)"
+say "QEMU $QEMU10_SERIES: $CACHE/qemu-$QEMU10_SERIES/usr/bin/qemu-system-aarch64 ($(head -1 "$CACHE/qemu-$QEMU10_SERIES/pin" | cut -d' ' -f1))"
+say "host-side $(guest_python): $CACHE/hostpython/run ($(grep -E '^python3\.[0-9]+-minimal=' "$CACHE/hostpython/pin"))"
+say "guest: $(grep -E '^python3\.[0-9]+=' "$CACHE/guest-debs/pin"), $(grep '^busybox-static=' "$CACHE/guest-debs/pin"); base-initrd.cpio.gz $(du -h "$CACHE/base-initrd.cpio.gz" | cut -f1)"
+rm -f "$CACHE"/apt-*/var/cache/apt/*.bin     # apt's binary caches: only worth it during a run
+say "timings_s: $TIMES"
+say "ready in $(since "$T0") s: $CACHE"

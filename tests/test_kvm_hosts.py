@@ -1,0 +1,172 @@
+"""The helper on real arm64 KVM: one test-bed boot per emulated host.
+
+Each boot probes the host and runs try-apply scenarios built from what it
+found (tests/kvm_guest_scenarios.py); the tests read the results.  The probe
+must still match the committed fixture (tests/data/hosts/), so a change in
+the helper, the kernels or QEMU that alters a profile is caught; refresh the
+fixtures on purpose with contrib/testbed/capture-fixtures.sh.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from libvirt_arm_cpu import registers
+from libvirt_arm_cpu.profile import HostProfile, from_xml, read_profile
+
+from .kvm_hosts import Host, guest_job, hosts
+from .testbed import run_in_guest
+
+pytestmark = pytest.mark.kvm
+
+HOSTS = hosts()
+
+
+def boot(host: Host):
+    res = run_in_guest(kernel=host.kernel, qemu=host.qemu, cpu=host.cpu, script=guest_job(),
+                       timeout=240)
+    assert "probe.rc" in res.files, f"the guest job did not run: {res.stderr[-2000:]}"
+    return res
+
+
+def scenarios(host: Host) -> dict:
+    res = boot(host)
+    assert res.files.get("scenarios.rc") == b"0\n", res.files.get("scenarios.stderr", b"").decode()
+    return json.loads(res.files["scenarios.json"])
+
+
+def comparable(p: HostProfile) -> dict:
+    """What must not drift between the fixture and a live probe."""
+    return {
+        "kernel": ".".join(p.kernel_release.split(".")[:2]),
+        "machine": p.machine,
+        "vcpu_features": p.vcpu_features,
+        "capabilities": p.capabilities,
+        "midrs": [c.midr for c in p.cpus],
+        "masks_known": p.masks_known,
+        "registers": [(r.name, r.value, r.writable) for r in p.registers],
+        "qemu": p.qemu.status,
+    }
+
+
+@pytest.mark.parametrize("host", HOSTS, ids=lambda h: h.id)
+def test_probe_matches_fixture(host):
+    res = boot(host)
+    assert res.files["probe.rc"] == b"0\n", res.files.get("probe.stderr", b"").decode()
+    live = from_xml(res.files["host.xml"], "live")
+    assert host.fixture.exists(), (f"no fixture {host.fixture.name}: run "
+                                   f"contrib/testbed/capture-fixtures.sh")
+    fixture = read_profile(str(host.fixture))
+    assert comparable(live) == comparable(fixture)
+
+
+@pytest.mark.parametrize("host", HOSTS, ids=lambda h: h.id)
+def test_probe_sees_the_emulated_cpu(host):
+    p = read_profile(str(host.fixture))
+    assert p.machine == "aarch64" and p.kernel_release.startswith(host.kernel)
+    assert p.masks_known
+    midr = p.values()["MIDR_EL1"]
+    assert all(c.midr == midr for c in p.cpus) and not p.heterogeneous
+    assert p.capability("KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES") & 1
+    isar0 = p.register("ID_AA64ISAR0_EL1")
+    assert isar0.value and isar0.writable
+    # the guest has no QEMU: recorded, not fatal
+    assert p.qemu.status == "missing"
+    # KVM shows the feature-ID registers whose values QEMU's model sets
+    assert p.register("ID_AA64PFR0_EL1").value
+
+
+@pytest.mark.parametrize("host", HOSTS, ids=lambda h: h.id)
+def test_lowering_dp_is_accepted(host):
+    s = scenarios(host)
+    if "lower_dp" not in s:     # a core without DotProd: nothing to lower
+        isar0 = read_profile(str(host.fixture)).values()["ID_AA64ISAR0_EL1"]
+        assert registers.load().field("ID_AA64ISAR0_EL1", "DP").get(isar0) == 0
+        assert host.name in ("cortex-a57", "cortex-a72", "a64fx")
+        return
+    r = s["lower_dp"]
+    assert r["rc"] == 0, r["stderr"]
+    (v,) = r["result"]["registers"]
+    assert v["status"] == "accepted" and v["readback"] == v["wanted"]
+    assert any(f.startswith("DP 1 -> 0 (lower; lower-safe)") for f in v["fields"])
+
+
+@pytest.mark.parametrize("host", HOSTS, ids=lambda h: h.id)
+def test_raising_a_field_is_rejected(host):
+    r = scenarios(host)["raise_field"]
+    assert r["rc"] == 1
+    (v,) = r["result"]["registers"]
+    assert v["status"] == "rejected" and v["errno"] == "EINVAL"
+    assert any(f.startswith(r["field"]) and "(higher;" in f for f in v["fields"])
+
+
+@pytest.mark.parametrize("host", HOSTS, ids=lambda h: h.id)
+def test_bit_outside_the_mask_is_rejected(host):
+    r = scenarios(host)["outside_mask"]
+    assert r["rc"] == 1
+    (v,) = r["result"]["registers"]
+    assert v["status"] == "rejected" and v["errno"] == "EINVAL"
+
+
+@pytest.mark.parametrize("host", [h for h in HOSTS if h.name == "neoverse-n1"],
+                         ids=lambda h: h.id)
+def test_writing_after_the_vcpu_ran_is_busy(host):
+    r = scenarios(host)["lower_dp_after_run"]
+    assert r["rc"] == 1
+    (v,) = r["result"]["registers"]
+    assert v["status"] == "rejected" and v["errno"] == "EBUSY"
+    assert r["result"]["ran_first"] is True
+
+
+@pytest.mark.parametrize("host", HOSTS, ids=lambda h: h.id)
+def test_midr_change_needs_capability_239(host):
+    r = scenarios(host)["midr_change"]
+    (v,) = r["result"]["registers"]
+    if host.kernel == "6.12":
+        assert r["result"]["imp_id_regs_enabled"] is False
+        assert (r["rc"], v["status"], v["errno"]) == (1, "rejected", "EINVAL")
+    else:   # 7.3 offers KVM_CAP_ARM_WRITABLE_IMP_ID_REGS; try-apply enables it
+        assert r["result"]["imp_id_regs_enabled"] is True
+        assert (r["rc"], v["status"]) == (0, "accepted"), v
+
+
+@pytest.mark.parametrize("host", HOSTS, ids=lambda h: h.id)
+def test_the_host_accepts_its_own_profile(host):
+    r = scenarios(host)["whole_profile"]
+    assert r["rc"] == 0, r["stderr"]
+    assert {v["status"] for v in r["result"]["registers"]} == {"unchanged"}
+
+
+@pytest.mark.parametrize("host", [h for h in HOSTS if h.id == "neoverse-n1-qemu7.2-linux6.12"],
+                         ids=lambda h: h.id)
+def test_permission_denied_names_the_group(host):
+    r = scenarios(host)["as_nobody"]
+    assert r["rc"] == 5
+    assert r["stderr"].count("\n") == 1 and "Traceback" not in r["stderr"]
+    assert "permission denied opening /dev/kvm" in r["stderr"] and "join the group" in r["stderr"]
+
+
+def test_kvm_disabled_kernel():
+    """kvm-arm.mode=none: the kernel boots at EL2 but brings up no KVM."""
+    res = run_in_guest(kernel="6.12", qemu="7.2", cpu="neoverse-n1", append="kvm-arm.mode=none",
+                       script=guest_job(scenarios=False), timeout=240)
+    assert res.files["probe.rc"] == b"4\n"
+    err = res.files["probe.stderr"].decode()
+    assert err.count("\n") == 1 and "/dev/kvm does not exist" in err
+    assert "host.xml" not in res.files
+
+
+def test_old_kernel_without_writable_masks():
+    """Debian bookworm's 6.1: ID registers readable, no capability 230."""
+    res = run_in_guest(kernel="6.1", qemu="7.2", cpu="neoverse-n1",
+                       script=guest_job(scenarios=False), timeout=240)
+    assert res.files["probe.rc"] == b"6\n"
+    err = res.files["probe.stderr"].decode()
+    assert err.count("\n") == 1 and "capability 230" in err
+    p = from_xml(res.files["host.xml"])
+    assert p.kernel_release.startswith("6.1.") and not p.masks_known
+    assert all(r.writable is None for r in p.registers)
+    assert p.values()["MIDR_EL1"] == 0x414FD0C1
+    assert p.values()["ID_AA64ISAR0_EL1"] == 0x0000100010211120
