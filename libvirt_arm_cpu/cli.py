@@ -57,9 +57,11 @@ class Command:
 def commands() -> list[Command]:
     from .commands.decode import DecodeCommand
     from .commands.features import FeaturesCommand
+    from .commands.cpu import BaselineCommand, CompareCommand, DiffCommand
     from .commands.host import HostCommand
 
-    return [DecodeCommand(), FeaturesCommand(), HostCommand()]
+    return [DecodeCommand(), FeaturesCommand(), HostCommand(), BaselineCommand(),
+            CompareCommand(), DiffCommand()]
 
 
 def build_parser(prog: str, description: str, cmds: Sequence[Command]) -> ArgumentParser:

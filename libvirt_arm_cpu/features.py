@@ -25,7 +25,7 @@ import os
 
 from .errors import ParseError, UnknownName
 from .paths import kb_dir
-from .registers import NAMESPACE, Field, KnowledgeBase, load as load_registers
+from .registers import NAMESPACE, Field, KnowledgeBase, load as load_registers, read_kb_file
 
 __all__ = ["Feature", "FieldCondition", "Group", "FeatureRef", "FeatureCatalog", "load"]
 
@@ -124,44 +124,33 @@ class Feature:
 
     def fields(self, catalog: FeatureCatalog | None = None) -> list[Field]:
         """Every field the condition reads, following feature references."""
-        catalog = catalog or load()
-        out: list[Field] = []
-        stack: list[Condition] = [self.condition] if self.condition else []
-        seen: set[str] = set()
-        while stack:
-            cond = stack.pop()
-            if isinstance(cond, FeatureRef):
-                if cond.name not in seen:
-                    seen.add(cond.name)
-                    ref = catalog.feature(cond.name).condition
-                    if ref is not None:
-                        stack.append(ref)
-            elif isinstance(cond, Group):
-                stack.extend(reversed(cond.terms))
-            else:
-                if cond.field not in out:
-                    out.append(cond.field)
-        return out
+        return self._walk(catalog or load(), None)
 
     def satisfied_by(self, values: Values, catalog: FeatureCatalog | None = None) -> list[Field]:
         """The fields whose own condition holds within this feature's (expanded)
         condition: the fields that give it, when it is present.  For FEAT_Crypto
         (AES or SHA1 or ...) that is AES and SHA1, not a zero SM4."""
-        catalog = catalog or load()
+        return self._walk(catalog or load(), values)
+
+    def _walk(self, catalog: FeatureCatalog, values: Values | None) -> list[Field]:
+        """The fields of the expanded condition; with *values*, only the field
+        conditions (and referenced features) that hold for them."""
+        def keep(cond: Condition) -> bool:
+            return values is None or cond.holds(values, catalog) is True
+
         out: list[Field] = []
         stack: list[Condition] = [self.condition] if self.condition else []
         seen: set[str] = set()
         while stack:
             cond = stack.pop()
             if isinstance(cond, FeatureRef):
-                ref = catalog.feature(cond.name)
-                if cond.name not in seen and ref.condition is not None \
-                        and ref.condition.holds(values, catalog):
+                ref = catalog.feature(cond.name).condition
+                if cond.name not in seen and ref is not None and keep(ref):
                     seen.add(cond.name)
-                    stack.append(ref.condition)
+                    stack.append(ref)
             elif isinstance(cond, Group):
                 stack.extend(reversed(cond.terms))
-            elif cond.holds(values, catalog) and cond.field not in out:
+            elif keep(cond) and cond.field not in out:
                 out.append(cond.field)
         return out
 
@@ -224,13 +213,7 @@ def load_features(path: str, kb: KnowledgeBase) -> FeatureCatalog:
     :raise ParseError: when the file is missing, malformed, or names a field
         the register knowledge base lacks.
     """
-    path = str(path)
-    try:
-        root = ET.parse(path).getroot()
-    except OSError as err:
-        raise ParseError(path, None, f"cannot read: {err.strerror}") from err
-    except ET.ParseError as err:
-        raise ParseError(path, err.position[0], f"not well-formed XML: {err}") from err
+    root = read_kb_file(path, "features")
     features = []
     for elem in root.findall(_NS + "feature"):
         children = list(elem)

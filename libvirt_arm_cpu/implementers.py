@@ -9,13 +9,11 @@ Revision give the stepping (rNpM).  The tables are in
 from __future__ import annotations
 
 import functools
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 import os
 
-from .errors import ParseError
 from .paths import kb_dir
-from .registers import NAMESPACE, KnowledgeBase, load as load_registers
+from .registers import NAMESPACE, KnowledgeBase, load as load_registers, read_kb_file
 
 __all__ = ["Midr", "decode_midr", "load"]
 
@@ -50,13 +48,7 @@ class Tables:
 
 
 def load_tables(path: str) -> Tables:
-    path = str(path)
-    try:
-        root = ET.parse(path).getroot()
-    except OSError as err:
-        raise ParseError(path, None, f"cannot read: {err.strerror}") from err
-    except ET.ParseError as err:
-        raise ParseError(path, err.position[0], f"not well-formed XML: {err}") from err
+    root = read_kb_file(path, "implementers")
     implementers = {}
     parts = {}
     for imp in root.iter(_NS + "implementer"):

@@ -30,7 +30,7 @@ from .paths import kb_dir
 
 __all__ = [
     "KnowledgeBase", "Register", "Field", "Reserved", "RegisterValue", "FieldValue",
-    "load", "parse_u64", "kvm_reg_id", "writable_mask_index", "generic_name",
+    "load", "read_kb_file", "parse_u64", "kvm_reg_id", "writable_mask_index", "generic_name",
     "in_feature_id_space", "NAMESPACE",
     "LOWER_SAFE", "HIGHER_SAFE", "HIGHER_OR_ZERO_SAFE", "EXACT", "MUST_MATCH",
 ]
@@ -447,6 +447,24 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
+def read_kb_file(path: str, root_tag: str) -> ET.Element:
+    """Parse one knowledge-base file and check its root element.
+
+    :raise ParseError: when the file is missing, malformed or of another kind.
+    """
+    try:
+        root = ET.parse(path).getroot()
+    except OSError as err:
+        raise ParseError(path, None, f"cannot read the knowledge base: {err.strerror}. "
+                         f"Reinstall libvirt-arm-cpu or set LIBVIRT_ARM_CPU_XML_DIR") from err
+    except ET.ParseError as err:
+        raise ParseError(path, err.position[0], f"not well-formed XML: {err}") from err
+    if root.tag != _NS + root_tag:
+        raise ParseError(path, None, f"root element is <{_local(root.tag)}>, "
+                         f"expected <{root_tag} xmlns='{NAMESPACE}'>")
+    return root
+
+
 def load_registers(path: str) -> KnowledgeBase:
     """Read a registers.xml knowledge base.
 
@@ -455,17 +473,7 @@ def load_registers(path: str) -> KnowledgeBase:
 
     :raise ParseError: when the file is missing or not a knowledge base.
     """
-    path = str(path)
-    try:
-        root = ET.parse(path).getroot()
-    except OSError as err:
-        raise ParseError(path, None, f"cannot read the knowledge base: {err.strerror}. "
-                         f"Reinstall libvirt-arm-cpu or set LIBVIRT_ARM_CPU_XML_DIR") from err
-    except ET.ParseError as err:
-        raise ParseError(path, err.position[0], f"not well-formed XML: {err}") from err
-    if root.tag != _NS + "registers":
-        raise ParseError(path, None, f"root element is <{_local(root.tag)}>, "
-                         f"expected <registers xmlns='{NAMESPACE}'>")
+    root = read_kb_file(path, "registers")
     sources = [Source(s.get("id", ""), s.get("origin", ""), s.get("file"), s.get("sha256"))
                for s in root.iter(_NS + "source")]
     registers = []

@@ -37,7 +37,7 @@ def hosts() -> list[Host]:
     return out
 
 
-def guest_job(scenarios: bool = True) -> str:
+def guest_job(scenarios: bool = True, extra: str = "") -> str:
     """The busybox-sh job: probe into /out/host.xml (exit code in
     /out/probe.rc, seconds in /out/probe.seconds), then the scenarios."""
     job = """\
@@ -54,4 +54,4 @@ echo "$t0 $t1" > /out/probe.seconds
         job += ("cat > /tmp/scenarios.py <<'SCENARIOS_EOF'\n" + script + "SCENARIOS_EOF\n"
                 "[ -f /out/host.xml ] && python3 /tmp/scenarios.py 2>/out/scenarios.stderr\n"
                 "echo $? > /out/scenarios.rc\n")
-    return job
+    return job + extra

@@ -158,10 +158,19 @@ def test_kvm_disabled_kernel():
     assert "host.xml" not in res.files
 
 
+# `libvirt-arm-cpu host` twice on a fresh cache: the first run probes, the second serves it.
+HOST_TWICE = """
+for n in 1 2; do
+  python3 -m libvirt_arm_cpu.cli host --cache /out/cache.xml >/out/host$n.out 2>/out/host$n.err
+  echo $? > /out/host$n.rc
+done
+"""
+
+
 def test_old_kernel_without_writable_masks():
     """Debian bookworm's 6.1: ID registers readable, no capability 230."""
     res = run_in_guest(kernel="6.1", qemu="7.2", cpu="neoverse-n1",
-                       script=guest_job(scenarios=False), timeout=240)
+                       script=guest_job(scenarios=False, extra=HOST_TWICE), timeout=300)
     assert res.files["probe.rc"] == b"6\n"
     err = res.files["probe.stderr"].decode()
     assert err.count("\n") == 1 and "capability 230" in err
@@ -170,3 +179,16 @@ def test_old_kernel_without_writable_masks():
     assert all(r.writable is None for r in p.registers)
     assert p.values()["MIDR_EL1"] == 0x414FD0C1
     assert p.values()["ID_AA64ISAR0_EL1"] == 0x0000100010211120
+
+
+
+def test_host_command_probes_once_then_serves_the_cache():
+    res = run_in_guest(kernel="6.1", qemu="7.2", cpu="neoverse-n1",
+                       script=guest_job(scenarios=False, extra=HOST_TWICE), timeout=300)
+    assert res.files["host1.rc"] == b"0\n" and res.files["host2.rc"] == b"0\n"
+    assert b"probe: " in res.files["host1.err"]          # stale (no cache): probed
+    assert res.files["host2.err"] == b""                  # fresh: served from the cache
+    assert res.files["host1.out"] == res.files["host2.out"]
+    out = res.files["host1.out"].decode()
+    assert "Arm Neoverse-N1 r4p1" in out and "writable masks: unknown" in out
+    assert from_xml(res.files["cache.xml"]).kernel_release.startswith("6.1.")

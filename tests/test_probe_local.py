@@ -97,3 +97,54 @@ def test_qmp_conversation_with_real_qemu():
     assert not any(k.startswith("SYSREG_") for k in props)    # QEMU 7.2: no SYSREG series
     with pytest.raises(probe._QmpFailed, match="QMP query-cpu-model-expansion"):
         probe._qmp_host_props(path, 20, accel="tcg", model="no-such-cpu")
+
+
+def test_cache_is_used_while_fresh_and_reprobed_when_stale(tmp_path):
+    """A fresh cache is served as is; a stale one triggers a probe (which, on
+    this x86 machine, refuses: proof that it was attempted)."""
+    from libvirt_arm_cpu.profile import from_xml, write_profile
+
+    from .kvm_hosts import FIXTURES
+    profile = from_xml((FIXTURES / "neoverse-n1-qemu7.2-linux6.12.xml").read_bytes())
+    profile.fingerprint = probe.current_fingerprint()
+    cache = tmp_path / "host.xml"
+    write_profile(profile, str(cache))
+    got, probed = hostcache.cached_profile(str(cache))
+    assert probed is False and got == profile and hostcache.is_fresh(got)
+
+    profile.fingerprint.components["kernel-release"] = "5.10.0-old"
+    write_profile(profile, str(cache))
+    assert not hostcache.is_fresh(profile)
+    with pytest.raises(NotArm64):
+        hostcache.cached_profile(str(cache))
+    with pytest.raises(NotArm64):      # --refresh always probes
+        hostcache.cached_profile(str(tmp_path / "missing.xml"), refresh=True)
+
+
+def test_unexpected_errno_names_the_ioctl():
+    """An ioctl on something that is not KVM fails with ENOTTY: the error
+    names the ioctl (and maps to the helper's exit code 7)."""
+    from libvirt_arm_cpu.kvm import Kvm, KvmError
+    kvm = Kvm("/dev/null")
+    try:
+        with pytest.raises(KvmError) as info:
+            kvm.check_extension(230)
+    finally:
+        kvm.close()
+    assert str(info.value).startswith("KVM_CHECK_EXTENSION failed: ENOTTY")
+    assert info.value.exit_code == 7
+
+
+def test_qemu_that_hangs_is_bounded(tmp_path):
+    """A QEMU that never answers on QMP (stands in for a wedged binary: the
+    real one cannot be made to hang on demand) costs at most the timeout."""
+    import time
+    fake = tmp_path / "qemu-system-aarch64"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'QEMU emulator version 9.9.9'; "
+                    "exit 0; }\nexec sleep 600\n")
+    fake.chmod(0o755)
+    t = time.monotonic()
+    info = probe.probe_qemu(str(fake), timeout=2)
+    assert time.monotonic() - t < 10
+    assert (info.status, info.version, info.sysreg) == ("found", "9.9.9", "unknown")
+    assert "did not answer on QMP within 2 s" in info.detail

@@ -1,0 +1,185 @@
+"""Baseline: the most capable CPU every given host can present to a guest.
+
+Pure: takes CPU models (a host profile becomes one with
+:meth:`CpuModel.from_profile`) and returns a model or the conflicts that
+prevent one.  Each field is combined under the rule KVM applies to
+userspace writes (:mod:`libvirt_arm_cpu.rules`):
+
+* a host whose mask does not cover the field must keep its own value;
+* lower-safe fields take the lowest value (signed fields compare signed),
+  higher-safe the highest, higher-or-zero-safe 0 when any host has 0 and
+  the highest otherwise, exact fields the common value or the safe value;
+* bits outside known fields must be equal everywhere;
+* MIDR/REVIDR/AIDR may differ only where every host has capability 239 and
+  covers the bits; the model then lists every implementation.
+
+The result's writable mask is the AND of the inputs', which makes
+``baseline(a, baseline(b, c)) == baseline(a, b, c)``.
+
+Not yet applied: the feature-dependency rules (SVE2 needs SVE, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .cpumodel import CpuModel
+from .registers import (EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field,
+                        KnowledgeBase, Register)
+from .rules import covers, field_accepts
+
+__all__ = ["Conflict", "BaselineResult", "baseline"]
+
+U64 = (1 << 64) - 1
+
+
+@dataclass
+class Conflict:
+    register: str
+    field: str | None                   # None: bits outside fields, or a whole register
+    values: dict[str, int]              # host -> its value of the field (or register)
+    reason: str
+
+    def __str__(self) -> str:
+        what = f"{self.register}.{self.field}" if self.field else self.register
+        vals = ", ".join(f"{h}={v:#x}" for h, v in self.values.items())
+        return f"{what}: {self.reason} ({vals})"
+
+
+@dataclass
+class BaselineResult:
+    model: CpuModel | None
+    conflicts: list[Conflict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.model is not None
+
+
+def _accepts(model: CpuModel, reg: str, f: Field, value: int) -> bool:
+    own = f.get(model.values.get(reg, 0))
+    return value == own or (covers(model.writable.get(reg, 0), f) and field_accepts(f, value, own))
+
+
+def _pick(f: Field, accepted: list[int]) -> int:
+    """The most capable of the values every host accepts."""
+    policy = f.effective_policy
+    if policy == LOWER_SAFE:
+        return max(accepted, key=f.order)
+    if policy == HIGHER_SAFE:
+        return min(accepted, key=f.order)
+    if policy == HIGHER_OR_ZERO_SAFE:
+        nonzero = [v for v in accepted if v]
+        return min(nonzero, key=f.order) if nonzero else 0
+    if policy == EXACT and f.safe in accepted and len(accepted) > 1:
+        accepted = [v for v in accepted if v != f.safe] or accepted
+    return max(accepted, key=f.order)
+
+
+def _combine_field(reg: str, f: Field, models: Sequence[CpuModel],
+                   labels: Sequence[str]) -> tuple[int | None, Conflict | None]:
+    own = [f.get(m.values.get(reg, 0)) for m in models]
+    candidates = set(own) | {0}
+    if f.safe is not None:
+        candidates.add(f.safe)
+    accepted = [c for c in sorted(candidates) if all(_accepts(m, reg, f, c) for m in models)]
+    if accepted:
+        return _pick(f, accepted), None
+    # Say why the natural choice (the policy's combination) fails, host by host.
+    natural = min(own, key=f.order) if f.effective_policy in (LOWER_SAFE, EXACT) else \
+        max(own, key=f.order)
+    why = []
+    for m, label, value in zip(models, labels, own):
+        if value == natural:
+            continue
+        if not covers(m.writable.get(reg, 0), f):
+            why.append(f"{label} cannot change it (not writable there)")
+        else:
+            why.append(f"{label} does not accept {natural} ({f.effective_policy})")
+    return None, Conflict(reg, f.name, dict(zip(labels, own)),
+                          "no value every host accepts: " + "; ".join(why))
+
+
+def _combine_register(reg: Register | None, name: str, models: Sequence[CpuModel],
+                      labels: Sequence[str]) -> tuple[int, int, list[Conflict]]:
+    values = [m.values.get(name, 0) for m in models]
+    mask = U64
+    for m in models:
+        mask &= m.writable.get(name, 0)
+    if reg is None or reg.kind == "unallocated" or not reg.fields:
+        if len(set(values)) == 1:
+            return values[0], mask, []
+        return 0, 0, [Conflict(name, None, dict(zip(labels, values)),
+                               "differs, and no field of it is known to change")]
+    if reg.kind == "implementation-id":
+        return _combine_implementation(name, models, labels, values, mask)
+    conflicts = []
+    result = 0
+    for f in reg.fields:
+        value, conflict = _combine_field(name, f, models, labels)
+        if conflict:
+            conflicts.append(conflict)
+        else:
+            result = f.put(result, value)       # type: ignore[arg-type]
+    rest = {v & ~reg.field_mask & U64 for v in values}
+    if len(rest) > 1:
+        conflicts.append(Conflict(name, None, dict(zip(labels, values)),
+                                  "bits outside every known field differ"))
+    result |= values[0] & ~reg.field_mask & U64
+    return result, mask, conflicts
+
+
+def _combine_implementation(name: str, models: Sequence[CpuModel], labels: Sequence[str],
+                            values: list[int], mask: int) -> tuple[int, int, list[Conflict]]:
+    if len(set(values)) == 1:
+        return values[0], mask, []
+    differing = 0
+    for v in values:
+        differing |= v ^ values[0]
+    blocked = [label for m, label in zip(models, labels)
+               if not m.imp_id_writable or (m.writable.get(name, 0) & differing) != differing]
+    if blocked:
+        return 0, 0, [Conflict(name, None, dict(zip(labels, values)),
+                               "differs, and " + ", ".join(blocked) + " cannot present another "
+                               "value (needs KVM capability 239, Linux 6.15+)")]
+    return min(values), mask, []
+
+
+def baseline(models: Sequence[CpuModel], kb: KnowledgeBase,
+             labels: Sequence[str] | None = None) -> BaselineResult:
+    """The most capable model every input accepts, or the conflicts.
+
+    Identical inputs are combined once (fleets have few distinct CPUs), so
+    the cost grows with the number of distinct hosts, not of hosts.
+
+    :param labels: names for the inputs in messages (default: their hosts).
+    :raise ValueError: for an empty list.
+    :raise UnknownName: for a register name the knowledge base cannot place.
+    """
+    if not models:
+        raise ValueError("baseline of no hosts")
+    labels = list(labels or ["+".join(m.hosts) or f"#{i}" for i, m in enumerate(models)])
+    distinct: dict[tuple, tuple[CpuModel, list[str]]] = {}
+    for m, label in zip(models, labels):
+        key = (tuple(sorted(m.values.items())), tuple(sorted(m.writable.items())),
+               m.imp_id_writable)
+        distinct.setdefault(key, (m, []))[1].append(label)
+    uniq = [m for m, _ in distinct.values()]
+    uniq_labels = [_short(ls) for _, ls in distinct.values()]
+    regs = {n: kb.register(n) for m in uniq for n in m.values}
+    values, writable, conflicts = {}, {}, []
+    for name in sorted(regs, key=lambda n: (regs[n].encoding, n)):
+        v, mask, c = _combine_register(regs[name], name, uniq, uniq_labels)
+        conflicts.extend(c)
+        values[name], writable[name] = v, mask
+    if conflicts:
+        return BaselineResult(None, conflicts)
+    hosts = tuple(h for m in models for h in m.hosts)
+    impls = tuple(sorted({i for m in uniq for i in m.implementations}))
+    return BaselineResult(CpuModel(values, writable, all(m.imp_id_writable for m in uniq),
+                                   hosts, impls))
+
+
+def _short(labels: list[str]) -> str:
+    return labels[0] if len(labels) == 1 else f"{labels[0]} (+{len(labels) - 1} alike)"

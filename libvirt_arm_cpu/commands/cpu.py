@@ -1,0 +1,256 @@
+"""``cpu-baseline``, ``cpu-compare`` and ``diff``: CPU models across hosts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from .. import features, registers
+from ..baseline import baseline
+from ..cli import Command
+from ..compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare
+from ..cpumodel import CpuModel, from_xml as model_from_xml, to_xml as model_to_xml
+from ..errors import DataError, ParseError, UsageError
+from ..fileio import atomic_write
+from ..hostcache import DEFAULT_CACHE, cached_profile
+from ..profile import HostProfile, from_xml as profile_from_xml, validate
+
+MODELS_DIR = os.environ.get("LIBVIRT_ARM_CPU_MODELS_DIR", "/var/lib/libvirt-arm-cpu/models")
+
+
+def _read(path: str) -> bytes:
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise ParseError(path, None, f"cannot read: {err.strerror}") from err
+
+
+def _expand(paths: list[str]) -> list[str]:
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = sorted(os.path.join(p, n) for n in os.listdir(p) if n.endswith(".xml"))
+            if not found:
+                raise UsageError(f"{p}: no *.xml host profiles in this directory")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def load_inputs(paths: list[str], kb: registers.KnowledgeBase) -> list[tuple[str, CpuModel,
+                                                                             HostProfile | None]]:
+    """Profiles (validated) and saved models, each with a label."""
+    out = []
+    for path in _expand(paths):
+        data = _read(path)
+        label = "stdin" if path == "-" else os.path.splitext(os.path.basename(path))[0]
+        if b"<hostprofile" in data[:400]:
+            validate(data, path)
+            p = profile_from_xml(data, path)
+            if p.machine not in ("aarch64", "arm64"):
+                raise ParseError(path, None, f"profile of a {p.machine} machine, not aarch64")
+            out.append((label, CpuModel.from_profile(p, kb, label), p))
+        else:
+            out.append((label, model_from_xml(data, path), None))
+    return out
+
+
+def resolve_model(spec: str) -> tuple[str, CpuModel]:
+    """A model file, or the name of a saved model."""
+    if os.path.exists(spec) or spec == "-":
+        return spec, model_from_xml(_read(spec), spec)
+    saved = os.path.join(MODELS_DIR, spec + ".xml")
+    if os.path.exists(saved):
+        return spec, model_from_xml(_read(saved), saved)
+    raise UsageError(f"no CPU model file or saved model named '{spec}' (saved models are in "
+                     f"{MODELS_DIR})")
+
+
+def model_features(model: CpuModel, all_names: bool) -> list[str]:
+    present = features.load().present(model.values)
+    return [f.key for f in present if all_names or f.kind == "hwcap"]
+
+
+def model_data(model: CpuModel, feats: list[str]) -> dict[str, Any]:
+    return {"name": model.name, "hosts": list(model.hosts),
+            "implementations": [f"{m:#010x}" for m in model.implementations],
+            "imp_id_writable": model.imp_id_writable, "features": feats,
+            "registers": {n: {"value": f"0x{v:016x}",
+                              "writable": f"0x{model.writable.get(n, 0):016x}"}
+                          for n, v in sorted(model.values.items())}}
+
+
+class BaselineCommand(Command):
+    name = "cpu-baseline"
+    help = "the most capable CPU model every given host can run"
+    description = """\
+Compute the most capable CPU model that every host can present to a guest,
+following the rule KVM applies to each ID register field (lower-safe fields
+take the lowest value, ...), with fields a host's kernel cannot change kept
+as that host has them.  Inputs are host profiles (from the helper), saved
+models, or directories of profiles; '-' reads stdin.  Prints a libvirt
+<cpu mode='custom' match='exact'> whose features are hwcap names and whose
+exact values sit in an <arm:registers> element, so it can be read back."""
+    epilog = f"""\
+examples:
+  libvirt-arm-cpu cpu-baseline host-a.xml host-b.xml
+  libvirt-arm-cpu cpu-baseline /srv/profiles/ --save       # reuse as: cpu-compare NAME
+  libvirt-arm-cpu cpu-baseline a.xml b.xml --json
+
+saved models go to {MODELS_DIR} (LIBVIRT_ARM_CPU_MODELS_DIR).
+exit codes: 0 a model; 1 no common model (every responsible field is listed)
+or bad data; 2 bad usage.  Not yet applied: feature-dependency repairs."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("profiles", nargs="+", metavar="PROFILE")
+        parser.add_argument("--features", action="store_true",
+                            help="list every feature (FEAT_* and AArch32 too), not just hwcaps")
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+        parser.add_argument("--save", action="store_true",
+                            help=f"also save the model under its name in {MODELS_DIR}")
+        parser.add_argument("--output", "-o", metavar="FILE", help="write the XML to FILE")
+
+    def run(self, args: argparse.Namespace) -> int:
+        kb = registers.load()
+        inputs = load_inputs(args.profiles, kb)
+        result = baseline([m for _, m, _ in inputs], kb, [label for label, _, _ in inputs])
+        if not result.ok:
+            print(f"libvirt-arm-cpu: error: no CPU model runs on all {len(inputs)} hosts: "
+                  f"{len(result.conflicts)} field(s) conflict", file=sys.stderr)
+            for c in result.conflicts:
+                print(f"  {c}", file=sys.stderr)
+            return 1
+        model = result.model
+        assert model is not None
+        feats = model_features(model, args.features)
+        data = model_to_xml(model, feats)
+        if args.save:
+            os.makedirs(MODELS_DIR, exist_ok=True)
+            atomic_write(os.path.join(MODELS_DIR, model.name + ".xml"), data)
+            print(f"cpu-baseline: saved as {model.name}", file=sys.stderr)
+        if args.output:
+            atomic_write(args.output, data)
+        if args.json:
+            print(json.dumps(model_data(model, feats), indent=2))
+        elif not args.output:
+            sys.stdout.write(data.decode())
+        return 0
+
+
+class CompareCommand(Command):
+    name = "cpu-compare"
+    help = "can a host run this CPU model? identical, superset or incompatible, and why"
+    description = """\
+Compare a CPU model (a file from cpu-baseline, or a saved model's name) with
+a host profile (default: this host's cached profile).  identical: the host
+presents exactly this CPU; superset: it can run it after lowering fields KVM
+lets userspace change (and its QEMU takes SYSREG_* properties); incompatible:
+it cannot, and every responsible field is listed."""
+    epilog = """\
+examples:
+  libvirt-arm-cpu cpu-compare model.xml host-b.xml
+  libvirt-arm-cpu cpu-compare arm64-1ae591bf1d2c --error
+  libvirt-arm-cpu cpu-compare model.xml host-b.xml --kvm-only --json
+
+exit codes (as virsh cpu-compare): 0 identical or superset; 1 incompatible
+(with --error: as an error), or bad data; 2 bad usage."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("cpu", metavar="CPU", help="model file or saved model name")
+        parser.add_argument("profile", nargs="?", metavar="PROFILE",
+                            help=f"host profile (default: this host, {DEFAULT_CACHE})")
+        parser.add_argument("--error", action="store_true",
+                            help="report an incompatible CPU as an error")
+        parser.add_argument("--kvm-only", action="store_true",
+                            help="judge KVM alone, ignoring whether QEMU takes SYSREG_*")
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    def run(self, args: argparse.Namespace) -> int:
+        kb = registers.load()
+        source, model = resolve_model(args.cpu)
+        if args.profile:
+            ((_, _, host),) = [i for i in load_inputs([args.profile], kb)]
+            if host is None:
+                raise UsageError(f"{args.profile} is a CPU model, not a host profile")
+        else:
+            host, _ = cached_profile(DEFAULT_CACHE)
+        c = compare(model, host, kb, check_qemu=not args.kvm_only)
+        if args.json:
+            print(json.dumps(c.as_dict(), indent=2))
+            return 1 if c.result == INCOMPATIBLE else 0
+        if c.result == IDENTICAL:
+            print(f"CPU described in {source} is identical to the CPU provided by the host")
+        elif c.result == SUPERSET:
+            print(f"Host CPU is a superset of CPU described in {source}")
+            for change in c.changes:
+                print(f"  lowers {change}")
+        else:
+            if args.error:
+                raise DataError(f"the CPU described in {source} is incompatible with the host "
+                                f"CPU: {c.reasons[0]}"
+                                + (f" (and {len(c.reasons) - 1} more)" if len(c.reasons) > 1
+                                   else ""))
+            print(f"CPU described in {source} is incompatible with host CPU")
+            for r in c.reasons:
+                print(f"  {r}")
+            return 1
+        return 0
+
+
+class DiffCommand(Command):
+    name = "diff"
+    help = "hosts side by side: only the ID register fields that differ"
+    description = """\
+Show the ID register fields that differ between host profiles (or models),
+one row per field, each host's value with its meaning."""
+    epilog = """\
+examples:
+  libvirt-arm-cpu diff host-a.xml host-b.xml host-c.xml
+  libvirt-arm-cpu diff /srv/profiles/ --json"""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("profiles", nargs="+", metavar="PROFILE")
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    def run(self, args: argparse.Namespace) -> int:
+        kb = registers.load()
+        inputs = load_inputs(args.profiles, kb)
+        if len(inputs) < 2:
+            raise UsageError("diff needs at least two profiles")
+        labels = [label for label, _, _ in inputs]
+        rows = []
+        names = sorted({n for _, m, _ in inputs for n in m.values},
+                       key=lambda n: kb.register(n).encoding)
+        for name in names:
+            reg = kb.register(name)
+            vals = [m.values.get(name, 0) for _, m, _ in inputs]
+            if len(set(vals)) == 1:
+                continue
+            for f in reg.fields or ():
+                fv = [f.get(v) for v in vals]
+                if len(set(fv)) > 1:
+                    rows.append((f"{name}.{f.name}",
+                                 [(str(v) if f.width <= 4 else f"{v:#x}")
+                                  + (f" ({f.meaning(v)})" if f.meaning(v) else "")
+                                  for v in fv]))
+            if not reg.fields:
+                rows.append((name, [f"{v:#x}" for v in vals]))
+        if args.json:
+            print(json.dumps({"hosts": labels, "fields": {k: v for k, v in rows}}, indent=2))
+            return 0
+        if not rows:
+            print(f"no differences between {len(labels)} hosts")
+            return 0
+        widths = [max(len(r[0]) for r in rows)] + [
+            max(len(labels[i]), *(len(r[1][i]) for r in rows)) for i in range(len(labels))]
+        print("  ".join(t.ljust(w) for t, w in zip(["field", *labels], widths)).rstrip())
+        for key, vals in rows:
+            print("  ".join(t.ljust(w) for t, w in zip([key, *vals], widths)).rstrip())
+        return 0

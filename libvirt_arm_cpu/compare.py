@@ -1,0 +1,126 @@
+"""Compare: can this host run this CPU model, and if not, exactly why.
+
+Pure, like :mod:`libvirt_arm_cpu.baseline`.  The verdict follows the
+s390x/libvirt vocabulary:
+
+* ``identical``: the host presents exactly the model's values;
+* ``superset``: it can run the model after lowering fields KVM lets
+  userspace change;
+* ``incompatible``: it cannot.
+
+Every difference the host cannot make is a :class:`Reason` naming the
+register and field, both values and the rule: the model needs a higher
+value than the host has; the field is not writable on this host's kernel;
+the kernel's rule refuses the value; MIDR/REVIDR/AIDR changes need
+capability 239; the host's QEMU does not take SYSREG properties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .cpumodel import CpuModel
+from .profile import HostProfile
+from .registers import KnowledgeBase
+from .rules import covers, field_accepts
+
+__all__ = ["IDENTICAL", "SUPERSET", "INCOMPATIBLE", "Reason", "Comparison", "compare"]
+
+IDENTICAL, SUPERSET, INCOMPATIBLE = "identical", "superset", "incompatible"
+U64 = (1 << 64) - 1
+
+
+@dataclass
+class Reason:
+    register: str
+    field: str | None
+    kind: str       # needs-higher, not-writable, rule, needs-cap-239, absent, outside-fields, qemu
+    host: int | None
+    wanted: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class Comparison:
+    result: str
+    reasons: list[Reason] = field(default_factory=list)     # why incompatible
+    changes: list[str] = field(default_factory=list)        # what a superset lowers
+
+    def as_dict(self) -> dict:
+        return {"result": self.result, "changes": self.changes,
+                "reasons": [{"register": r.register, "field": r.field, "kind": r.kind,
+                             "host": r.host, "wanted": r.wanted, "message": r.message}
+                            for r in self.reasons]}
+
+
+def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
+            check_qemu: bool = True) -> Comparison:
+    """The verdict for running *model* on *host*.
+
+    :param check_qemu: also require that the host's QEMU takes SYSREG_*
+        properties when anything must change (off: KVM's verdict alone, as
+        try-apply sees it).
+    """
+    host_regs = {r.name: r for r in host.registers}
+    cap239 = host.capability("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS") > 0
+    reasons: list[Reason] = []
+    changes: list[str] = []
+    for name, wanted in sorted(model.values.items()):
+        reg = kb.register(name)
+        if reg.kind == "affinity":
+            continue
+        hr = host_regs.get(name)
+        have = hr.value if hr is not None else None
+        mask = hr.writable if hr is not None else 0
+        if have is None:
+            if wanted:
+                reasons.append(Reason(name, None, "absent", None, wanted,
+                                      f"{name}: this host's kernel does not know the register"))
+            continue
+        if have == wanted:
+            continue
+        if reg.kind == "implementation-id":
+            diff = have ^ wanted
+            if not cap239 or mask is None or (mask & diff) != diff:
+                reasons.append(Reason(name, None, "needs-cap-239", have, wanted,
+                                      f"{name}: needs {wanted:#x}, host has {have:#x}; changing "
+                                      f"it needs KVM capability 239 (Linux 6.15+)"))
+            else:
+                changes.append(f"{name} {have:#x} -> {wanted:#x}")
+            continue
+        for f in reg.fields:
+            h, w = f.get(have), f.get(wanted)
+            if h == w:
+                continue
+            where = f"{name}.{f.name}"
+            if not covers(mask, f):
+                kind = "needs-higher" if f.order(w) > f.order(h) else "not-writable"
+                msg = (f"{where}: needs {w}, host has {h}, and this host's kernel does not let "
+                       f"it change" + ("" if host.masks_known else " (writable masks unknown: "
+                                       "kernel before 6.7)"))
+                reasons.append(Reason(name, f.name, kind, h, w, msg))
+            elif not field_accepts(f, w, h):
+                kind = "needs-higher" if f.order(w) > f.order(h) else "rule"
+                reasons.append(Reason(name, f.name, kind, h, w,
+                                      f"{where}: needs {w}, host has {h}; KVM refuses it "
+                                      f"({f.effective_policy})"))
+            else:
+                changes.append(f"{where} {h} -> {w}")
+        stray = (have ^ wanted) & ~reg.field_mask & U64
+        if stray:
+            reasons.append(Reason(name, None, "outside-fields", have, wanted,
+                                  f"{name}: bits {stray:#x} outside every known field differ"))
+    if check_qemu and changes and not reasons and host.qemu.sysreg != "yes":
+        q = host.qemu
+        what = (f"QEMU {q.version} ({q.path}) does not take SYSREG_* properties"
+                if q.status == "found" and q.sysreg == "no" else
+                f"this host's QEMU cannot be told to change ID registers ({q.status}"
+                + (f": {q.detail}" if q.detail else "") + ")")
+        reasons.append(Reason("", None, "qemu", None, None,
+                              f"needs {len(changes)} ID register change(s), but {what}"))
+    if reasons:
+        return Comparison(INCOMPATIBLE, reasons, changes)
+    return Comparison(SUPERSET if changes else IDENTICAL, [], changes)

@@ -1,0 +1,183 @@
+"""Baseline and compare on captured host profiles and generated variations."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from libvirt_arm_cpu import registers
+from libvirt_arm_cpu.baseline import baseline
+from libvirt_arm_cpu.compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare
+from libvirt_arm_cpu.cpumodel import CpuModel, from_xml, to_xml
+from libvirt_arm_cpu.profile import read_profile
+from libvirt_arm_cpu.registers import LOWER_SAFE
+from libvirt_arm_cpu.rules import covers
+
+from .kvm_hosts import FIXTURES
+
+KB = registers.load()
+PROFILES = {p.stem: read_profile(str(p), validate_schema=False)
+            for p in sorted(FIXTURES.glob("*.xml"))}
+MODELS = {name: CpuModel.from_profile(p, KB, name) for name, p in PROFILES.items()}
+
+
+def variant(base: CpuModel, seed: int, label: str) -> CpuModel:
+    """Another host of the same CPU: some writable lower-safe fields lowered,
+    some fields made not writable (as an older kernel would report)."""
+    rnd = random.Random(seed)
+    values, writable = dict(base.values), dict(base.writable)
+    for name in values:
+        reg = KB.register(name)
+        for f in reg.fields:
+            if not covers(writable[name], f) or reg.kind != "feature-id":
+                continue
+            if f.effective_policy == LOWER_SAFE and rnd.random() < 0.15:
+                lower = [v for v in range(f.max_value + 1) if f.order(v) <= f.order(f.get(values[name]))]
+                values[name] = f.put(values[name], rnd.choice(lower))
+            if rnd.random() < 0.1:
+                writable[name] &= ~f.mask
+    return CpuModel(values, writable, base.imp_id_writable, (label,), base.implementations)
+
+
+@st.composite
+def pools(draw, min_size=1, max_size=5):
+    base = MODELS[draw(st.sampled_from(["neoverse-n1-qemu7.2-linux6.12",
+                                        "max-qemu10.0-linux6.12",
+                                        "neoverse-v1-qemu10.0-linux7.3"]))]
+    n = draw(st.integers(min_size, max_size))
+    return [variant(base, draw(st.integers(0, 10**6)), f"h{i}") for i in range(n)]
+
+
+def same(a: CpuModel, b: CpuModel) -> bool:
+    return a.values == b.values and a.writable == b.writable
+
+
+@settings(max_examples=40, deadline=None)
+@given(pools(min_size=2), st.randoms())
+def test_commutative(pool, rnd):
+    shuffled = list(pool)
+    rnd.shuffle(shuffled)
+    a, b = baseline(pool, KB), baseline(shuffled, KB)
+    assert a.ok == b.ok
+    if a.ok:
+        assert same(a.model, b.model)
+
+
+@settings(max_examples=40, deadline=None)
+@given(pools(min_size=3, max_size=5))
+def test_associative(pool):
+    flat = baseline(pool, KB)
+    inner = baseline(pool[1:], KB)
+    if not inner.ok:
+        assert not flat.ok
+        return
+    nested = baseline([pool[0], inner.model], KB)
+    assert flat.ok == nested.ok
+    if flat.ok:
+        assert same(flat.model, nested.model)
+
+
+@settings(max_examples=30, deadline=None)
+@given(pools(min_size=1, max_size=1))
+def test_idempotent(pool):
+    (m,) = pool
+    assert same(baseline([m], KB).model, m)
+    assert same(baseline([m, m, m], KB).model, m)
+
+
+@settings(max_examples=40, deadline=None)
+@given(pools(min_size=1, max_size=5))
+def test_runnable_everywhere_and_never_above_a_host(pool):
+    result = baseline(pool, KB)
+    if not result.ok:
+        return
+    model = result.model
+    for host in pool:
+        for name, value in model.values.items():
+            reg = KB.register(name)
+            for f in reg.fields:
+                if f.effective_policy == LOWER_SAFE:
+                    assert f.order(f.get(value)) <= f.order(f.get(host.values[name])), (name, f)
+    # against the real profile of the base CPU (all hosts are variants of it)
+    for name, profile in PROFILES.items():
+        if all(h.implementations == MODELS[name].implementations for h in pool) and \
+                profile.kernel_release.startswith(("6.12", "7.3")):
+            verdict = compare(model, profile, KB, check_qemu=False)
+            assert verdict.result in (IDENTICAL, SUPERSET, INCOMPATIBLE)
+
+
+def test_host_is_identical_to_itself():
+    for name, profile in PROFILES.items():
+        c = compare(MODELS[name], profile, KB)
+        assert c.result == IDENTICAL, (name, c.reasons)
+
+
+def test_lowered_model_is_a_superset_on_kvm_but_needs_sysreg_qemu():
+    p = PROFILES["neoverse-n1-qemu7.2-linux6.12"]
+    m = MODELS["neoverse-n1-qemu7.2-linux6.12"]
+    dp = KB.field("ID_AA64ISAR0_EL1", "DP")
+    lowered = CpuModel({**m.values, "ID_AA64ISAR0_EL1": dp.put(m.values["ID_AA64ISAR0_EL1"], 0)},
+                       m.writable, hosts=("x",))
+    c = compare(lowered, p, KB, check_qemu=False)
+    assert (c.result, c.changes) == (SUPERSET, ["ID_AA64ISAR0_EL1.DP 1 -> 0"])
+    c = compare(lowered, p, KB)      # the test bed's guest has no QEMU at all
+    assert c.result == INCOMPATIBLE and c.reasons[0].kind == "qemu"
+
+
+def test_more_capable_model_is_incompatible_with_reasons():
+    n1 = PROFILES["neoverse-n1-qemu7.2-linux6.12"]
+    v1 = MODELS["neoverse-v1-qemu10.0-linux6.12"]
+    c = compare(v1, n1, KB, check_qemu=False)
+    assert c.result == INCOMPATIBLE
+    kinds = {(r.register, r.field): r.kind for r in c.reasons}
+    assert kinds[("MIDR_EL1", None)] == "needs-cap-239"
+    assert kinds[("ID_AA64ISAR0_EL1", "RNDR")] == "needs-higher"      # V1 has RNDR, N1 not
+    rndr = next(r for r in c.reasons if r.field == "RNDR")
+    assert str(rndr) == ("ID_AA64ISAR0_EL1.RNDR: needs 1, host has 0; KVM refuses it "
+                         "(lower-safe)")
+
+
+def test_same_cpu_two_kernels_older_masks_win():
+    """neoverse-n1 on 6.12 and on 7.3: the pool's writable bits are 6.12's."""
+    a = MODELS["neoverse-n1-qemu7.2-linux6.12"]
+    b = MODELS["neoverse-n1-qemu7.2-linux7.3"]
+    result = baseline([a, b], KB)
+    assert result.ok, [str(c) for c in result.conflicts]
+    for name in result.model.values:
+        assert result.model.writable[name] & ~a.writable[name] == 0
+    assert result.model.imp_id_writable is False           # 6.12 lacks capability 239
+    assert result.model.values == a.values
+
+
+def test_different_cores_on_6_12_conflict_on_midr():
+    result = baseline([MODELS["neoverse-n1-qemu7.2-linux6.12"],
+                       MODELS["cortex-a76-qemu7.2-linux6.12"]], KB)
+    assert not result.ok
+    midr = next(c for c in result.conflicts if c.register == "MIDR_EL1")
+    assert "needs KVM capability 239" in midr.reason
+
+
+def test_different_cores_on_7_3_may_differ_in_midr():
+    a, b = MODELS["neoverse-n1-qemu7.2-linux7.3"], MODELS["cortex-a72-qemu7.2-linux7.3"]
+    result = baseline([a, b], KB)
+    midr_conflicts = [c for c in result.conflicts if c.register == "MIDR_EL1"]
+    assert midr_conflicts == []
+
+
+def test_model_xml_round_trip():
+    m = MODELS["max-qemu10.0-linux7.3"]
+    data = to_xml(m, ["fp", "asimd", "aes"])
+    back = from_xml(data)
+    assert same(back, m) and back.name == m.name and back.hosts == m.hosts
+    assert back.implementations == m.implementations and back.imp_id_writable
+    import xml.etree.ElementTree as ET
+    root = ET.fromstring(data)
+    assert (root.tag, root.get("mode"), root.get("match")) == ("cpu", "custom", "exact")
+    assert [f.get("name") for f in root.findall("feature")] == ["fp", "asimd", "aes"]
+
+
+def test_empty_pool_is_refused():
+    with pytest.raises(ValueError):
+        baseline([], KB)
