@@ -60,9 +60,28 @@ KVM_POLICY_OVERRIDES = {
     ("ID_AA64DFR0_EL1", "DebugVer"): LOWER_SAFE,
     ("ID_DFR0_EL1", "PerfMon"): LOWER_SAFE,
 }
-KVM_OVERRIDE_ORIGIN = ("Linux arch/arm64/kvm/sys_regs.c kvm_arm64_ftr_safe_value(): "
+# Lower bounds KVM's register-specific setters add on top of the safe-value
+# rule: (minimum, whether 0 is also accepted).  Source: Linux
+# arch/arm64/kvm/sys_regs.c set_id_aa64dfr0_el1() ("DebugVer is one of those
+# awkward fields with a nonzero minimum safe value": < IMP is -EINVAL) and
+# set_id_dfr0_el1() (CopDbg below Armv8 is -EINVAL; PerfMon must be 0 or at
+# least PMUv3).  Seen on real KVM: DebugVer 6 -> 2 is refused with EINVAL.
+# Also ID_AA64PFR0_EL1.EL1 below IMP: refused (EINVAL) by Linux 7.3.4 on the
+# test bed, accepted by 6.12.117; applied for every kernel, since a guest
+# without EL1 is no use and erring this way never calls a CPU runnable
+# when a kernel would refuse it.
+KVM_FIELD_LIMITS = {
+    ("ID_AA64PFR0_EL1", "EL1"): (1, False),
+    ("ID_AA64DFR0_EL1", "DebugVer"): (6, False),
+    ("ID_DFR0_EL1", "CopDbg"): (6, False),
+    ("ID_DFR0_EL1", "PerfMon"): (3, True),
+}
+KVM_OVERRIDE_ORIGIN = ("Linux arch/arm64/kvm/sys_regs.c: kvm_arm64_ftr_safe_value() makes "
                        "ID_AA64DFR0_EL1.PMUVer, ID_AA64DFR0_EL1.DebugVer and "
-                       "ID_DFR0_EL1.PerfMon are FTR_LOWER_SAFE for userspace writes")
+                       "ID_DFR0_EL1.PerfMon FTR_LOWER_SAFE for userspace writes; "
+                       "set_id_aa64dfr0_el1() and set_id_dfr0_el1() refuse DebugVer and "
+                       "CopDbg below 6 and a PerfMon between 1 and 2; Linux 7.3 refuses "
+                       "ID_AA64PFR0_EL1.EL1 below 1 (seen on the test bed)")
 
 # Registers the sysreg file lacks, from implementation_regs.json, and what
 # kind of register each is for KVM (MIDR/REVIDR/AIDR become writable with
@@ -173,7 +192,9 @@ def _build_sysreg_register(inputs: Inputs, name: str, warn: Callable[[str], None
             register=name, name=rng.name, msb=rng.msb, lsb=rng.lsb,
             kind=SYSREG_KIND[rng.kind], signed=policy.signed, policy=policy.policy,
             safe=policy.safe, kvm_policy=KVM_POLICY_OVERRIDES.get((name, rng.name)),
-            values=tuple(sorted(rng.values))))
+            values=tuple(sorted(rng.values)),
+            kvm_min=KVM_FIELD_LIMITS.get((name, rng.name), (None, False))[0],
+            kvm_zero_ok=KVM_FIELD_LIMITS.get((name, rng.name), (None, False))[1]))
     for key, entry in sorted((ftr or {}).items()):
         # cpufeature.c lists some RES1 bits (CTR_EL0[31]) as "fields"; the
         # sysreg file has them as Res1 already.
@@ -272,7 +293,8 @@ def registers_element(inputs: Inputs, regs: list[Register]) -> ET.Element:
             f = _sub(elem, "field", name=item.name, msb=item.msb, lsb=item.lsb, kind=item.kind,
                      signed=item.signed, policy=item.policy,
                      safe=None if item.safe is None else item.safe,
-                     kvm_policy=item.kvm_policy)
+                     kvm_policy=item.kvm_policy, kvm_min=item.kvm_min,
+                     kvm_zero_ok=True if item.kvm_min is not None and item.kvm_zero_ok else None)
             for value, vname in item.values:
                 _sub(f, "value", value=f"{value:#x}", name=vname)
     return root

@@ -115,6 +115,8 @@ class Field:
     safe: int | None            # the policy's safe value, where the kernel has one
     kvm_policy: str | None      # KVM's own rule for userspace writes, where it differs
     values: tuple[tuple[int, str], ...] = ()
+    kvm_min: int | None = None  # KVM refuses values below this (a register-specific setter)
+    kvm_zero_ok: bool = False   # ... except 0
 
     @property
     def width(self) -> int:
@@ -497,6 +499,8 @@ def load_registers(path: str) -> KnowledgeBase:
                     kvm_policy=child.get("kvm-policy"),
                     values=tuple((int(v.get("value", "0"), 0), v.get("name", ""))
                                  for v in child.iter(_NS + "value")),
+                    kvm_min=int(child.get("kvm-min", "0"), 0) if child.get("kvm-min") else None,
+                    kvm_zero_ok=child.get("kvm-zero-ok") == "true",
                 ))
             elif tag == "reserved":
                 reserved.append(Reserved(child.get("kind", "res0"),

@@ -28,6 +28,8 @@ def field_accepts(field: Field, new: int, limit: int) -> bool:
     host value is *limit*?  (Equal values are always accepted.)"""
     if new == limit:
         return True
+    if field.kvm_min is not None and new < field.kvm_min and not (new == 0 and field.kvm_zero_ok):
+        return False
     policy = field.effective_policy
     n, lim = field.order(new), field.order(limit)
     if policy == LOWER_SAFE:

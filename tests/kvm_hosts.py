@@ -37,7 +37,106 @@ def hosts() -> list[Host]:
     return out
 
 
-def guest_job(scenarios: bool = True, extra: str = "") -> str:
+def fidelity_requests(host: Host) -> dict[str, dict[str, str]]:
+    """The CPU models to try on *host*'s real KVM (issue: compare must agree
+    with the kernel): the baseline of *host* with every other fixture host
+    (same CPU on other kernels included), the baseline of all hosts of its
+    kernel, and every other host's own model.  Each request holds only the
+    registers that differ from *host*'s values."""
+    from libvirt_arm_cpu import registers
+    from libvirt_arm_cpu.baseline import baseline
+    from libvirt_arm_cpu.cpumodel import CpuModel
+    from libvirt_arm_cpu.profile import read_profile
+
+    kb = registers.load()
+    profiles = {h.id: read_profile(str(h.fixture), validate_schema=False)
+                for h in hosts() if h.fixture.exists()}
+    if host.id not in profiles:
+        return {}
+    models = {k: CpuModel.from_profile(p, kb, k) for k, p in profiles.items()}
+    mine = models[host.id]
+    candidates: dict[str, CpuModel] = {}
+    for other, m in models.items():
+        if other == host.id:
+            continue
+        candidates[f"own:{other}"] = m
+        pair = baseline([mine, m], kb)
+        if pair.ok:
+            candidates[f"pair:{other}"] = pair.model
+        # the same, as if the two were one implementation: exercises every
+        # other field's rule even where MIDR alone would refuse
+        alike = CpuModel({**m.values, **{r: mine.values.get(r, 0) for r in IMPL_REGS}},
+                         m.writable, m.imp_id_writable, m.hosts, m.implementations)
+        pair = baseline([mine, alike], kb)
+        if pair.ok:
+            candidates[f"fields:{other}"] = pair.model
+    for seed in range(6):
+        candidates[f"lowered:{seed}"] = lowered(mine, kb, seed)
+    same_kernel = [m for k, m in models.items() if k.endswith(f"linux{host.kernel}")]
+    whole = baseline(same_kernel, kb)
+    if whole.ok:
+        candidates["all-on-kernel"] = whole.model
+    return {name: {r: f"{v:#x}" for r, v in m.values.items() if mine.values.get(r, 0) != v
+                   or r not in mine.values}
+            for name, m in candidates.items()}
+
+
+IMPL_REGS = ("MIDR_EL1", "REVIDR_EL1", "AIDR_EL1")
+
+
+def lowered(model, kb, seed: int):
+    """*model* with random fields moved by random amounts, most of them
+    within what KVM allows (lower-safe fields lowered), some not: a mix of
+    supersets and incompatible models, the same on every run."""
+    import random
+
+    from libvirt_arm_cpu.cpumodel import CpuModel
+    from libvirt_arm_cpu.registers import LOWER_SAFE
+    from libvirt_arm_cpu.rules import covers
+    rnd = random.Random(seed)
+    values = dict(model.values)
+    for name in sorted(values):
+        reg = kb.register(name)
+        if reg.kind != "feature-id":
+            continue
+        for f in reg.fields:
+            if rnd.random() > 0.12:
+                continue
+            cur = f.get(values[name])
+            if seed % 3 != 2:       # within the rules: lower a writable lower-safe field
+                if f.effective_policy != LOWER_SAFE or not covers(model.writable.get(name), f):
+                    continue
+                choices = [v for v in range(min(f.max_value + 1, 16))
+                           if f.order(v) <= f.order(cur)]
+            else:                   # anything, anywhere
+                choices = list(range(min(f.max_value + 1, 16)))
+            values[name] = f.put(values[name], rnd.choice(choices))
+    return CpuModel(values, model.writable, model.imp_id_writable, model.hosts,
+                    model.implementations)
+
+
+FIDELITY_SNIPPET = """\
+import json
+from libvirt_arm_cpu import registers
+from libvirt_arm_cpu.probe import open_kvm
+from libvirt_arm_cpu.tryapply import try_apply
+kb = registers.load()
+requests = json.load(open("/tmp/fidelity-requests.json"))
+out = {}
+with open_kvm() as kvm:
+    for name, wanted in requests.items():
+        if not wanted:
+            out[name] = {"ok": True, "not_accepted": []}
+            continue
+        r = try_apply(kvm, kb, {k: int(v, 16) for k, v in wanted.items()})
+        out[name] = {"ok": r.ok, "not_accepted": [
+            f"{v.register}:{v.status}:{v.errno}" for v in r.verdicts
+            if v.status not in ("unchanged", "accepted")]}
+json.dump(out, open("/out/fidelity.json", "w"), indent=1)
+"""
+
+
+def guest_job(scenarios: bool = True, extra: str = "", host: Host | None = None) -> str:
     """The busybox-sh job: probe into /out/host.xml (exit code in
     /out/probe.rc, seconds in /out/probe.seconds), then the scenarios."""
     job = """\
@@ -54,4 +153,10 @@ echo "$t0 $t1" > /out/probe.seconds
         job += ("cat > /tmp/scenarios.py <<'SCENARIOS_EOF'\n" + script + "SCENARIOS_EOF\n"
                 "[ -f /out/host.xml ] && python3 /tmp/scenarios.py 2>/out/scenarios.stderr\n"
                 "echo $? > /out/scenarios.rc\n")
+    if host is not None:
+        import json
+        job += ("cat > /tmp/fidelity-requests.json <<'FIDELITY_EOF'\n"
+                + json.dumps(fidelity_requests(host)) + "\nFIDELITY_EOF\n"
+                "cat > /tmp/fidelity.py <<'FIDELITY_EOF'\n" + FIDELITY_SNIPPET + "FIDELITY_EOF\n"
+                "python3 /tmp/fidelity.py 2>/out/fidelity.stderr; echo $? > /out/fidelity.rc\n")
     return job + extra

@@ -171,3 +171,128 @@ def test_host_refuses_a_non_profile(run, tmp_path):
     bad = tmp_path / "domain.xml"
     bad.write_text("<domain type='kvm'/>")
     assert_one_line_error(run("host", "--profile", str(bad)), 1, str(bad))
+
+
+# -- cpu-baseline, cpu-compare, diff ------------------------------------------
+
+def _fixture(name):
+    from .kvm_hosts import FIXTURES
+    return str(FIXTURES / f"{name}.xml")
+
+
+def test_cpu_baseline_same_cpu_two_kernels(run, tmp_path, monkeypatch):
+    from libvirt_arm_cpu.commands import cpu as cpu_cmd
+    monkeypatch.setattr(cpu_cmd, "MODELS_DIR", str(tmp_path / "models"))
+    r = run("cpu-baseline", _fixture("neoverse-n1-qemu7.2-linux6.12"),
+            _fixture("neoverse-n1-qemu7.2-linux7.3"), "--save")
+    assert r.code == 0, r.err
+    import xml.etree.ElementTree as ET
+    cpu = ET.fromstring(r.out)
+    assert cpu.get("mode") == "custom" and cpu.get("match") == "exact"
+    name = cpu.find("model").text
+    feats = [f.get("name") for f in cpu.findall("feature")]
+    assert {"atomics", "asimddp", "ssbs"} <= set(feats) and "FEAT_LSE" not in feats
+    assert f"saved as {name}" in r.err
+    # the saved model is found by name, and is identical to both hosts
+    r = run("cpu-compare", name, _fixture("neoverse-n1-qemu7.2-linux7.3"))
+    assert r.code == 0 and "is identical to the CPU provided by the host" in r.out
+    r = run("cpu-baseline", _fixture("neoverse-n1-qemu7.2-linux6.12"), "--features", "--json")
+    data = json.loads(r.out)
+    assert "FEAT_LSE" in data["features"] and data["implementations"] == ["0x414fd0c1"]
+
+
+def test_cpu_baseline_conflict_lists_every_field(run):
+    r = run("cpu-baseline", _fixture("neoverse-n1-qemu7.2-linux6.12"),
+            _fixture("cortex-a72-qemu7.2-linux6.12"))
+    assert r.code == 1
+    lines = r.err.splitlines()
+    assert lines[0].startswith("libvirt-arm-cpu: error: no CPU model runs on all 2 hosts:")
+    assert any(line.strip().startswith("MIDR_EL1: differs") and "capability 239" in line
+               for line in lines[1:])
+    assert any(line.strip().startswith("ID_AA64PFR0_EL1.FP:") for line in lines[1:])
+    assert "Traceback" not in r.err
+
+
+def test_cpu_compare_verdicts_and_exit_codes(run, tmp_path):
+    model = tmp_path / "v1.xml"
+    assert run("cpu-baseline", _fixture("neoverse-v1-qemu10.0-linux6.12"), "-o",
+               str(model)).code == 0
+    r = run("cpu-compare", str(model), _fixture("neoverse-n1-qemu7.2-linux6.12"))
+    assert r.code == 1 and f"CPU described in {model} is incompatible with host CPU" in r.out
+    assert "  ID_AA64ISAR0_EL1.RNDR: needs 1, host has 0; KVM refuses it (lower-safe)" in r.out
+    r = run("cpu-compare", str(model), _fixture("neoverse-n1-qemu7.2-linux6.12"), "--error")
+    assert_one_line_error(r, 1, "is incompatible with the host CPU", "more)")
+    r = run("cpu-compare", str(model), _fixture("neoverse-n1-qemu7.2-linux6.12"), "--json",
+            "--kvm-only")
+    data = json.loads(r.out)
+    assert data["result"] == "incompatible"
+    assert {"register": "MIDR_EL1", "field": None, "kind": "needs-cap-239", "host": 0x414FD0C1,
+            "wanted": 0x411FD402} == {k: v for k, v in next(
+                x for x in data["reasons"] if x["register"] == "MIDR_EL1").items()
+                if k != "message"}
+
+
+def test_cpu_compare_superset_needs_a_sysreg_qemu(run, tmp_path):
+    from libvirt_arm_cpu.cpumodel import CpuModel, to_xml
+    from libvirt_arm_cpu.profile import read_profile
+    from libvirt_arm_cpu.registers import load
+    kb = load()
+    p = read_profile(_fixture("neoverse-n1-qemu7.2-linux6.12"))
+    m = CpuModel.from_profile(p, kb)
+    dp = kb.field("ID_AA64ISAR0_EL1", "DP")
+    m.values["ID_AA64ISAR0_EL1"] = dp.put(m.values["ID_AA64ISAR0_EL1"], 0)
+    path = tmp_path / "lower.xml"
+    path.write_bytes(to_xml(m, []))
+    r = run("cpu-compare", str(path), _fixture("neoverse-n1-qemu7.2-linux6.12"), "--kvm-only")
+    assert r.code == 0 and "Host CPU is a superset" in r.out and "lowers ID_AA64ISAR0_EL1.DP 1 -> 0" in r.out
+    r = run("cpu-compare", str(path), _fixture("neoverse-n1-qemu7.2-linux6.12"))
+    assert r.code == 1 and "cannot be told to change ID registers (missing" in r.out
+
+
+def test_diff_shows_only_differing_fields(run):
+    r = run("diff", _fixture("neoverse-n1-qemu7.2-linux6.12"), _fixture("cortex-a76-qemu7.2-linux6.12"))
+    assert r.code == 0
+    rows = {line.split()[0]: line.split()[1:] for line in r.out.splitlines()[1:]}
+    assert rows["MIDR_EL1.PartNum"] == ["0xd0c", "0xd0b"]
+    assert rows["ID_AA64PFR1_EL1.SSBS"] == ["2", "(SSBS2)", "1", "(IMP)"]
+    assert "ID_AA64ISAR0_EL1.DP" not in rows           # equal on both
+    r = run("diff", _fixture("neoverse-n1-qemu7.2-linux6.12"), _fixture("neoverse-n1-qemu7.2-linux7.3"))
+    assert r.out.strip() == "no differences between 2 hosts"
+
+
+@pytest.mark.parametrize("argv, code, needle", [
+    (["cpu-baseline"], 2, "the following arguments are required: PROFILE"),
+    (["cpu-compare", "no-such-model", "x.xml"], 2, "no CPU model file or saved model named"),
+    (["diff", "tests/data/hosts/a64fx-qemu7.2-linux6.12.xml"], 2, "at least two profiles"),
+])
+def test_cpu_commands_bad_usage(run, argv, code, needle):
+    assert_one_line_error(run(*argv), code, needle)
+
+
+def test_cpu_baseline_bad_profiles(run, tmp_path):
+    bad = tmp_path / "bad.xml"
+    bad.write_bytes(open(_fixture("a64fx-qemu7.2-linux6.12"), "rb").read().replace(
+        b'writable-masks="known"', b'writable-masks="perhaps"'))
+    assert_one_line_error(run("cpu-baseline", str(bad)), 1, str(bad), "not a valid host profile")
+    x86 = tmp_path / "x86.xml"
+    x86.write_bytes(open(_fixture("a64fx-qemu7.2-linux6.12"), "rb").read().replace(
+        b'machine="aarch64"', b'machine="x86_64"'))
+    assert_one_line_error(run("cpu-baseline", str(x86)), 1, "profile of a x86_64 machine")
+    assert_one_line_error(run("cpu-baseline", str(tmp_path / "missing.xml")), 1, "cannot read")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(run("cpu-baseline", str(empty)), 2, "no *.xml host profiles")
+
+
+def test_cpu_baseline_profile_disagreeing_with_the_kb(run, tmp_path):
+    data = open(_fixture("neoverse-n1-qemu7.2-linux6.12"), "rb").read()
+    renamed = tmp_path / "renamed.xml"
+    renamed.write_bytes(data.replace(b'name="ID_AA64ISAR0_EL1"', b'name="ID_AA64ISAR9_EL1"'))
+    assert_one_line_error(run("cpu-baseline", str(renamed)), 1, str(renamed),
+                          "ID_AA64ISAR9_EL1 at encoding S3_0_C0_C6_0 is ID_AA64ISAR0_EL1")
+    import re
+    m = re.search(rb'name="CTR_EL0"[^>]*value="(0x[0-9a-f]+)"', data)
+    ctr = int(m.group(1), 16)
+    res1 = tmp_path / "res1.xml"
+    res1.write_bytes(data.replace(m.group(1), f"0x{ctr & ~(1 << 31):016x}".encode(), 1))
+    assert_one_line_error(run("cpu-baseline", str(res1)), 1, "CTR_EL0", "RES1 bits 0x80000000 clear")

@@ -161,3 +161,22 @@ def test_every_policy_comes_from_the_kernel_table(kb, shared_data):
             assert (fld.lsb, fld.width) == (entry["shift"], entry["width"]), fld
             checked += 1
     assert checked > 250
+
+
+def test_tripwire_kvm_setter_limits(kb):
+    """KVM's setters refuse DebugVer/CopDbg below 6 and PerfMon 1..2 (seen on
+    real KVM: DebugVer 6 -> 2 is EINVAL); the rules must say so."""
+    from libvirt_arm_cpu.rules import field_accepts
+    debugver = kb.field("ID_AA64DFR0_EL1", "DebugVer")
+    assert field_accepts(debugver, 6, 8) and not field_accepts(debugver, 2, 6)
+    perfmon = kb.field("ID_DFR0_EL1", "PerfMon")
+    assert field_accepts(perfmon, 0, 4) and field_accepts(perfmon, 3, 4)
+    assert not field_accepts(perfmon, 2, 4) and not field_accepts(perfmon, 5, 4)
+    assert kb.field("ID_DFR0_EL1", "CopDbg").kvm_min == 6
+
+
+def test_tripwire_el1_cannot_be_removed(kb):
+    """Linux 7.3 refuses ID_AA64PFR0_EL1.EL1 = 0 (seen on the test bed)."""
+    from libvirt_arm_cpu.rules import field_accepts
+    el1 = kb.field("ID_AA64PFR0_EL1", "EL1")
+    assert not field_accepts(el1, 0, 1) and field_accepts(el1, 1, 2)

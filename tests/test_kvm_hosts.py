@@ -16,7 +16,10 @@ import pytest
 from libvirt_arm_cpu import registers
 from libvirt_arm_cpu.profile import HostProfile, from_xml, read_profile
 
-from .kvm_hosts import Host, guest_job, hosts
+from libvirt_arm_cpu.compare import INCOMPATIBLE, compare
+from libvirt_arm_cpu.cpumodel import CpuModel
+
+from .kvm_hosts import Host, fidelity_requests, guest_job, hosts
 from .testbed import run_in_guest
 
 pytestmark = pytest.mark.kvm
@@ -25,8 +28,8 @@ HOSTS = hosts()
 
 
 def boot(host: Host):
-    res = run_in_guest(kernel=host.kernel, qemu=host.qemu, cpu=host.cpu, script=guest_job(),
-                       timeout=240)
+    res = run_in_guest(kernel=host.kernel, qemu=host.qemu, cpu=host.cpu,
+                       script=guest_job(host=host), timeout=420)
     assert "probe.rc" in res.files, f"the guest job did not run: {res.stderr[-2000:]}"
     return res
 
@@ -192,3 +195,40 @@ def test_host_command_probes_once_then_serves_the_cache():
     out = res.files["host1.out"].decode()
     assert "Arm Neoverse-N1 r4p1" in out and "writable masks: unknown" in out
     assert from_xml(res.files["cache.xml"]).kernel_release.startswith("6.1.")
+
+
+
+@pytest.mark.parametrize("host", HOSTS, ids=lambda h: h.id)
+def test_compare_agrees_with_the_kernel(host):
+    """For every model tried on this host's real KVM (pair baselines, the
+    baseline of its kernel's hosts, every other host's own CPU), compare's
+    verdict (KVM alone, without the QEMU requirement) must be what KVM says."""
+    res = boot(host)
+    assert res.files.get("fidelity.rc") == b"0\n", res.files.get("fidelity.stderr", b"").decode()
+    seen = json.loads(res.files["fidelity.json"])
+    kb = registers.load()
+    profile = read_profile(str(host.fixture))
+    requests = fidelity_requests(host)
+    disagreements = []
+    for name, wanted in requests.items():
+        mine = CpuModel.from_profile(profile, kb)
+        model = CpuModel({**mine.values, **{k: int(v, 16) for k, v in wanted.items()}},
+                         mine.writable)
+        predicted = compare(model, profile, kb, check_qemu=False)
+        kernel_ok = seen[name]["ok"]
+        if (predicted.result != INCOMPATIBLE) != kernel_ok:
+            disagreements.append(f"{name}: compare says {predicted.result} "
+                                 f"({'; '.join(map(str, predicted.reasons[:3]))}), KVM says "
+                                 f"{'accepted' if kernel_ok else seen[name]['not_accepted']}")
+    print(f"{host.id}: compare agrees with KVM on {len(requests) - len(disagreements)} of "
+          f"{len(requests)} models")
+    assert not disagreements, "\n".join(disagreements)
+
+
+@pytest.mark.parametrize("host", HOSTS, ids=lambda h: h.id)
+def test_every_baseline_with_this_host_is_accepted_by_its_kvm(host):
+    seen = json.loads(boot(host).files["fidelity.json"])
+    pairs = {k: v for k, v in seen.items() if k.startswith(("pair:", "all-on-kernel"))}
+    refused = {k: v["not_accepted"] for k, v in pairs.items() if not v["ok"]}
+    print(f"{host.id}: {len(pairs) - len(refused)} of {len(pairs)} baselines accepted")
+    assert not refused

@@ -56,10 +56,31 @@ def load_inputs(paths: list[str], kb: registers.KnowledgeBase) -> list[tuple[str
             p = profile_from_xml(data, path)
             if p.machine not in ("aarch64", "arm64"):
                 raise ParseError(path, None, f"profile of a {p.machine} machine, not aarch64")
+            check_against_kb(p, kb, path)
             out.append((label, CpuModel.from_profile(p, kb, label), p))
         else:
             out.append((label, model_from_xml(data, path), None))
     return out
+
+
+def check_against_kb(p: HostProfile, kb: registers.KnowledgeBase, path: str) -> None:
+    """A profile must agree with the knowledge base: known names at their
+    encodings, and no RES1 bit clear (a garbled or foreign file otherwise).
+
+    :raise ParseError: naming the file and register.
+    """
+    for r in p.registers:
+        reg = kb.by_encoding(*r.encoding)
+        expected = reg.name if reg else registers.generic_name(*r.encoding)
+        if r.name != expected:
+            raise ParseError(path, None, f"register {r.name} at encoding "
+                             f"{registers.generic_name(*r.encoding)} is {expected} in the "
+                             f"knowledge base")
+        if reg is not None and r.value is not None:
+            clear = reg.res1_mask & ~r.value
+            if clear:
+                raise ParseError(path, None, f"{r.name} = {r.value:#x} has RES1 bits {clear:#x} "
+                                 f"clear: not a value a CPU reports")
 
 
 def resolve_model(spec: str) -> tuple[str, CpuModel]:

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Baseline and compare over many host profiles (issue 4's scale targets).
+
+Generates N profiles as a fleet would have them: a few distinct CPUs
+(variations of the test-bed fixtures of one kernel generation), every file
+with its own host name, probe time and boot id.  Then times, in-process:
+
+  * baseline over N profile files, parsing included (schema validation
+    excluded: it is a per-file cost paid when profiles are written);
+  * compare of one model against each of the N profiles.
+
+usage: python bench/baseline_scale.py [N ...]     (default: 10 100 1000 10000)
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from libvirt_arm_cpu import registers  # noqa: E402
+from libvirt_arm_cpu.baseline import baseline  # noqa: E402
+from libvirt_arm_cpu.compare import compare  # noqa: E402
+from libvirt_arm_cpu.cpumodel import CpuModel  # noqa: E402
+from libvirt_arm_cpu.profile import from_xml, read_profile, to_xml  # noqa: E402
+
+FIXTURE = ROOT / "tests/data/hosts/neoverse-n1-qemu7.2-linux6.12.xml"
+
+
+def fleet(n: int, directory: Path, distinct: int = 4) -> list[Path]:
+    kb = registers.load()
+    base = read_profile(str(FIXTURE), validate_schema=False)
+    rnd = random.Random(1)
+    kinds = []
+    isar0 = kb.register("ID_AA64ISAR0_EL1")
+    for k in range(distinct):        # the same core with a few features fused off
+        p = from_xml(to_xml(base))
+        for r in p.registers:
+            if r.name == "ID_AA64ISAR0_EL1" and k:
+                f = rnd.choice([f for f in isar0.fields if f.get(r.value)])
+                r.value = f.put(r.value, 0)
+        kinds.append(p)
+    paths = []
+    for i in range(n):
+        p = kinds[i % distinct]
+        p.hostname = f"host{i:05d}"
+        p.fingerprint.components["boot-id"] = f"{i:032x}"
+        path = directory / f"host{i:05d}.xml"
+        path.write_bytes(to_xml(p))
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str]) -> int:
+    sizes = [int(a) for a in argv[1:]] or [10, 100, 1000, 10000]
+    kb = registers.load()
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = fleet(n, Path(tmp))
+            t0 = time.perf_counter()
+            models = []
+            for path in paths:
+                p = read_profile(str(path), validate_schema=False)
+                models.append(CpuModel.from_profile(p, kb))
+            t1 = time.perf_counter()
+            result = baseline(models, kb)
+            t2 = time.perf_counter()
+            assert result.ok
+            profiles = [read_profile(str(path), validate_schema=False) for path in paths]
+            t3 = time.perf_counter()
+            verdicts = [compare(result.model, p, kb).result for p in profiles]
+            t4 = time.perf_counter()
+            print(f"{n:6d} hosts: parse {t1 - t0:7.2f} s + baseline {t2 - t1:6.3f} s; "
+                  f"compare one model with each {t4 - t3:6.2f} s ({len(set(verdicts))} "
+                  f"distinct verdicts)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
