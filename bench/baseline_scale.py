@@ -5,9 +5,11 @@ Generates N profiles as a fleet would have them: a few distinct CPUs
 (variations of the test-bed fixtures of one kernel generation), every file
 with its own host name, probe time and boot id.  Then times, in-process:
 
-  * baseline over N profile files, parsing included (schema validation
-    excluded: it is a per-file cost paid when profiles are written);
-  * compare of one model against each of the N profiles.
+  * baseline over N profile files as cpu-baseline reads them: every file
+    read, each distinct content parsed and schema-validated once, every
+    other file's identity part checked;
+  * compare of one model against each of the N profiles (reading them
+    included).
 
 usage: python bench/baseline_scale.py [N ...]     (default: 10 100 1000 10000)
 """
@@ -25,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from libvirt_arm_cpu import registers  # noqa: E402
 from libvirt_arm_cpu.baseline import baseline  # noqa: E402
-from libvirt_arm_cpu.compare import compare  # noqa: E402
-from libvirt_arm_cpu.cpumodel import CpuModel  # noqa: E402
+from libvirt_arm_cpu.compare import compare_many  # noqa: E402
+from libvirt_arm_cpu.commands.cpu import load_inputs  # noqa: E402
 from libvirt_arm_cpu.profile import from_xml, read_profile, to_xml  # noqa: E402
 
 FIXTURE = ROOT / "tests/data/hosts/neoverse-n1-qemu7.2-linux6.12.xml"
@@ -63,20 +65,18 @@ def main(argv: list[str]) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             paths = fleet(n, Path(tmp))
             t0 = time.perf_counter()
-            models = []
-            for path in paths:
-                p = read_profile(str(path), validate_schema=False)
-                models.append(CpuModel.from_profile(p, kb))
+            inputs = load_inputs([str(p) for p in paths], kb)     # what cpu-baseline reads
             t1 = time.perf_counter()
-            result = baseline(models, kb)
+            result = baseline([m for _, m, _ in inputs], kb, [label for label, _, _ in inputs])
             t2 = time.perf_counter()
             assert result.ok
-            profiles = [read_profile(str(path), validate_schema=False) for path in paths]
-            t3 = time.perf_counter()
-            verdicts = [compare(result.model, p, kb).result for p in profiles]
+            t3 = time.perf_counter()     # compare: reading the profiles again, included
+            profiles = [p for _, _, p in load_inputs([str(p) for p in paths], kb)]
+            verdicts = [c.result for c in compare_many(result.model, profiles, kb)]
             t4 = time.perf_counter()
-            print(f"{n:6d} hosts: parse {t1 - t0:7.2f} s + baseline {t2 - t1:6.3f} s; "
-                  f"compare one model with each {t4 - t3:6.2f} s ({len(set(verdicts))} "
+            print(f"{n:6d} hosts: read {t1 - t0:5.2f} s + baseline {t2 - t1:5.3f} s = "
+                  f"{t2 - t0:5.2f} s; compare one model with each (read included) "
+                  f"{t4 - t3:5.2f} s ({len(set(verdicts))} "
                   f"distinct verdicts)")
     return 0
 

@@ -160,11 +160,17 @@ def baseline(models: Sequence[CpuModel], kb: KnowledgeBase,
     if not models:
         raise ValueError("baseline of no hosts")
     labels = list(labels or ["+".join(m.hosts) or f"#{i}" for i, m in enumerate(models)])
-    distinct: dict[tuple, tuple[CpuModel, list[str]]] = {}
+    # Models read from identical profiles share their dicts: group by identity
+    # first (cheap), then by content.
+    by_identity: dict[tuple, tuple[CpuModel, list[str]]] = {}
     for m, label in zip(models, labels):
+        by_identity.setdefault((id(m.values), id(m.writable), m.imp_id_writable),
+                               (m, []))[1].append(label)
+    distinct: dict[tuple, tuple[CpuModel, list[str]]] = {}
+    for m, group in by_identity.values():
         key = (tuple(sorted(m.values.items())), tuple(sorted(m.writable.items())),
                m.imp_id_writable)
-        distinct.setdefault(key, (m, []))[1].append(label)
+        distinct.setdefault(key, (m, []))[1].extend(group)
     uniq = [m for m, _ in distinct.values()]
     uniq_labels = [_short(ls) for _, ls in distinct.values()]
     regs = {n: kb.register(n) for m in uniq for n in m.values}

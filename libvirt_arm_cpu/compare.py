@@ -24,7 +24,8 @@ from .profile import HostProfile
 from .registers import KnowledgeBase
 from .rules import covers, field_accepts
 
-__all__ = ["IDENTICAL", "SUPERSET", "INCOMPATIBLE", "Reason", "Comparison", "compare"]
+__all__ = ["IDENTICAL", "SUPERSET", "INCOMPATIBLE", "Reason", "Comparison", "compare",
+           "compare_many"]
 
 IDENTICAL, SUPERSET, INCOMPATIBLE = "identical", "superset", "incompatible"
 U64 = (1 << 64) - 1
@@ -124,3 +125,17 @@ def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
     if reasons:
         return Comparison(INCOMPATIBLE, reasons, changes)
     return Comparison(SUPERSET if changes else IDENTICAL, [], changes)
+
+
+def compare_many(model: CpuModel, hosts: list[HostProfile], kb: KnowledgeBase,
+                 check_qemu: bool = True) -> list[Comparison]:
+    """:func:`compare` for each host; hosts that are the same profile object
+    (see :mod:`libvirt_arm_cpu.fleet`) are compared once."""
+    done: dict[int, Comparison] = {}
+    out = []
+    for host in hosts:
+        c = done.get(id(host))
+        if c is None:
+            c = done[id(host)] = compare(model, host, kb, check_qemu)
+        out.append(c)
+    return out

@@ -15,6 +15,7 @@ is on a latency budget (the hook), when read.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -229,6 +230,13 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
     )
 
 
+@functools.lru_cache(maxsize=4)
+def _schema(path: str):
+    import xmlschema
+
+    return xmlschema.XMLSchema(path)
+
+
 def validate(data: bytes, path: str) -> None:
     """Check *data* against profile.xsd.
 
@@ -240,7 +248,7 @@ def validate(data: bytes, path: str) -> None:
         ET.fromstring(data)     # well-formedness first, for the line number
     except ET.ParseError as err:
         raise ParseError(path, err.position[0], f"not well-formed XML: {err}") from err
-    schema = xmlschema.XMLSchema(schema_path("profile.xsd"))
+    schema = _schema(schema_path("profile.xsd"))
     try:
         errors = schema.iter_errors(data.decode("utf-8", errors="replace"))
         for err in errors:

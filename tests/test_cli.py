@@ -296,3 +296,20 @@ def test_cpu_baseline_profile_disagreeing_with_the_kb(run, tmp_path):
     res1 = tmp_path / "res1.xml"
     res1.write_bytes(data.replace(m.group(1), f"0x{ctr & ~(1 << 31):016x}".encode(), 1))
     assert_one_line_error(run("cpu-baseline", str(res1)), 1, "CTR_EL0", "RES1 bits 0x80000000 clear")
+
+
+def test_cpu_baseline_over_a_fleet_reads_each_cpu_once(run, tmp_path):
+    """Many files with the same content but their own identity: each must
+    still be checked (a broken identity is refused), and the result is the
+    same as for one of them."""
+    src = open(_fixture("neoverse-n1-qemu7.2-linux6.12"), "rb").read()
+    for i in range(50):
+        (tmp_path / f"h{i:02d}.xml").write_bytes(src.replace(b'hostname="(none)"',
+                                                             f'hostname="h{i:02d}"'.encode()))
+    many = run("cpu-baseline", str(tmp_path), "--json")
+    one = run("cpu-baseline", _fixture("neoverse-n1-qemu7.2-linux6.12"), "--json")
+    assert many.code == one.code == 0
+    a, b = json.loads(many.out), json.loads(one.out)
+    assert a["registers"] == b["registers"] and len(a["hosts"]) == 50
+    (tmp_path / "h07.xml").write_bytes(src.replace(b"<identity ", b"<identiy ", 1))
+    assert_one_line_error(run("cpu-baseline", str(tmp_path)), 1, "h07.xml")

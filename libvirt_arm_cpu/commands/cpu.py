@@ -15,6 +15,7 @@ from ..compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare
 from ..cpumodel import CpuModel, from_xml as model_from_xml, to_xml as model_to_xml
 from ..errors import DataError, ParseError, UsageError
 from ..fileio import atomic_write
+from ..fleet import check_identity, profile_key
 from ..hostcache import DEFAULT_CACHE, cached_profile
 from ..profile import HostProfile, from_xml as profile_from_xml, validate
 
@@ -46,20 +47,33 @@ def _expand(paths: list[str]) -> list[str]:
 
 def load_inputs(paths: list[str], kb: registers.KnowledgeBase) -> list[tuple[str, CpuModel,
                                                                              HostProfile | None]]:
-    """Profiles (validated) and saved models, each with a label."""
+    """Profiles (validated) and saved models, each with a label.  Profiles
+    with the same content (a fleet's many hosts of one CPU) are parsed and
+    validated once (see :mod:`libvirt_arm_cpu.fleet`)."""
     out = []
+    seen: dict[bytes, tuple[CpuModel, HostProfile]] = {}
     for path in _expand(paths):
         data = _read(path)
         label = "stdin" if path == "-" else os.path.splitext(os.path.basename(path))[0]
-        if b"<hostprofile" in data[:400]:
-            validate(data, path)
-            p = profile_from_xml(data, path)
-            if p.machine not in ("aarch64", "arm64"):
-                raise ParseError(path, None, f"profile of a {p.machine} machine, not aarch64")
-            check_against_kb(p, kb, path)
-            out.append((label, CpuModel.from_profile(p, kb, label), p))
-        else:
+        if b"<hostprofile" not in data[:400]:
             out.append((label, model_from_xml(data, path), None))
+            continue
+        key = profile_key(data)
+        if key is not None and key in seen:
+            check_identity(data, path)
+            model, p = seen[key]
+            out.append((label, CpuModel(model.values, model.writable, model.imp_id_writable,
+                                        (label,), model.implementations, model.name), p))
+            continue
+        validate(data, path)
+        p = profile_from_xml(data, path)
+        if p.machine not in ("aarch64", "arm64"):
+            raise ParseError(path, None, f"profile of a {p.machine} machine, not aarch64")
+        check_against_kb(p, kb, path)
+        model = CpuModel.from_profile(p, kb, label)
+        if key is not None:
+            seen[key] = (model, p)
+        out.append((label, model, p))
     return out
 
 
