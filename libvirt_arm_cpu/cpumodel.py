@@ -18,7 +18,8 @@ import hashlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from .errors import ParseError
+from .errors import ParseError, UnknownName
+from .features import load as load_features
 from .profile import HostProfile
 from .registers import KnowledgeBase
 
@@ -111,6 +112,12 @@ def from_xml(data: bytes, path: str = "<cpu>") -> CpuModel:
         except ValueError:
             raise ParseError(path, None, f"register {name}: value '{r.get('value')}' is not "
                              f"a hex number") from None
+    catalog = load_features()
+    for feat in cpu.findall("feature"):
+        try:
+            catalog.feature(feat.get("name", ""))
+        except UnknownName as err:
+            raise ParseError(path, None, f"<feature name='{feat.get('name')}'>: {err}") from None
     model = cpu.find("model")
     return CpuModel(values, writable, regs.get("imp-id-writable") == "yes",
                     tuple(h.get("name", "") for h in regs.iter(_q("host"))),

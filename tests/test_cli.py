@@ -313,3 +313,11 @@ def test_cpu_baseline_over_a_fleet_reads_each_cpu_once(run, tmp_path):
     assert a["registers"] == b["registers"] and len(a["hosts"]) == 50
     (tmp_path / "h07.xml").write_bytes(src.replace(b"<identity ", b"<identiy ", 1))
     assert_one_line_error(run("cpu-baseline", str(tmp_path)), 1, "h07.xml")
+
+
+def test_cpu_compare_refuses_unknown_feature_names(run, tmp_path):
+    model = tmp_path / "m.xml"
+    assert run("cpu-baseline", _fixture("neoverse-n1-qemu7.2-linux6.12"), "-o", str(model)).code == 0
+    model.write_text(model.read_text().replace('name="aes"', 'name="aess"'))
+    assert_one_line_error(run("cpu-compare", str(model), _fixture("neoverse-n1-qemu7.2-linux6.12")),
+                          1, str(model), "<feature name='aess'>", "did you mean aes")
