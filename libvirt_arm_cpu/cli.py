@@ -57,11 +57,11 @@ class Command:
 def commands() -> list[Command]:
     from .commands.decode import DecodeCommand
     from .commands.features import FeaturesCommand
-    from .commands.cpu import BaselineCommand, CompareCommand, DiffCommand
+    from .commands.cpu import BaselineCommand, CompareCommand, DiffCommand, ImportCommand
     from .commands.host import HostCommand
 
     return [DecodeCommand(), FeaturesCommand(), HostCommand(), BaselineCommand(),
-            CompareCommand(), DiffCommand()]
+            CompareCommand(), DiffCommand(), ImportCommand()]
 
 
 def build_parser(prog: str, description: str, cmds: Sequence[Command]) -> ArgumentParser:

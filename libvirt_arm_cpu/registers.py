@@ -30,7 +30,8 @@ from .paths import kb_dir
 
 __all__ = [
     "KnowledgeBase", "Register", "Field", "Reserved", "RegisterValue", "FieldValue",
-    "load", "read_kb_file", "parse_u64", "kvm_reg_id", "writable_mask_index", "generic_name",
+    "load", "read_kb_file", "parse_u64", "kvm_reg_id", "encoding_of_kvm_id",
+    "writable_mask_index", "generic_name",
     "in_feature_id_space", "NAMESPACE",
     "LOWER_SAFE", "HIGHER_SAFE", "HIGHER_OR_ZERO_SAFE", "EXACT", "MUST_MATCH",
 ]
@@ -55,6 +56,14 @@ U64_MAX = (1 << 64) - 1
 def kvm_reg_id(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
     """KVM ONE_REG id of a system register (ARM64_SYS_REG in the uAPI)."""
     return (0x6030000000130000 | op0 << 14 | op1 << 11 | crn << 7 | crm << 3 | op2)
+
+
+def encoding_of_kvm_id(reg_id: int) -> tuple[int, int, int, int, int] | None:
+    """The (op0, op1, CRn, CRm, op2) of a KVM ONE_REG system-register id."""
+    if reg_id & ~0xFFFF != 0x6030000000130000:
+        return None
+    return ((reg_id >> 14) & 3, (reg_id >> 11) & 7, (reg_id >> 7) & 15, (reg_id >> 3) & 15,
+            reg_id & 7)
 
 
 def in_feature_id_space(op0: int, op1: int, crn: int, crm: int, op2: int) -> bool:

@@ -321,3 +321,78 @@ def test_cpu_compare_refuses_unknown_feature_names(run, tmp_path):
     model.write_text(model.read_text().replace('name="aes"', 'name="aess"'))
     assert_one_line_error(run("cpu-compare", str(model), _fixture("neoverse-n1-qemu7.2-linux6.12")),
                           1, str(model), "<feature name='aess'>", "did you mean aes")
+
+
+# -- import -------------------------------------------------------------------
+
+def test_import_text_dump_takes_part_in_baseline(run, tmp_path):
+    out = tmp_path / "n1.xml"
+    r = run("import", str(EXAMPLES / "qemu-neoverse-n1.regs"), "-o", str(out))
+    assert r.code == 0 and "32 registers" in r.err
+    from libvirt_arm_cpu.profile import read_profile
+    p = read_profile(str(out))                         # schema-valid
+    assert p.values()["ID_AA64ISAR0_EL1"] == 0x0000100010211120
+    assert p.masks_known and all(not r.writable for r in p.registers)    # --writable none
+    assert p.cpus[0].midr == 0x414FD0C1 and p.hostname == "qemu-neoverse-n1"
+    # TRM reset values are not what KVM shows a guest: the real N1 host cannot run them
+    model = tmp_path / "m.xml"
+    assert run("cpu-baseline", str(out), "-o", str(model)).code == 0
+    r = run("cpu-compare", str(model), _fixture("neoverse-n1-qemu7.2-linux6.12"), "--kvm-only")
+    assert r.code == 1 and "ID_AA64PFR0_EL1.EL3: needs 1, host has 0" in r.out
+
+
+def _firecracker_doc(profile_path, with_x=False):
+    from libvirt_arm_cpu.profile import read_profile
+    p = read_profile(profile_path)
+    mods = [{"addr": f"{r.kvm_id:#x}", "bitmap": "0b" + format(r.value, "064b")}
+            for r in p.registers if r.value is not None]
+    mods.append({"addr": "0x6030000000100000", "bitmap": "0b" + "0" * 64})   # a core register
+    if with_x:
+        mods[0]["bitmap"] = "0b" + "x" * 8 + "0" * 56
+    return {"firecracker_version": "1.12.0", "kernel_version": "6.12.117",
+            "guest_cpu_config": {"kvm_capabilities": [], "vcpu_features": [],
+                                 "reg_modifiers": mods}}
+
+
+def test_import_firecracker_fingerprint_with_reused_masks(run, tmp_path):
+    fixture = _fixture("neoverse-n1-qemu7.2-linux6.12")
+    dump = tmp_path / "fc.json"
+    dump.write_text(json.dumps(_firecracker_doc(fixture)))
+    out = tmp_path / "fc.xml"
+    r = run("import", str(dump), "--writable", fixture, "-o", str(out))
+    assert r.code == 0, r.err
+    from libvirt_arm_cpu.profile import read_profile
+    imported, probed = read_profile(str(out)), read_profile(fixture)
+    assert imported.kernel_release == "6.12.117"
+    assert [(r.name, r.value, r.writable) for r in imported.registers] == \
+        [(r.name, r.value, r.writable) for r in probed.registers]
+    r = run("diff", str(out), fixture)
+    assert r.out.strip() == "no differences between 2 hosts"
+
+
+def test_import_all_known_is_an_announced_assumption(run, tmp_path):
+    out = tmp_path / "a.xml"
+    r = run("import", str(EXAMPLES / "qemu-cortex-a72.regs"), "--writable", "all-known",
+            "-o", str(out))
+    assert r.code == 0 and "ASSUMES" in r.err
+    from libvirt_arm_cpu.profile import read_profile
+    p = read_profile(str(out))
+    isar0 = p.register("ID_AA64ISAR0_EL1")
+    assert isar0.writable & (0xF << 44) == 0xF << 44         # DP: lower-safe, so "writable"
+    assert p.register("MIDR_EL1").writable == 0
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("{not json", "not valid JSON"),
+    ('{"a": 1}', "not a Firecracker cpu-template-helper dump"),
+    ('{"reg_modifiers": [{"addr": "0x603000000013c030", "bitmap": "0bxx01"}]}',
+     "ID_AA64ISAR0_EL1: bit 63 is 'x' (keep host value): a template, not a dump"),
+    ('{"reg_modifiers": [{"addr": "0x603000000013c030", "bitmap": "0b012"}]}',
+     "is not a 0b... bit string"),
+    ("ID_AA64ISAR0_EL1=0x1\nFOO=2\n", ":2: unknown register 'FOO'"),
+])
+def test_import_bad_dumps(run, tmp_path, content, needle):
+    dump = tmp_path / "bad"
+    dump.write_text(content)
+    assert_one_line_error(run("import", str(dump), "-o", str(tmp_path / "o.xml")), 1, needle)
+    assert not (tmp_path / "o.xml").exists()

@@ -183,3 +183,10 @@ def test_reserved_violations(kb):
     assert found == {("27:24", 1), ("3:0", 1)}
     ctr = kb.register("CTR_EL0")
     assert [r.kind for r, _ in ctr.decode(0).reserved_violations()] == ["res1"]
+
+
+def test_encoding_of_kvm_id(kb):
+    from libvirt_arm_cpu.registers import encoding_of_kvm_id
+    for reg in kb:
+        assert encoding_of_kvm_id(reg.kvm_id) == reg.encoding
+    assert encoding_of_kvm_id(0x6030000000100000) is None        # a core register
