@@ -29,7 +29,7 @@ from .registers import (EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Fie
                         KnowledgeBase, Register)
 from .rules import covers, field_accepts
 
-__all__ = ["Conflict", "BaselineResult", "baseline"]
+__all__ = ["Conflict", "BaselineResult", "baseline", "Pool", "largest_compatible", "pools"]
 
 U64 = (1 << 64) - 1
 
@@ -189,3 +189,76 @@ def baseline(models: Sequence[CpuModel], kb: KnowledgeBase,
 
 def _short(labels: list[str]) -> str:
     return labels[0] if len(labels) == 1 else f"{labels[0]} (+{len(labels) - 1} alike)"
+
+
+@dataclass
+class Pool:
+    indices: list[int]          # positions in the input
+    result: BaselineResult
+
+
+MAX_EXACT_GROUPS = 12
+
+
+def _groups(models: Sequence[CpuModel]) -> list[list[int]]:
+    """Input positions grouped by identical content (same CPU, kernel)."""
+    seen: dict[tuple, list[int]] = {}
+    for i, m in enumerate(models):
+        key = (tuple(sorted(m.values.items())), tuple(sorted(m.writable.items())),
+               m.imp_id_writable)
+        seen.setdefault(key, []).append(i)
+    return list(seen.values())
+
+
+def largest_compatible(models: Sequence[CpuModel], kb: KnowledgeBase,
+                       labels: Sequence[str] | None = None) -> Pool:
+    """The largest set of inputs (by number of hosts) that has a baseline:
+    what ``--exclude-incompatible`` keeps.  Exact over the distinct kinds of
+    host when there are at most 12 of them (fleets have few), greedy above:
+    drop the kind named in most conflicts until a baseline exists."""
+    labels = list(labels or ["+".join(m.hosts) or f"#{i}" for i, m in enumerate(models)])
+    groups = _groups(models)
+
+    def attempt(chosen: list[list[int]]) -> Pool:
+        idx = sorted(i for g in chosen for i in g)
+        return Pool(idx, baseline([models[i] for i in idx], kb, [labels[i] for i in idx]))
+
+    if len(groups) <= MAX_EXACT_GROUPS:
+        import itertools
+        subsets = []
+        for r in range(len(groups), 0, -1):
+            for combo in itertools.combinations(range(len(groups)), r):
+                subsets.append((sum(len(groups[g]) for g in combo), combo))
+        subsets.sort(key=lambda s: (-s[0], s[1]))
+        for _, combo in subsets:
+            pool = attempt([groups[g] for g in combo])
+            if pool.result.ok:
+                return pool
+        raise AssertionError("a single kind of host always has a baseline")
+    chosen = list(groups)
+    while True:
+        pool = attempt(chosen)
+        if pool.result.ok or len(chosen) == 1:
+            return pool
+        blamed: dict[int, int] = {}
+        for c in pool.result.conflicts:
+            for n, g in enumerate(chosen):
+                if labels[g[0]] in " ".join(c.values):
+                    blamed[n] = blamed.get(n, 0) + 1
+        worst = max(range(len(chosen)), key=lambda n: (blamed.get(n, 0), -len(chosen[n])))
+        chosen.pop(worst)
+
+
+def pools(models: Sequence[CpuModel], kb: KnowledgeBase,
+          labels: Sequence[str] | None = None) -> list[Pool]:
+    """Split the inputs into pools that each have a baseline, largest first."""
+    labels = list(labels or ["+".join(m.hosts) or f"#{i}" for i, m in enumerate(models)])
+    remaining = list(range(len(models)))
+    out = []
+    while remaining:
+        pool = largest_compatible([models[i] for i in remaining], kb,
+                                  [labels[i] for i in remaining])
+        taken = [remaining[i] for i in pool.indices]
+        out.append(Pool(taken, pool.result))
+        remaining = [i for i in remaining if i not in set(taken)]
+    return out

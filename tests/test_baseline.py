@@ -181,3 +181,23 @@ def test_model_xml_round_trip():
 def test_empty_pool_is_refused():
     with pytest.raises(ValueError):
         baseline([], KB)
+
+
+def test_exclude_incompatible_drops_the_fewest_hosts():
+    from libvirt_arm_cpu.baseline import largest_compatible
+    n1 = MODELS["neoverse-n1-qemu7.2-linux6.12"]
+    fleet = [variant(n1, 0, "a"), variant(n1, 0, "b"), variant(n1, 0, "c"),
+             MODELS["cortex-a72-qemu7.2-linux6.12"], MODELS["cortex-a76-qemu7.2-linux6.12"]]
+    pool = largest_compatible(fleet, KB, ["a", "b", "c", "a72", "a76"])
+    assert pool.indices == [0, 1, 2] and pool.result.ok
+
+
+def test_pools_largest_first_and_cover_everyone():
+    from libvirt_arm_cpu.baseline import pools
+    fleet = [MODELS["cortex-a72-qemu7.2-linux6.12"], MODELS["neoverse-n1-qemu7.2-linux6.12"],
+             MODELS["neoverse-n1-qemu7.2-linux7.3"], MODELS["cortex-a72-qemu7.2-linux7.3"],
+             MODELS["neoverse-n1-qemu7.2-linux6.12"]]
+    result = pools(fleet, KB)
+    assert [p.indices for p in result] == [[1, 2, 4], [0, 3]]
+    assert all(p.result.ok for p in result)
+    assert sorted(i for p in result for i in p.indices) == list(range(len(fleet)))

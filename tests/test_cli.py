@@ -396,3 +396,20 @@ def test_import_bad_dumps(run, tmp_path, content, needle):
     dump.write_text(content)
     assert_one_line_error(run("import", str(dump), "-o", str(tmp_path / "o.xml")), 1, needle)
     assert not (tmp_path / "o.xml").exists()
+
+
+def test_cpu_baseline_exclude_incompatible_and_pools(run):
+    hosts = [_fixture(n) for n in ("neoverse-n1-qemu7.2-linux6.12", "cortex-a72-qemu7.2-linux6.12",
+                                   "neoverse-n1-qemu7.2-linux7.3", "cortex-a72-qemu7.2-linux7.3",
+                                   "a64fx-qemu7.2-linux6.12")]
+    r = run("cpu-baseline", *hosts, "--exclude-incompatible", "--json")
+    assert r.code == 0
+    assert "left out 3 of 5 hosts: cortex-a72-qemu7.2-linux6.12 cortex-a72-qemu7.2-linux7.3 " \
+           "a64fx-qemu7.2-linux6.12" in r.err
+    assert sorted(json.loads(r.out)["hosts"]) == ["neoverse-n1-qemu7.2-linux6.12",
+                                                  "neoverse-n1-qemu7.2-linux7.3"]
+    r = run("cpu-baseline", *hosts, "--pools", "--json")
+    assert [p["hosts"] for p in json.loads(r.out)] == [
+        ["neoverse-n1-qemu7.2-linux6.12", "neoverse-n1-qemu7.2-linux7.3"],
+        ["cortex-a72-qemu7.2-linux6.12", "cortex-a72-qemu7.2-linux7.3"],
+        ["a64fx-qemu7.2-linux6.12"]]

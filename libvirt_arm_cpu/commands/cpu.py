@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from .. import features, registers
-from ..baseline import baseline
+from ..baseline import baseline, largest_compatible, pools
 from ..cli import Command
 from ..compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare
 from ..cpumodel import CpuModel, from_xml as model_from_xml, to_xml as model_to_xml
@@ -151,11 +151,30 @@ or bad data; 2 bad usage.  Not yet applied: feature-dependency repairs."""
         parser.add_argument("--save", action="store_true",
                             help=f"also save the model under its name in {MODELS_DIR}")
         parser.add_argument("--output", "-o", metavar="FILE", help="write the XML to FILE")
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument("--exclude-incompatible", action="store_true",
+                           help="leave out the fewest hosts needed for a common model "
+                                "(named on stderr)")
+        group.add_argument("--pools", action="store_true",
+                           help="split the hosts into compatible pools, largest first, and "
+                                "list them (with --save, save each pool's model)")
 
     def run(self, args: argparse.Namespace) -> int:
         kb = registers.load()
         inputs = load_inputs(args.profiles, kb)
-        result = baseline([m for _, m, _ in inputs], kb, [label for label, _, _ in inputs])
+        models = [m for _, m, _ in inputs]
+        labels = [label for label, _, _ in inputs]
+        if args.pools:
+            return self._pools(args, models, labels, kb)
+        if args.exclude_incompatible:
+            pool = largest_compatible(models, kb, labels)
+            left_out = [labels[i] for i in range(len(labels)) if i not in set(pool.indices)]
+            if left_out:
+                print(f"cpu-baseline: left out {len(left_out)} of {len(labels)} hosts: "
+                      f"{' '.join(left_out)}", file=sys.stderr)
+            result = pool.result
+        else:
+            result = baseline(models, kb, labels)
         if not result.ok:
             print(f"libvirt-arm-cpu: error: no CPU model runs on all {len(inputs)} hosts: "
                   f"{len(result.conflicts)} field(s) conflict", file=sys.stderr)
@@ -176,6 +195,28 @@ or bad data; 2 bad usage.  Not yet applied: feature-dependency repairs."""
             print(json.dumps(model_data(model, feats), indent=2))
         elif not args.output:
             sys.stdout.write(data.decode())
+        return 0
+
+
+    def _pools(self, args: argparse.Namespace, models: list[CpuModel], labels: list[str],
+               kb: registers.KnowledgeBase) -> int:
+        found = pools(models, kb, labels)
+        data = []
+        for n, pool in enumerate(found, start=1):
+            model = pool.result.model
+            assert model is not None
+            hosts = [labels[i] for i in pool.indices]
+            if args.save:
+                os.makedirs(MODELS_DIR, exist_ok=True)
+                atomic_write(os.path.join(MODELS_DIR, model.name + ".xml"),
+                             model_to_xml(model, model_features(model, args.features)))
+            data.append({"pool": n, "model": model.name, "hosts": hosts})
+        if args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            for d in data:
+                print(f"pool {d['pool']}: {d['model']}: {len(d['hosts'])} host(s): "
+                      f"{' '.join(d['hosts'])}")
         return 0
 
 
