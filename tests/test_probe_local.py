@@ -20,11 +20,14 @@ from libvirt_arm_cpu.profile import CpuIdentity
 from .conftest import assert_one_line_error, run_installed
 
 
-@pytest.mark.skipif(platform.machine() == "aarch64", reason="checks the non-arm64 refusal")
 @pytest.mark.parametrize("argv", [["probe", "--output", "-"], ["try-apply", "-"]])
 def test_not_aarch64_is_refused(argv):
     r = run_installed("libvirt-arm-cpu-helper", *argv, stdin="ID_AA64ISAR0_EL1=0x0\n")
-    assert_one_line_error(r, 3, "is an x86_64 machine", "must run on the aarch64 host")
+    if platform.machine() == "aarch64":     # a developer's arm64 box: no refusal there
+        assert r.code != 3
+        return
+    assert_one_line_error(r, 3, f"is an {platform.machine()} machine",
+                          "must run on the aarch64 host")
 
 
 def test_check_machine():
