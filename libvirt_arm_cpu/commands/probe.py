@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .. import registers
 from ..cli import Command
 from ..dump import parse_dump
-from ..errors import EXIT_MASKS_UNKNOWN, ParseError
+from ..errors import EXIT_MASKS_UNKNOWN, ParseError, UsageError
 from ..hostcache import DEFAULT_CACHE
 from ..kvm import VcpuFeatures
 from ..probe import check_machine, open_kvm, probe_host
@@ -59,7 +60,6 @@ exit codes: 0 written; 6 written, but this kernel cannot tell writable masks
     def run(self, args: argparse.Namespace) -> int:
         profile = probe_host(args.emulator, progress=_progress(args))
         if args.output != "-":
-            import os
             os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         data = write_profile(profile, args.output)
         if args.json:
@@ -132,7 +132,11 @@ exit codes: 0 every value accepted; 1 some value rejected or changed;
 
 def _read_values(path: str, kb: registers.KnowledgeBase) -> dict[str, int]:
     try:
-        data = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
     except OSError as err:
         raise ParseError(path, None, f"cannot read: {err.strerror}") from err
     if data.lstrip().startswith(b"<"):
@@ -152,7 +156,6 @@ def _features(spec: str | None, kvm) -> VcpuFeatures:
     names = set() if spec == "none" else {s.strip() for s in spec.split(",") if s.strip()}
     unknown = names - {"pmu", "sve", "ptrauth"}
     if unknown:
-        from ..errors import UsageError
         raise UsageError(f"unknown vCPU feature '{sorted(unknown)[0]}' (use pmu, sve, ptrauth "
                          f"or none)")
     return VcpuFeatures(pmu="pmu" in names, sve="sve" in names, ptrauth="ptrauth" in names)
