@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from .errors import ParseError, UnknownName
 from .features import load as load_features
+from .fileio import read_input
 from .profile import HostProfile
 from .registers import KnowledgeBase
 
@@ -126,8 +127,4 @@ def from_xml(data: bytes, path: str = "<cpu>") -> CpuModel:
 
 
 def read_model(path: str) -> CpuModel:
-    try:
-        with open(path, "rb") as f:
-            return from_xml(f.read(), path)
-    except OSError as err:
-        raise ParseError(path, None, f"cannot read: {err.strerror}") from err
+    return from_xml(read_input(path), path)

@@ -1,4 +1,4 @@
-"""Writing files so that a reader never sees half of one.
+"""Reading inputs, and writing files so that a reader never sees half of one.
 
 Every file the project writes (knowledge base, host profiles, CPU models)
 goes through :func:`atomic_write`: the data lands in a temporary file in the
@@ -9,11 +9,26 @@ same directory, is flushed to disk, and replaces the target with one
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
-from .errors import DataError
+from .errors import DataError, ParseError
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "read_input"]
+
+
+def read_input(path: str) -> bytes:
+    """The bytes of a file, or of stdin for ``-``.
+
+    :raise ParseError: naming *path* when it cannot be read.
+    """
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise ParseError(path, None, f"cannot read: {err.strerror}") from err
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:

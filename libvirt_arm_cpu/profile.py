@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 from .errors import DataError, ParseError
-from .fileio import atomic_write
+from .fileio import atomic_write, read_input
 from .paths import schema_path
 
 __all__ = ["HostProfile", "ProfileRegister", "QemuInfo", "CpuIdentity", "Fingerprint",
@@ -280,16 +280,7 @@ def read_profile(path: str, validate_schema: bool = True) -> HostProfile:
 
     :raise ParseError: when it cannot be read, does not validate or parse.
     """
-    import sys
-
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
-    except OSError as err:
-        raise ParseError(path, None, f"cannot read: {err.strerror}") from err
+    data = read_input(path)
     if validate_schema:
         validate(data, path)
     return from_xml(data, path)

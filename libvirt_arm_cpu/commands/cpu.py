@@ -14,22 +14,12 @@ from ..cli import Command
 from ..compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare
 from ..cpumodel import CpuModel, from_xml as model_from_xml, to_xml as model_to_xml
 from ..errors import DataError, ParseError, UsageError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, read_input
 from ..fleet import check_identity, profile_key
 from ..hostcache import DEFAULT_CACHE, cached_profile
 from ..profile import HostProfile, from_xml as profile_from_xml, validate
 
 MODELS_DIR = os.environ.get("LIBVIRT_ARM_CPU_MODELS_DIR", "/var/lib/libvirt-arm-cpu/models")
-
-
-def _read(path: str) -> bytes:
-    try:
-        if path == "-":
-            return sys.stdin.buffer.read()
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as err:
-        raise ParseError(path, None, f"cannot read: {err.strerror}") from err
 
 
 def _expand(paths: list[str]) -> list[str]:
@@ -53,7 +43,7 @@ def load_inputs(paths: list[str], kb: registers.KnowledgeBase) -> list[tuple[str
     out = []
     seen: dict[bytes, tuple[CpuModel, HostProfile]] = {}
     for path in _expand(paths):
-        data = _read(path)
+        data = read_input(path)
         label = "stdin" if path == "-" else os.path.splitext(os.path.basename(path))[0]
         if b"<hostprofile" not in data[:400]:
             out.append((label, model_from_xml(data, path), None))
@@ -100,10 +90,10 @@ def check_against_kb(p: HostProfile, kb: registers.KnowledgeBase, path: str) -> 
 def resolve_model(spec: str) -> tuple[str, CpuModel]:
     """A model file, or the name of a saved model."""
     if os.path.exists(spec) or spec == "-":
-        return spec, model_from_xml(_read(spec), spec)
+        return spec, model_from_xml(read_input(spec), spec)
     saved = os.path.join(MODELS_DIR, spec + ".xml")
     if os.path.exists(saved):
-        return spec, model_from_xml(_read(saved), saved)
+        return spec, model_from_xml(read_input(saved), saved)
     raise UsageError(f"no CPU model file or saved model named '{spec}' (saved models are in "
                      f"{MODELS_DIR})")
 
@@ -363,7 +353,7 @@ examples:
         from ..profile import read_profile, write_profile
 
         kb = registers.load()
-        data = _read(args.dump)
+        data = read_input(args.dump)
         values, kernel = parse_values(data, args.dump, kb)
         if not values:
             raise DataError(f"{args.dump}: no ID register values found")

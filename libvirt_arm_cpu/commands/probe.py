@@ -11,6 +11,7 @@ from .. import registers
 from ..cli import Command
 from ..dump import parse_dump
 from ..errors import EXIT_MASKS_UNKNOWN, ParseError, UsageError
+from ..fileio import read_input
 from ..hostcache import DEFAULT_CACHE
 from ..kvm import VcpuFeatures
 from ..probe import check_machine, open_kvm, probe_host
@@ -131,14 +132,7 @@ exit codes: 0 every value accepted; 1 some value rejected or changed;
 
 
 def _read_values(path: str, kb: registers.KnowledgeBase) -> dict[str, int]:
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
-    except OSError as err:
-        raise ParseError(path, None, f"cannot read: {err.strerror}") from err
+    data = read_input(path)
     if data.lstrip().startswith(b"<"):
         profile = from_xml(data, path)
         return {r.name: r.value for r in profile.registers
