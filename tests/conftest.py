@@ -14,8 +14,28 @@ from libvirt_arm_cpu import cli, features, registers
 ROOT = Path(__file__).resolve().parent.parent
 XML_DIR = ROOT / "xml"
 EXAMPLES = ROOT / "contrib" / "examples"
-# The upstream facts every developer and CI run has beside the checkout.
-SHARED_DATA = Path(os.environ.get("LIBVIRT_ARM_CPU_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def _shared_data() -> Path:
+    """The upstream facts every developer and CI run has beside the checkout
+    (../shared/data); for a clone of a local checkout (git clone . /tmp/x),
+    beside the checkout it was cloned from."""
+    if os.environ.get("LIBVIRT_ARM_CPU_SHARED_DATA"):
+        return Path(os.environ["LIBVIRT_ARM_CPU_SHARED_DATA"])
+    here = ROOT.parent / "shared" / "data"
+    if here.exists():
+        return here
+    try:
+        origin = subprocess.run(["git", "-C", str(ROOT), "config", "remote.origin.url"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        origin = ""
+    if origin and Path(origin).is_dir():
+        return Path(origin).resolve().parent / "shared" / "data"
+    return here
+
+
+SHARED_DATA = _shared_data()
 
 
 @pytest.fixture(scope="session")
