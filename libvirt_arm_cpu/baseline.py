@@ -13,10 +13,13 @@ userspace writes (:mod:`libvirt_arm_cpu.rules`):
 * MIDR/REVIDR/AIDR may differ only where every host has capability 239 and
   covers the bits; the model then lists every implementation.
 
-The result's writable mask is the AND of the inputs', which makes
-``baseline(a, baseline(b, c)) == baseline(a, b, c)``.
+The result's writable mask is the AND of the inputs', which makes the
+combination associative: ``baseline(a, baseline(b, c)) == baseline(a, b, c)``.
 
-Not yet applied: the feature-dependency rules (SVE2 needs SVE, ...).
+Then the model is made consistent with the feature-dependency rules (SVE2
+needs SVE, no SVE means ZFR0 is zero, ...) by lowering only, within what
+every host accepts (:mod:`libvirt_arm_cpu.consistency`); the result says
+what was lowered and why, and what could not be repaired.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .consistency import Consistency, make_consistent
 from .cpumodel import CpuModel
+from .dependencies import RuleBook
+from .dependencies import load as load_rules
 from .registers import (EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field,
                         KnowledgeBase, Register)
-from .rules import covers, field_accepts
+from .rules import covers, source_accepts
 
 __all__ = ["Conflict", "BaselineResult", "baseline", "Pool", "largest_compatible", "pools"]
 
@@ -51,6 +57,7 @@ class Conflict:
 class BaselineResult:
     model: CpuModel | None
     conflicts: list[Conflict] = field(default_factory=list)
+    consistency: Consistency | None = None      # what the dependency repair did
 
     @property
     def ok(self) -> bool:
@@ -58,8 +65,7 @@ class BaselineResult:
 
 
 def _accepts(model: CpuModel, reg: str, f: Field, value: int) -> bool:
-    own = f.get(model.values.get(reg, 0))
-    return value == own or (covers(model.writable.get(reg, 0), f) and field_accepts(f, value, own))
+    return source_accepts(model.values, model.writable, reg, f, value)
 
 
 def _pick(f: Field, accepted: list[int]) -> int:
@@ -147,8 +153,13 @@ def _combine_implementation(name: str, models: Sequence[CpuModel], labels: Seque
 
 
 def baseline(models: Sequence[CpuModel], kb: KnowledgeBase,
-             labels: Sequence[str] | None = None) -> BaselineResult:
+             labels: Sequence[str] | None = None, consistent: bool = True,
+             rules: RuleBook | None = None) -> BaselineResult:
     """The most capable model every input accepts, or the conflicts.
+
+    :param consistent: repair the combination with the dependency rules
+        (*rules*, default: the installed ones); False gives the plain
+        field-by-field combination.
 
     Identical inputs are combined once (fleets have few distinct CPUs), so
     the cost grows with the number of distinct hosts, not of hosts.
@@ -183,8 +194,11 @@ def baseline(models: Sequence[CpuModel], kb: KnowledgeBase,
         return BaselineResult(None, conflicts)
     hosts = tuple(h for m in models for h in m.hosts)
     impls = tuple(sorted({i for m in uniq for i in m.implementations}))
-    return BaselineResult(CpuModel(values, writable, all(m.imp_id_writable for m in uniq),
-                                   hosts, impls))
+    model = CpuModel(values, writable, all(m.imp_id_writable for m in uniq), hosts, impls)
+    if not consistent:
+        return BaselineResult(model)
+    repair = make_consistent(model, uniq, kb, rules or load_rules(), uniq_labels)
+    return BaselineResult(repair.model, consistency=repair)
 
 
 def _short(labels: list[str]) -> str:

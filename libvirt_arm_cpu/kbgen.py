@@ -8,10 +8,13 @@ Inputs (the only place they are read):
   (``arch/arm64/kernel/cpufeature.c``);
 * ``implementation_regs.json``: MIDR/MPIDR/REVIDR/AIDR layouts and the
   implementer/part tables (not in the sysreg file);
-* ``hwcaps.json`` and ``feat_map.json``: feature names to field conditions.
+* ``hwcaps.json`` and ``feat_map.json``: feature names to field conditions;
+* ``feature_dependencies.json``: rules between fields (SVE2 needs SVE, ...),
+  each with its source.
 
 Outputs, each validated against ``xml/schemas/kb.xsd`` before it replaces
-the old file: ``registers.xml``, ``features.xml``, ``implementers.xml``.
+the old file: ``registers.xml``, ``features.xml``, ``implementers.xml``,
+``dependencies.xml``.
 The output depends only on the inputs (no dates), so a test can regenerate
 and compare byte for byte.
 
@@ -42,7 +45,7 @@ from .sysreg_parser import RESERVED_KINDS, BitRange, SysregFile, parse_sysreg
 
 __all__ = ["generate", "main"]
 
-OUTPUTS = ("registers.xml", "features.xml", "implementers.xml")
+OUTPUTS = ("registers.xml", "features.xml", "implementers.xml", "dependencies.xml")
 
 FTR_POLICY = {
     "FTR_LOWER_SAFE": LOWER_SAFE,
@@ -145,7 +148,8 @@ def read_inputs(sysreg_path: Path, data_dir: Path) -> Inputs:
     digests = {"sysreg": hashlib.sha256(sysreg_path.read_bytes()).hexdigest()}
     data = {}
     for key, name in (("ftr", "ftr_policies.json"), ("hwcaps", "hwcaps.json"),
-                      ("feat", "feat_map.json"), ("impl", "implementation_regs.json")):
+                      ("feat", "feat_map.json"), ("impl", "implementation_regs.json"),
+                      ("deps", "feature_dependencies.json")):
         data[key], digests[key] = _read_json(data_dir, name)
     origin = "Linux arch/arm64/tools/sysreg"
     source_note = sysreg_path.with_name(sysreg_path.name + ".SOURCE")
@@ -606,6 +610,89 @@ def build_implementers(inputs: Inputs) -> ET.Element:
     return root
 
 
+# -- dependencies ------------------------------------------------------------
+
+# The JSON's comparison operators, spelled as XML attribute values.
+DEPENDENCY_OPS = {"==": "eq", "!=": "ne", ">=": "ge", ">": "gt", "<=": "le", "<": "lt"}
+
+# Kinds whose rules the consistency repair enforces.  llvm-implies rules are
+# toolchain conventions Arm does not state (the JSON calls them advisory).
+ENFORCED_KINDS = ("architecture", "kvm-behaviour", "qemu-check")
+
+
+def _dependency_condition(parent: ET.Element, cond: dict, kb: KnowledgeBase, rule: str) -> None:
+    for combinator in ("all", "any"):
+        if combinator in cond:
+            group = _sub(parent, combinator)
+            for term in cond[combinator]:
+                _dependency_condition(group, term, kb, rule)
+            return
+    if "not" in cond:
+        _dependency_condition(_sub(parent, "not"), cond["not"], kb, rule)
+        return
+    if cond.get("true") is True:
+        _sub(parent, "always")
+        return
+    try:
+        op = DEPENDENCY_OPS[cond["op"]]
+        targets = [(cond["reg"], cond["field"])]
+        if "ref" in cond:
+            targets.append((cond["ref"]["reg"], cond["ref"]["field"]))
+        for reg, name in targets:
+            register = kb.register(reg)
+            if name != "*":
+                register.field(name)
+    except KeyError as err:
+        raise GenError(f"feature_dependencies.json: rule {rule}: condition lacks {err}") from None
+    except Error as err:
+        raise GenError(f"feature_dependencies.json: rule {rule}: {err}") from None
+    if "ref" in cond:
+        _sub(parent, "test", register=cond["reg"], field=cond["field"], op=op,
+             ref_register=cond["ref"]["reg"], ref_field=cond["ref"]["field"],
+             signed=True if cond.get("signed") else None)
+    else:
+        _sub(parent, "test", register=cond["reg"], field=cond["field"], op=op,
+             value=int(cond["value"]), signed=True if cond.get("signed") else None)
+
+
+def build_dependencies(inputs: Inputs, kb: KnowledgeBase) -> ET.Element:
+    deps = inputs.json["deps"]
+    root = ET.Element(_q("dependencies"))
+    _header(root, inputs, "dependencies.xml")
+    _source(root, "deps", f"{len(deps['rules'])} rules between ID register fields, each "
+            f"naming its upstream origin (the ids below)", "feature_dependencies.json",
+            inputs.sha256["deps"])
+    for sid, info in sorted(deps.get("sources", {}).items()):
+        if isinstance(info, dict):
+            where = info.get("where", "")
+            origin = "; ".join(filter(None, [info.get("what", ""),
+                                             where if isinstance(where, str) else "; ".join(where)]))
+        else:
+            origin = "; ".join(info) if isinstance(info, list) else str(info)
+        _source(root, re.sub(r"[^A-Za-z0-9_.-]", "_", sid), origin or sid)
+    seen = set()
+    for rule in deps["rules"]:
+        rid = rule["id"]
+        if rid in seen:
+            raise GenError(f"feature_dependencies.json: rule {rid} appears twice")
+        seen.add(rid)
+        feat = rule.get("feat")
+        elem = _sub(root, "rule", id=rid, kind=rule["kind"], subkind=rule.get("subkind"),
+                    confidence=rule["confidence"], enforced=rule["kind"] in ENFORCED_KINDS,
+                    feat=" ".join(feat) if isinstance(feat, list) else feat,
+                    requires=rule.get("requires"))
+        _dependency_condition(_sub(elem, "if"), rule["if"], kb, rid)
+        then = _sub(elem, "then")
+        for term in rule["then"]:
+            _dependency_condition(then, term, kb, rid)
+        _sub(elem, "origin").text = rule["source"]
+        for also in rule.get("also_sources", []):
+            _sub(elem, "also").text = also
+        if rule.get("note"):
+            _sub(elem, "note").text = rule["note"]
+    return root
+
+
 # -- driver ------------------------------------------------------------------
 
 def serialize(root: ET.Element) -> bytes:
@@ -629,6 +716,7 @@ def generate(sysreg_path: Path, data_dir: Path,
         "registers.xml": serialize(registers_element(inputs, regs)),
         "features.xml": serialize(build_features(inputs, kb, warn)),
         "implementers.xml": serialize(build_implementers(inputs)),
+        "dependencies.xml": serialize(build_dependencies(inputs, kb)),
     }
 
 
@@ -649,9 +737,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m libvirt_arm_cpu.kbgen",
         description="Regenerate the register knowledge base (registers.xml, features.xml, "
-                    "implementers.xml) from Linux's arch/arm64/tools/sysreg and the JSON "
-                    "facts (ftr_policies.json, hwcaps.json, feat_map.json, "
-                    "implementation_regs.json).")
+                    "implementers.xml, dependencies.xml) from Linux's arch/arm64/tools/sysreg "
+                    "and the JSON facts (ftr_policies.json, hwcaps.json, feat_map.json, "
+                    "implementation_regs.json, feature_dependencies.json).")
     parser.add_argument("sysreg", type=Path, help="path to a Linux arch/arm64/tools/sysreg")
     parser.add_argument("--data", type=Path, default=None,
                         help="directory holding the JSON facts (default: the sysreg file's)")

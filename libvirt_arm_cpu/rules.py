@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .registers import (EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field)
 
-__all__ = ["field_accepts", "covers"]
+__all__ = ["field_accepts", "covers", "source_accepts"]
 
 
 def covers(mask: int | None, field: Field) -> bool:
@@ -42,3 +42,12 @@ def field_accepts(field: Field, new: int, limit: int) -> bool:
     if policy == EXACT:
         return field.safe is not None and new == field.safe
     return False        # must-match: no policy, no change
+
+
+def source_accepts(values: dict[str, int], writable: dict[str, int], register: str,
+                   field: Field, value: int) -> bool:
+    """Would a host (or model) with these register values and writable masks
+    accept *value* for the field?  Its own value always is."""
+    own = field.get(values.get(register, 0))
+    return value == own or (covers(writable.get(register, 0), field)
+                            and field_accepts(field, value, own))

@@ -72,6 +72,8 @@ def fidelity_requests(host: Host) -> dict[str, dict[str, str]]:
             candidates[f"fields:{other}"] = pair.model
     for seed in range(6):
         candidates[f"lowered:{seed}"] = lowered(mine, kb, seed)
+    for rule_id, model in repaired(mine, kb).items():
+        candidates[f"repaired:{rule_id}"] = model
     same_kernel = [m for k, m in models.items() if k.endswith(f"linux{host.kernel}")]
     whole = baseline(same_kernel, kb)
     if whole.ok:
@@ -82,6 +84,38 @@ def fidelity_requests(host: Host) -> dict[str, dict[str, str]]:
 
 
 IMPL_REGS = ("MIDR_EL1", "REVIDR_EL1", "AIDR_EL1")
+
+
+def repaired(model, kb, limit: int = 8) -> dict:
+    """Up to *limit* models made by lowering, within what this host
+    accepts, one field a dependency rule reads so that the rule breaks,
+    then repairing with the consistency module: each must run on the host."""
+    from libvirt_arm_cpu import dependencies
+    from libvirt_arm_cpu.consistency import make_consistent
+    from libvirt_arm_cpu.cpumodel import CpuModel
+    from libvirt_arm_cpu.rules import source_accepts
+    book = dependencies.load()
+    out = {}
+    for rule in book.enforced:
+        if len(out) >= limit or rule.violated(model.values):
+            continue
+        for reg, name in sorted(rule.fields()):
+            if name == "*" or reg not in model.values:
+                continue
+            f = kb.register(reg).field(name)
+            cur = f.get(model.values[reg])
+            lower = [v for v in range(f.max_value + 1) if f.order(v) < f.order(cur)
+                     and source_accepts(model.values, model.writable, reg, f, v)]
+            broken = [v for v in lower if rule.violated(
+                {**model.values, reg: f.put(model.values[reg], v)})]
+            if not broken:
+                continue
+            values = {**model.values, reg: f.put(model.values[reg], broken[0])}
+            fixed = make_consistent(CpuModel(values, model.writable), [model], kb, book)
+            if fixed.lowered and not rule.violated(fixed.model.values):
+                out[rule.id] = fixed.model
+                break
+    return out
 
 
 def lowered(model, kb, seed: int):

@@ -12,6 +12,7 @@ from .. import features, registers
 from ..baseline import baseline, largest_compatible, pools
 from ..cli import Command
 from ..compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare
+from ..consistency import Consistency
 from ..cpumodel import CpuModel, from_xml as model_from_xml, to_xml as model_to_xml
 from ..errors import DataError, ParseError, UsageError
 from ..fileio import atomic_write, read_input
@@ -112,6 +113,16 @@ def model_data(model: CpuModel, feats: list[str]) -> dict[str, Any]:
                           for n, v in sorted(model.values.items())}}
 
 
+def report_consistency(c: Consistency | None, prog: str = "cpu-baseline") -> None:
+    """The dependency repair's lowerings and unresolved rules, on stderr."""
+    if c is None:
+        return
+    for low in c.lowered:
+        print(f"{prog}: lowered {low}", file=sys.stderr)
+    for u in c.unresolved:
+        print(f"{prog}: warning: rule {u}", file=sys.stderr)
+
+
 class BaselineCommand(Command):
     name = "cpu-baseline"
     help = "the most capable CPU model every given host can run"
@@ -130,8 +141,14 @@ examples:
   libvirt-arm-cpu cpu-baseline a.xml b.xml --json
 
 saved models go to {MODELS_DIR} (LIBVIRT_ARM_CPU_MODELS_DIR).
+The model is then made consistent with the feature-dependency rules
+(xml/dependencies.xml: SVE2 needs SVE, ...) by lowering only, within what
+every host accepts; each lowering and each rule that cannot be repaired is
+named on stderr (and under "consistency" in --json).  Rules a host breaks
+with its own values are not enforced.
+
 exit codes: 0 a model; 1 no common model (every responsible field is listed)
-or bad data; 2 bad usage.  Not yet applied: feature-dependency repairs."""
+or bad data; 2 bad usage."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("profiles", nargs="+", metavar="PROFILE")
@@ -173,6 +190,7 @@ or bad data; 2 bad usage.  Not yet applied: feature-dependency repairs."""
             return 1
         model = result.model
         assert model is not None
+        report_consistency(result.consistency)
         feats = model_features(model, args.features)
         data = model_to_xml(model, feats)
         if args.save:
@@ -182,7 +200,10 @@ or bad data; 2 bad usage.  Not yet applied: feature-dependency repairs."""
         if args.output:
             atomic_write(args.output, data)
         if args.json:
-            print(json.dumps(model_data(model, feats), indent=2))
+            out = model_data(model, feats)
+            if result.consistency is not None:
+                out["consistency"] = result.consistency.as_dict()
+            print(json.dumps(out, indent=2))
         elif not args.output:
             sys.stdout.write(data.decode())
         return 0
