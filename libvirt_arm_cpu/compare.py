@@ -20,12 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .cpumodel import CpuModel
+from .features import FeatureCatalog
+from .hostcpu import HostCpu
 from .profile import HostProfile
 from .registers import KnowledgeBase
 from .rules import covers, field_accepts
 
 __all__ = ["IDENTICAL", "SUPERSET", "INCOMPATIBLE", "Reason", "Comparison", "compare",
-           "compare_many"]
+           "compare_many", "compare_features"]
 
 IDENTICAL, SUPERSET, INCOMPATIBLE = "identical", "superset", "incompatible"
 U64 = (1 << 64) - 1
@@ -49,9 +51,12 @@ class Comparison:
     result: str
     reasons: list[Reason] = field(default_factory=list)     # why incompatible
     changes: list[str] = field(default_factory=list)        # what a superset lowers
+    # "registers": judged field by field against a host profile; "features":
+    # only against hwcap names (a libvirt host <cpu>), which is less precise
+    precision: str = "registers"
 
     def as_dict(self) -> dict:
-        return {"result": self.result, "changes": self.changes,
+        return {"result": self.result, "precision": self.precision, "changes": self.changes,
                 "reasons": [{"register": r.register, "field": r.field, "kind": r.kind,
                              "host": r.host, "wanted": r.wanted, "message": r.message}
                             for r in self.reasons]}
@@ -139,3 +144,26 @@ def compare_many(model: CpuModel, hosts: list[HostProfile], kb: KnowledgeBase,
             c = done[id(host)] = compare(model, host, kb, check_qemu)
         out.append(c)
     return out
+
+
+def compare_features(model: CpuModel, host: HostCpu, catalog: FeatureCatalog) -> Comparison:
+    """The verdict at feature level, for a host known only by libvirt's
+    host <cpu> (hwcap names from /proc/cpuinfo).
+
+    incompatible: the model has an hwcap the host lacks; identical: the
+    same hwcaps; superset: the host has more.  Less precise than
+    :func:`compare`: hwcaps do not show every field, nor what the host's
+    kernel lets change, so "superset" means "nothing visible is missing".
+    """
+    wanted = {f.key for f in catalog.present(model.values) if f.kind == "hwcap"}
+    missing = sorted(wanted - host.features)
+    extra = sorted(host.features - wanted)
+    reasons = [Reason("", None, "missing-feature", None, None,
+                      f"feature {name} ({', '.join(map(str, catalog.feature(name).fields(catalog)))}"
+                      f"): the model has it, the host CPU does not")
+               for name in missing]
+    if reasons:
+        return Comparison(INCOMPATIBLE, reasons, [], "features")
+    return Comparison(SUPERSET if extra else IDENTICAL, [],
+                      [f"hides {name}" for name in extra], "features")
+

@@ -413,3 +413,46 @@ def test_cpu_baseline_exclude_incompatible_and_pools(run):
         ["neoverse-n1-qemu7.2-linux6.12", "neoverse-n1-qemu7.2-linux7.3"],
         ["cortex-a72-qemu7.2-linux6.12", "cortex-a72-qemu7.2-linux7.3"],
         ["a64fx-qemu7.2-linux6.12"]]
+
+
+# -- cpu-compare against a libvirt host <cpu> (feature level) ----------------
+
+def _capabilities(features: list[str], arch: str = "aarch64") -> str:
+    feats = "".join(f"<feature name='{f}'/>" for f in features)
+    return (f"<capabilities><host><uuid>00000000-0000-0000-0000-000000000000</uuid><cpu>"
+            f"<arch>{arch}</arch><model>Neoverse-N1</model><vendor>ARM</vendor>"
+            f"<topology sockets='1' dies='1' cores='2' threads='1'/>{feats}</cpu></host>"
+            f"</capabilities>")
+
+
+def test_compare_with_a_libvirt_host_cpu_is_feature_level(run, tmp_path):
+    from libvirt_arm_cpu import features, registers
+    from libvirt_arm_cpu.cpumodel import CpuModel
+    from libvirt_arm_cpu.profile import read_profile
+    fixture = _fixture("neoverse-n1-qemu7.2-linux6.12")
+    model_path = tmp_path / "n1.xml"
+    assert run("cpu-baseline", fixture, "-o", str(model_path)).code == 0
+    m = CpuModel.from_profile(read_profile(fixture), registers.load())
+    hw = [f.key for f in features.load().present(m.values) if f.kind == "hwcap"]
+    assert "sha2" in hw and "asimddp" in hw
+    caps = tmp_path / "caps.xml"
+    caps.write_text(_capabilities(hw))
+    r = run("cpu-compare", str(model_path), str(caps), "--json")
+    assert r.code == 0 and json.loads(r.out)["result"] == "identical"
+    assert json.loads(r.out)["precision"] == "features"
+    caps.write_text(_capabilities(hw + ["sve"]))
+    r = run("cpu-compare", str(model_path), str(caps))
+    assert r.code == 0 and "superset" in r.out and "hides sve" in r.out
+    assert "compared at feature level only" in r.out
+    caps.write_text(_capabilities([f for f in hw if f != "sha2"]))
+    r = run("cpu-compare", str(model_path), str(caps))
+    assert r.code == 1 and "incompatible" in r.out
+    assert "feature sha2 (ID_AA64ISAR0_EL1.SHA2)" in r.out
+    r = run("cpu-compare", str(model_path), str(caps), "--error")
+    assert_one_line_error(r, 1, "incompatible with the host CPU (feature level): feature sha2")
+    caps.write_text(_capabilities(hw, arch="x86_64"))
+    assert_one_line_error(run("cpu-compare", str(model_path), str(caps)), 1,
+                          "host CPU of a x86_64 machine, not aarch64")
+    caps.write_text("<?xml version='1.0'?><!DOCTYPE c [<!ENTITY a 'aaaa'>]><capabilities/>")
+    assert_one_line_error(run("cpu-compare", str(model_path), str(caps)), 1,
+                          "caps.xml:1: refused: a DOCTYPE")

@@ -11,13 +11,14 @@ from typing import Any
 from .. import features, registers
 from ..baseline import baseline, largest_compatible, pools
 from ..cli import Command
-from ..compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare
+from ..compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare, compare_features
 from ..consistency import Consistency
 from ..cpumodel import CpuModel, from_xml as model_from_xml, to_xml as model_to_xml
 from ..errors import DataError, ParseError, UsageError
 from ..fileio import atomic_write, read_input
 from ..fleet import check_identity, profile_key
 from ..hostcache import DEFAULT_CACHE, cached_profile
+from ..hostcpu import from_xml as host_cpu_from_xml, looks_like_host_cpu
 from ..profile import HostProfile, from_xml as profile_from_xml, validate
 
 MODELS_DIR = os.environ.get("LIBVIRT_ARM_CPU_MODELS_DIR", "/var/lib/libvirt-arm-cpu/models")
@@ -252,7 +253,9 @@ exit codes (as virsh cpu-compare): 0 identical or superset; 1 incompatible
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("cpu", metavar="CPU", help="model file or saved model name")
         parser.add_argument("profile", nargs="?", metavar="PROFILE",
-                            help=f"host profile (default: this host, {DEFAULT_CACHE})")
+                            help=f"host profile (default: this host, {DEFAULT_CACHE}); or "
+                                 f"'virsh capabilities' output / its host <cpu>, compared at "
+                                 f"feature level")
         parser.add_argument("--error", action="store_true",
                             help="report an incompatible CPU as an error")
         parser.add_argument("--kvm-only", action="store_true",
@@ -262,13 +265,17 @@ exit codes (as virsh cpu-compare): 0 identical or superset; 1 incompatible
     def run(self, args: argparse.Namespace) -> int:
         kb = registers.load()
         source, model = resolve_model(args.cpu)
-        if args.profile:
-            ((_, _, host),) = [i for i in load_inputs([args.profile], kb)]
-            if host is None:
-                raise UsageError(f"{args.profile} is a CPU model, not a host profile")
+        data = read_input(args.profile) if args.profile else b""
+        if args.profile and looks_like_host_cpu(data) and b"urn:x-libvirt-arm-cpu" not in data:
+            c = compare_features(model, host_cpu_from_xml(data, args.profile), features.load())
         else:
-            host, _ = cached_profile(DEFAULT_CACHE)
-        c = compare(model, host, kb, check_qemu=not args.kvm_only)
+            if args.profile:
+                ((_, _, host),) = [i for i in load_inputs([args.profile], kb)]
+                if host is None:
+                    raise UsageError(f"{args.profile} is a CPU model, not a host profile")
+            else:
+                host, _ = cached_profile(DEFAULT_CACHE)
+            c = compare(model, host, kb, check_qemu=not args.kvm_only)
         if args.json:
             print(json.dumps(c.as_dict(), indent=2))
             return 1 if c.result == INCOMPATIBLE else 0
@@ -277,18 +284,22 @@ exit codes (as virsh cpu-compare): 0 identical or superset; 1 incompatible
         elif c.result == SUPERSET:
             print(f"Host CPU is a superset of CPU described in {source}")
             for change in c.changes:
-                print(f"  lowers {change}")
+                print(f"  {'lowers ' if c.precision == 'registers' else ''}{change}")
         else:
             if args.error:
                 raise DataError(f"the CPU described in {source} is incompatible with the host "
-                                f"CPU: {c.reasons[0]}"
+                                f"CPU{' (feature level)' if c.precision == 'features' else ''}: "
+                                f"{c.reasons[0]}"
                                 + (f" (and {len(c.reasons) - 1} more)" if len(c.reasons) > 1
                                    else ""))
             print(f"CPU described in {source} is incompatible with host CPU")
             for r in c.reasons:
                 print(f"  {r}")
-            return 1
-        return 0
+        if c.precision == "features":
+            print(f"(compared at feature level only: {args.profile} is a libvirt host CPU "
+                  f"description, which shows hwcaps but not every field nor what the host's "
+                  f"kernel lets change; a host profile is exact)")
+        return 1 if c.result == INCOMPATIBLE else 0
 
 
 class DiffCommand(Command):
