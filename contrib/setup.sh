@@ -11,8 +11,9 @@ VENV=${LIBVIRT_ARM_CPU_VENV:-$ROOT/.venv}
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
-# python3-dev, gcc, pkg-config and libvirt-dev build libvirt-python.
-APT_PACKAGES="python3 python3-venv python3-dev gcc pkg-config libvirt-dev"
+# python3-dev, gcc, pkg-config and libvirt-dev build libvirt-python; libxml2-utils
+# (xmllint) lets virt-xml-validate check domain XML against libvirt's schemas.
+APT_PACKAGES="python3 python3-venv python3-dev gcc pkg-config libvirt-dev libxml2-utils"
 missing=""
 for pkg in $APT_PACKAGES; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

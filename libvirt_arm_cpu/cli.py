@@ -58,10 +58,13 @@ def commands() -> list[Command]:
     from .commands.decode import DecodeCommand
     from .commands.features import FeaturesCommand
     from .commands.cpu import BaselineCommand, CompareCommand, DiffCommand, ImportCommand
+    from .commands.domain import DefineCommand, DumpxmlCommand, TranslateCommand, ValidateCommand
+    from .commands.hook import HookCommand
     from .commands.host import HostCommand
 
     return [DecodeCommand(), FeaturesCommand(), HostCommand(), BaselineCommand(),
-            CompareCommand(), DiffCommand(), ImportCommand()]
+            CompareCommand(), DiffCommand(), ImportCommand(), TranslateCommand(),
+            DefineCommand(), ValidateCommand(), DumpxmlCommand(), HookCommand()]
 
 
 def build_parser(prog: str, description: str, cmds: Sequence[Command]) -> ArgumentParser:
@@ -108,10 +111,13 @@ def run_main(prog: str, description: str, cmds: Sequence[Command],
 DESCRIPTION = """\
 Migratable CPU models for ARM64 KVM hosts.
 
-Decode ID register values, look up feature names, and (later) probe hosts,
-compute baselines and validate libvirt domains.
+Decode ID register values and feature names, describe this host, compute
+baselines and compare CPUs across hosts, translate libvirt domain CPUs into
+what aarch64 KVM runs, and check them before every start and migration
+(through the libvirt hook).
 
-exit codes: 0 success, 1 bad data, 2 bad usage
+exit codes: 0 success, 1 bad data or an incompatible CPU, 2 bad usage,
+3-8 the host could not be probed (see libvirt-arm-cpu-helper --help)
 """
 
 

@@ -14,7 +14,10 @@ repairs such a model with the rules of :mod:`libvirt_arm_cpu.dependencies`:
   value): the result still runs everywhere the model did.
 * It prefers making the rule's ``then`` hold by lowering (zero ZFR0 when
   SVE is gone, lower BF16 to match its twin) over lowering the ``if`` side
-  (drop SVE2 because SVE is gone), and the fewest fields over more.
+  (drop SVE2 because SVE is gone); among the candidates, the one that
+  breaks no other rule, then loses the fewest features (hwcaps and FEAT_*
+  names: dropping AArch32 DotProd beats dropping AArch32 altogether),
+  then touches the fewest fields.
 * A violation no allowed lowering repairs is reported as unresolved, with
   the fields that block it.
 
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field, replace
 
 from .cpumodel import CpuModel
 from .dependencies import Always, Condition, Group, Not, Rule, RuleBook, Test
+from .features import load as load_features
 from .registers import Field, KnowledgeBase
 from .rules import covers, source_accepts
 
@@ -112,7 +116,7 @@ def make_consistent(model: CpuModel, sources: Sequence[CpuModel], kb: KnowledgeB
         if not broken:
             break
         rule = broken[0]
-        move = _best_move(rule, values, kb, feasible)
+        move = _best_move(rule, values, kb, feasible, rules)
         if move is None:
             unresolved[rule.id] = Unresolved(rule, _blockers(rule, values, kb, sources, labels))
             continue
@@ -128,20 +132,27 @@ def make_consistent(model: CpuModel, sources: Sequence[CpuModel], kb: KnowledgeB
 
 
 def _best_move(rule: Rule, values: dict[str, int], kb: KnowledgeBase,
-               feasible: Callable[[Move], bool]) -> Move | None:
+               feasible: Callable[[Move], bool], others: Sequence[Rule]) -> Move | None:
     then_moves = _satisfy(Group("all", rule.then), values, kb, feasible)
     if_moves = _falsify(rule.when, values, kb, feasible)
+    catalog = load_features()
+    before = {f.key for f in catalog.present(values)}
+    broken_before = {r.id for r in others if r.violated(values)}
     for moves in (then_moves, if_moves):
-        good = []
+        ranked = []
         for move in moves:
             trial = dict(values)
             for (reg, name), new in move.items():
                 f = kb.register(reg).field(name)
                 trial[reg] = f.put(trial.get(reg, 0), new)
-            if not rule.violated(trial):
-                good.append(move)
-        if good:
-            return min(good, key=lambda m: (len(m), sorted(m.items())))
+            if rule.violated(trial):
+                continue
+            newly_broken = sum(1 for r in others
+                               if r.id not in broken_before and r.violated(trial))
+            lost = len(before - {f.key for f in catalog.present(trial)})
+            ranked.append(((newly_broken, lost, len(move), sorted(move.items())), move))
+        if ranked:
+            return min(ranked, key=lambda x: x[0])[1]
     return None
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["kb_dir", "schema_path"]
+__all__ = ["kb_dir", "schema_path", "hook_script"]
 
 _SOURCE_TREE_XML = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "xml")
@@ -32,3 +32,12 @@ def kb_dir() -> str:
 def schema_path(name: str) -> str:
     """Path of an XSD shipped in ``xml/schemas``."""
     return os.path.join(kb_dir(), "schemas", name)
+
+
+def hook_script() -> str:
+    """The libvirt hook script shipped in ``hooks/`` (source tree) or
+    ``<prefix>/share/libvirt-arm-cpu/hooks``."""
+    in_tree = os.path.join(os.path.dirname(_SOURCE_TREE_XML), "hooks", "libvirt-arm-cpu")
+    if os.path.exists(in_tree):
+        return in_tree
+    return os.path.join(sys.prefix, "share", "libvirt-arm-cpu", "hooks", "libvirt-arm-cpu")

@@ -194,6 +194,7 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
         raise ParseError(path, None, f"not a host profile: root element is "
                          f"<{root.tag.rsplit('}', 1)[-1]}>, expected <hostprofile "
                          f"xmlns='{NAMESPACE}'>")
+    _check_version(root, path)
     ident = root.find(_q("identity"))
     kernel = root.find(f"{_q('identity')}/{_q('kernel')}")
     qemu = root.find(f"{_q('identity')}/{_q('qemu')}")
@@ -237,6 +238,16 @@ def _schema(path: str):
     return xmlschema.XMLSchema(path)
 
 
+def _check_version(root: ET.Element, path: str) -> None:
+    if root.tag != _q("hostprofile"):
+        return
+    version = root.get("version", FORMAT_VERSION)
+    if version.isdigit() and int(version) > int(FORMAT_VERSION):
+        raise ParseError(path, None, f"host profile format {version}, written by a newer "
+                         f"libvirt-arm-cpu (this one reads format {FORMAT_VERSION}): upgrade, "
+                         f"or probe again with this version (libvirt-arm-cpu host --refresh)")
+
+
 def validate(data: bytes, path: str) -> None:
     """Check *data* against profile.xsd.
 
@@ -245,9 +256,10 @@ def validate(data: bytes, path: str) -> None:
     import xmlschema  # ~190 ms to import: only where files are written, and on explicit reads
 
     try:
-        ET.fromstring(data)     # well-formedness first, for the line number
+        root = ET.fromstring(data)     # well-formedness first, for the line number
     except ET.ParseError as err:
         raise ParseError(path, err.position[0], f"not well-formed XML: {err}") from err
+    _check_version(root, path)
     schema = _schema(schema_path("profile.xsd"))
     try:
         errors = schema.iter_errors(data.decode("utf-8", errors="replace"))

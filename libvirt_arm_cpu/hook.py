@@ -1,0 +1,166 @@
+"""The libvirt QEMU hook: check a translated domain's CPU against this host.
+
+libvirt runs ``/etc/libvirt/hooks/qemu.d/*`` with ``NAME OP SUBOP EXTRA``
+and the domain XML on stdin (libvirt's docs/hooks.rst).  The script in
+``hooks/`` answers every domain without this project's metadata at once
+(exit 0, no output) and hands the rest to :func:`run`:
+
+* ``prepare begin``: refuse the start (exit 1, one line on stderr, which
+  libvirt shows inside "Hook script execution failed") when this host
+  cannot present the domain's CPU, or its QEMU arguments were made for
+  another host; else ask KVM itself (try-apply) where it can;
+* ``migrate begin`` (on the destination) and ``restore begin``: the same
+  check; print the domain XML with this host's SYSREG arguments when they
+  must change, nothing when not (libvirt: empty output = unchanged);
+* ``reconnect begin``: never fail (that would kill a running guest): log;
+* everything else: exit 0.
+
+It never calls back into libvirt (that deadlocks).  Settings:
+:mod:`libvirt_arm_cpu.settings`; mode ``warn`` logs instead of refusing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import Error
+
+__all__ = ["run", "CHECKED"]
+
+# (operation, sub-operation) pairs the hook acts on
+CHECKED = {("prepare", "begin"), ("migrate", "begin"), ("restore", "begin"),
+           ("reconnect", "begin")}
+REFUSE = 1
+
+
+class _Log:
+    def __init__(self, how: str) -> None:
+        self.syslog = None
+        if how == "syslog" or (how == "auto" and os.path.exists("/dev/log")):
+            import syslog
+            syslog.openlog("libvirt-arm-cpu", syslog.LOG_PID, syslog.LOG_DAEMON)
+            self.syslog = syslog
+
+    def __call__(self, level: str, message: str) -> None:
+        if self.syslog is not None:
+            prio = {"error": self.syslog.LOG_ERR, "warning": self.syslog.LOG_WARNING}.get(
+                level, self.syslog.LOG_INFO)
+            self.syslog.syslog(prio, message)
+        else:
+            print(f"libvirt-arm-cpu: {level}: {message}", file=sys.stderr)
+
+
+def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
+    """The hook for a domain whose XML mentions this project's namespace.
+    Returns the exit status; writes a rewritten XML to *out* (stdout)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    if len(argv) < 3:
+        _Log("auto")("warning", f"hook called with unexpected arguments {list(argv)!r} "
+                                f"(expected NAME OPERATION SUB-OPERATION EXTRA): ignored")
+        return 0
+    name, op, subop = argv[0], argv[1], argv[2]
+    if (op, subop) not in CHECKED:
+        return 0
+    from . import settings as settings_mod
+    try:
+        conf = settings_mod.load()
+    except Error as e:
+        # a broken settings file must not stop guests: check as if enforce
+        _Log("auto")("error", f"{e}; using the defaults")
+        conf = settings_mod.Settings()
+    if conf.mode == "off":
+        return 0
+    log = _Log(conf.log)
+    if op == "reconnect":
+        try:
+            _check(name, op, data, conf, log)
+        except BaseException as e:      # noqa: BLE001 - never fail a reconnect
+            log("warning", f"domain '{name}': reconnect check failed: {e}")
+        return 0
+    try:
+        refusal, rewritten = _check(name, op, data, conf, log)
+    except Error as e:
+        refusal, rewritten = f"domain '{name}': {e}", None
+    if refusal:
+        if conf.mode == "warn":
+            log("warning", refusal + " (mode warn: allowed)")
+            return 0
+        log("error", refusal)
+        print(f"libvirt-arm-cpu: {refusal}", file=err)
+        return REFUSE
+    if rewritten is not None:
+        out.write(rewritten.decode())
+        out.flush()
+    return 0
+
+
+def _host_profile(conf):
+    from .hostcache import cached_profile
+    from .profile import read_profile
+    if conf.refresh:
+        return cached_profile(conf.profile)[0]
+    return read_profile(conf.profile, validate_schema=False)
+
+
+def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, bytes | None]:
+    """(refusal message or None, rewritten XML or None)."""
+    from . import registers
+    from .domain import Domain, Translation
+    from .errors import UnknownName
+    from .translate import validate
+
+    dom = Domain.parse(data, f"domain '{name}' XML")
+    t = dom.translation
+    if t is None:               # the namespace appeared elsewhere: not ours to judge
+        return None, None
+    host = _host_profile(conf)
+    kb = registers.load()
+    try:
+        v = validate(t.values, dom.cpu_arguments(), host, kb)
+    except UnknownName as e:
+        return f"domain '{name}': its CPU metadata names {e}", None
+    where = f"host {host.hostname or '?'}"
+    verb = {"prepare": "start", "migrate": "migrate in", "restore": "restore",
+            "reconnect": "run"}[op]
+    if not v.ok:
+        reasons = "; ".join(str(r) for r in v.reasons[:4])
+        more = f" (and {len(v.reasons) - 4} more)" if len(v.reasons) > 4 else ""
+        return (f"domain '{name}' cannot {verb} on {where}: its CPU (model "
+                f"'{t.model}') needs {reasons}{more}"), None
+    if op in ("migrate", "restore"):
+        if not v.needs_rewrite:
+            log("info", f"domain '{name}': CPU checked on {where}: {v.comparison.result}")
+            return None, None
+        new = Translation(t.original_cpu, t.values, v.properties, host.hostname,
+                          host.fingerprint.digest, t.model)
+        log("info", f"domain '{name}': CPU arguments rewritten for {where} "
+                    f"({len(v.properties)} SYSREG properties)")
+        return None, dom.translated(new).tostring()
+    if op == "prepare":
+        if v.needs_rewrite:
+            return (f"domain '{name}': its QEMU -cpu arguments were made for host "
+                    f"'{t.host}', not {where} (this host needs "
+                    f"{v.expected_argument or 'none'}): translate it again here "
+                    f"(libvirt-arm-cpu define)"), None
+        if conf.try_apply and v.properties and os.path.exists("/dev/kvm"):
+            refusal = _try_apply(t.values, kb)
+            if refusal:
+                return f"domain '{name}' cannot start on {where}: KVM refuses {refusal}", None
+        log("info", f"domain '{name}': CPU checked on {where}: {v.comparison.result}")
+    return None, None
+
+
+def _try_apply(values: dict[str, int], kb) -> str | None:
+    """KVM's own verdict on a scratch VM; None when it accepts."""
+    from .probe import open_kvm
+    from .tryapply import try_apply
+    with open_kvm() as kvm:
+        result = try_apply(kvm, kb, values)
+    if result.ok:
+        return None
+    bad = [v for v in result.verdicts if v.status not in ("unchanged", "accepted")]
+    return "; ".join(f"{v.register} = {v.wanted:#x} ({v.status}"
+                     + (f", {v.errno}" if v.errno else "") + ")" for v in bad[:4])

@@ -1,0 +1,91 @@
+"""The settings file, ``/etc/libvirt-arm-cpu.conf`` (INI).
+
+::
+
+    [hook]
+    # enforce: refuse a start, restore or incoming migration whose CPU this
+    #          host cannot present; warn: log it and go on; off: do nothing
+    mode = enforce
+    # the host profile the hook checks against; re-probed when stale
+    profile = /var/cache/libvirt-arm-cpu/host.xml
+    # auto: probe again when the cached profile is stale; never: use it as it
+    # is (a profile made elsewhere, e.g. by 'libvirt-arm-cpu import')
+    refresh = auto
+    # also ask KVM itself (the helper's try-apply) before a start
+    try_apply = yes
+    # auto: syslog when /dev/log exists, else stderr
+    log = auto
+
+    [models]
+    # where cpu-baseline --save puts CPU models, and translate finds them
+    dir = /var/lib/libvirt-arm-cpu/models
+
+``LIBVIRT_ARM_CPU_CONFIG`` names another file (``hook install --config``
+bakes one into the hook).  A missing file means the defaults.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass
+
+from .errors import ParseError
+
+__all__ = ["Settings", "load", "DEFAULT_PATH"]
+
+DEFAULT_PATH = "/etc/libvirt-arm-cpu.conf"
+MODES = ("enforce", "warn", "off")
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str = "enforce"
+    profile: str = "/var/cache/libvirt-arm-cpu/host.xml"
+    refresh: bool = True
+    try_apply: bool = True
+    log: str = "auto"
+    models_dir: str = "/var/lib/libvirt-arm-cpu/models"
+    path: str = ""
+
+
+def load(path: str | None = None) -> Settings:
+    """Read the settings; defaults where the file or a key is missing.
+
+    :raise ParseError: a file that does not parse, or a value out of range.
+    """
+    path = path or os.environ.get("LIBVIRT_ARM_CPU_CONFIG") or DEFAULT_PATH
+    defaults = Settings()
+    models_env = os.environ.get("LIBVIRT_ARM_CPU_MODELS_DIR")
+    if models_env:
+        defaults = Settings(models_dir=models_env)
+    if not os.path.exists(path):
+        return Settings(**{**defaults.__dict__, "path": path})
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ParseError(path, None, f"cannot read: {err}") from None
+    except configparser.Error as err:
+        line = getattr(err, "lineno", None)
+        raise ParseError(path, line, f"not a valid settings file: "
+                         f"{str(err).splitlines()[0]}") from None
+    hook = parser["hook"] if parser.has_section("hook") else {}
+    models = parser["models"] if parser.has_section("models") else {}
+
+    def choice(key: str, allowed: tuple[str, ...], default: str) -> str:
+        value = hook.get(key, default).strip().lower()
+        if value not in allowed:
+            raise ParseError(path, None, f"[hook] {key} = {value}: must be one of "
+                             f"{', '.join(allowed)}")
+        return value
+
+    return Settings(
+        mode=choice("mode", MODES, defaults.mode),
+        profile=hook.get("profile", defaults.profile).strip(),
+        refresh=choice("refresh", ("auto", "never"), "auto") == "auto",
+        try_apply=choice("try_apply", ("yes", "no"), "yes") == "yes",
+        log=choice("log", ("auto", "syslog", "stderr"), defaults.log),
+        models_dir=models.get("dir", defaults.models_dir).strip(),
+        path=path)
