@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Wall time of the libvirt hook (it runs on every domain start) and of translate.
+
+Installs the hook in a scratch hooks directory (settings baked in: the
+max/Linux 7.3 test-bed profile with a SYSREG-capable QEMU, refresh never,
+try-apply off, log to stderr), then runs it as libvirtd does (argv, domain
+XML on stdin, a clean environment), median of N runs:
+
+  * python -c pass (interpreter start-up, the floor);
+  * prepare, a domain without libvirt-arm-cpu metadata;
+  * prepare, a translated domain (parse, profile, compare);
+  * migrate, a translated domain (checked; its arguments fit: no output);
+  * translate in-process (resolve + dependency repair + serialise).
+
+usage: python bench/hook.py [-n RUNS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.domains import MAX73, custom_cpu, domain_xml, save_model, with_sysreg  # noqa: E402
+
+ENV = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
+
+
+def timed(argv: list[str], stdin: bytes, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        p = subprocess.run(argv, input=stdin, capture_output=True, env=ENV, timeout=60)
+        times.append(time.perf_counter() - t)
+        assert p.returncode == 0, p.stderr
+    return statistics.median(times) * 1000
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=30)
+    args = ap.parse_args()
+    import os
+    tmp = Path(tempfile.mkdtemp(prefix="lac-bench-hook."))
+    os.environ["LIBVIRT_ARM_CPU_MODELS_DIR"] = str(tmp / "models")
+    os.environ["LIBVIRT_ARM_CPU_CONFIG"] = str(tmp / "lac.conf")
+    model = save_model(tmp / "models", MAX73)
+    host = with_sysreg(MAX73, tmp / "host-a.xml", "host-a")
+    (tmp / "lac.conf").write_text(f"[hook]\nprofile = {host}\nrefresh = never\ntry_apply = no\n"
+                                  f"log = stderr\n[models]\ndir = {tmp / 'models'}\n")
+    from libvirt_arm_cpu import cli
+    assert cli.main(["hook", "install", "--hooks-dir", str(tmp / "hooks"), "--config",
+                     str(tmp / "lac.conf"), "--no-reload"]) == 0
+    hook = str(tmp / "hooks" / "qemu.d" / "50-libvirt-arm-cpu")
+    plain = domain_xml(cpu="<cpu mode='host-passthrough'/>").encode()
+    src = tmp / "g.xml"
+    src.write_text(domain_xml(cpu=custom_cpu(model, ("disable", "sve2"))))
+    from libvirt_arm_cpu.commands.domain import translate_domain
+    from libvirt_arm_cpu.profile import read_profile
+    prof = read_profile(str(host))
+    translated, _ = translate_domain(src.read_bytes(), "g.xml", prof)
+    xml = translated.tostring()
+    times = []
+    for _ in range(args.n):
+        t = time.perf_counter()
+        translate_domain(src.read_bytes(), "g.xml", prof)
+        times.append(time.perf_counter() - t)
+    rows = [
+        ("python -c pass", [sys.executable, "-c", "pass"], b""),
+        ("prepare, no metadata", [hook, "g", "prepare", "begin", "-"], plain),
+        ("prepare, translated domain", [hook, "g", "prepare", "begin", "-"], xml),
+        ("migrate, translated (no rewrite)", [hook, "g", "migrate", "begin", "-"], xml),
+    ]
+    print(f"{len(xml)} bytes of translated domain XML; median of {args.n} runs")
+    for label, argv, stdin in rows:
+        print(f"  {label:32s} {timed(argv, stdin, args.n):7.1f} ms")
+    print(f"  {'translate (in-process)':32s} {statistics.median(times) * 1000:7.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

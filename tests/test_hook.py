@@ -1,0 +1,191 @@
+"""The hook script, run the way libvirtd runs it (argv, XML on stdin, a
+clean environment), installed with `libvirt-arm-cpu hook install`.  The real
+libvirtd runs it in tests/test_libvirt.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from libvirt_arm_cpu.domain import Domain
+
+from .domains import MAX73, N1_73, V1_73, custom_cpu, domain_xml, save_model, with_sysreg
+
+LIBVIRT_ENV = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
+
+
+@pytest.fixture
+def bed(tmp_path, run, monkeypatch):
+    """An installed hook (in a private hooks dir, settings baked in), a
+    saved model, and translated domains."""
+    models = tmp_path / "models"
+    monkeypatch.setenv("LIBVIRT_ARM_CPU_MODELS_DIR", str(models))
+    monkeypatch.setenv("LIBVIRT_ARM_CPU_CONFIG", str(tmp_path / "none.conf"))
+    name = save_model(models, MAX73)
+    host_a = with_sysreg(MAX73, tmp_path / "host-a.xml", "host-a")
+    conf = tmp_path / "lac.conf"
+
+    def settings(profile: Path, mode: str = "enforce") -> None:
+        conf.write_text(f"[hook]\nmode = {mode}\nprofile = {profile}\nrefresh = never\n"
+                        f"try_apply = no\nlog = stderr\n[models]\ndir = {models}\n")
+
+    settings(host_a)
+    r = run("hook", "install", "--hooks-dir", str(tmp_path / "hooks"), "--config", str(conf),
+            "--no-reload")
+    assert r.code == 0, r.err
+    hook = tmp_path / "hooks" / "qemu.d" / "50-libvirt-arm-cpu"
+    assert os.access(hook, os.X_OK)
+
+    def translate(cpu: str, host: Path = host_a, name_: str = "g.xml") -> bytes:
+        src = tmp_path / name_
+        src.write_text(domain_xml(cpu=cpu))
+        out = tmp_path / ("arm-" + name_)
+        res = run("translate", str(src), "--host", str(host), "-o", str(out))
+        assert res.code == 0, res.err
+        return out.read_bytes()
+
+    def call(*argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+        return subprocess.run([str(hook), *argv], input=stdin, capture_output=True,
+                              env=LIBVIRT_ENV, cwd="/", timeout=120)
+
+    return type("Bed", (), {"tmp": tmp_path, "model": name, "host_a": host_a, "hook": hook,
+                            "settings": staticmethod(settings), "call": staticmethod(call),
+                            "translate": staticmethod(translate)})
+
+
+def test_a_domain_without_metadata_passes_at_once(bed):
+    xml = domain_xml(cpu="<cpu mode='host-passthrough'/>").encode()
+    for op in ("prepare", "start", "started", "migrate", "restore", "reconnect", "release"):
+        p = bed.call("g", op, "begin", "-", stdin=xml)
+        assert (p.returncode, p.stdout, p.stderr) == (0, b"", b""), op
+
+
+def test_prepare_allows_what_the_host_presents(bed):
+    xml = bed.translate(custom_cpu(bed.model, ("disable", "sve2")))
+    p = bed.call("lac-test-g1", "prepare", "begin", "-", stdin=xml)
+    assert p.returncode == 0, p.stderr
+    assert b"CPU checked on host host-a: superset" in p.stderr      # log = stderr
+
+
+def test_prepare_refuses_with_the_fields(bed):
+    xml = bed.translate(custom_cpu(bed.model, ("disable", "sve2")))
+    bed.settings(with_sysreg(N1_73, bed.tmp / "n1.xml", "host-n1"))
+    p = bed.call("lac-test-g1", "prepare", "begin", "-", stdin=xml)
+    assert p.returncode == 1
+    line = [x for x in p.stderr.decode().splitlines() if x.startswith("libvirt-arm-cpu: domain")]
+    assert line and "domain 'lac-test-g1' cannot start on host host-n1" in line[0]
+    import re
+    assert re.search(r"needs [A-Z0-9_]+\.\w+: needs \d+, host has \d+", line[0]), line[0]
+    assert re.search(r"\(and \d+ more\)$", line[0])
+    # warn mode: logged, allowed
+    bed.settings(bed.tmp / "n1.xml", mode="warn")
+    p = bed.call("lac-test-g1", "prepare", "begin", "-", stdin=xml)
+    assert p.returncode == 0 and b"(mode warn: allowed)" in p.stderr
+    bed.settings(bed.tmp / "n1.xml", mode="off")
+    p = bed.call("lac-test-g1", "prepare", "begin", "-", stdin=xml)
+    assert (p.returncode, p.stderr) == (0, b"")
+
+
+def test_qemu_without_sysreg_is_named(bed):
+    xml = bed.translate(custom_cpu(bed.model, ("disable", "sve2")))
+    bed.settings(MAX73)         # the same CPU, but its QEMU lacks SYSREG_* properties
+    p = bed.call("lac-test-g1", "prepare", "begin", "-", stdin=xml)
+    assert p.returncode == 1
+    assert b"does not take SYSREG_* properties" in p.stderr or \
+        b"cannot be told to change ID registers" in p.stderr
+
+
+def test_migrate_rewrites_only_when_this_host_needs_other_arguments(bed):
+    xml = bed.translate(custom_cpu(bed.model, ("disable", "sve2")))
+    # same values on the destination: nothing to print
+    bed.settings(with_sysreg(MAX73, bed.tmp / "b.xml", "host-b"))
+    p = bed.call("lac-test-g1", "migrate", "begin", "-", stdin=xml)
+    assert (p.returncode, p.stdout) == (0, b""), p.stderr
+    # a destination with one more feature (a writable lower-safe field one
+    # step higher): the guest must not see it, so the arguments change
+    prop = _host_with_one_more_feature(bed.tmp / "b.xml", bed.tmp / "c.xml", "host-c")
+    bed.settings(bed.tmp / "c.xml")
+    p = bed.call("lac-test-g1", "migrate", "begin", "-", stdin=xml)
+    assert p.returncode == 0, p.stderr
+    new = Domain.parse(p.stdout, "stdout")
+    assert new.translation.host == "host-c"
+    (arg,) = new.cpu_arguments()
+    assert f"{prop}=" in arg and prop not in Domain.parse(xml, "in").cpu_arguments()[0]
+    assert new.translation.values == Domain.parse(xml, "in").translation.values
+    # restore filters the same way; an incompatible destination cancels
+    p = bed.call("lac-test-g1", "restore", "begin", "-", stdin=xml)
+    assert p.returncode == 0 and p.stdout.startswith(b"<domain")
+    bed.settings(V1_73)
+    p = bed.call("lac-test-g1", "migrate", "begin", "-", stdin=xml)
+    assert p.returncode == 1 and p.stdout == b"" and b"cannot migrate in" in p.stderr
+
+
+def _host_with_one_more_feature(src: Path, dest: Path, hostname: str) -> str:
+    from libvirt_arm_cpu import profile as profile_mod
+    from libvirt_arm_cpu import registers
+    from libvirt_arm_cpu.registers import LOWER_SAFE
+    from libvirt_arm_cpu.rules import covers
+    kb = registers.load()
+    prof = profile_mod.read_profile(str(src))
+    regs, prop = [], None
+    for reg in prof.registers:
+        if prop is None and reg.name == "ID_AA64ISAR0_EL1":
+            for f in kb.register(reg.name).fields:
+                cur = f.get(reg.value)
+                if covers(reg.writable, f) and f.effective_policy == LOWER_SAFE and \
+                        any(v == cur + 1 for v, _ in f.values) and not f.signed:
+                    reg = type(reg)(**{**reg.__dict__, "value": f.put(reg.value, cur + 1)})
+                    prop = f.qemu_property
+                    break
+        regs.append(reg)
+    assert prop, "max on 7.3 has a writable lower-safe ISAR0 field below its top value"
+    prof2 = type(prof)(**{**prof.__dict__, "registers": regs, "hostname": hostname})
+    profile_mod.write_profile(prof2, str(dest))
+    return prop
+
+
+def test_reconnect_never_fails(bed):
+    xml = bed.translate(custom_cpu(bed.model, ("disable", "sve2")))
+    bed.settings(N1_73)
+    p = bed.call("lac-test-g1", "reconnect", "begin", "-", stdin=xml)
+    assert p.returncode == 0 and p.stdout == b""
+    broken = xml.replace(b"<arm:register", b"<arm:register broken", 1)
+    p = bed.call("lac-test-g1", "reconnect", "begin", "-", stdin=broken)
+    assert p.returncode == 0 and b"reconnect check failed" in p.stderr
+
+
+@pytest.mark.parametrize("argv", [(), ("only-a-name",), ("g", "prepare")])
+def test_unexpected_arguments_are_logged_not_refused(bed, argv):
+    xml = bed.translate(custom_cpu(bed.model))
+    p = bed.call(*argv, stdin=xml)
+    assert p.returncode == 0 and b"unexpected arguments" in p.stderr
+
+
+def test_bad_input_refuses_starts_in_one_line(bed):
+    xml = bed.translate(custom_cpu(bed.model))
+    cases = {
+        b"newer": xml.replace(b'<arm:cpu version="1"', b'<arm:cpu version="9"'),
+        b"not well-formed": xml[: len(xml) // 2],
+        b"refused: a DOCTYPE": b"<!DOCTYPE d [<!ENTITY a 'urn:x-libvirt-arm-cpu:domain:1'>]>"
+                               + xml[xml.index(b"<domain"):],
+    }
+    for needle, data in cases.items():
+        p = bed.call("lac-test-g1", "prepare", "begin", "-", stdin=data)
+        assert p.returncode == 1, needle
+        lines = [x for x in p.stderr.splitlines() if x.startswith(b"libvirt-arm-cpu: domain")]
+        assert len(lines) == 1 and needle in lines[0], p.stderr
+        assert b"Traceback" not in p.stderr
+
+
+def test_the_hook_runs_with_the_shipped_script_and_this_python(bed, run):
+    text = bed.hook.read_text()
+    assert text.startswith("#!" + os.path.realpath(os.sys.executable)) or \
+        text.startswith("#!" + os.sys.executable)
+    assert "PACKAGE_DIR = '" in text and "CONFIG = '" in text
+    r = run("hook", "uninstall", "--hooks-dir", str(bed.tmp / "hooks"), "--no-reload")
+    assert r.code == 0 and not bed.hook.exists()
+    r = run("hook", "uninstall", "--hooks-dir", str(bed.tmp / "hooks"), "--no-reload")
+    assert r.code == 0 and "not installed" in r.out
