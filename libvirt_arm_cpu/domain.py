@@ -232,6 +232,26 @@ class Domain:
             ET.SubElement(cmd, _QNS + "arg", {"value": qemu_cpu_argument(t.properties)})
         return Domain(root, self.path)
 
+    def with_arguments(self, t: Translation) -> Domain:
+        """This translated domain with *t*'s metadata and QEMU arguments and
+        nothing else changed (the migrate/restore filter: libvirt checks the
+        rest against the running or saved guest)."""
+        old = self.translation
+        assert old is not None
+        root = _copy(self.root)
+        meta = root.find("metadata")
+        assert meta is not None
+        elem = meta.find(_NS + "cpu")
+        meta[list(meta).index(elem)] = t.to_element()
+        _drop_cpu_arguments(root, qemu_cpu_argument(old.properties))
+        if t.properties:
+            cmd = root.find(_QNS + "commandline")
+            if cmd is None:
+                cmd = ET.SubElement(root, _QNS + "commandline")
+            ET.SubElement(cmd, _QNS + "arg", {"value": "-cpu"})
+            ET.SubElement(cmd, _QNS + "arg", {"value": qemu_cpu_argument(t.properties)})
+        return Domain(root, self.path)
+
     def tostring(self) -> bytes:
         ET.register_namespace("arm", NAMESPACE)
         ET.register_namespace("qemu", QEMU_NAMESPACE)

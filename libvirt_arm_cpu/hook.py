@@ -138,14 +138,15 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
                           host.fingerprint.digest, t.model)
         log("info", f"domain '{name}': CPU arguments rewritten for {where} "
                     f"({len(v.properties)} SYSREG properties)")
-        return None, dom.translated(new).tostring()
+        return None, dom.with_arguments(new).tostring()
     if op == "prepare":
         if v.needs_rewrite:
             return (f"domain '{name}': its QEMU -cpu arguments were made for host "
                     f"'{t.host}', not {where} (this host needs "
                     f"{v.expected_argument or 'none'}): translate it again here "
                     f"(libvirt-arm-cpu define)"), None
-        if conf.try_apply and v.properties and os.path.exists("/dev/kvm"):
+        if conf.try_apply and v.properties and os.uname().machine == "aarch64" and \
+                os.path.exists("/dev/kvm"):
             refusal = _try_apply(t.values, kb)
             if refusal:
                 return f"domain '{name}' cannot start on {where}: KVM refuses {refusal}", None
