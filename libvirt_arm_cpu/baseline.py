@@ -33,7 +33,7 @@ from .dependencies import RuleBook
 from .dependencies import load as load_rules
 from .registers import (EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field,
                         KnowledgeBase, Register)
-from .rules import covers, source_accepts
+from .rules import WHOLE_REGISTER, covers, register_refusal, source_accepts
 
 __all__ = ["Conflict", "BaselineResult", "baseline", "Pool", "largest_compatible", "pools"]
 
@@ -120,6 +120,8 @@ def _combine_register(reg: Register | None, name: str, models: Sequence[CpuModel
                                "differs, and no field of it is known to change")]
     if reg.kind == "implementation-id":
         return _combine_implementation(name, models, labels, values, mask)
+    if name in WHOLE_REGISTER:
+        return _combine_whole(reg, name, models, labels, values, mask)
     conflicts = []
     result = 0
     for f in reg.fields:
@@ -134,6 +136,26 @@ def _combine_register(reg: Register | None, name: str, models: Sequence[CpuModel
                                   "bits outside every known field differ"))
     result |= values[0] & ~reg.field_mask & U64
     return result, mask, conflicts
+
+
+def _combine_whole(reg: Register, name: str, models: Sequence[CpuModel], labels: Sequence[str],
+                   values: list[int], mask: int) -> tuple[int, int, list[Conflict]]:
+    """A register KVM takes as a whole (CLIDR_EL1: a cache hierarchy): the
+    common value, else the lowest one every host can be given."""
+    if len(set(values)) == 1:
+        return values[0], mask, []
+    blocked = [label for m, label in zip(models, labels)
+               if not all(covers(m.writable.get(name, 0), f) for f in reg.fields)]
+    if blocked:
+        return 0, 0, [Conflict(name, None, dict(zip(labels, values)),
+                               "differs, and " + ", ".join(blocked) + " cannot change it")]
+    ctrs = [m.values.get("CTR_EL0", 0) for m in models]
+    for candidate in sorted(set(values)):
+        if register_refusal(name, candidate, ctrs) is None:
+            return candidate, mask, []
+    return 0, 0, [Conflict(name, None, dict(zip(labels, values)),
+                           "differs, and no host's value is one every host's KVM takes: "
+                           + str(register_refusal(name, min(values), ctrs)))]
 
 
 def _combine_implementation(name: str, models: Sequence[CpuModel], labels: Sequence[str],

@@ -38,7 +38,7 @@ from pathlib import Path
 from . import __version__
 from .errors import Error, ParseError, UsageError
 from .fileio import atomic_write
-from .registers import (EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, MUST_MATCH,
+from .registers import (ANY, EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, MUST_MATCH,
                         NAMESPACE, Field, KnowledgeBase, Register, Reserved,
                         in_feature_id_space, kvm_reg_id, writable_mask_index)
 from .sysreg_parser import RESERVED_KINDS, BitRange, SysregFile, parse_sysreg
@@ -79,12 +79,21 @@ KVM_FIELD_LIMITS = {
     ("ID_DFR0_EL1", "CopDbg"): (6, False),
     ("ID_DFR0_EL1", "PerfMon"): (3, True),
 }
+# Registers KVM lets userspace set to any value its own setter accepts, not
+# through the ID-register safe-value rule.  Source: Linux
+# arch/arm64/kvm/sys_regs.c set_clidr(): any CLIDR_EL1 value without RES0
+# bits, except one that claims no cache maintenance to the PoU (LoC == 0, or
+# LoUIS == LoUU == 0) when CTR_EL0.IDC is 0 (EINVAL); that part is checked
+# per register in rules.py.
+KVM_ANY_REGISTERS = ("CLIDR_EL1",)
 KVM_OVERRIDE_ORIGIN = ("Linux arch/arm64/kvm/sys_regs.c: kvm_arm64_ftr_safe_value() makes "
                        "ID_AA64DFR0_EL1.PMUVer, ID_AA64DFR0_EL1.DebugVer and "
                        "ID_DFR0_EL1.PerfMon FTR_LOWER_SAFE for userspace writes; "
                        "set_id_aa64dfr0_el1() and set_id_dfr0_el1() refuse DebugVer and "
                        "CopDbg below 6 and a PerfMon between 1 and 2; Linux 7.3 refuses "
-                       "ID_AA64PFR0_EL1.EL1 below 1 (seen on the test bed)")
+                       "ID_AA64PFR0_EL1.EL1 below 1 (seen on the test bed); set_clidr() "
+                       "takes any CLIDR_EL1 value without RES0 bits that keeps the "
+                       "cache-maintenance levels CTR_EL0.IDC needs")
 
 # Registers the sysreg file lacks, from implementation_regs.json, and what
 # kind of register each is for KVM (MIDR/REVIDR/AIDR become writable with
@@ -195,7 +204,9 @@ def _build_sysreg_register(inputs: Inputs, name: str, warn: Callable[[str], None
         fields.append(Field(
             register=name, name=rng.name, msb=rng.msb, lsb=rng.lsb,
             kind=SYSREG_KIND[rng.kind], signed=policy.signed, policy=policy.policy,
-            safe=policy.safe, kvm_policy=KVM_POLICY_OVERRIDES.get((name, rng.name)),
+            safe=policy.safe,
+            kvm_policy=ANY if name in KVM_ANY_REGISTERS else
+            KVM_POLICY_OVERRIDES.get((name, rng.name)),
             values=tuple(sorted(rng.values)),
             kvm_min=KVM_FIELD_LIMITS.get((name, rng.name), (None, False))[0],
             kvm_zero_ok=KVM_FIELD_LIMITS.get((name, rng.name), (None, False))[1]))

@@ -33,7 +33,7 @@ __all__ = [
     "load", "read_kb_file", "parse_u64", "kvm_reg_id", "encoding_of_kvm_id",
     "writable_mask_index", "generic_name",
     "in_feature_id_space", "NAMESPACE",
-    "LOWER_SAFE", "HIGHER_SAFE", "HIGHER_OR_ZERO_SAFE", "EXACT", "MUST_MATCH",
+    "LOWER_SAFE", "HIGHER_SAFE", "HIGHER_OR_ZERO_SAFE", "EXACT", "MUST_MATCH", "ANY",
 ]
 
 NAMESPACE = "urn:x-libvirt-arm-cpu:kb:1"
@@ -46,6 +46,7 @@ HIGHER_SAFE = "higher-safe"          # any value >= the host's
 HIGHER_OR_ZERO_SAFE = "higher-or-zero-safe"  # 0, or >= the host's
 EXACT = "exact"                      # the host's value or the field's safe value
 MUST_MATCH = "must-match"            # no policy: only the host's value
+ANY = "any"                          # KVM: any value its register's own setter takes
 POLICIES = (LOWER_SAFE, HIGHER_SAFE, HIGHER_OR_ZERO_SAFE, EXACT, MUST_MATCH)
 
 U64_MAX = (1 << 64) - 1

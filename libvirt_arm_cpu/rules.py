@@ -13,9 +13,10 @@ These functions are the single place baseline and compare ask.
 
 from __future__ import annotations
 
-from .registers import (EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field)
+from .registers import (ANY, EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field)
 
-__all__ = ["field_accepts", "covers", "source_accepts"]
+__all__ = ["field_accepts", "covers", "source_accepts", "register_refusal",
+           "WHOLE_REGISTER"]
 
 
 def covers(mask: int | None, field: Field) -> bool:
@@ -31,6 +32,8 @@ def field_accepts(field: Field, new: int, limit: int) -> bool:
     if field.kvm_min is not None and new < field.kvm_min and not (new == 0 and field.kvm_zero_ok):
         return False
     policy = field.effective_policy
+    if policy == ANY:
+        return True         # the register-level check is register_refusal()
     n, lim = field.order(new), field.order(limit)
     if policy == LOWER_SAFE:
         return n <= lim
@@ -51,3 +54,30 @@ def source_accepts(values: dict[str, int], writable: dict[str, int], register: s
     own = field.get(values.get(register, 0))
     return value == own or (covers(writable.get(register, 0), field)
                             and field_accepts(field, value, own))
+
+
+def _bits(value: int, lsb: int, width: int) -> int:
+    return (value >> lsb) & ((1 << width) - 1)
+
+
+def register_refusal(name: str, value: int, ctr_values: list[int]) -> str | None:
+    """Why KVM's register-specific setter refuses *value*, or None.
+
+    CLIDR_EL1 (set_clidr()): with CTR_EL0.IDC clear, data cache clean to the
+    point of unification is needed, so a value with LoC == 0, or with LoUIS
+    and LoUU both 0, is refused.  *ctr_values*: every CTR_EL0 the check may
+    meet (the host's, and the one the model writes).
+    """
+    if name != "CLIDR_EL1":
+        return None
+    loc, louis, louu = _bits(value, 24, 3), _bits(value, 21, 3), _bits(value, 27, 3)
+    idc_clear = any(not _bits(ctr, 28, 1) for ctr in ctr_values)
+    if idc_clear and (loc == 0 or (louis == 0 and louu == 0)):
+        return ("CTR_EL0.IDC is 0, so KVM needs LoC and LoUIS or LoUU to be non-zero "
+                "(set_clidr)")
+    return None
+
+
+# Registers that combine as a whole (all their fields are "any"): a cache
+# hierarchy is one description, not independent fields.
+WHOLE_REGISTER = ("CLIDR_EL1",)

@@ -60,9 +60,26 @@ def fidelity_requests(host: Host) -> dict[str, dict[str, str]]:
         if other == host.id:
             continue
         candidates[f"own:{other}"] = m
-        pair = baseline([mine, m], kb)
+        pair = baseline([mine, m], kb, [host.id, other])
         if pair.ok:
             candidates[f"pair:{other}"] = pair.model
+        else:
+            # No common model: the first conflict of each kind (a field; a
+            # whole register such as MIDR or CLIDR) that blames this host must
+            # be one its kernel really refuses (the other host's value there)
+            kinds = set()
+            for c in pair.conflicts:
+                kind = "field" if c.field else "register"
+                if kind in kinds or host.id not in c.reason:
+                    continue
+                kinds.add(kind)
+                reg = kb.register(c.register)
+                value = m.values.get(c.register, 0)
+                if c.field is not None:
+                    f = reg.field(c.field)
+                    value = f.put(mine.values.get(c.register, 0), f.get(value))
+                candidates[f"refused:{other}:{c.register}.{c.field or '*'}"] = CpuModel(
+                    {**mine.values, c.register: value}, mine.writable)
         # the same, as if the two were one implementation: exercises every
         # other field's rule even where MIDR alone would refuse
         alike = CpuModel({**m.values, **{r: mine.values.get(r, 0) for r in IMPL_REGS}},
