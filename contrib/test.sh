@@ -1,11 +1,13 @@
 #!/bin/sh
 # The whole test suite from a clean clone: set up, prepare the arm64 KVM
-# test bed (downloads cached in /var/cache/libvirt-arm-cpu/testbed), then run
-# pytest.  Extra arguments go to pytest (e.g. -k decode, -m "not kvm").
+# test bed (downloads cached in /var/cache/libvirt-arm-cpu/testbed), start
+# this machine's libvirtd (tests/libvirtd.py), then run pytest.  Extra
+# arguments go to pytest (e.g. -k decode, -m "not kvm").
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 sh "$ROOT/contrib/setup.sh"
 "$ROOT/contrib/testbed/prepare.sh"
+sh "$ROOT/contrib/libvirt/start-libvirtd.sh"
 VENV=${LIBVIRT_ARM_CPU_VENV:-$ROOT/.venv}
 cd "$ROOT"
 exec "$VENV/bin/python" -m pytest "$@"

@@ -8,10 +8,18 @@ Each call boots a guest (3-20 s under TCG) through
 contrib/testbed/run-in-guest.sh; identical calls within a test session are
 answered from memory.  A boot that fails, times out or brings back no result
 raises TestbedError, with the driver's reason and the end of the serial log.
-The guest has this checkout's libvirt_arm_cpu and xml/ (at /opt/project),
-xmlschema and elementpath on PYTHONPATH, a real /dev/kvm (unless the kernel
-is told otherwise) and an empty /out whose files come back in ``files``.
-Standard library only.
+The guest has this checkout's libvirt_arm_cpu, xml/ and hooks/ (at
+/opt/project), xmlschema and elementpath on PYTHONPATH, a real /dev/kvm
+(unless the kernel is told otherwise) and an empty /out whose files come back
+in ``files``.
+
+``image="libvirt"`` boots the libvirt guest root instead (3 GiB; about 20 s
+more): trixie's libvirt 11.3 (libvirtd answering on qemu:///system before the
+job starts), QEMU 10.0 and python3-libvirt, /usr/bin/python3 finding the
+project without PYTHONPATH too (hook scripts), ``testbed-install-hook SRC
+[NAME]`` to put a hook into /etc/libvirt/hooks/qemu.d and reload libvirtd,
+and /testbed/idle-aarch64.bin as a kernel for domains (see
+tests/libvirtd.py's kvm_domain_xml).  Standard library only.
 """
 
 from __future__ import annotations
@@ -90,21 +98,23 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def run_in_guest(*, kernel: str = "6.12", qemu: str = "7.2", cpu: str = "neoverse-n1",
                  script: str | bytes | None = None, append: str = "",
-                 timeout: float = 120) -> GuestResult:
+                 timeout: float = 120, image: str = "kvm") -> GuestResult:
     """Boot the test bed and run ``script`` (busybox sh) as the job.
 
     kernel: "6.12" (trixie), "7.3" (trixie-backports), "6.1" (bookworm);
     qemu: "7.2" (the host's) or "10.0" (bookworm-backports); cpu: any -cpu
     value; append: extra kernel arguments; timeout: seconds for the whole
-    boot.  script None runs a short report (kernel, /dev/kvm, CPU)."""
+    boot (give the libvirt image 300); image: "kvm" (the base guest root) or
+    "libvirt" (libvirt 11.3 running in the guest).  script None runs a short
+    report (kernel, /dev/kvm, CPU)."""
     body = script.encode() if isinstance(script, str) else script
-    key = (kernel, qemu, cpu, body, append, float(timeout))
+    key = (image, kernel, qemu, cpu, body, append, float(timeout))
     if key in _memo:
         return _memo[key]
 
     out = _out_dir()
-    cmd = [str(DRIVER), "--kernel", kernel, "--qemu", qemu, "--cpu", cpu, "--append", append,
-           "--timeout", f"{timeout:g}", "--out", str(out)]
+    cmd = [str(DRIVER), "--image", image, "--kernel", kernel, "--qemu", qemu, "--cpu", cpu,
+           "--append", append, "--timeout", f"{timeout:g}", "--out", str(out)]
     if body is not None:
         cmd += ["--script", "-"]
     # The driver bounds its own wait for other boots (LIBVIRT_ARM_CPU_TESTBED_LOCK_WAIT,

@@ -1,7 +1,9 @@
 #!/bin/bash
 # Prepare the arm64 KVM test bed (see README.md next to this file): host
-# packages, arm64 kernels, QEMU 10.0 and the base guest root, all in a cache.
-# Safe to re-run; when everything is cached it only checks (about a second).
+# packages, arm64 kernels, QEMU 10.0, the base guest root (image "kvm") and
+# the libvirt guest root (image "libvirt": trixie's libvirt 11.3 and QEMU
+# 10.0 inside the guest), all in a cache.  Safe to re-run; when everything is
+# cached it only checks (about a second).
 #
 # Usage: contrib/testbed/prepare.sh [--refresh]
 #   --refresh   resolve the package versions through apt again; without it the
@@ -37,6 +39,17 @@ HOST_PACKAGES="qemu-system-arm cpio python3"
 # refuses a stale base).
 BASE_FORMAT=1
 HOST_QEMU_SERIES=7.2
+# The libvirt image: these arm64 packages of trixie with their dependency
+# closure (trixie-updates' versions where newer), unpacked into a guest root
+# whose /init is guest/base-init too (libc-bin: the C.UTF-8 locale virsh wants).  The series are checked: a new libvirt
+# or QEMU in trixie stops prepare.sh instead of silently changing the tests.
+LIBVIRT_PACKAGES="libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-log libvirt-clients libc-bin
+                  qemu-system-arm python3 python3-libvirt busybox-static"
+LIBVIRT_SERIES=11.3
+LIBVIRT_QEMU_SERIES=10.0
+# Bump when build_libvirt_image changes what goes into the libvirt guest root
+# (it is rebuilt when this, guest/base-init or the libvirt packages change).
+LIBVIRT_FORMAT=1
 
 say() { printf 'prepare: %s\n' "$*" >&2; }
 die() { printf 'prepare: error: %s\n' "$*" >&2; exit 1; }
@@ -400,8 +413,142 @@ compileall.compile_dir(sys.argv[1], ddir=sys.argv[2], quiet=2, workers=1,
     rm -rf "$root"
 }
 
+# ---------------------------------------------------------------- the libvirt image
+# libvirt-debs/*.deb + libvirt-debs/pin ("PACKAGE=VERSION" a line).
+debs_complete() {  # DIR: every pinned package has its .deb there
+    local p
+    [ -s "$1/pin" ] || return 1
+    while read -r p; do
+        compgen -G "$1/${p%%=*}_*.deb" >/dev/null || return 1
+    done <"$1/pin"
+}
+prepare_libvirt_debs() {
+    local dir=$CACHE/libvirt-debs pins tmp deb request
+    # the package list the pins were resolved for: a new list resolves again
+    request=$(echo $LIBVIRT_PACKAGES)
+    if [ "$REFRESH" = 0 ] && [ "$(cat "$dir/request" 2>/dev/null)" = "$request" ] && debs_complete "$dir"; then
+        return 0
+    fi
+    need_arm64
+    if [ "$REFRESH" = 0 ] && [ "$(cat "$dir/request" 2>/dev/null)" = "$request" ] && [ -s "$dir/pin" ]; then
+        pins=$(cat "$dir/pin")
+    else
+        say "libvirt image: resolving" $LIBVIRT_PACKAGES "(arm64, trixie)"
+        # shellcheck disable=SC2086
+        pins=$(arm64_apt apt-get install -s -y -qq $LIBVIRT_PACKAGES \
+               | awk '$1 == "Inst" { v = $3; gsub(/[()]/, "", v); print $2 "=" v }' | LC_ALL=C sort) \
+            || die "cannot resolve the libvirt image's packages for arm64"
+        [ -n "$pins" ] || die "apt resolved no packages for the libvirt image"
+        echo "$pins" | grep -q "^libvirt-daemon=$LIBVIRT_SERIES\." \
+            || die "trixie's libvirt-daemon is now $(echo "$pins" | grep '^libvirt-daemon='), not $LIBVIRT_SERIES: update LIBVIRT_SERIES in $0"
+        echo "$pins" | grep -q "^qemu-system-arm=1:$LIBVIRT_QEMU_SERIES\." \
+            || die "trixie's qemu-system-arm is now $(echo "$pins" | grep '^qemu-system-arm='), not $LIBVIRT_QEMU_SERIES: update LIBVIRT_QEMU_SERIES in $0"
+        if [ "$(cat "$dir/pin" 2>/dev/null)" = "$pins" ] && debs_complete "$dir"; then
+            echo "$request" >"$dir/request"
+            return 0
+        fi
+    fi
+    say "libvirt image: downloading $(echo "$pins" | wc -l) packages"
+    tmp=$(mktemp -d "$CACHE/.libvirt-debs.XXXXXX")
+    # shellcheck disable=SC2086
+    download_into "$tmp" arm64_apt $pins
+    echo "$pins" >"$tmp/pin"
+    echo "$request" >"$tmp/request"
+    rm -rf "$dir"
+    mv "$tmp" "$dir"
+}
+
+# libvirt-initrd.cpio.gz + libvirt-initrd.stamp (the driver checks it too).
+libvirt_stamp() {
+    { echo "LIBVIRT_FORMAT=$LIBVIRT_FORMAT"; cat "$HERE/guest/base-init" "$CACHE/libvirt-debs/pin"; } \
+        | sha256sum | cut -d' ' -f1
+}
+build_libvirt_image() {
+    local out=$CACHE/libvirt-initrd.cpio.gz stamp root deb py l
+    stamp=$(libvirt_stamp)
+    if [ -s "$out" ] && [ "$(cat "$CACHE/libvirt-initrd.stamp" 2>/dev/null)" = "$stamp" ]; then
+        return 0
+    fi
+    say "building the libvirt guest image"
+    root=$(mktemp -d "$CACHE/.libvirt-root.XXXXXX")
+    # Unpacked only: no maintainer scripts run, so what they would do (users,
+    # directories, configuration) is done below, and the daemons are started
+    # by the per-run layer (guest/init.sh).
+    for deb in "$CACHE"/libvirt-debs/*.deb; do
+        dpkg-deb -x "$deb" "$root"
+    done
+    # merged /usr, as base-files would set up (moving what a package still
+    # ships under /bin, /sbin or /lib)
+    for l in bin sbin lib; do
+        if [ -d "$root/$l" ] && [ ! -L "$root/$l" ]; then
+            mkdir -p "$root/usr/$l"
+            cp -a "$root/$l/." "$root/usr/$l/"
+            rm -rf "${root:?}/$l"
+        fi
+        [ -e "$root/$l" ] || ln -s "usr/$l" "$root/$l"
+    done
+    [ -x "$root/usr/bin/busybox" ] || die "no busybox in the libvirt image's packages"
+    [ -e "$root/usr/bin/sh" ] || ln -s busybox "$root/usr/bin/sh"
+    # Not needed in the guest: documentation, translations, iconv charsets,
+    # 32-bit ARM QEMU (libvirt would probe it at every start), QEMU's
+    # firmware and option ROMs (domains here boot a kernel, not firmware),
+    # systemd's own programs (nothing runs systemd here).
+    rm -rf "$root"/usr/share/{doc,man,info,lintian,locale,i18n,perl5,bug,bash-completion,zsh,fish} \
+           "$root"/usr/lib/aarch64-linux-gnu/gconv \
+           "$root"/usr/bin/qemu-system-arm \
+           "$root"/usr/share/qemu/{*.bin,*.rom,*.img,*.fd,*.dtb,openbios-*,palcode-*,u-boot*,hppa-*,opensbi*,s390*,skiboot*,slof*,vof*,edk2-*} \
+           "$root"/usr/share/qemu/firmware \
+           "$root"/usr/lib/systemd "$root"/usr/bin/systemd* "$root"/usr/bin/journalctl
+    py=$(cd "$root/usr/bin" && ls | grep -E '^python3\.[0-9]+$' | head -1)
+    [ -n "$py" ] || die "no python3.X in the libvirt image's packages"
+    [ "$py" = "$(guest_python)" ] \
+        || die "the libvirt image's Python is $py, the host-side one $(guest_python): they must match"
+    ln -sf "$py" "$root/usr/bin/python3"
+    # The checkout's package and site-packages come with each run's layer; the
+    # .pth also serves hook scripts, which libvirtd starts without PYTHONPATH.
+    printf '/opt/project\n/opt/site-packages\n' >"$root/usr/lib/python3/dist-packages/libvirt-arm-cpu-testbed.pth"
+    "$CACHE/hostpython/run" -I -c '
+import compileall, py_compile, sys
+for src, dest in zip(sys.argv[1::2], sys.argv[2::2]):
+    compileall.compile_dir(src, ddir=dest, quiet=2, workers=1,
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+' "$root/usr/lib/$py" "/usr/lib/$py" "$root/usr/lib/python3/dist-packages" "/usr/lib/python3/dist-packages" \
+        || die "byte-compiling the libvirt image's Python failed"
+    # What the maintainer scripts and base-files would have made.
+    mkdir -p "$root"/{proc,sys,dev,tmp,run,root,out,opt,testbed} \
+             "$root"/var/{log/libvirt/qemu,lib/libvirt/qemu,cache/libvirt,tmp} \
+             "$root"/etc/libvirt/hooks/qemu.d
+    rm -rf "$root/var/run"
+    ln -s /run "$root/var/run"          # virsh looks for /var/run/libvirt/libvirt-sock
+    cat >"$root/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+libvirt-qemu:x:64055:994:Libvirt Qemu:/var/lib/libvirt:/usr/sbin/nologin
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+EOF
+    cat >"$root/etc/group" <<'EOF'
+root:x:0:
+kvm:x:993:
+libvirt-qemu:x:994:
+libvirt:x:995:
+nogroup:x:65534:
+EOF
+    printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files\n' >"$root/etc/nsswitch.conf"
+    printf '127.0.0.1 localhost testbed\n' >"$root/etc/hosts"
+    echo testbed >"$root/etc/hostname"
+    # QEMU as root, no ownership changes: as on the x86 host (contrib/libvirt).
+    printf '\nuser = "root"\ngroup = "root"\ndynamic_ownership = 0\nremember_owner = 0\n' \
+        >>"$root/etc/libvirt/qemu.conf"
+    install -m 755 "$HERE/guest/base-init" "$root/init"
+    (cd "$root" && find . -mindepth 1 | LC_ALL=C sort \
+        | cpio -o -H newc --quiet --reproducible -R 0:0) | gzip -1 -n >"$out.tmp"
+    mv "$out.tmp" "$out"
+    echo "$stamp" >"$CACHE/libvirt-initrd.stamp"
+    rm -rf "$root"
+}
+
 # ---------------------------------------------------------------- main
-rm -rf "$CACHE"/.kernel.* "$CACHE"/.qemu.* "$CACHE"/.guest-debs.* "$CACHE"/.hostpython.* "$CACHE"/.base-root.*
+rm -rf "$CACHE"/.kernel.* "$CACHE"/.qemu.* "$CACHE"/.guest-debs.* "$CACHE"/.hostpython.* "$CACHE"/.base-root.* \
+       "$CACHE"/.libvirt-debs.* "$CACHE"/.libvirt-root.*
 TIMES="host=$(since "$T0")"
 step() {  # step NAME FUNCTION ARGS...: run a step, note its time
     local t name=$1
@@ -415,6 +562,8 @@ step qemu10 prepare_qemu10
 step guest_debs prepare_guest_debs
 step hostpython prepare_hostpython
 step base build_base
+step libvirt_debs prepare_libvirt_debs
+step libvirt_image build_libvirt_image
 
 for k in $KERNELS; do
     read -r _ ver _ release <"$CACHE/kernels/${k%%:*}/pin"
@@ -424,6 +573,7 @@ say "QEMU $HOST_QEMU_SERIES: $(command -v qemu-system-aarch64) ($host_qemu_versi
 say "QEMU $QEMU10_SERIES: $CACHE/qemu-$QEMU10_SERIES/usr/bin/qemu-system-aarch64 ($(head -1 "$CACHE/qemu-$QEMU10_SERIES/pin" | cut -d' ' -f1))"
 say "host-side $(guest_python): $CACHE/hostpython/run ($(grep -E '^python3\.[0-9]+-minimal=' "$CACHE/hostpython/pin"))"
 say "guest: $(grep -E '^python3\.[0-9]+=' "$CACHE/guest-debs/pin"), $(grep '^busybox-static=' "$CACHE/guest-debs/pin"); base-initrd.cpio.gz $(du -h "$CACHE/base-initrd.cpio.gz" | cut -f1)"
+say "libvirt image: $(grep '^libvirt-daemon=' "$CACHE/libvirt-debs/pin"), $(grep '^qemu-system-arm=' "$CACHE/libvirt-debs/pin"), $(grep '^python3-libvirt=' "$CACHE/libvirt-debs/pin"); libvirt-initrd.cpio.gz $(du -h "$CACHE/libvirt-initrd.cpio.gz" | cut -f1)"
 rm -f "$CACHE"/apt-*/var/cache/apt/*.bin     # apt's binary caches: only worth it during a run
 say "timings_s: $TIMES"
 say "ready in $(since "$T0") s: $CACHE"

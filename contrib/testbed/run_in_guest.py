@@ -4,13 +4,15 @@ run a job in it, with this checkout's libvirt_arm_cpu package inside.
 
 Usage (see README.md next to this file; run prepare.sh first):
 
-    run-in-guest.sh [--kernel 6.12|7.3|6.1] [--qemu 7.2|10.0] [--cpu CPU]
-                    [--append ARGS] [--timeout SECONDS] [--script FILE|-]
-                    [--out DIR]
+    run-in-guest.sh [--image kvm|libvirt] [--kernel 6.12|7.3|6.1] [--qemu 7.2|10.0]
+                    [--cpu CPU] [--append ARGS] [--timeout SECONDS]
+                    [--script FILE|-] [--out DIR]
 
 The job is a busybox-sh script, run in /root with PYTHONPATH set so that
-``python3 -m libvirt_arm_cpu.cli`` works.  Its stdout, stderr and exit code,
-and every file it leaves in /out, come back byte-exact:
+``python3 -m libvirt_arm_cpu.cli`` works.  With --image libvirt the guest
+root is trixie's libvirt 11.3, QEMU 10.0 and python3-libvirt, and libvirtd
+answers on qemu:///system before the job starts.  Its stdout, stderr and exit
+code, and every file it leaves in /out, come back byte-exact:
 
     OUT/stdout  OUT/stderr  OUT/rc  OUT/files/...  OUT/console.log (raw
     serial log)  OUT/wall_s  OUT/qemu.stderr  OUT/result.json
@@ -50,6 +52,8 @@ CHECKOUT = HERE.parent.parent
 DEFAULT_CACHE = "/var/cache/libvirt-arm-cpu/testbed"
 KERNELS = ("6.12", "7.3", "6.1")
 QEMUS = ("7.2", "10.0")
+# Guest images: the base root (busybox, Python) or the libvirt root; memory.
+IMAGES = {"kvm": 1024, "libvirt": 3072}
 BASE_CMDLINE = "console=ttyAMA0 rdinit=/init panic=-1"
 PREPARE_HINT = "run contrib/testbed/prepare.sh"
 # What the guest needs of the checkout: (source, path in the guest).
@@ -80,13 +84,22 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-def base_stamp(cache: Path) -> str:
-    """The SHA-256 prepare.sh writes to base-initrd.stamp (same inputs)."""
-    m = re.search(r"^BASE_FORMAT=(\S+)$", (HERE / "prepare.sh").read_text(), re.M)
-    h = hashlib.sha256(f"BASE_FORMAT={m.group(1) if m else ''}\n".encode())
-    for p in (HERE / "guest" / "base-init", cache / "guest-debs" / "pin"):
+def _stamp(variable: str, inputs: tuple[Path, ...]) -> str:
+    m = re.search(rf"^{variable}=(\S+)$", (HERE / "prepare.sh").read_text(), re.M)
+    h = hashlib.sha256(f"{variable}={m.group(1) if m else ''}\n".encode())
+    for p in inputs:
         h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def base_stamp(cache: Path) -> str:
+    """The SHA-256 prepare.sh writes to base-initrd.stamp (same inputs)."""
+    return _stamp("BASE_FORMAT", (HERE / "guest" / "base-init", cache / "guest-debs" / "pin"))
+
+
+def libvirt_stamp(cache: Path) -> str:
+    """The SHA-256 prepare.sh writes to libvirt-initrd.stamp (same inputs)."""
+    return _stamp("LIBVIRT_FORMAT", (HERE / "guest" / "base-init", cache / "libvirt-debs" / "pin"))
 
 
 def kernel_image(cache: Path, kernel: str) -> tuple[Path, str]:
@@ -105,16 +118,22 @@ def qemu_binary(cache: Path, qemu: str) -> Path:
     return Path(found)
 
 
-def base_initrd(cache: Path) -> Path:
-    base = _need(cache / "base-initrd.cpio.gz", "the base guest root")
-    stamp = cache / "base-initrd.stamp"
+def base_initrd(cache: Path, image: str = "kvm") -> Path:
+    """The guest root of an image, checked against its stamp."""
+    if image == "libvirt":
+        name, what, stamp_of, inputs = ("libvirt-initrd", "the libvirt guest root", libvirt_stamp,
+                                        "the libvirt image's packages")
+    else:
+        name, what, stamp_of, inputs = "base-initrd", "the base guest root", base_stamp, "the guest packages"
+    base = _need(cache / f"{name}.cpio.gz", what)
+    stamp = cache / f"{name}.stamp"
     try:
-        current = stamp.read_text().strip() == base_stamp(cache)
+        current = stamp.read_text().strip() == stamp_of(cache)
     except OSError:
         current = False
     if not current:
-        raise Unprepared(f"the base guest root {base} is out of date "
-                         f"(prepare.sh, guest/base-init or the guest packages changed): {PREPARE_HINT}")
+        raise Unprepared(f"{what} {base} is out of date "
+                         f"(prepare.sh, guest/base-init or {inputs} changed): {PREPARE_HINT}")
     return base
 
 
@@ -217,10 +236,18 @@ def byte_compile(modules: list[tuple[str, str]]) -> list[tuple[str, bytes]]:
         return sorted(out)
 
 
+# AArch64 `1: wfi; b 1b`: a "kernel" for test domains that idles (QEMU loads a
+# file without a Linux header raw at RAM + 0x80000 and jumps to it).
+IDLE_KERNEL = bytes.fromhex("7f2003d5ffffff17")
+
+
 def project_layer(env: dict[str, str], script: bytes | None) -> bytes:
-    """The per-run archive: /testbed (runner, env, job), /opt/project, /opt/site-packages."""
+    """The per-run archive: /testbed (runner, env, job, tools), /opt/project
+    (the package, xml/ and hooks/), /opt/site-packages."""
     c = Cpio()
     c.file("testbed/init.sh", (HERE / "guest" / "init.sh").read_bytes(), 0o755)
+    c.file("testbed/idle-aarch64.bin", IDLE_KERNEL)
+    c.file("usr/local/bin/testbed-install-hook", (HERE / "guest" / "install-hook").read_bytes(), 0o755)
     c.file("testbed/env", "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()).encode())
     if script is not None:
         c.file("testbed/job.sh", script, 0o755)
@@ -228,8 +255,9 @@ def project_layer(env: dict[str, str], script: bytes | None) -> bytes:
     if not (package / "__init__.py").exists():
         raise Unprepared(f"no libvirt_arm_cpu package in {CHECKOUT}")
     modules = c.tree(package, "opt/project/libvirt_arm_cpu")
-    if (CHECKOUT / "xml").is_dir():
-        c.tree(CHECKOUT / "xml", "opt/project/xml")
+    for extra in ("xml", "hooks"):      # hooks/: scripts, run as such (no byte-code)
+        if (CHECKOUT / extra).is_dir():
+            c.tree(CHECKOUT / extra, f"opt/project/{extra}")
     for name in SITE_PACKAGES:
         modules += c.tree(site_package(name), f"opt/site-packages/{name}")
     for path, data in byte_compile(modules):
@@ -244,6 +272,9 @@ def project_layer(env: dict[str, str], script: bytes | None) -> bytes:
 class Decoded:
     started: bool = False
     start_uptime: float | None = None
+    libvirtd_started: bool = False
+    libvirtd_ready_uptime: float | None = None
+    libvirtd_failed: str | None = None
     job_end_uptime: float | None = None
     done_uptime: float | None = None
     rc: int | None = None
@@ -282,6 +313,12 @@ def decode_console(console: bytes, token: str) -> Decoded:
                 out.started, out.start_uptime = True, float(args[0])
             elif verb == "job-end":
                 out.job_end_uptime = float(args[0])
+            elif verb == "libvirtd-start":
+                out.libvirtd_started = True
+            elif verb == "libvirtd-ready":
+                out.libvirtd_ready_uptime = float(args[0])
+            elif verb == "libvirtd-failed":
+                out.libvirtd_failed = " ".join(args[1:]) or "libvirtd did not start"
             elif verb == "begin":
                 current, chunks = (args[0], int(args[1]), args[2]), []
             elif verb == "end" and current is not None:
@@ -405,6 +442,8 @@ def diagnose(console: bytes, qemu_stderr: bytes, decoded: Decoded, rc: int, time
     if timed_out:
         if decoded.job_end_uptime is not None:
             where = "while sending the result"
+        elif decoded.libvirtd_started and decoded.libvirtd_ready_uptime is None:
+            where = "libvirtd in the guest was still starting"
         elif decoded.started:
             where = "the job was still running"
         elif "Run /init as init process" in text:
@@ -414,6 +453,9 @@ def diagnose(console: bytes, qemu_stderr: bytes, decoded: Decoded, rc: int, time
         else:
             where = "no output at all on the serial console"
         return f"timed out after {timeout:g} s ({where})"
+    if decoded.libvirtd_failed:
+        return (f"libvirtd in the guest: {decoded.libvirtd_failed} "
+                "(its messages are at the end of console.log)")
     if panic:
         return panic.group(0).strip()
     if rc != 0 and err_lines:
@@ -427,6 +469,7 @@ def diagnose(console: bytes, qemu_stderr: bytes, decoded: Decoded, rc: int, time
 
 @dataclass
 class Options:
+    image: str
     kernel: str
     qemu: str
     cpu: str
@@ -440,14 +483,14 @@ def run(opts: Options) -> int:
     cache = cache_dir()
     image, release = kernel_image(cache, opts.kernel)
     binary = qemu_binary(cache, opts.qemu)
-    base = base_initrd(cache)
+    base = base_initrd(cache, opts.image)
     version = qemu_version(binary)
     if not version.startswith(opts.qemu + "."):
         raise Unprepared(f"{binary} is QEMU {version}, not {opts.qemu}: {PREPARE_HINT}")
 
     token = secrets.token_hex(8)
-    env = {"TESTBED_TOKEN": token, "TESTBED_KERNEL": opts.kernel, "TESTBED_QEMU": opts.qemu,
-           "TESTBED_CPU": opts.cpu, "TESTBED_APPEND": opts.append}
+    env = {"TESTBED_TOKEN": token, "TESTBED_IMAGE": opts.image, "TESTBED_KERNEL": opts.kernel,
+           "TESTBED_QEMU": opts.qemu, "TESTBED_CPU": opts.cpu, "TESTBED_APPEND": opts.append}
     layer = project_layer(env, opts.script)
 
     out = opts.out or Path(tempfile.mkdtemp(prefix="testbed-run."))
@@ -464,7 +507,7 @@ def run(opts: Options) -> int:
             f.write(b"\0" * (-f.tell() % 4))   # each archive starts 4-byte aligned
             f.write(layer)
         cmd = [str(binary), "-M", "virt,virtualization=on,gic-version=3", "-cpu", opts.cpu,
-               "-smp", "2", "-m", "1024", "-nographic", "-nic", "none", "-no-reboot",
+               "-smp", "2", "-m", str(IMAGES[opts.image]), "-nographic", "-nic", "none", "-no-reboot",
                "-kernel", str(image), "-initrd", str(initrd), "-append", cmdline]
         # One boot at a time (2 cores, -smp 2 each): wait for any other run.
         with open(cache / "boot.lock", "a") as lock:
@@ -486,17 +529,19 @@ def run(opts: Options) -> int:
         if "files" in decoded.streams:
             files = extract_files(decoded.streams["files"], out / "files")
     result = {
-        "ok": ok, "kernel": opts.kernel, "kernel_release": release, "qemu": opts.qemu,
+        "ok": ok, "image": opts.image, "kernel": opts.kernel, "kernel_release": release, "qemu": opts.qemu,
         "qemu_version": version, "cpu": opts.cpu, "append": opts.append, "timeout": opts.timeout,
         "rc": decoded.rc if ok else None, "files": files, "wall_s": round(wall, 2),
-        "guest_uptime": {"start": decoded.start_uptime, "job_end": decoded.job_end_uptime,
-                         "done": decoded.done_uptime},
+        "guest_uptime": {"start": decoded.start_uptime, "libvirtd_ready": decoded.libvirtd_ready_uptime,
+                         "job_end": decoded.job_end_uptime, "done": decoded.done_uptime},
         "qemu_exit": rc, "command": cmd,
     }
     if not ok:
         result["error"] = diagnose(console, qemu_stderr, decoded, rc, timed_out, opts.timeout)
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    what = f"kernel {opts.kernel}, QEMU {opts.qemu}, -cpu {opts.cpu}" + (f", {opts.append}" if opts.append else "")
+    what = ((f"image {opts.image}, " if opts.image != "kvm" else "")
+            + f"kernel {opts.kernel}, QEMU {opts.qemu}, -cpu {opts.cpu}"
+            + (f", {opts.append}" if opts.append else ""))
     if not ok:
         print(f"testbed: {what}: FAILED after {wall:.1f} s -> {out}", flush=True)
         raise Failure(f"{what}: {result['error']} (see {out}/console.log)")
@@ -509,6 +554,10 @@ def parse_args(argv: list[str] | None) -> Options:
         prog="run-in-guest.sh",
         description="Boot an arm64 KVM-capable guest under QEMU and run a job in it "
                     "(run contrib/testbed/prepare.sh first).")
+    ap.add_argument("--image", choices=tuple(IMAGES), default="kvm",
+                    help="guest root: kvm (busybox, Python; 1 GiB) or libvirt (trixie's libvirt 11.3, "
+                         "QEMU 10.0, python3-libvirt; libvirtd started before the job; 3 GiB) "
+                         "(default kvm)")
     ap.add_argument("--kernel", choices=KERNELS, default="6.12", help="guest kernel (default 6.12)")
     ap.add_argument("--qemu", choices=QEMUS, default="7.2",
                     help="7.2: the host's Debian 12 QEMU; 10.0: bookworm-backports' (default 7.2)")
@@ -528,7 +577,7 @@ def parse_args(argv: list[str] | None) -> Options:
             script = Path(a.script).read_bytes()
         except OSError as exc:
             ap.error(f"--script: {exc.strerror}: {a.script}")
-    return Options(a.kernel, a.qemu, a.cpu, a.append, a.timeout, script,
+    return Options(a.image, a.kernel, a.qemu, a.cpu, a.append, a.timeout, script,
                    Path(a.out) if a.out else None)
 
 
