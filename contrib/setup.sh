@@ -14,18 +14,8 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # python3-dev, gcc, pkg-config and libvirt-dev build libvirt-python; libxml2-utils
 # (xmllint) lets virt-xml-validate check domain XML against libvirt's schemas.
 APT_PACKAGES="python3 python3-venv python3-dev gcc pkg-config libvirt-dev libxml2-utils"
-missing=""
-for pkg in $APT_PACKAGES; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
-        || missing="$missing $pkg"
-done
-if [ -n "$missing" ]; then
-    say "installing Debian packages:$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # shellcheck disable=SC2086
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
+# shellcheck disable=SC2086
+sh "$ROOT/contrib/apt-install-missing.sh" setup $APT_PACKAGES
 
 if [ ! -x "$VENV/bin/python" ]; then
     say "creating virtualenv $VENV (Debian's Python $(/usr/bin/python3 -V 2>&1 | cut -d' ' -f2))"

@@ -193,16 +193,8 @@ def _satisfy(cond: Condition, values: dict[str, int], kb: KnowledgeBase,
     if isinstance(cond, Not):
         return _falsify(cond.term, values, kb, feasible)
     if isinstance(cond, Group):
-        if cond.op == "any":
-            return [m for t in cond.terms for m in _satisfy(t, values, kb, feasible) if m]
-        parts = []
-        for t in cond.terms:
-            alts = _satisfy(t, values, kb, feasible)
-            if not alts:
-                return []
-            parts.append(alts[0])
-        merged = _merge(parts)
-        return [merged] if feasible(merged) else []
+        # any: one term is enough; all: every term at once
+        return _group(cond, cond.op == "any", _satisfy, values, kb, feasible)
     return [m for m in _satisfy_test(cond, values, kb) if feasible(m)]
 
 
@@ -216,17 +208,24 @@ def _falsify(cond: Condition, values: dict[str, int], kb: KnowledgeBase,
     if isinstance(cond, Not):
         return _satisfy(cond.term, values, kb, feasible)
     if isinstance(cond, Group):
-        if cond.op == "all":
-            return [m for t in cond.terms for m in _falsify(t, values, kb, feasible) if m]
-        parts = []
-        for t in cond.terms:
-            alts = _falsify(t, values, kb, feasible)
-            if not alts:
-                return []
-            parts.append(alts[0])
-        merged = _merge(parts)
-        return [merged] if feasible(merged) else []
+        # all: one false term is enough; any: every term at once
+        return _group(cond, cond.op == "all", _falsify, values, kb, feasible)
     return [m for m in _falsify_test(cond, values) if feasible(m)]
+
+
+def _group(cond: Group, one_term_enough: bool, each: Callable[..., list[Move]],
+           values: dict[str, int], kb: KnowledgeBase,
+           feasible: Callable[[Move], bool]) -> list[Move]:
+    if one_term_enough:
+        return [m for t in cond.terms for m in each(t, values, kb, feasible) if m]
+    parts = []
+    for t in cond.terms:
+        alts = each(t, values, kb, feasible)
+        if not alts:
+            return []
+        parts.append(alts[0])
+    merged = _merge(parts)
+    return [merged] if feasible(merged) else []
 
 
 def _satisfy_test(t: Test, values: dict[str, int], kb: KnowledgeBase) -> list[Move]:

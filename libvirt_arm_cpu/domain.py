@@ -224,12 +224,7 @@ class Domain:
             meta = ET.Element("metadata")
             _insert_in_order(root, meta)
         meta.append(t.to_element())
-        if t.properties:
-            cmd = root.find(_QNS + "commandline")
-            if cmd is None:
-                cmd = ET.SubElement(root, _QNS + "commandline")
-            ET.SubElement(cmd, _QNS + "arg", {"value": "-cpu"})
-            ET.SubElement(cmd, _QNS + "arg", {"value": qemu_cpu_argument(t.properties)})
+        _add_cpu_arguments(root, t.properties)
         return Domain(root, self.path)
 
     def with_arguments(self, t: Translation) -> Domain:
@@ -244,12 +239,7 @@ class Domain:
         elem = meta.find(_NS + "cpu")
         meta[list(meta).index(elem)] = t.to_element()
         _drop_cpu_arguments(root, qemu_cpu_argument(old.properties))
-        if t.properties:
-            cmd = root.find(_QNS + "commandline")
-            if cmd is None:
-                cmd = ET.SubElement(root, _QNS + "commandline")
-            ET.SubElement(cmd, _QNS + "arg", {"value": "-cpu"})
-            ET.SubElement(cmd, _QNS + "arg", {"value": qemu_cpu_argument(t.properties)})
+        _add_cpu_arguments(root, t.properties)
         return Domain(root, self.path)
 
     def tostring(self) -> bytes:
@@ -276,6 +266,16 @@ def _insert_in_order(root: ET.Element, elem: ET.Element) -> None:
             root.insert(i, elem)
             return
     root.append(elem)
+
+
+def _add_cpu_arguments(root: ET.Element, properties: list[tuple[str, int]]) -> None:
+    if not properties:
+        return
+    cmd = root.find(_QNS + "commandline")
+    if cmd is None:
+        cmd = ET.SubElement(root, _QNS + "commandline")
+    ET.SubElement(cmd, _QNS + "arg", {"value": "-cpu"})
+    ET.SubElement(cmd, _QNS + "arg", {"value": qemu_cpu_argument(properties)})
 
 
 def _drop_cpu_arguments(root: ET.Element, value: str) -> None:

@@ -44,23 +44,8 @@ exec 9>/run/libvirt-arm-cpu-start-libvirtd.lock
 flock -w 300 9 || die "another start-libvirtd.sh holds /run/libvirt-arm-cpu-start-libvirtd.lock"
 
 # ------------------------------------------------------------------ packages
-missing=""
-for pkg in $PACKAGES; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
-        || missing="$missing $pkg"
-done
-if [ -n "$missing" ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    say "installing Debian packages:$missing"
-    # shellcheck disable=SC2086
-    if ! apt-cache show $missing >/dev/null 2>&1 \
-       || ! apt-get install -y -qq --no-install-recommends $missing >/dev/null 2>&1; then
-        apt-get update -qq || die "apt-get update failed"
-        # shellcheck disable=SC2086
-        apt-get install -y -qq --no-install-recommends $missing >/dev/null \
-            || die "apt-get install$missing failed"
-    fi
-fi
+# shellcheck disable=SC2086
+sh "$(dirname "$0")/../apt-install-missing.sh" start-libvirtd $PACKAGES || exit 1
 
 # ------------------------------------------------------------------ users, directories
 getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu

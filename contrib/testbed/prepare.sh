@@ -72,19 +72,8 @@ exec 9>"$CACHE/.prepare.lock"
 flock -w 900 9 || die "another prepare.sh holds $CACHE/.prepare.lock"
 
 # ---------------------------------------------------------------- host packages
-missing=""
-for pkg in $HOST_PACKAGES; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
-        || missing="$missing $pkg"
-done
-if [ -n "$missing" ]; then
-    say "installing host packages:$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || die "apt-get update failed"
-    # shellcheck disable=SC2086
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null \
-        || die "apt-get install$missing failed"
-fi
+# shellcheck disable=SC2086
+sh "$HERE/../apt-install-missing.sh" prepare $HOST_PACKAGES || exit 1
 host_qemu_version=$(qemu-system-aarch64 --version 2>/dev/null | head -1) \
     || die "qemu-system-aarch64 (Debian's qemu-system-arm) does not run"
 case $host_qemu_version in

@@ -1,0 +1,207 @@
+"""libvirt on real arm64 KVM: the test bed's libvirt image (libvirt 11.3,
+QEMU 10.0, python3-libvirt from Debian 13) booted on an emulated
+Neoverse-N1 with Linux 7.3.
+
+One boot runs the whole story as an operator would: `libvirt-arm-cpu host`
+probes this host into the cache, `hook install` installs the hook (SIGHUP to
+libvirtd), `cpu-baseline --save` makes a model of this host, `define`
+translates and defines domains, and virsh and libvirt-python start them.
+QEMU 10.0 does not take SYSREG_* properties (the series is not merged), so a
+CPU that differs from the host's is refused, saying so.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from libvirt_arm_cpu import features
+from libvirt_arm_cpu.compare import INCOMPATIBLE, compare_features
+from libvirt_arm_cpu.cpumodel import CpuModel
+from libvirt_arm_cpu.hostcpu import from_xml as host_cpu_from_xml
+from libvirt_arm_cpu import registers
+from libvirt_arm_cpu.profile import from_xml as profile_from_xml
+
+from .domains import custom_cpu
+from .libvirtd import kvm_domain_xml
+from .testbed import run_in_guest
+
+pytestmark = pytest.mark.kvm
+
+CLI = "python3 -m libvirt_arm_cpu.cli"
+
+GUEST_PY = r'''
+import dataclasses, json, subprocess, sys
+import libvirt
+from libvirt_arm_cpu import api, profile
+
+def sh(*argv, stdin=None):
+    p = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=300)
+    return {"rc": p.returncode, "out": p.stdout, "err": p.stderr}
+
+CLI = ["python3", "-m", "libvirt_arm_cpu.cli"]
+out = {}
+base = sh(*CLI, "cpu-baseline", "/var/cache/libvirt-arm-cpu/host.xml", "--save", "--json")
+out["baseline"] = base
+model = json.loads(base["out"])["name"]
+open("/out/model.txt", "w").write(model)
+templates = json.load(open("/tmp/templates.json"))
+
+def domain_file(key):
+    path = f"/tmp/{key}.xml"
+    open(path, "w").write(templates[key].replace("__MODEL__", model))
+    return path
+
+conn = libvirt.open("qemu:///system")
+libvirt.registerErrorHandler(lambda *a: None, None)
+
+# A: the host's own CPU as a saved model: define, start, dumpxml, destroy
+out["define_a"] = sh(*CLI, "define", domain_file("same"))
+out["start_a"] = sh("virsh", "-c", "qemu:///system", "start", "lac-test-same")
+dom = conn.lookupByName("lac-test-same")
+out["a_active"] = dom.isActive()
+out["a_live_xml"] = dom.XMLDesc()
+out["dumpxml_a"] = sh(*CLI, "dumpxml", "lac-test-same")
+out["validate_a"] = sh(*CLI, "validate", "lac-test-same", "--json")
+if dom.isActive():
+    dom.destroy()
+
+# B: a CPU that needs SYSREG properties: translate refuses on this QEMU
+out["translate_b"] = sh(*CLI, "translate", domain_file("lowered"))
+
+# C: the same domain translated for a QEMU with SYSREG (as another host
+# would), defined here: the hook refuses the start, through virsh and
+# libvirt-python, naming this host's QEMU
+p = profile.read_profile("/var/cache/libvirt-arm-cpu/host.xml")
+q = dataclasses.replace(p.qemu, sysreg="yes", version="10.2.50 (SYSREG series)")
+profile.write_profile(dataclasses.replace(p, qemu=q, hostname="sysreg-host"), "/tmp/sysreg.xml")
+out["translate_c"] = sh(*CLI, "translate", domain_file("lowered"), "--host", "/tmp/sysreg.xml",
+                        "-o", "/tmp/lowered-arm.xml")
+out["define_c"] = sh("virsh", "-c", "qemu:///system", "define", "/tmp/lowered-arm.xml")
+out["start_c_virsh"] = sh("virsh", "-c", "qemu:///system", "start", "lac-test-lowered")
+try:
+    conn.lookupByName("lac-test-lowered").create()
+    out["start_c_python"] = {"ok": True}
+except libvirt.libvirtError as e:
+    out["start_c_python"] = {"ok": False, "code": e.get_error_code(),
+                             "domain": e.get_error_domain(), "message": e.get_error_message()}
+
+# D: host-model, which libvirt refuses on aarch64, through define
+out["define_d"] = sh(*CLI, "define", domain_file("hostmodel"))
+out["start_d"] = sh("virsh", "-c", "qemu:///system", "start", "lac-test-hostmodel")
+d = conn.lookupByName("lac-test-hostmodel")
+out["d_active"] = d.isActive()
+if d.isActive():
+    d.destroy()
+
+# E: the Python API with libvirt 11.3's python3-libvirt
+model_xml = open(f"/var/lib/libvirt-arm-cpu/models/{model}.xml").read()
+out["api_compare"] = api.compare_hypervisor_cpu(conn, None, "aarch64", "virt", "kvm", model_xml)
+out["api_baseline"] = api.baseline_hypervisor_cpu(
+    conn, None, "aarch64", "virt", "kvm", [open("/var/cache/libvirt-arm-cpu/host.xml").read()])
+out["libvirt_version"] = conn.getLibVersion()
+try:
+    conn.compareHypervisorCPU(None, "aarch64", "virt", "kvm", model_xml, 0)
+    out["libvirt_own_compare"] = "worked"
+except libvirt.libvirtError as e:
+    out["libvirt_own_compare"] = e.get_error_message()
+json.dump(out, open("/out/result.json", "w"), indent=1)
+'''
+
+
+@pytest.fixture(scope="module")
+def guest():
+    templates = {
+        "same": kvm_domain_xml("lac-test-same", cpu=custom_cpu("__MODEL__")),
+        "lowered": kvm_domain_xml("lac-test-lowered",
+                                  cpu=custom_cpu("__MODEL__", ("disable", "asimddp"))),
+        "hostmodel": kvm_domain_xml("lac-test-hostmodel", cpu="<cpu mode='host-model'/>"),
+    }
+    job = f"""set -u
+{CLI} host > /out/host.txt 2> /out/host.err; echo $? > /out/host.rc
+cp /var/cache/libvirt-arm-cpu/host.xml /out/host.xml
+{CLI} hook install > /out/install.txt 2>&1; echo $? > /out/install.rc
+i=0; until virsh -c qemu:///system list >/dev/null 2>&1 || [ $i -ge 100 ]; do sleep 0.2; i=$((i+1)); done
+virsh -c qemu:///system capabilities > /out/caps.xml 2>/out/caps.err
+cat > /tmp/templates.json <<'TEMPLATES_EOF'
+{json.dumps(templates)}
+TEMPLATES_EOF
+cat > /tmp/job.py <<'JOB_EOF'
+{GUEST_PY}
+JOB_EOF
+python3 /tmp/job.py > /out/job.out 2> /out/job.err; echo $? > /out/job.rc
+tail -n 60 /var/log/libvirt/libvirtd.log > /out/libvirtd.log 2>/dev/null
+"""
+    res = run_in_guest(kernel="7.3", qemu="10.0", cpu="neoverse-n1", image="libvirt",
+                       script=job, timeout=600)
+    assert res.files.get("job.rc") == b"0\n", (res.files.get("job.err", b"").decode()[-3000:],
+                                               res.files.get("libvirtd.log", b"").decode())
+    return res, json.loads(res.files["result.json"])
+
+
+def test_operator_setup_in_the_guest(guest):
+    res, out = guest
+    assert res.files["host.rc"] == b"0\n", res.files.get("host.err")
+    assert b"hook installed: /etc/libvirt/hooks/qemu.d/50-libvirt-arm-cpu" in \
+        res.files["install.txt"]
+    assert b"sent SIGHUP to libvirtd" in res.files["install.txt"]
+    assert out["baseline"]["rc"] == 0
+    assert out["libvirt_version"] >= 11_000_000
+
+
+def test_a_translated_domain_equal_to_the_host_starts_on_real_kvm(guest):
+    _, out = guest
+    assert out["define_a"]["rc"] == 0, out["define_a"]["err"]
+    assert out["start_a"]["rc"] == 0, out["start_a"]["err"]
+    assert out["a_active"]
+    assert "host-passthrough" in out["a_live_xml"] and "urn:x-libvirt-arm-cpu:domain:1" in \
+        out["a_live_xml"]
+    assert out["dumpxml_a"]["rc"] == 0 and "<model fallback=\"forbid\">arm64-" in \
+        out["dumpxml_a"]["out"]
+    assert json.loads(out["validate_a"]["out"])["result"] == "identical"
+
+
+def test_a_cpu_needing_sysreg_properties_is_refused_saying_why(guest):
+    _, out = guest
+    b = out["translate_b"]
+    assert b["rc"] == 1
+    assert "does not take SYSREG_* properties" in b["err"] and "QEMU 10.0" in b["err"]
+    assert out["translate_c"]["rc"] == 0 and out["define_c"]["rc"] == 0
+    virsh = out["start_c_virsh"]
+    assert virsh["rc"] == 1 and "Hook script execution failed" in virsh["err"]
+    assert "domain 'lac-test-lowered' cannot start on host" in virsh["err"]
+    assert "does not take SYSREG_* properties" in virsh["err"]
+    py = out["start_c_python"]
+    assert py["ok"] is False and py["code"] == 70 and py["domain"] == 34   # HOOK_SCRIPT_FAILED
+    assert "does not take SYSREG_* properties" in py["message"]
+
+
+def test_host_model_works_on_aarch64_through_define(guest):
+    _, out = guest
+    assert out["define_d"]["rc"] == 0, out["define_d"]["err"]
+    assert out["start_d"]["rc"] == 0, out["start_d"]["err"]
+    assert out["d_active"]
+
+
+def test_python_api_with_libvirt_11(guest):
+    _, out = guest
+    assert out["api_compare"] == 1                      # VIR_CPU_COMPARE_IDENTICAL
+    assert "<arm:registers" in out["api_baseline"]
+    # libvirt itself cannot answer this on aarch64
+    assert out["libvirt_own_compare"] != "worked"
+
+
+def test_libvirt_host_cpu_features_are_a_superset_of_the_kvm_guest_view(guest):
+    """libvirt's host <cpu> (hwcaps of /proc/cpuinfo) against the model of
+    what KVM gives guests on the same host: the guest view never has a
+    feature the host lacks, so feature-level compare must not say
+    incompatible."""
+    res, _ = guest
+    kb = registers.load()
+    model = CpuModel.from_profile(profile_from_xml(res.files["host.xml"]), kb)
+    host_cpu = host_cpu_from_xml(res.files["caps.xml"], "caps.xml")
+    assert host_cpu.arch == "aarch64" and host_cpu.features
+    verdict = compare_features(model, host_cpu, features.load())
+    print("feature-level:", verdict.result, verdict.changes[:10])
+    assert verdict.result != INCOMPATIBLE, [str(r) for r in verdict.reasons]
