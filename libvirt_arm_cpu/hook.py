@@ -128,8 +128,8 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
     if not v.ok:
         reasons = "; ".join(str(r) for r in v.reasons[:4])
         more = f" (and {len(v.reasons) - 4} more)" if len(v.reasons) > 4 else ""
-        return (f"domain '{name}' cannot {verb} on {where}: its CPU (model "
-                f"'{t.model}') needs {reasons}{more}"), None
+        return (f"domain '{name}' cannot {verb} on {where} (CPU model '{t.model}'): "
+                f"{reasons}{more}"), None
     if op in ("migrate", "restore"):
         if not v.needs_rewrite:
             log("info", f"domain '{name}': CPU checked on {where}: {v.comparison.result}")

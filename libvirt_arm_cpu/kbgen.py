@@ -69,11 +69,13 @@ KVM_POLICY_OVERRIDES = {
 # awkward fields with a nonzero minimum safe value": < IMP is -EINVAL) and
 # set_id_dfr0_el1() (CopDbg below Armv8 is -EINVAL; PerfMon must be 0 or at
 # least PMUv3).  Seen on real KVM: DebugVer 6 -> 2 is refused with EINVAL.
-# Also ID_AA64PFR0_EL1.EL1 below IMP: refused (EINVAL) by Linux 7.3.4 on the
-# test bed, accepted by 6.12.117; applied for every kernel, since a guest
-# without EL1 is no use and erring this way never calls a CPU runnable
-# when a kernel would refuse it.
+# Also ID_AA64PFR0_EL1.EL0 and EL1 below IMP: refused (EINVAL) by Linux 7.3.4
+# on the test bed, accepted by 6.12.117 (feature_dependencies.json states it
+# as rule kvm.EL0-EL1-AArch64, from sys_regs.c); applied for every kernel,
+# since a guest without EL0 or EL1 is no use and erring this way never
+# calls a CPU runnable when a kernel would refuse it.
 KVM_FIELD_LIMITS = {
+    ("ID_AA64PFR0_EL1", "EL0"): (1, False),
     ("ID_AA64PFR0_EL1", "EL1"): (1, False),
     ("ID_AA64DFR0_EL1", "DebugVer"): (6, False),
     ("ID_DFR0_EL1", "CopDbg"): (6, False),
@@ -91,7 +93,7 @@ KVM_OVERRIDE_ORIGIN = ("Linux arch/arm64/kvm/sys_regs.c: kvm_arm64_ftr_safe_valu
                        "ID_DFR0_EL1.PerfMon FTR_LOWER_SAFE for userspace writes; "
                        "set_id_aa64dfr0_el1() and set_id_dfr0_el1() refuse DebugVer and "
                        "CopDbg below 6 and a PerfMon between 1 and 2; Linux 7.3 refuses "
-                       "ID_AA64PFR0_EL1.EL1 below 1 (seen on the test bed); set_clidr() "
+                       "ID_AA64PFR0_EL1.EL0 and EL1 below 1 (seen on the test bed); set_clidr() "
                        "takes any CLIDR_EL1 value without RES0 bits that keeps the "
                        "cache-maintenance levels CTR_EL0.IDC needs")
 

@@ -78,7 +78,8 @@ def test_prepare_refuses_with_the_fields(bed):
     line = [x for x in p.stderr.decode().splitlines() if x.startswith("libvirt-arm-cpu: domain")]
     assert line and "domain 'lac-test-g1' cannot start on host host-n1" in line[0]
     import re
-    assert re.search(r"needs [A-Z0-9_]+\.\w+: needs \d+, host has \d+", line[0]), line[0]
+    assert re.search(r"\(CPU model 'arm64-\w+'\): [A-Z0-9_]+(\.\w+)?: needs \w+, host has \w+",
+                     line[0]), line[0]
     assert re.search(r"\(and \d+ more\)$", line[0])
     # warn mode: logged, allowed
     bed.settings(bed.tmp / "n1.xml", mode="warn")

@@ -175,8 +175,9 @@ def test_tripwire_kvm_setter_limits(kb):
     assert kb.field("ID_DFR0_EL1", "CopDbg").kvm_min == 6
 
 
-def test_tripwire_el1_cannot_be_removed(kb):
-    """Linux 7.3 refuses ID_AA64PFR0_EL1.EL1 = 0 (seen on the test bed)."""
+@pytest.mark.parametrize("name", ["EL0", "EL1"])
+def test_tripwire_el0_el1_cannot_be_removed(kb, name):
+    """Linux 7.3 refuses ID_AA64PFR0_EL1.EL0/EL1 = 0 (seen on the test bed)."""
     from libvirt_arm_cpu.rules import field_accepts
-    el1 = kb.field("ID_AA64PFR0_EL1", "EL1")
-    assert not field_accepts(el1, 0, 1) and field_accepts(el1, 1, 2)
+    field = kb.field("ID_AA64PFR0_EL1", name)
+    assert not field_accepts(field, 0, 1) and field_accepts(field, 1, 2)
