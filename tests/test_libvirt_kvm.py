@@ -13,6 +13,7 @@ CPU that differs from the host's is refused, saying so.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -106,6 +107,27 @@ try:
     out["libvirt_own_compare"] = "worked"
 except libvirt.libvirtError as e:
     out["libvirt_own_compare"] = e.get_error_message()
+
+# F, G: the hook's last line of defence, KVM itself (try-apply).  The cached
+# profile is edited as a host with a SYSREG-capable QEMU would have it, so
+# compare lets the domain through and the hook asks KVM.
+CACHE = "/var/cache/libvirt-arm-cpu/host.xml"
+p = profile.read_profile(CACHE)
+profile.write_profile(dataclasses.replace(p, qemu=dataclasses.replace(
+    p.qemu, sysreg="yes", version="10.2.50 (SYSREG series)")), CACHE)
+# F: a lowering KVM accepts: the hook lets it start, and QEMU 10.0 itself
+# then fails on the SYSREG property it does not know
+out["define_f"] = sh(*CLI, "define", domain_file("lowered_f"))
+out["start_f"] = sh("virsh", "-c", "qemu:///system", "start", "lac-test-lowered-f")
+# G: the profile also claims ID_AA64PFR0_EL1 is writable everywhere (it is
+# not): compare agrees to FP = 0xf, KVM refuses it, and so does the hook
+p = profile.read_profile(CACHE)
+regs = [dataclasses.replace(r, writable=(1 << 64) - 1) if r.name == "ID_AA64PFR0_EL1" else r
+        for r in p.registers]
+profile.write_profile(dataclasses.replace(p, registers=regs), CACHE)
+out["translate_g"] = sh(*CLI, "translate", domain_file("nofp"), "-o", "/tmp/nofp-arm.xml")
+out["define_g"] = sh("virsh", "-c", "qemu:///system", "define", "/tmp/nofp-arm.xml")
+out["start_g"] = sh("virsh", "-c", "qemu:///system", "start", "lac-test-nofp")
 json.dump(out, open("/out/result.json", "w"), indent=1)
 '''
 
@@ -117,6 +139,10 @@ def guest():
         "lowered": kvm_domain_xml("lac-test-lowered",
                                   cpu=custom_cpu("__MODEL__", ("disable", "asimddp"))),
         "hostmodel": kvm_domain_xml("lac-test-hostmodel", cpu="<cpu mode='host-model'/>"),
+        "lowered_f": kvm_domain_xml("lac-test-lowered-f",
+                                    cpu=custom_cpu("__MODEL__", ("disable", "asimddp"))),
+        "nofp": kvm_domain_xml("lac-test-nofp", cpu=custom_cpu(
+            "__MODEL__", ("require", "SYSREG_ID_AA64PFR0_EL1_FP", "0xf"))),
     }
     job = f"""set -u
 {CLI} host > /out/host.txt 2> /out/host.err; echo $? > /out/host.rc
@@ -217,3 +243,19 @@ def test_feature_level_compare_reads_real_libvirt_capabilities(guest):
     named = {r.message.split()[1] for r in verdict.reasons}
     assert named == mine - host_cpu.features
     assert (verdict.result == INCOMPATIBLE) == bool(named)
+
+
+def test_the_hook_asks_kvm_itself_before_a_start(guest):
+    """With a SYSREG-capable QEMU (as the cached profile is edited to say),
+    compare passes and the hook runs try-apply on this host's real KVM:
+    a lowering KVM accepts goes through (and QEMU 10.0 itself then rejects
+    the property it does not know); one KVM refuses is stopped by the hook."""
+    _, out = guest
+    assert out["define_f"]["rc"] == 0, out["define_f"]["err"]
+    f = out["start_f"]
+    assert f["rc"] == 1 and "Hook script execution failed" not in f["err"]
+    assert re.search(r"SYSREG_ID_\w+_DP", f["err"]), f["err"]   # QEMU's own complaint
+    assert out["translate_g"]["rc"] == 0, out["translate_g"]["err"]
+    g = out["start_g"]
+    assert g["rc"] == 1 and "Hook script execution failed" in g["err"]
+    assert "KVM refuses ID_AA64PFR0_EL1" in g["err"] and "EINVAL" in g["err"]
