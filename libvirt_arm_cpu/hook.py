@@ -147,7 +147,8 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
                     f"(libvirt-arm-cpu define)"), None
         if conf.try_apply and v.properties and os.uname().machine == "aarch64" and \
                 os.path.exists("/dev/kvm"):
-            refusal = _try_apply(t.values, kb)
+            have = {r.name: r.value or 0 for r in host.registers}
+            refusal = _try_apply({n: v for n, v in t.values.items() if v != have.get(n, 0)}, kb)
             if refusal:
                 return f"domain '{name}' cannot start on {where}: KVM refuses {refusal}", None
         log("info", f"domain '{name}': CPU checked on {where}: {v.comparison.result}")
@@ -155,7 +156,8 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
 
 
 def _try_apply(values: dict[str, int], kb) -> str | None:
-    """KVM's own verdict on a scratch VM; None when it accepts."""
+    """KVM's own verdict on a scratch VM for the registers that differ from
+    the host's; None when it accepts them all."""
     from .probe import open_kvm
     from .tryapply import try_apply
     with open_kvm() as kvm:
