@@ -1,4 +1,5 @@
-"""The bundled example dumps are what contrib/make-example-dumps.py makes."""
+"""The bundled example dumps are what contrib/make-example-dumps.py makes, and the
+README's main job (contrib/demo.sh) runs on them."""
 
 from __future__ import annotations
 
@@ -17,3 +18,15 @@ def test_examples_are_not_stale(shared_data, tmp_path):
     committed = {p.name: p.read_text() for p in EXAMPLES.glob("*.regs")}
     assert fresh == committed
     assert "qemu-neoverse-n1.regs" in committed
+
+
+def test_the_readme_main_job_runs():
+    """`sh contrib/demo.sh`, the README's first command (set-up is already
+    done here, so it only checks and goes on)."""
+    p = subprocess.run(["sh", str(ROOT / "contrib" / "demo.sh")], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for needle in ("DP      [47:44] = 1  (IMP)", "MIDR_EL1.PartNum", "cpu-baseline: saved as arm64-",
+                   "is incompatible with host CPU", '<cpu mode="host-passthrough" check="none">',
+                   "optional feature sve left out: the host CPU lacks it"):
+        assert needle in p.stdout + p.stderr, needle
