@@ -30,7 +30,7 @@ from .consistency import Lowering, Unresolved, make_consistent
 from .cpumodel import CpuModel
 from .dependencies import RuleBook
 from .domain import CpuFeature, DomainCpu
-from .errors import DataError, UnknownName, UsageError
+from .errors import DataError, UsageError
 from .features import Feature, FeatureCatalog, FeatureRef, FieldCondition, Group
 from .profile import HostProfile
 from .registers import KnowledgeBase
