@@ -19,7 +19,7 @@ DOCTYPEs and entities (:mod:`libvirt_arm_cpu.xmlsafe`).
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import ParseError
 from .xmlsafe import parse_untrusted
@@ -209,7 +209,7 @@ class Domain:
         base = self.original()
         root = _copy(base.root)
         cpu = root.find("cpu")
-        t.original_cpu = _serialize(cpu) if cpu is not None else ""
+        t = replace(t, original_cpu=_serialize(cpu) if cpu is not None else "")
         new_cpu = ET.Element("cpu", {"mode": "host-passthrough", "check": "none"})
         if cpu is not None:
             for child in cpu:

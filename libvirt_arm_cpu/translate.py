@@ -97,6 +97,9 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
             raise UsageError("<cpu mode='custom'> has no <model>: name a saved CPU model "
                              "(libvirt-arm-cpu cpu-baseline --save)")
         base, name = find_model(cpu.model), cpu.model
+    elif not cpu.mode:
+        raise UsageError("the domain's <cpu> has neither a mode nor a <model>: nothing to "
+                         "translate")
     else:
         raise UsageError(f"<cpu mode='{cpu.mode}'> is not translated (only custom and "
                          f"host-model are; host-passthrough and maximum are the host's CPU "

@@ -185,6 +185,8 @@ def test_validate_against_other_hosts(run, env):
     (domain_xml(cpu="<cpu mode='host-passthrough'/>"), 2, "<cpu mode='host-passthrough'> is not "
                                                          "translated"),
     (domain_xml(cpu=custom_cpu("cortex-a57")), 2, "unknown CPU model 'cortex-a57'"),
+    (domain_xml(cpu="<cpu><topology sockets='1' cores='2' threads='1'/></cpu>"), 2,
+     "neither a mode nor a <model>"),
     (domain_xml(cpu="<cpu mode='custom'><model>MODEL</model><feature policy='require' "
                     "name='sha33'/></cpu>"), 2, "unknown feature 'sha33' (did you mean sha3?)"),
     (domain_xml(cpu="<cpu mode='custom'><model>MODEL</model><feature policy='require' "
