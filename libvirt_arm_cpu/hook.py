@@ -68,7 +68,8 @@ def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
     try:
         conf = settings_mod.load()
     except Error as e:
-        # a broken settings file must not stop guests: check as if enforce
+        # a broken settings file is reported, and the domain checked with the
+        # defaults (enforce, this host's cached profile), never skipped
         _Log("auto")("error", f"{e}; using the defaults")
         conf = settings_mod.Settings()
     if conf.mode == "off":
