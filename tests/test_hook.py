@@ -190,3 +190,16 @@ def test_the_hook_runs_with_the_shipped_script_and_this_python(bed, run):
     assert r.code == 0 and not bed.hook.exists()
     r = run("hook", "uninstall", "--hooks-dir", str(bed.tmp / "hooks"), "--no-reload")
     assert r.code == 0 and "not installed" in r.out
+
+
+def test_a_broken_settings_file_is_named_and_the_defaults_apply(bed):
+    xml = bed.translate(custom_cpu(bed.model))
+    conf = bed.tmp / "lac.conf"
+    conf.write_text("[hook\nmode = enforce\n")
+    p = bed.call("lac-test-g1", "prepare", "begin", "-", stdin=xml)
+    err = p.stderr.decode()
+    assert "lac.conf" in err and "not a valid settings file" in err and "using the defaults" in err
+    # the defaults: this host's own profile, which an x86 machine cannot have
+    assert p.returncode == 1 and "aarch64" in err
+    p = bed.call("lac-test-g1", "reconnect", "begin", "-", stdin=xml)
+    assert p.returncode == 0
