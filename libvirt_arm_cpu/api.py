@@ -23,19 +23,20 @@ a remote connection).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import libvirt
 
 from . import dependencies, features, registers
 from .baseline import baseline
-from .commands.cpu import model_features
+from .commands.cpu import load_input, model_features
 from .commands.domain import find_model, host_profile, translate_domain
 from .compare import IDENTICAL, INCOMPATIBLE, SUPERSET, Reason, compare
 from .cpumodel import NAMESPACE as MODEL_NAMESPACE
 from .cpumodel import CpuModel, from_xml as model_from_xml, to_xml as model_to_xml
 from .domain import Domain, DomainCpu
 from .errors import UsageError
-from .profile import HostProfile, from_xml as profile_from_xml, validate as validate_profile
+from .profile import HostProfile
 from .translate import CpuMismatch, Validation, resolve
 from .translate import validate as validate_values
 from .xmlsafe import parse_untrusted
@@ -99,15 +100,12 @@ def validate_domain(conn_or_profile: libvirt.virConnect | HostProfile | str,
 def _cpu_input(xml: str, kb: registers.KnowledgeBase, index: int) -> CpuModel:
     data = xml.encode()
     where = f"xmlCPUs[{index}]"
-    if b"<hostprofile" in data[:400]:
-        validate_profile(data, where)
-        p = profile_from_xml(data, where)
-        return CpuModel.from_profile(p, kb, p.hostname or where)
-    if MODEL_NAMESPACE.encode() in data:
-        return model_from_xml(data, where)
-    raise UsageError(f"{where}: neither a libvirt-arm-cpu host profile nor a CPU model from "
-                     f"cpu-baseline (a libvirt host <cpu> lists hwcaps only, too little for "
-                     f"a baseline: probe the host with libvirt-arm-cpu-helper)")
+    if b"<hostprofile" not in data[:400] and MODEL_NAMESPACE.encode() not in data:
+        raise UsageError(f"{where}: neither a libvirt-arm-cpu host profile nor a CPU model "
+                         f"from cpu-baseline (a libvirt host <cpu> lists hwcaps only, too "
+                         f"little for a baseline: probe the host with libvirt-arm-cpu-helper)")
+    model, profile = load_input(data, where, where, kb)
+    return model if profile is None else replace(model, hosts=(profile.hostname or where,))
 
 
 def baseline_hypervisor_cpu(conn: libvirt.virConnect, emulator: str | None, arch: str | None,

@@ -33,7 +33,7 @@ from .dependencies import RuleBook
 from .dependencies import load as load_rules
 from .registers import (EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field,
                         KnowledgeBase, Register)
-from .rules import WHOLE_REGISTER, covers, register_refusal, source_accepts
+from .rules import covers, register_refusal, source_accepts, taken_whole
 
 __all__ = ["Conflict", "BaselineResult", "baseline", "Pool", "largest_compatible", "pools"]
 
@@ -120,7 +120,7 @@ def _combine_register(reg: Register | None, name: str, models: Sequence[CpuModel
                                "differs, and no field of it is known to change")]
     if reg.kind == "implementation-id":
         return _combine_implementation(name, models, labels, values, mask)
-    if name in WHOLE_REGISTER:
+    if taken_whole(reg):
         return _combine_whole(reg, name, models, labels, values, mask)
     conflicts = []
     result = 0

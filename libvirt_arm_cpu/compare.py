@@ -24,7 +24,7 @@ from .features import FeatureCatalog
 from .hostcpu import HostCpu
 from .profile import HostProfile
 from .registers import KnowledgeBase
-from .rules import WHOLE_REGISTER, covers, field_accepts, register_refusal
+from .rules import covers, field_accepts, register_refusal, taken_whole
 
 __all__ = ["IDENTICAL", "SUPERSET", "INCOMPATIBLE", "Reason", "Comparison", "compare",
            "compare_many", "compare_features"]
@@ -115,7 +115,7 @@ def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
                                       f"({f.effective_policy})"))
             else:
                 changes.append(f"{where} {h} -> {w}")
-        if name in WHOLE_REGISTER and not any(r.register == name for r in reasons):
+        if taken_whole(reg) and not any(r.register == name for r in reasons):
             why = register_refusal(name, wanted, [host_regs["CTR_EL0"].value or 0,
                                                   model.values.get("CTR_EL0", 0)]
                                    if "CTR_EL0" in host_regs else [0])

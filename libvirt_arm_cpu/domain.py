@@ -18,6 +18,7 @@ DOCTYPEs and entities (:mod:`libvirt_arm_cpu.xmlsafe`).
 
 from __future__ import annotations
 
+import copy
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 
@@ -297,7 +298,7 @@ def _remove(parent: ET.Element, child: ET.Element) -> None:
 
 
 def _copy(elem: ET.Element) -> ET.Element:
-    return ET.fromstring(ET.tostring(elem))
+    return copy.deepcopy(elem)
 
 
 def _serialize(elem: ET.Element) -> str:

@@ -148,7 +148,7 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
                     f"(libvirt-arm-cpu define)"), None
         if conf.try_apply and v.properties and os.uname().machine == "aarch64" and \
                 os.path.exists("/dev/kvm"):
-            have = {r.name: r.value or 0 for r in host.registers}
+            have = host.values()
             refusal = _try_apply({n: v for n, v in t.values.items() if v != have.get(n, 0)}, kb)
             if refusal:
                 return f"domain '{name}' cannot start on {where}: KVM refuses {refusal}", None

@@ -13,10 +13,11 @@ These functions are the single place baseline and compare ask.
 
 from __future__ import annotations
 
-from .registers import (ANY, EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field)
+from .registers import (ANY, EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field,
+                        Register)
 
 __all__ = ["field_accepts", "covers", "source_accepts", "register_refusal",
-           "WHOLE_REGISTER"]
+           "taken_whole"]
 
 
 def covers(mask: int | None, field: Field) -> bool:
@@ -78,6 +79,7 @@ def register_refusal(name: str, value: int, ctr_values: list[int]) -> str | None
     return None
 
 
-# Registers that combine as a whole (all their fields are "any"): a cache
-# hierarchy is one description, not independent fields.
-WHOLE_REGISTER = ("CLIDR_EL1",)
+def taken_whole(reg: Register) -> bool:
+    """Does KVM take this register as a whole (every field "any", e.g. a
+    CLIDR_EL1 cache hierarchy), not field by field?"""
+    return bool(reg.fields) and all(f.effective_policy == ANY for f in reg.fields)

@@ -29,7 +29,7 @@ from .compare import INCOMPATIBLE, Comparison, Reason, compare
 from .consistency import Lowering, Unresolved, make_consistent
 from .cpumodel import CpuModel
 from .dependencies import RuleBook
-from .domain import CpuFeature, DomainCpu
+from .domain import CpuFeature, DomainCpu, qemu_cpu_argument
 from .errors import DataError, UsageError
 from .features import Feature, FeatureCatalog, FeatureRef, FieldCondition, Group
 from .profile import HostProfile
@@ -68,7 +68,7 @@ def properties_for(values: dict[str, int], host: HostProfile,
                    kb: KnowledgeBase) -> list[tuple[str, int]]:
     """SYSREG_<REG>_<FIELD> = value for every field where *values* differ
     from the host's (the host presents the rest itself)."""
-    have = {r.name: r.value or 0 for r in host.registers}
+    have = host.values()
     props = []
     for name in sorted(values, key=lambda n: (kb.register(n).encoding, n)):
         reg = kb.register(name)
@@ -271,9 +271,7 @@ class Validation:
 
     @property
     def expected_argument(self) -> str | None:
-        if not self.properties:
-            return None
-        return "host" + "".join(f",{n}={v:#x}" for n, v in self.properties)
+        return qemu_cpu_argument(self.properties) if self.properties else None
 
     @property
     def needs_rewrite(self) -> bool:
@@ -288,8 +286,7 @@ def validate(values: dict[str, int], cpu_arguments: list[str], host: HostProfile
     metadata), and with which SYSREG properties?"""
     model = CpuModel(dict(values), {})
     c = compare(model, host, kb, check_qemu=True)
-    host_values = {r.name: r.value or 0 for r in host.registers}
-    imp = _implementation_reasons(values, host_values)
+    imp = _implementation_reasons(values, host.values())
     if imp:
         c = Comparison(INCOMPATIBLE, c.reasons + imp, c.changes)
     props = properties_for(values, host, kb) if c.result != INCOMPATIBLE else []

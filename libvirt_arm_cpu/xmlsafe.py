@@ -31,8 +31,14 @@ def _refuse_entity(*_args: object) -> None:
     raise _Refused("an entity declaration (not allowed)")
 
 
+def _name(expat_name: str) -> str:
+    """expat's "uri}local" (namespace_separator "}") as ElementTree's "{uri}local"."""
+    return "{" + expat_name if "}" in expat_name else expat_name
+
+
 def parse_untrusted(data: bytes, path: str) -> ET.Element:
-    """The root element of *data*.
+    """The root element of *data*, built in one pass by expat with the
+    refusing handlers in place.
 
     :raise ParseError: (file:line) when it is too large, not well-formed,
         or declares a DOCTYPE or entities.
@@ -40,18 +46,21 @@ def parse_untrusted(data: bytes, path: str) -> ET.Element:
     if len(data) > MAX_BYTES:
         raise ParseError(path, None, f"{len(data)} bytes: larger than the {MAX_BYTES} bytes "
                          f"an XML document may have here")
-    scan = xml.parsers.expat.ParserCreate()
-    scan.StartDoctypeDeclHandler = _refuse_doctype
-    scan.EntityDeclHandler = _refuse_entity
-    scan.ExternalEntityRefHandler = lambda *a: 0     # never resolve
+    builder = ET.TreeBuilder()
+    parser = xml.parsers.expat.ParserCreate(namespace_separator="}")
+    parser.buffer_text = True
+    parser.StartDoctypeDeclHandler = _refuse_doctype
+    parser.EntityDeclHandler = _refuse_entity
+    parser.ExternalEntityRefHandler = lambda *a: 0     # never resolve
+    parser.StartElementHandler = lambda tag, attrs: builder.start(
+        _name(tag), {_name(k): v for k, v in attrs.items()})
+    parser.EndElementHandler = lambda tag: builder.end(_name(tag))
+    parser.CharacterDataHandler = builder.data
     try:
-        scan.Parse(data, True)
+        parser.Parse(data, True)
     except _Refused as why:
-        raise ParseError(path, scan.CurrentLineNumber, f"refused: {why}") from None
+        raise ParseError(path, parser.CurrentLineNumber, f"refused: {why}") from None
     except xml.parsers.expat.ExpatError as err:
         raise ParseError(path, err.lineno, f"not well-formed XML: "
                          f"{xml.parsers.expat.ErrorString(err.code)}") from None
-    try:
-        return ET.fromstring(data)
-    except ET.ParseError as err:        # not reached after the scan, kept for safety
-        raise ParseError(path, err.position[0], f"not well-formed XML: {err}") from None
+    return builder.close()

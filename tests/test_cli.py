@@ -456,3 +456,14 @@ def test_compare_with_a_libvirt_host_cpu_is_feature_level(run, tmp_path):
     caps.write_text("<?xml version='1.0'?><!DOCTYPE c [<!ENTITY a 'aaaa'>]><capabilities/>")
     assert_one_line_error(run("cpu-compare", str(model_path), str(caps)), 1,
                           "caps.xml:1: refused: a DOCTYPE")
+
+
+def test_compare_reads_the_host_profile_from_stdin(tmp_path):
+    """'-' is read once: the sniffing for a libvirt host <cpu> must not eat it."""
+    from pathlib import Path
+    fixture = _fixture("neoverse-n1-qemu7.2-linux7.3")
+    model = tmp_path / "m.xml"
+    assert run_installed("libvirt-arm-cpu", "cpu-baseline", fixture, "-o", str(model)).code == 0
+    r = run_installed("libvirt-arm-cpu", "cpu-compare", str(model), "-",
+                      stdin=Path(fixture).read_text())
+    assert r.code == 0 and "is identical to the CPU provided by the host" in r.out, r.err

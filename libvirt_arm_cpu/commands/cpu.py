@@ -42,31 +42,37 @@ def load_inputs(paths: list[str], kb: registers.KnowledgeBase) -> list[tuple[str
     """Profiles (validated) and saved models, each with a label.  Profiles
     with the same content (a fleet's many hosts of one CPU) are parsed and
     validated once (see :mod:`libvirt_arm_cpu.fleet`)."""
-    out = []
     seen: dict[bytes, tuple[CpuModel, HostProfile]] = {}
+    out = []
     for path in _expand(paths):
-        data = read_input(path)
         label = "stdin" if path == "-" else os.path.splitext(os.path.basename(path))[0]
-        if b"<hostprofile" not in data[:400]:
-            out.append((label, model_from_xml(data, path), None))
-            continue
-        key = profile_key(data)
-        if key is not None and key in seen:
-            check_identity(data, path)
-            model, p = seen[key]
-            out.append((label, CpuModel(model.values, model.writable, model.imp_id_writable,
-                                        (label,), model.implementations, model.name), p))
-            continue
-        validate(data, path)
-        p = profile_from_xml(data, path)
-        if p.machine not in ("aarch64", "arm64"):
-            raise ParseError(path, None, f"profile of a {p.machine} machine, not aarch64")
-        check_against_kb(p, kb, path)
-        model = CpuModel.from_profile(p, kb, label)
-        if key is not None:
-            seen[key] = (model, p)
-        out.append((label, model, p))
+        out.append((label, *load_input(read_input(path), path, label, kb, seen)))
     return out
+
+
+def load_input(data: bytes, path: str, label: str, kb: registers.KnowledgeBase,
+               seen: dict[bytes, tuple[CpuModel, HostProfile]] | None = None
+               ) -> tuple[CpuModel, HostProfile | None]:
+    """One input already read: a host profile (validated, checked against
+    the knowledge base; one already in *seen* only has its identity
+    checked) or a saved model (profile None)."""
+    if b"<hostprofile" not in data[:400]:
+        return model_from_xml(data, path), None
+    key = profile_key(data)
+    if seen is not None and key is not None and key in seen:
+        check_identity(data, path)
+        model, p = seen[key]
+        return CpuModel(model.values, model.writable, model.imp_id_writable, (label,),
+                        model.implementations, model.name), p
+    validate(data, path)
+    p = profile_from_xml(data, path)
+    if p.machine not in ("aarch64", "arm64"):
+        raise ParseError(path, None, f"profile of a {p.machine} machine, not aarch64")
+    check_against_kb(p, kb, path)
+    model = CpuModel.from_profile(p, kb, label)
+    if seen is not None and key is not None:
+        seen[key] = (model, p)
+    return model, p
 
 
 def check_against_kb(p: HostProfile, kb: registers.KnowledgeBase, path: str) -> None:
@@ -270,7 +276,7 @@ exit codes (as virsh cpu-compare): 0 identical or superset; 1 incompatible
             c = compare_features(model, host_cpu_from_xml(data, args.profile), features.load())
         else:
             if args.profile:
-                ((_, _, host),) = [i for i in load_inputs([args.profile], kb)]
+                _, host = load_input(data, args.profile, args.profile, kb)
                 if host is None:
                     raise UsageError(f"{args.profile} is a CPU model, not a host profile")
             else:
