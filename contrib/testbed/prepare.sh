@@ -123,38 +123,33 @@ EOF
               -o "Dir::Cache::pkgcache=pkgcache.bin" -o "Dir::Cache::srcpkgcache=srcpkgcache.bin")
 }
 
-# need_arm64 / need_amd64 set up and update a root once per run (call them
-# outside $(...)); arm64_apt / amd64_apt TOOL ARGS... then run apt-get or
-# apt-cache in it.
-ARM64_READY=0
-need_arm64() {
-    [ "$ARM64_READY" = 0 ] || return 0
-    apt_root "$CACHE/apt-arm64" arm64 $ARM64_SUITES
-    ARM64_OPTS=("${APT_OPTS[@]}")
-    say "updating the private arm64 apt root ($ARM64_SUITES)"
-    apt-get "${ARM64_OPTS[@]}" update -qq || die "apt-get update of $CACHE/apt-arm64 failed"
-    ARM64_READY=1
-}
-arm64_apt() {
-    local tool=$1
+# need_root ARCH SUITES... sets up and updates the private apt root of ARCH
+# once per run (call it outside $(...)); root_apt ARCH TOOL ARGS... then runs
+# apt-get or apt-cache in it (its options are in ARM64_OPTS / AMD64_OPTS).
+READY_ROOTS=" "
+need_root() {
+    local arch=$1
     shift
-    "$tool" "${ARM64_OPTS[@]}" "$@"
+    case $READY_ROOTS in *" $arch "*) return 0 ;; esac
+    apt_root "$CACHE/apt-$arch" "$arch" "$@"
+    local -n root_opts="${arch^^}_OPTS"
+    root_opts=("${APT_OPTS[@]}")
+    say "updating the private $arch apt root ($*)"
+    apt-get "${root_opts[@]}" update -qq || die "apt-get update of $CACHE/apt-$arch failed"
+    READY_ROOTS="$READY_ROOTS$arch "
 }
-
-AMD64_READY=0
-need_amd64() {
-    [ "$AMD64_READY" = 0 ] || return 0
-    apt_root "$CACHE/apt-amd64" amd64 $AMD64_SUITES
-    AMD64_OPTS=("${APT_OPTS[@]}")
-    say "updating the private amd64 apt root ($AMD64_SUITES)"
-    apt-get "${AMD64_OPTS[@]}" update -qq || die "apt-get update of $CACHE/apt-amd64 failed"
-    AMD64_READY=1
+root_apt() {
+    local -n root_opts="${1^^}_OPTS"
+    local tool=$2
+    shift 2
+    "$tool" "${root_opts[@]}" "$@"
 }
-amd64_apt() {
-    local tool=$1
-    shift
-    "$tool" "${AMD64_OPTS[@]}" "$@"
-}
+# shellcheck disable=SC2086
+need_arm64() { need_root arm64 $ARM64_SUITES; }
+# shellcheck disable=SC2086
+need_amd64() { need_root amd64 $AMD64_SUITES; }
+arm64_apt() { root_apt arm64 "$@"; }
+amd64_apt() { root_apt amd64 "$@"; }
 
 # Download PKG=VERSION... into DIR (quietly, but with apt's errors).
 download_into() {
