@@ -33,7 +33,10 @@ QEMU10_PACKAGES="qemu-system-arm qemu-system-common qemu-system-data"
 # (byte-code does not depend on the machine; compiling under TCG takes seconds
 # per import).
 AMD64_SUITES="$QEMU10_SUITE trixie trixie-updates"
-HOST_PACKAGES="qemu-system-arm cpio python3"
+# gcc-aarch64-linux-gnu, binutils and libc6-dev-arm64-cross (headers, libdl; only
+# a Recommends of the compiler): the loader (loader/*.c) and the EL1 payload
+# (contrib/testbed/make-idregs-payload.py) are cross-built for the guest.
+HOST_PACKAGES="qemu-system-arm cpio python3 gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross"
 # Bump when build_base changes what goes into the base guest root: the base is
 # rebuilt when this, guest/base-init or the guest packages change (the driver
 # refuses a stale base).
