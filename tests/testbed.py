@@ -25,6 +25,7 @@ tests/libvirtd.py's kvm_domain_xml).  Standard library only.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import os
 import shutil
@@ -98,7 +99,8 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def run_in_guest(*, kernel: str = "6.12", qemu: str = "7.2", cpu: str = "neoverse-n1",
                  script: str | bytes | None = None, append: str = "",
-                 timeout: float = 120, image: str = "kvm") -> GuestResult:
+                 timeout: float = 120, image: str = "kvm", inner_qemu: tuple[str, ...] = (),
+                 files: dict[str, bytes] | None = None) -> GuestResult:
     """Boot the test bed and run ``script`` (busybox sh) as the job.
 
     kernel: "6.12" (trixie), "7.3" (trixie-backports), "6.1" (bookworm);
@@ -106,9 +108,13 @@ def run_in_guest(*, kernel: str = "6.12", qemu: str = "7.2", cpu: str = "neovers
     value; append: extra kernel arguments; timeout: seconds for the whole
     boot (give the libvirt image 300); image: "kvm" (the base guest root) or
     "libvirt" (libvirt 11.3 running in the guest).  script None runs a short
-    report (kernel, /dev/kvm, CPU)."""
+    report (kernel, /dev/kvm, CPU).  inner_qemu ("7.2",) also puts bookworm's
+    QEMU 7.2 for arm64 into the guest (/opt/qemu-7.2/qemu-system-aarch64);
+    files {"NAME": bytes} go into the guest as /in/NAME."""
     body = script.encode() if isinstance(script, str) else script
-    key = (image, kernel, qemu, cpu, body, append, float(timeout))
+    files = dict(files or {})
+    key = (image, kernel, qemu, cpu, body, append, float(timeout), tuple(inner_qemu),
+           tuple(sorted((n, hashlib.sha256(d).hexdigest()) for n, d in files.items())))
     if key in _memo:
         return _memo[key]
 
@@ -117,6 +123,14 @@ def run_in_guest(*, kernel: str = "6.12", qemu: str = "7.2", cpu: str = "neovers
            "--append", append, "--timeout", f"{timeout:g}", "--out", str(out)]
     if body is not None:
         cmd += ["--script", "-"]
+    for series in inner_qemu:
+        cmd += ["--with", f"qemu-{series}"]
+    if files:
+        inputs = out / "inputs"
+        inputs.mkdir()
+        for name, data in files.items():
+            (inputs / name).write_bytes(data)
+            cmd += ["--in", f"{name}={inputs / name}"]
     # The driver bounds its own wait for other boots (LIBVIRT_ARM_CPU_TESTBED_LOCK_WAIT,
     # 1800 s) and the boot (timeout); this is only a backstop.
     limit = float(os.environ.get("LIBVIRT_ARM_CPU_TESTBED_LOCK_WAIT") or 1800) + timeout + 120

@@ -53,6 +53,13 @@ LIBVIRT_QEMU_SERIES=10.0
 # Bump when build_libvirt_image changes what goes into the libvirt guest root
 # (it is rebuilt when this, guest/base-init or the libvirt packages change).
 LIBVIRT_FORMAT=1
+# QEMU 7.2 for arm64, to run inside the guest (run_in_guest(inner_qemu=("7.2",)),
+# --with qemu-7.2): bookworm's qemu-system-arm with its dependency closure from
+# bookworm, as an extra archive (qemu-7.2-arm64.cpio.gz) appended only when a run
+# asks for it.  Bump QEMU72_FORMAT when build_qemu72_image changes what goes in.
+QEMU72_SERIES=7.2
+QEMU72_SUITE=bookworm
+QEMU72_FORMAT=1
 
 say() { printf 'prepare: %s\n' "$*" >&2; }
 die() { printf 'prepare: error: %s\n' "$*" >&2; exit 1; }
@@ -533,9 +540,89 @@ EOF
     rm -rf "$root"
 }
 
+# ---------------------------------------------------------------- QEMU 7.2 for arm64 (in the guest)
+# qemu-7.2-arm64-debs/*.deb + pin; qemu-7.2-arm64.cpio.gz + .stamp: /opt/qemu-7.2/
+# with bin/qemu-system-aarch64, lib/ (bookworm's ld.so and exactly the libraries
+# the binary needs, by its DT_NEEDED closure) and the wrapper
+# /opt/qemu-7.2/qemu-system-aarch64 (guest/qemu-7.2), which starts it through
+# bookworm's own ld.so so trixie's libraries in the guest never mix in.
+prepare_qemu72_debs() {
+    local dir=$CACHE/qemu-$QEMU72_SERIES-arm64-debs pins tmp
+    if [ "$REFRESH" = 0 ] && debs_complete "$dir"; then
+        return 0
+    fi
+    need_arm64
+    if [ "$REFRESH" = 0 ] && [ -s "$dir/pin" ]; then
+        pins=$(cat "$dir/pin")
+    else
+        say "QEMU $QEMU72_SERIES for arm64: resolving qemu-system-arm ($QEMU72_SUITE)"
+        pins=$(arm64_apt apt-get -o "APT::Default-Release=$QEMU72_SUITE" install -s -y -qq qemu-system-arm \
+               | awk '$1 == "Inst" { v = $3; gsub(/[()]/, "", v); print $2 "=" v }' | LC_ALL=C sort) \
+            || die "cannot resolve $QEMU72_SUITE's qemu-system-arm for arm64"
+        echo "$pins" | grep -q "^qemu-system-arm=1:$QEMU72_SERIES[.+]" \
+            || die "$QEMU72_SUITE's qemu-system-arm is $(echo "$pins" | grep '^qemu-system-arm='), not $QEMU72_SERIES"
+        if [ "$(cat "$dir/pin" 2>/dev/null)" = "$pins" ] && debs_complete "$dir"; then
+            return 0
+        fi
+    fi
+    say "QEMU $QEMU72_SERIES for arm64: downloading $(echo "$pins" | wc -l) packages"
+    tmp=$(mktemp -d "$CACHE/.qemu72-debs.XXXXXX")
+    # shellcheck disable=SC2086
+    download_into "$tmp" arm64_apt $pins
+    echo "$pins" >"$tmp/pin"
+    rm -rf "$dir"
+    mv "$tmp" "$dir"
+}
+qemu72_stamp() {
+    { echo "QEMU72_FORMAT=$QEMU72_FORMAT"; cat "$HERE/guest/qemu-7.2" "$CACHE/qemu-$QEMU72_SERIES-arm64-debs/pin"; } \
+        | sha256sum | cut -d' ' -f1
+}
+build_qemu72_image() {
+    local out=$CACHE/qemu-$QEMU72_SERIES-arm64.cpio.gz stamp root opt deb todo f lib n
+    stamp=$(qemu72_stamp)
+    if [ -s "$out" ] && [ "$(cat "$out.stamp" 2>/dev/null)" = "$stamp" ]; then
+        return 0
+    fi
+    say "building the QEMU $QEMU72_SERIES (arm64) archive"
+    root=$(mktemp -d "$CACHE/.qemu72-root.XXXXXX")
+    for deb in "$CACHE/qemu-$QEMU72_SERIES-arm64-debs"/*.deb; do
+        dpkg-deb -x "$deb" "$root/x"
+    done
+    opt=$root/img/opt/qemu-$QEMU72_SERIES
+    mkdir -p "$opt/bin" "$opt/lib"
+    cp "$root/x/usr/bin/qemu-system-aarch64" "$opt/bin/"
+    # bookworm has no merged /usr yet: libraries are in lib/ and usr/lib/.
+    find_lib() {
+        local d
+        for d in "$root/x/lib/aarch64-linux-gnu" "$root/x/usr/lib/aarch64-linux-gnu"; do
+            [ -e "$d/$1" ] && { echo "$d/$1"; return 0; }
+        done
+        return 1
+    }
+    todo="$opt/bin/qemu-system-aarch64"
+    while [ -n "$todo" ]; do
+        f=${todo%% *}
+        todo=${todo#"$f"}; todo=${todo# }
+        for n in $(aarch64-linux-gnu-readelf -d "$f" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+            [ -e "$opt/lib/$n" ] && continue
+            lib=$(find_lib "$n") || die "QEMU $QEMU72_SERIES for arm64 needs $n, which no package of the closure has"
+            cp -L "$lib" "$opt/lib/$n"
+            todo="$todo $opt/lib/$n"
+        done
+    done
+    cp -L "$root/x/lib/ld-linux-aarch64.so.1" "$opt/lib/" \
+        || die "no ld-linux-aarch64.so.1 in $QEMU72_SUITE's libc6"
+    install -m 755 "$HERE/guest/qemu-7.2" "$opt/qemu-system-aarch64"
+    (cd "$root/img" && find . -mindepth 1 | LC_ALL=C sort \
+        | cpio -o -H newc --quiet --reproducible -R 0:0) | gzip -1 -n >"$out.tmp"
+    mv "$out.tmp" "$out"
+    echo "$stamp" >"$out.stamp"
+    rm -rf "$root"
+}
+
 # ---------------------------------------------------------------- main
 rm -rf "$CACHE"/.kernel.* "$CACHE"/.qemu.* "$CACHE"/.guest-debs.* "$CACHE"/.hostpython.* "$CACHE"/.base-root.* \
-       "$CACHE"/.libvirt-debs.* "$CACHE"/.libvirt-root.*
+       "$CACHE"/.libvirt-debs.* "$CACHE"/.libvirt-root.* "$CACHE"/.qemu72-debs.* "$CACHE"/.qemu72-root.*
 TIMES="host=$(since "$T0")"
 step() {  # step NAME FUNCTION ARGS...: run a step, note its time
     local t name=$1
@@ -551,6 +638,8 @@ step hostpython prepare_hostpython
 step base build_base
 step libvirt_debs prepare_libvirt_debs
 step libvirt_image build_libvirt_image
+step qemu72_debs prepare_qemu72_debs
+step qemu72_image build_qemu72_image
 
 for k in $KERNELS; do
     read -r _ ver _ release <"$CACHE/kernels/${k%%:*}/pin"
@@ -561,6 +650,7 @@ say "QEMU $QEMU10_SERIES: $CACHE/qemu-$QEMU10_SERIES/usr/bin/qemu-system-aarch64
 say "host-side $(guest_python): $CACHE/hostpython/run ($(grep -E '^python3\.[0-9]+-minimal=' "$CACHE/hostpython/pin"))"
 say "guest: $(grep -E '^python3\.[0-9]+=' "$CACHE/guest-debs/pin"), $(grep '^busybox-static=' "$CACHE/guest-debs/pin"); base-initrd.cpio.gz $(du -h "$CACHE/base-initrd.cpio.gz" | cut -f1)"
 say "libvirt image: $(grep '^libvirt-daemon=' "$CACHE/libvirt-debs/pin"), $(grep '^qemu-system-arm=' "$CACHE/libvirt-debs/pin"), $(grep '^python3-libvirt=' "$CACHE/libvirt-debs/pin"); libvirt-initrd.cpio.gz $(du -h "$CACHE/libvirt-initrd.cpio.gz" | cut -f1)"
+say "QEMU $QEMU72_SERIES for arm64 (in the guest): $(grep '^qemu-system-arm=' "$CACHE/qemu-$QEMU72_SERIES-arm64-debs/pin"); qemu-$QEMU72_SERIES-arm64.cpio.gz $(du -h "$CACHE/qemu-$QEMU72_SERIES-arm64.cpio.gz" | cut -f1)"
 rm -f "$CACHE"/apt-*/var/cache/apt/*.bin     # apt's binary caches: only worth it during a run
 say "timings_s: $TIMES"
 say "ready in $(since "$T0") s: $CACHE"

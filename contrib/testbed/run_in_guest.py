@@ -6,13 +6,14 @@ Usage (see README.md next to this file; run prepare.sh first):
 
     run-in-guest.sh [--image kvm|libvirt] [--kernel 6.12|7.3|6.1] [--qemu 7.2|10.0]
                     [--cpu CPU] [--append ARGS] [--timeout SECONDS]
-                    [--script FILE|-] [--out DIR]
+                    [--script FILE|-] [--out DIR] [--with qemu-7.2] [--in NAME=PATH]...
 
 The job is a busybox-sh script, run in /root with PYTHONPATH set so that
 ``python3 -m libvirt_arm_cpu.cli`` works.  With --image libvirt the guest
 root is trixie's libvirt 11.3, QEMU 10.0 and python3-libvirt, and libvirtd
 answers on qemu:///system before the job starts.  Its stdout, stderr and exit
-code, and every file it leaves in /out, come back byte-exact:
+code, and every file it leaves in /out, come back byte-exact (and --in files
+go in, at /in/NAME):
 
     OUT/stdout  OUT/stderr  OUT/rc  OUT/files/...  OUT/console.log (raw
     serial log)  OUT/wall_s  OUT/qemu.stderr  OUT/result.json
@@ -58,6 +59,21 @@ BASE_CMDLINE = "console=ttyAMA0 rdinit=/init panic=-1"
 PREPARE_HINT = "run contrib/testbed/prepare.sh"
 # What the guest needs of the checkout: (source, path in the guest).
 SITE_PACKAGES = ("xmlschema", "elementpath")
+# The ID-register loader (loader/, the contract in libvirt_arm_cpu/loader.py),
+# cross-compiled with Debian's aarch64-linux-gnu-gcc and put where libvirt's
+# AppArmor profile lets QEMU map libraries, in both images.
+LOADER_SOURCE = CHECKOUT / "loader" / "libvirt-arm-cpu-loader.c"
+LOADER_GUEST_PATH = "usr/lib/aarch64-linux-gnu/qemu/libvirt-arm-cpu-loader.so"
+LOADER_CC = "aarch64-linux-gnu-gcc"
+LOADER_FLAGS = ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror")
+LOADER_LIBS = ("-ldl",)
+# The EL1 payload that prints the ID registers (idregs_payload.py).
+IDREGS_GUEST_PATH = "testbed/idregs-aarch64.bin"
+# QEMU builds that can run inside the guest (--with qemu-X): the archive
+# prepare.sh makes, appended only to the runs that ask for it.
+INNER_QEMUS = {"7.2": ("qemu-7.2-arm64", "QEMU72_FORMAT", "qemu-7.2-arm64-debs")}
+# Names of input files (/in/NAME): one path component.
+_INPUT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNPREPARED = 0, 1, 2, 3
 
@@ -135,6 +151,20 @@ def base_initrd(cache: Path, image: str = "kvm") -> Path:
         raise Unprepared(f"{what} {base} is out of date "
                          f"(prepare.sh, guest/base-init or {inputs} changed): {PREPARE_HINT}")
     return base
+
+
+def inner_qemu_archive(cache: Path, series: str) -> Path:
+    """The extra archive with QEMU SERIES for arm64 (/opt/qemu-SERIES), checked."""
+    name, variable, debs = INNER_QEMUS[series]
+    archive = _need(cache / f"{name}.cpio.gz", f"QEMU {series} for the guest")
+    try:
+        current = (Path(f"{archive}.stamp").read_text().strip()
+                   == _stamp(variable, (HERE / "guest" / f"qemu-{series}", cache / debs / "pin")))
+    except OSError:
+        current = False
+    if not current:
+        raise Unprepared(f"QEMU {series} for the guest ({archive}) is out of date: {PREPARE_HINT}")
+    return archive
 
 
 def venv_dir() -> Path:
@@ -236,18 +266,97 @@ def byte_compile(modules: list[tuple[str, str]]) -> list[tuple[str, bytes]]:
         return sorted(out)
 
 
+# --------------------------------------------------------------------- cross-built pieces
+
+def _build_dir(cache: Path) -> Path:
+    d = cache / "build"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _tool_version(tool: str) -> str:
+    try:
+        proc = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=30)
+    except OSError:
+        raise Unprepared(f"{tool} is not installed: {PREPARE_HINT}") from None
+    return (proc.stdout.splitlines() or [""])[0]
+
+
+def _first_error(text: str) -> str:
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    errors = [l for l in lines if "error" in l.lower()]
+    return (errors or lines or ["(no message)"])[0]
+
+
+def build_loader(cache: Path) -> tuple[bytes, str] | None:
+    """The loader for the guest, as (shared object, source hash), built once
+    per source hash into <cache>/build; None when the checkout has no
+    loader source yet."""
+    if not LOADER_SOURCE.exists():
+        return None
+    src_dir = LOADER_SOURCE.parent
+    h = hashlib.sha256()
+    for p in sorted(src_dir.glob("*.[ch]")):
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    h.update(" ".join(LOADER_FLAGS + LOADER_LIBS).encode())
+    h.update(_tool_version(LOADER_CC).encode())
+    key = h.hexdigest()[:16]
+    out = _build_dir(cache) / f"libvirt-arm-cpu-loader-{key}.so"
+    if not out.exists():
+        tmp = out.with_name(f".{out.name}.{os.getpid()}")
+        cmd = [LOADER_CC, *LOADER_FLAGS, "-o", str(tmp), str(LOADER_SOURCE), *LOADER_LIBS]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise Failure(f"{LOADER_SOURCE.relative_to(CHECKOUT)} does not build with {LOADER_CC}: "
+                          f"{_first_error(proc.stderr)}")
+        tmp.replace(out)
+    return out.read_bytes(), key
+
+
+def _idregs_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("testbed_idregs_payload", HERE / "idregs_payload.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def build_idregs_payload(cache: Path) -> tuple[bytes, str]:
+    """The EL1 ID-register payload, generated from the checkout's knowledge
+    base and assembled once per source hash into <cache>/build."""
+    mod = _idregs_module()
+    asm = mod.assembly(mod.registers())
+    key = hashlib.sha256((asm + _tool_version(mod.CROSS + "as")).encode()).hexdigest()[:16]
+    out = _build_dir(cache) / f"idregs-aarch64-{key}.bin"
+    if not out.exists():
+        try:
+            mod.build(asm, out)
+        except RuntimeError as exc:
+            raise Failure(str(exc)) from None
+    return out.read_bytes(), key
+
+
 # AArch64 `1: wfi; b 1b`: a "kernel" for test domains that idles (QEMU loads a
 # file without a Linux header raw at RAM + 0x80000 and jumps to it).
 IDLE_KERNEL = bytes.fromhex("7f2003d5ffffff17")
 
 
-def project_layer(env: dict[str, str], script: bytes | None) -> bytes:
+def project_layer(env: dict[str, str], script: bytes | None, files: dict[str, bytes] | None = None,
+                  built: dict[str, bytes] | None = None) -> bytes:
     """The per-run archive: /testbed (runner, env, job, tools), /opt/project
-    (the package, xml/ and hooks/), /opt/site-packages."""
+    (the package, xml/ and hooks/), /opt/site-packages, /in (input files) and
+    the cross-built pieces (``built``: guest path -> contents)."""
     c = Cpio()
     c.file("testbed/init.sh", (HERE / "guest" / "init.sh").read_bytes(), 0o755)
     c.file("testbed/idle-aarch64.bin", IDLE_KERNEL)
+    for path, data in sorted((built or {}).items()):
+        c.file(path, data, 0o755 if path.endswith(".so") else 0o644)
+    c.dir("in")
+    for name, data in sorted((files or {}).items()):
+        c.file(f"in/{name}", data)
     c.file("usr/local/bin/testbed-install-hook", (HERE / "guest" / "install-hook").read_bytes(), 0o755)
+    c.file("usr/local/bin/testbed-run-idregs", (HERE / "guest" / "run-idregs").read_bytes(), 0o755)
     c.file("testbed/env", "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()).encode())
     if script is not None:
         c.file("testbed/job.sh", script, 0o755)
@@ -477,6 +586,8 @@ class Options:
     timeout: float
     script: bytes | None
     out: Path | None
+    inner_qemu: tuple[str, ...] = ()
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 def run(opts: Options) -> int:
@@ -488,10 +599,24 @@ def run(opts: Options) -> int:
     if not version.startswith(opts.qemu + "."):
         raise Unprepared(f"{binary} is QEMU {version}, not {opts.qemu}: {PREPARE_HINT}")
 
+    extras = [inner_qemu_archive(cache, s) for s in opts.inner_qemu]
+    for name in opts.files:
+        if not _INPUT_NAME.match(name):
+            raise Failure(f"input file name {name!r}: use letters, digits, '.', '_' and '-' only")
+
     token = secrets.token_hex(8)
     env = {"TESTBED_TOKEN": token, "TESTBED_IMAGE": opts.image, "TESTBED_KERNEL": opts.kernel,
            "TESTBED_QEMU": opts.qemu, "TESTBED_CPU": opts.cpu, "TESTBED_APPEND": opts.append}
-    layer = project_layer(env, opts.script)
+    built: dict[str, bytes] = {}
+    payload, payload_key = build_idregs_payload(cache)
+    built[IDREGS_GUEST_PATH] = payload
+    loader = build_loader(cache)
+    if loader is not None:
+        built[LOADER_GUEST_PATH] = loader[0]
+    else:
+        print(f"run-in-guest: note: {LOADER_SOURCE.relative_to(CHECKOUT)} is missing: "
+              f"the guest has no /{LOADER_GUEST_PATH}", file=sys.stderr)
+    layer = project_layer(env, opts.script, opts.files, built)
 
     out = opts.out or Path(tempfile.mkdtemp(prefix="testbed-run."))
     out.mkdir(parents=True, exist_ok=True)
@@ -502,10 +627,13 @@ def run(opts: Options) -> int:
     cmdline = f"{BASE_CMDLINE} {opts.append}".strip()
     with tempfile.TemporaryDirectory(prefix="testbed-initrd.") as tmp:
         initrd = Path(tmp) / "initrd"
-        with open(initrd, "wb") as f, open(base, "rb") as b:
-            shutil.copyfileobj(b, f)
-            f.write(b"\0" * (-f.tell() % 4))   # each archive starts 4-byte aligned
+        with open(initrd, "wb") as f:
+            for part in (base, *extras):
+                with open(part, "rb") as b:
+                    shutil.copyfileobj(b, f)
+                f.write(b"\0" * (-f.tell() % 4))   # each archive starts 4-byte aligned
             f.write(layer)
+            initrd_size = f.tell()
         cmd = [str(binary), "-M", "virt,virtualization=on,gic-version=3", "-cpu", opts.cpu,
                "-smp", "2", "-m", str(IMAGES[opts.image]), "-nographic", "-nic", "none", "-no-reboot",
                "-kernel", str(image), "-initrd", str(initrd), "-append", cmdline]
@@ -535,6 +663,9 @@ def run(opts: Options) -> int:
         "guest_uptime": {"start": decoded.start_uptime, "libvirtd_ready": decoded.libvirtd_ready_uptime,
                          "job_end": decoded.job_end_uptime, "done": decoded.done_uptime},
         "qemu_exit": rc, "command": cmd,
+        "inner_qemu": list(opts.inner_qemu), "inputs": {n: len(d) for n, d in sorted(opts.files.items())},
+        "loader": loader[1] if loader else None, "idregs_payload": payload_key,
+        "initrd_bytes": initrd_size,
     }
     if not ok:
         result["error"] = diagnose(console, qemu_stderr, decoded, rc, timed_out, opts.timeout)
@@ -566,6 +697,12 @@ def parse_args(argv: list[str] | None) -> Options:
     ap.add_argument("--timeout", type=float, default=120, help="seconds for the whole boot (default 120)")
     ap.add_argument("--script", help="busybox-sh script run as the job ('-': stdin; default: a short report)")
     ap.add_argument("--out", help="result directory (default: a new directory under $TMPDIR)")
+    ap.add_argument("--with", dest="inner", action="append", default=[],
+                    choices=[f"qemu-{s}" for s in INNER_QEMUS],
+                    help="also put this into the guest: qemu-7.2 is bookworm's QEMU 7.2 for arm64 at "
+                         "/opt/qemu-7.2/qemu-system-aarch64 (about 18 MB more to boot)")
+    ap.add_argument("--in", dest="inputs", action="append", default=[], metavar="NAME=PATH",
+                    help="copy the file PATH into the guest as /in/NAME (repeatable)")
     a = ap.parse_args(argv)
     if a.timeout <= 0:
         ap.error("--timeout must be positive")
@@ -577,8 +714,18 @@ def parse_args(argv: list[str] | None) -> Options:
             script = Path(a.script).read_bytes()
         except OSError as exc:
             ap.error(f"--script: {exc.strerror}: {a.script}")
+    files: dict[str, bytes] = {}
+    for item in a.inputs:
+        name, sep, path = item.partition("=")
+        if not sep or not _INPUT_NAME.match(name) or not path:
+            ap.error(f"--in {item}: expected NAME=PATH, NAME of letters, digits, '.', '_', '-'")
+        try:
+            files[name] = Path(path).read_bytes()
+        except OSError as exc:
+            ap.error(f"--in {item}: {exc.strerror}: {path}")
+    inner = tuple(dict.fromkeys(w.removeprefix("qemu-") for w in a.inner))
     return Options(a.image, a.kernel, a.qemu, a.cpu, a.append, a.timeout, script,
-                   Path(a.out) if a.out else None)
+                   Path(a.out) if a.out else None, inner, files)
 
 
 def main(argv: list[str] | None = None) -> int:
