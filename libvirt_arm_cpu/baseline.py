@@ -16,6 +16,15 @@ userspace writes (:mod:`libvirt_arm_cpu.rules`):
 The result's writable mask is the AND of the inputs', which makes the
 combination associative: ``baseline(a, baseline(b, c)) == baseline(a, b, c)``.
 
+Fields a vCPU feature switches (SVE: ID_AA64PFR0_EL1.SVE and ZFR0; PAuth:
+APA/API/GPA/GPI/APA3/GPA3; PMU: PMUVer, PerfMon...) are not writable
+through KVM_SET_ONE_REG, but a guest can be created with the feature off.
+When such a field conflicts, and every input can switch the feature off
+(its profile measured what that gives), the feature is switched off on every
+input and the combination runs again: the model then has
+``vcpu_off=("sve",)`` and the values a guest reads with SVE off.  An input
+whose profile does not record the effect keeps its values, as before.
+
 Then the model is made consistent with the feature-dependency rules (SVE2
 needs SVE, no SVE means ZFR0 is zero, ...) by lowering only, within what
 every host accepts (:mod:`libvirt_arm_cpu.consistency`); the result says
@@ -25,12 +34,13 @@ what was lowered and why, and what could not be repaired.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .consistency import Consistency, make_consistent
 from .cpumodel import CpuModel
 from .dependencies import RuleBook
 from .dependencies import load as load_rules
+from .profile import VCPU_FEATURES
 from .registers import (EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field,
                         KnowledgeBase, Register)
 from .rules import covers, register_refusal, source_accepts, taken_whole
@@ -186,6 +196,9 @@ def baseline(models: Sequence[CpuModel], kb: KnowledgeBase,
     Identical inputs are combined once (fleets have few distinct CPUs), so
     the cost grows with the number of distinct hosts, not of hosts.
 
+    A conflict on a field a vCPU feature switches is resolved by switching
+    the feature off everywhere, when every input can (module docstring).
+
     :param labels: names for the inputs in messages (default: their hosts).
     :raise ValueError: for an empty list.
     :raise UnknownName: for a register name the knowledge base cannot place.
@@ -193,16 +206,112 @@ def baseline(models: Sequence[CpuModel], kb: KnowledgeBase,
     if not models:
         raise ValueError("baseline of no hosts")
     labels = list(labels or ["+".join(m.hosts) or f"#{i}" for i, m in enumerate(models)])
+    off = {f for m in models for f in m.vcpu_off}
+    while True:
+        stuck = [Conflict(f"vCPU feature {f}", None, {label: 1},
+                          f"a guest of another input runs with {f} off, and what {label} "
+                          f"presents then is not known (profile from an older probe: probe "
+                          f"it again)")
+                 for f in sorted(off) for m, label in zip(models, labels)
+                 if not m.can_switch_off(f)]
+        if stuck:
+            return BaselineResult(None, stuck)
+        result = _baseline(_switched(models, off), kb, labels, consistent, rules, off)
+        if result.ok:
+            return result
+        more = _features_resolving(result.conflicts, models, off, kb)
+        if not more:
+            return result
+        off |= more
+
+
+def _switched(models: Sequence[CpuModel], off: set[str]) -> list[CpuModel]:
+    """Each model with *off* switched off; models sharing their dicts (read
+    from identical profiles) keep sharing them."""
+    if not off:
+        return list(models)
+    memo: dict[tuple[int, int], CpuModel] = {}
+    out = []
+    for m in models:
+        key = (id(m.values), id(m.vcpu_effects))
+        if key not in memo:
+            memo[key] = m.switched_off(off)
+        v = memo[key]
+        out.append(v if v.hosts == m.hosts else replace(v, hosts=m.hosts))
+    return out
+
+
+def _switched_fields(models: Sequence[CpuModel], feature: str,
+                     kb: KnowledgeBase) -> set[tuple[str, str | None]]:
+    """(register, field) pairs switching *feature* off changes on some model,
+    and (register, None) for each such register."""
+    out: set[tuple[str, str | None]] = set()
+    for m in models:
+        for reg, value in m.vcpu_effects.get(feature, {}).items():
+            register = kb.register(reg)
+            out.add((reg, None))
+            for f in register.fields:
+                if f.get(value) != f.get(m.values.get(reg, 0)):
+                    out.add((reg, f.name))
+    return out
+
+
+def _features_resolving(conflicts: list[Conflict], models: Sequence[CpuModel], off: set[str],
+                        kb: KnowledgeBase) -> set[str]:
+    """The vCPU features not yet off, that every input can switch off, and
+    that switch a field of some conflict."""
+    switched = _switched(models, off)
+    out = set()
+    for feature in VCPU_FEATURES:
+        if feature in off or not all(m.can_switch_off(feature) for m in switched):
+            continue
+        fields = _switched_fields(switched, feature, kb)
+        if any((c.register, c.field) in fields for c in conflicts):
+            out.add(feature)
+    return out
+
+
+def _effects(model: CpuModel, uniq: Sequence[CpuModel], labels: Sequence[str],
+             kb: KnowledgeBase) -> dict[str, dict[str, int]]:
+    """What switching each remaining vCPU feature off gives the combined
+    model: the fields it switches take the combination of the inputs'
+    switched values (kept out when they have none); the rest stays."""
+    out: dict[str, dict[str, int]] = {}
+    for feature in VCPU_FEATURES:
+        if feature in model.vcpu_off or not all(m.can_switch_off(feature) for m in uniq):
+            continue
+        fields = _switched_fields(uniq, feature, kb)
+        variants = [m.switched_off({feature}) for m in uniq]
+        effect: dict[str, int] = {}
+        ok = True
+        for reg, name in sorted((r, n) for r, n in fields if n is not None):
+            f = kb.register(reg).field(name)
+            value, conflict = _combine_field(reg, f, variants, labels)
+            if conflict is not None:
+                ok = False
+                break
+            current = effect.get(reg, model.values.get(reg, 0))
+            # never above the model's own value: the repair may have lowered it
+            if f.order(value) < f.order(f.get(current)):      # type: ignore[arg-type]
+                effect[reg] = f.put(current, value)           # type: ignore[arg-type]
+        if ok:
+            out[feature] = {r: v for r, v in effect.items() if v != model.values.get(r, 0)}
+    return out
+
+
+def _baseline(models: Sequence[CpuModel], kb: KnowledgeBase, labels: list[str],
+              consistent: bool, rules: RuleBook | None, off: set[str]) -> BaselineResult:
     # Models read from identical profiles share their dicts: group by identity
     # first (cheap), then by content.
     by_identity: dict[tuple, tuple[CpuModel, list[str]]] = {}
     for m, label in zip(models, labels):
-        by_identity.setdefault((id(m.values), id(m.writable), m.imp_id_writable),
-                               (m, []))[1].append(label)
+        by_identity.setdefault((id(m.values), id(m.writable), m.imp_id_writable,
+                                id(m.vcpu_effects)), (m, []))[1].append(label)
     distinct: dict[tuple, tuple[CpuModel, list[str]]] = {}
     for m, group in by_identity.values():
         key = (tuple(sorted(m.values.items())), tuple(sorted(m.writable.items())),
-               m.imp_id_writable)
+               m.imp_id_writable, tuple(sorted((f, tuple(sorted(e.items())))
+                                               for f, e in m.vcpu_effects.items())))
         distinct.setdefault(key, (m, []))[1].extend(group)
     uniq = [m for m, _ in distinct.values()]
     uniq_labels = [_short(ls) for _, ls in distinct.values()]
@@ -216,11 +325,13 @@ def baseline(models: Sequence[CpuModel], kb: KnowledgeBase,
         return BaselineResult(None, conflicts)
     hosts = tuple(h for m in models for h in m.hosts)
     impls = tuple(sorted({i for m in uniq for i in m.implementations}))
-    model = CpuModel(values, writable, all(m.imp_id_writable for m in uniq), hosts, impls)
-    if not consistent:
-        return BaselineResult(model)
-    repair = make_consistent(model, uniq, kb, rules or load_rules(), uniq_labels)
-    return BaselineResult(repair.model, consistency=repair)
+    model = CpuModel(values, writable, all(m.imp_id_writable for m in uniq), hosts, impls,
+                     vcpu_off=tuple(off))
+    if consistent:
+        repair = make_consistent(model, uniq, kb, rules or load_rules(), uniq_labels)
+        model = repair.model
+    model = replace(model, vcpu_effects=_effects(model, uniq, uniq_labels, kb), name="")
+    return BaselineResult(model, consistency=repair if consistent else None)
 
 
 def _short(labels: list[str]) -> str:

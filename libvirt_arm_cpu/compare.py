@@ -12,7 +12,8 @@ Every difference the host cannot make is a :class:`Reason` naming the
 register and field, both values and the rule: the model needs a higher
 value than the host has; the field is not writable on this host's kernel;
 the kernel's rule refuses the value; MIDR/REVIDR/AIDR changes need
-capability 239; the host's QEMU does not take SYSREG properties.
+capability 239; the host's QEMU takes no SYSREG properties and the
+loader is not installed.
 """
 
 from __future__ import annotations
@@ -74,12 +75,19 @@ def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
     cap239 = host.capability("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS") > 0
     reasons: list[Reason] = []
     changes: list[str] = []
+    # vCPU features the model runs with off: the host's values are those its
+    # probe measured with them off (libvirt's elements switch them, no
+    # register write); where the profile does not say, its default values
+    # (the fields then count as not writable, as before the probe measured it)
+    switch = [f for f in model.vcpu_off if f in host.vcpu_features and host.can_switch_off(f)]
+    host_values = host.values(switch)
+    vcpu_changes = [f"vCPU feature {f} off" for f in switch]
     for name, wanted in sorted(model.values.items()):
         reg = kb.register(name)
         if reg.kind == "affinity":
             continue
         hr = host_regs.get(name)
-        have = hr.value if hr is not None else None
+        have = host_values.get(name) if hr is not None else None
         mask = hr.writable if hr is not None else 0
         if have is None:
             if wanted:
@@ -126,14 +134,22 @@ def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
         if stray:
             reasons.append(Reason(name, None, "outside-fields", have, wanted,
                                   f"{name}: bits {stray:#x} outside every known field differ"))
-    if check_qemu and changes and not reasons and host.qemu.sysreg != "yes":
+    # QEMU is told the values either through SYSREG_* properties or through
+    # the loader (libvirt_arm_cpu.loader); without both nothing can change
+    loader = getattr(host, "loader", None)
+    has_loader = loader is not None and loader.status == "found"
+    if check_qemu and changes and not reasons and host.qemu.sysreg != "yes" and not has_loader:
         q = host.qemu
         what = (f"QEMU {q.version} ({q.path}) does not take SYSREG_* properties"
                 if q.status == "found" and q.sysreg == "no" else
                 f"this host's QEMU cannot be told to change ID registers ({q.status}"
                 + (f": {q.detail}" if q.detail else "") + ")")
+        where = getattr(loader, "path", None) or "libvirt-arm-cpu-loader.so"
         reasons.append(Reason("", None, "qemu", None, None,
-                              f"needs {len(changes)} ID register change(s), but {what}"))
+                              f"needs {len(changes)} ID register change(s), but neither "
+                              f"SYSREG_* in QEMU nor the loader installed: {what}, and the "
+                              f"loader ({where}) is missing"))
+    changes += vcpu_changes     # after the QEMU check: no register write needed for these
     if reasons:
         return Comparison(INCOMPATIBLE, reasons, changes)
     return Comparison(SUPERSET if changes else IDENTICAL, [], changes)

@@ -6,10 +6,20 @@ AND of their writable masks), so a model can itself be baselined with more
 hosts (baseline is associative).  A host profile turns into a model of
 exactly that host (:meth:`CpuModel.from_profile`).
 
+A model also names the vCPU features (``sve``, ``ptrauth``, ``pmu``) a guest
+of it runs with switched off (``vcpu_off``): KVM does not let userspace
+write the SVE and PAuth fields, so switching the feature off at vCPU
+creation (QEMU's ``sve=off``...) is the only way to hide them.  For the
+features still on, ``vcpu_effects`` says what the values become when the
+feature is switched off too (measured by the probe): what baseline needs to
+combine hosts with and without the feature.
+
 Its XML form is a libvirt ``<cpu mode='custom' match='exact'>`` whose
 ``<feature>`` s are hwcap names and whose exact values sit in a
 ``<registers>`` element of the project's namespace
-(``urn:x-libvirt-arm-cpu:cpu:1``), so it round-trips.
+(``urn:x-libvirt-arm-cpu:cpu:1``), so it round-trips: ``vcpu-off="ptrauth
+sve"`` on it (absent: none), and one ``<switch feature="pmu">`` per
+effect, holding ``<value register= value=>`` children.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from dataclasses import dataclass, field
 from .errors import ParseError, UnknownName
 from .features import load as load_features
 from .fileio import read_input
-from .profile import HostProfile
+from .profile import VCPU_FEATURES, HostProfile
 from .registers import KnowledgeBase
 
 __all__ = ["CpuModel", "NAMESPACE", "to_xml", "from_xml", "read_model"]
@@ -38,30 +48,74 @@ class CpuModel:
     hosts: tuple[str, ...] = ()                 # where it came from
     implementations: tuple[int, ...] = ()       # MIDRs the guest may run on
     name: str = field(default="")
+    vcpu_off: tuple[str, ...] = ()              # vCPU features a guest runs with off (sorted)
+    # feature still on -> register -> value once it is off too (only those that
+    # change); a feature missing here cannot be switched off (unknown)
+    vcpu_effects: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.vcpu_off = tuple(sorted(set(self.vcpu_off)))
+        bad = [f for f in (*self.vcpu_off, *self.vcpu_effects) if f not in VCPU_FEATURES]
+        if bad:
+            raise ValueError(f"unknown vCPU feature '{bad[0]}' (known: {', '.join(VCPU_FEATURES)})")
         if not self.name:
             self.name = self.digest_name()
 
     def digest_name(self) -> str:
         text = ";".join(f"{k}={v:x}" for k, v in sorted(self.values.items()))
+        if self.vcpu_off:       # appended only then: older models keep their names
+            text += ";vcpu-off=" + ",".join(self.vcpu_off)
         return "arm64-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
+    def can_switch_off(self, feature: str) -> bool:
+        return feature in self.vcpu_off or feature in self.vcpu_effects
+
+    def switched_off(self, off: tuple[str, ...] | set[str] | frozenset[str]) -> CpuModel:
+        """This model with the vCPU features *off* switched off as well.
+
+        :raise KeyError: for a feature whose effect is unknown (check
+            :meth:`can_switch_off`).
+        """
+        new = sorted(set(off) - set(self.vcpu_off))
+        if not new:
+            return self
+        values = dict(self.values)
+        for f in new:
+            values.update(self.vcpu_effects[f])
+        effects = {f: e for f, e in self.vcpu_effects.items() if f not in new}
+        return CpuModel(values, self.writable, self.imp_id_writable, self.hosts,
+                        self.implementations, vcpu_off=tuple(set(self.vcpu_off) | set(new)),
+                        vcpu_effects=effects)
+
     @classmethod
-    def from_profile(cls, p: HostProfile, kb: KnowledgeBase, label: str | None = None) -> CpuModel:
-        """The model of exactly this host.  MPIDR (per-vCPU topology) is left
-        out; unknown masks (kernels before 6.7) mean nothing may change."""
-        values, writable = {}, {}
+    def from_profile(cls, p: HostProfile, kb: KnowledgeBase, label: str | None = None,
+                     off: tuple[str, ...] = ()) -> CpuModel:
+        """The model of exactly this host, as a guest with the vCPU features
+        *off* switched off sees it.  MPIDR (per-vCPU topology) is left out;
+        unknown masks (kernels before 6.7) mean nothing may change.
+
+        :raise DataError: *off* has a feature whose effect the profile does
+            not record (:meth:`HostProfile.can_switch_off`).
+        """
+        have = p.values(off)
+        keep = []
         for r in p.registers:
             reg = kb.by_encoding(*r.encoding)
             if reg is not None and reg.kind == "affinity":
                 continue
-            values[r.name] = r.value or 0
-            writable[r.name] = r.writable or 0
+            keep.append(r)
+        values = {r.name: have.get(r.name, 0) for r in keep}
+        writable = {r.name: r.writable or 0 for r in keep}
+        effects = {}
+        for f in VCPU_FEATURES:
+            if f in off or not p.can_switch_off(f):
+                continue
+            more = p.values((*off, f))
+            effects[f] = {n: more.get(n, 0) for n in values if more.get(n, 0) != values[n]}
         midrs = tuple(sorted({c.midr for c in p.cpus if c.midr is not None}
                              | {values.get("MIDR_EL1", 0)}))
         return cls(values, writable, p.capability("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS") > 0,
-                   (label or p.hostname,), midrs)
+                   (label or p.hostname,), midrs, vcpu_off=tuple(off), vcpu_effects=effects)
 
 
 def _q(tag: str) -> str:
@@ -75,12 +129,18 @@ def to_xml(model: CpuModel, features: list[str]) -> bytes:
     ET.SubElement(cpu, "model", {"fallback": "forbid"}).text = model.name
     for name in features:
         ET.SubElement(cpu, "feature", {"policy": "require", "name": name})
-    regs = ET.SubElement(cpu, _q("registers"), {
-        "imp-id-writable": "yes" if model.imp_id_writable else "no"})
+    attrs = {"imp-id-writable": "yes" if model.imp_id_writable else "no"}
+    if model.vcpu_off:
+        attrs["vcpu-off"] = " ".join(model.vcpu_off)
+    regs = ET.SubElement(cpu, _q("registers"), attrs)
     for host in model.hosts:
         ET.SubElement(regs, _q("host"), {"name": host})
     for midr in model.implementations:
         ET.SubElement(regs, _q("implementation"), {"midr": f"{midr:#010x}"})
+    for feature, effect in sorted(model.vcpu_effects.items()):
+        sw = ET.SubElement(regs, _q("switch"), {"feature": feature})
+        for name, value in sorted(effect.items()):
+            ET.SubElement(sw, _q("value"), {"register": name, "value": f"0x{value:016x}"})
     for name in sorted(model.values):
         ET.SubElement(regs, _q("register"), {"name": name,
                                              "value": f"0x{model.values[name]:016x}",
@@ -105,7 +165,7 @@ def from_xml(data: bytes, path: str = "<cpu>") -> CpuModel:
         raise ParseError(path, None, f"<cpu> has no <registers xmlns='{NAMESPACE}'>: not a "
                          f"libvirt-arm-cpu model (make one with cpu-baseline)")
     values, writable = {}, {}
-    for r in regs.iter(_q("register")):
+    for r in regs.findall(_q("register")):
         name = r.get("name")
         try:
             values[name] = int(r.get("value", ""), 16)
@@ -119,11 +179,31 @@ def from_xml(data: bytes, path: str = "<cpu>") -> CpuModel:
             catalog.feature(feat.get("name", ""))
         except UnknownName as err:
             raise ParseError(path, None, f"<feature name='{feat.get('name')}'>: {err}") from None
+    off = tuple((regs.get("vcpu-off") or "").split())
+    effects: dict[str, dict[str, int]] = {}
+    for sw in regs.findall(_q("switch")):
+        feature = sw.get("feature", "")
+        if feature not in VCPU_FEATURES or feature in effects or feature in off:
+            raise ParseError(path, None, f"<switch feature='{feature}'>: expected a vCPU "
+                             f"feature ({', '.join(VCPU_FEATURES)}) not in vcpu-off, each once")
+        effect = effects[feature] = {}
+        for v in sw.findall(_q("value")):
+            try:
+                effect[v.get("register", "")] = int(v.get("value", ""), 16)
+            except ValueError:
+                raise ParseError(path, None, f"<switch feature='{feature}'>: register "
+                                 f"{v.get('register')}: value '{v.get('value')}' is not a hex "
+                                 f"number") from None
+    bad = [f for f in off if f not in VCPU_FEATURES]
+    if bad or list(off) != sorted(set(off)):
+        raise ParseError(path, None, f"<registers vcpu-off='{regs.get('vcpu-off')}'>: expected "
+                         f"vCPU features ({', '.join(VCPU_FEATURES)}), sorted, each once")
     model = cpu.find("model")
     return CpuModel(values, writable, regs.get("imp-id-writable") == "yes",
                     tuple(h.get("name", "") for h in regs.iter(_q("host"))),
                     tuple(int(i.get("midr", "0"), 16) for i in regs.iter(_q("implementation"))),
-                    name=(model.text or "").strip() if model is not None else "")
+                    name=(model.text or "").strip() if model is not None else "",
+                    vcpu_off=off, vcpu_effects=effects)
 
 
 def read_model(path: str) -> CpuModel:

@@ -26,7 +26,7 @@ _QEMU = re.compile(rb"<qemu\b.*?(?:/>|</qemu>)", re.S)
 def profile_key(data: bytes) -> bytes | None:
     """What decides a profile's meaning for baseline and compare, or None
     when the document does not have the expected shape."""
-    start = data.find(b"<capabilities")
+    start = data.find(b"<vcpu-features")     # vCPU-feature-off records count too
     end = data.rfind(b"</registers>")
     qemu = _QEMU.search(data, 0, start if start > 0 else len(data))
     if start < 0 or end < start or qemu is None:

@@ -127,6 +127,16 @@ class VcpuFeatures:
     def names(self) -> list[str]:
         return [n for n in ("pmu", "sve", "ptrauth") if getattr(self, n)]
 
+    def without(self, off: tuple[str, ...] | list[str] | set[str]) -> VcpuFeatures:
+        """These features with *off* switched off (QEMU's sve=off, pauth=off,
+        pmu=off; pauth=off clears address and generic authentication
+        together, as ``ptrauth`` here does)."""
+        unknown = set(off) - {"pmu", "sve", "ptrauth"}
+        if unknown:
+            raise ValueError(f"unknown vCPU feature {sorted(unknown)[0]}")
+        return VcpuFeatures(pmu=self.pmu and "pmu" not in off, sve=self.sve and "sve" not in off,
+                            ptrauth=self.ptrauth and "ptrauth" not in off)
+
 
 class Kvm:
     """An open /dev/kvm."""

@@ -8,8 +8,16 @@
    authentication, where offered), every register of the feature-ID space
    (KVM_GET_ONE_REG; ENOENT = absent) and the writable masks
    (KVM_ARM_GET_REG_WRITABLE_MASKS, when capability 230 is there);
-3. the QEMU emulator: its version, and whether ``-cpu host`` takes
-   ``SYSREG_*`` properties (asked through QMP; a missing QEMU is recorded).
+3. the same registers on one more scratch VM per offered vCPU feature, with
+   that feature off (what a guest gets with QEMU's ``sve=off``,
+   ``pauth=off``, ``pmu=off``), and with all of them off: the registers that
+   differ from the default are recorded.  ID registers are VM-wide and fixed
+   by the first vCPU's features, hence one VM each (Linux
+   arch/arm64/kvm/sys_regs.c: the SVE field and ZFR0 read as zero without
+   SVE, the PAuth fields without PAuth, PMUVer/PerfMon without a PMU);
+4. the QEMU emulator: its version, and whether ``-cpu host`` takes
+   ``SYSREG_*`` properties (asked through QMP; a missing QEMU is recorded),
+   and whether the ID register loader is installed.
 
 Every step is bounded: ioctls return at once, QEMU gets a deadline.
 """
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import itertools
 import json
 import os
 import platform
@@ -29,12 +38,19 @@ import time
 
 from . import __version__
 from .errors import KvmPermission, NoKvm, NotArm64
-from .kvm import CAPS, KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES, Kvm, KvmError
-from .profile import CpuIdentity, Fingerprint, HostProfile, ProfileRegister, QemuInfo
+from .kvm import CAPS, KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES, Kvm, KvmError, VcpuFeatures
+from .profile import (CpuIdentity, Fingerprint, HostProfile, LoaderInfo, ProfileRegister,
+                      QemuInfo, VcpuOffValues)
 from .registers import KnowledgeBase, generic_name, kvm_reg_id, load, writable_mask_index
 
-__all__ = ["probe_host", "feature_id_space", "read_cpus", "find_qemu", "probe_qemu",
-           "fingerprint", "check_machine", "open_kvm"]
+try:
+    from .loader import LOADER_PATH
+except ImportError:     # the loader module is written by the loader work; the path is its contract
+    LOADER_PATH = "/usr/lib/aarch64-linux-gnu/qemu/libvirt-arm-cpu-loader.so"
+
+__all__ = ["probe_host", "probe_kvm", "vcpu_off_values", "probe_loader", "feature_id_space",
+           "read_cpus", "find_qemu", "probe_qemu", "fingerprint", "check_machine", "open_kvm",
+           "LOADER_PATH"]
 
 QEMU_TIMEOUT = 15.0
 
@@ -125,30 +141,65 @@ def _group_of(path: str) -> str:
         return str(gid)
 
 
-def probe_kvm(kvm: Kvm, kb: KnowledgeBase) -> tuple[dict[str, tuple[int, int]], list[str],
-                                                       list[ProfileRegister], bool]:
-    """Capabilities, vCPU features used, registers, and whether masks are known."""
+def probe_kvm(kvm: Kvm, kb: KnowledgeBase, variants: bool = True
+              ) -> tuple[dict[str, tuple[int, int]], list[str], list[ProfileRegister], bool,
+                         list[VcpuOffValues] | None]:
+    """Capabilities, vCPU features used, registers, whether masks are known,
+    and (with *variants*) the registers with vCPU features off."""
     caps = {name: (num, kvm.check_extension(num)) for name, num in CAPS.items()}
     features = kvm.default_features()
     with kvm.create_vm() as vm:
         masks: list[int] | None = None
         if vm.check_extension(KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES) & 1:
             masks = vm.writable_masks()
-        vcpu = vm.create_vcpu(features)
-        registers = []
-        for enc in feature_id_space():
-            name = register_name(kb, enc)
-            reg_id = kvm_reg_id(*enc)
-            idx = writable_mask_index(*enc)
-            try:
-                value: int | None = vcpu.get(reg_id, name)
-            except KvmError as err:
-                if err.errno != errno.ENOENT:
-                    raise
-                value = None
-            registers.append(ProfileRegister(name, enc, reg_id, idx, value,
-                                             None if masks is None or idx is None else masks[idx]))
-    return caps, features.names(), registers, masks is not None
+        values = _read_space(vm, features, kb)
+    registers = []
+    for enc, value in zip(feature_id_space(), values):
+        idx = writable_mask_index(*enc)
+        registers.append(ProfileRegister(register_name(kb, enc), enc, kvm_reg_id(*enc), idx,
+                                         value, None if masks is None or idx is None
+                                         else masks[idx]))
+    off = vcpu_off_values(kvm, kb, features, registers) if variants else None
+    return caps, features.names(), registers, masks is not None, off
+
+
+def _read_space(vm, features: VcpuFeatures, kb: KnowledgeBase) -> list[int | None]:
+    """Create the VM's vCPU with *features* and read the feature-ID space
+    (None where the kernel does not know a register)."""
+    vcpu = vm.create_vcpu(features)
+    out: list[int | None] = []
+    for enc in feature_id_space():
+        try:
+            out.append(vcpu.get(kvm_reg_id(*enc), register_name(kb, enc)))
+        except KvmError as err:
+            if err.errno != errno.ENOENT:
+                raise
+            out.append(None)
+    return out
+
+
+def vcpu_off_values(kvm: Kvm, kb: KnowledgeBase, features: VcpuFeatures,
+                    registers: list[ProfileRegister]) -> list[VcpuOffValues]:
+    """One scratch VM per offered feature with it off, one with all off; if
+    all-off is not what the single ones combine to, every pair too, so that
+    :meth:`HostProfile.values` never has to assume independence."""
+    offered = sorted(features.names())
+    default = {r.name: r.value for r in registers}
+
+    def measure(off: tuple[str, ...]) -> VcpuOffValues:
+        with kvm.create_vm() as vm:
+            values = _read_space(vm, features.without(off), kb)
+        return VcpuOffValues(off, {r.name: v for r, v in zip(registers, values)
+                                   if v != default[r.name] and v is not None})
+
+    out = [measure((f,)) for f in offered]
+    if len(offered) > 1:
+        every = measure(tuple(offered))
+        combined = {k: v for o in out for k, v in o.registers.items()}
+        if every.registers != combined and len(offered) > 2:
+            out += [measure(pair) for pair in itertools.combinations(offered, 2)]
+        out.append(every)
+    return out
 
 
 # -- QEMU --------------------------------------------------------------------
@@ -241,6 +292,11 @@ def _qmp_host_props(path: str, timeout: float, accel: str = "kvm",
             pipe.close()
 
 
+def probe_loader(path: str = LOADER_PATH) -> LoaderInfo:
+    """Is the ID register loader installed (a file QEMU can map)?"""
+    return LoaderInfo("found" if os.path.isfile(path) else "missing", path)
+
+
 # -- putting it together -----------------------------------------------------
 
 def fingerprint(kernel_release: str, cpus: list[CpuIdentity], qemu_path: str | None,
@@ -279,10 +335,13 @@ def probe_host(emulator: str | None = None, dev: str = "/dev/kvm", sysfs: str = 
     cpus = read_cpus(sysfs)
     say(f"{len(cpus)} CPUs, kernel {uname.release}")
     with open_kvm(dev) as kvm:
-        caps, features, registers, masks_known = probe_kvm(kvm, kb)
+        t0 = time.monotonic()
+        caps, features, registers, masks_known, off = probe_kvm(kvm, kb)
+        took = time.monotonic() - t0
     say(f"KVM: {sum(r.value is not None for r in registers)} ID registers read, writable "
         f"masks {'known' if masks_known else 'unknown'}, vCPU features "
-        f"{', '.join(features) or 'none'}")
+        f"{', '.join(features) or 'none'}; {len(off or ())} vCPU-feature-off variants; "
+        f"{took * 1000:.0f} ms")
     qemu = probe_qemu(emulator, qemu_timeout)
     say(f"QEMU: {qemu.status}" + (f" {qemu.version}, SYSREG properties: {qemu.sysreg}"
                                   if qemu.status == "found" else ""))
@@ -292,6 +351,6 @@ def probe_host(emulator: str | None = None, dev: str = "/dev/kvm", sysfs: str = 
         kernel_release=uname.release, kernel_version=uname.version,
         probed_at=now.isoformat().replace("+00:00", "Z"), tool_version=__version__,
         qemu=qemu, vcpu_features=features, capabilities=caps, cpus=cpus,
-        registers=registers, masks_known=masks_known,
+        registers=registers, masks_known=masks_known, vcpu_off=off or None, loader=probe_loader(),
         fingerprint=fingerprint(uname.release, cpus, find_qemu(emulator),
                                 _read_text("/proc/sys/kernel/random/boot_id")))

@@ -2,9 +2,11 @@
 
 Written by ``libvirt-arm-cpu-helper probe`` and read by everything that
 decides (baseline, compare, validation).  It holds the host's identity
-(kernel, QEMU and whether it takes SYSREG_* properties), the vCPU features
-the probe enabled, KVM capabilities, every CPU's MIDR, and for each register
-of the feature-ID space its value and writable mask.
+(kernel, QEMU and whether it takes SYSREG_* properties, whether the ID
+register loader is installed), the vCPU features the probe enabled and what
+the ID registers read with each of them switched off, KVM capabilities,
+every CPU's MIDR, and for each register of the feature-ID space its value and
+writable mask.
 
 The XML form (``xml/schemas/profile.xsd``, namespace
 ``urn:x-libvirt-arm-cpu:host:1``) is handled here and only here, with the
@@ -24,12 +26,17 @@ from .errors import DataError, ParseError
 from .fileio import atomic_write, read_input
 from .paths import schema_path
 
-__all__ = ["HostProfile", "ProfileRegister", "QemuInfo", "CpuIdentity", "Fingerprint",
-           "NAMESPACE", "to_xml", "from_xml", "read_profile", "write_profile"]
+__all__ = ["HostProfile", "ProfileRegister", "QemuInfo", "LoaderInfo", "VcpuOffValues",
+           "CpuIdentity", "Fingerprint", "VCPU_FEATURES", "NAMESPACE", "to_xml", "from_xml",
+           "read_profile", "write_profile"]
 
 NAMESPACE = "urn:x-libvirt-arm-cpu:host:1"
 _NS = "{" + NAMESPACE + "}"
 FORMAT_VERSION = "1"
+
+# The optional vCPU features a KVM_ARM_VCPU_INIT takes and QEMU's `-cpu host`
+# switches (sve=off, pauth=off, pmu=off), by KVM's names.
+VCPU_FEATURES = ("pmu", "ptrauth", "sve")
 
 
 @dataclass
@@ -39,6 +46,24 @@ class QemuInfo:
     version: str | None = None
     sysreg: str = "unknown"          # yes, no, unknown: takes -cpu host,SYSREG_* properties?
     detail: str | None = None        # why missing/unknown
+
+
+@dataclass
+class LoaderInfo:
+    """Is the ID register loader (libvirt_arm_cpu.loader.LOADER_PATH) installed?"""
+
+    status: str = "missing"          # found, missing
+    path: str | None = None
+
+
+@dataclass
+class VcpuOffValues:
+    """What the ID registers read on a vCPU made with *features* switched off
+    (the rest as by default): only the registers that differ from the
+    default vCPU's values."""
+
+    features: tuple[str, ...]        # sorted
+    registers: dict[str, int]
 
 
 @dataclass
@@ -85,6 +110,10 @@ class HostProfile:
     registers: list[ProfileRegister]
     masks_known: bool
     fingerprint: Fingerprint = field(default_factory=lambda: Fingerprint({}))
+    # None: the probe did not measure it (a profile written before it did):
+    # what switching a vCPU feature off does is unknown.
+    vcpu_off: list[VcpuOffValues] | None = None
+    loader: LoaderInfo = field(default_factory=LoaderInfo)
 
     @property
     def heterogeneous(self) -> bool:
@@ -92,9 +121,41 @@ class HostProfile:
         plus variant and revision: any MIDR difference counts."""
         return len({c.midr for c in self.cpus if c.midr is not None}) > 1
 
-    def values(self) -> dict[str, int]:
-        """Register name -> value, for the registers this host has."""
-        return {r.name: r.value for r in self.registers if r.value is not None}
+    def can_switch_off(self, feature: str) -> bool:
+        """Is it known what a guest here reads with *feature* off?  True
+        when the host does not offer it (the guest never has it) or the
+        probe measured it."""
+        return feature not in self.vcpu_features or any(
+            o.features == (feature,) for o in self.vcpu_off or ())
+
+    def values(self, off: tuple[str, ...] | list[str] | frozenset[str] = ()) -> dict[str, int]:
+        """Register name -> value, for the registers this host has, as a
+        guest reads them with the vCPU features *off* switched off.
+
+        A set the probe measured as such is taken as measured; otherwise the
+        single-feature measurements are combined (the probe checks that
+        they are independent: it also measures all-off, and each pair when
+        all-off is not their combination).
+
+        :raise DataError: when a feature of *off* is one this host offers
+            but its profile does not say what switching it off does.
+        """
+        out = {r.name: r.value for r in self.registers if r.value is not None}
+        wanted = tuple(sorted(set(off) & set(self.vcpu_features)))
+        if not wanted:
+            return out
+        unknown = [f for f in wanted if not self.can_switch_off(f)]
+        if unknown:
+            raise DataError(f"host profile of {self.hostname or 'a host'} does not record the "
+                            f"ID registers with vCPU feature {unknown[0]} off (probed by an "
+                            f"older libvirt-arm-cpu): probe it again")
+        records = {o.features: o.registers for o in self.vcpu_off or ()}
+        if wanted in records:
+            out.update(records[wanted])
+        else:
+            for f in wanted:
+                out.update(records[(f,)])
+        return out
 
     def register(self, name: str) -> ProfileRegister | None:
         for r in self.registers:
@@ -137,12 +198,17 @@ def to_xml(p: HostProfile) -> bytes:
     _sub(ident, "kernel", release=p.kernel_release, version=p.kernel_version)
     _sub(ident, "qemu", p.qemu.detail, status=p.qemu.status, path=p.qemu.path,
          version=p.qemu.version, sysreg_properties=p.qemu.sysreg)
+    _sub(ident, "loader", status=p.loader.status, path=p.loader.path)
     fp = _sub(root, "fingerprint", digest=p.fingerprint.digest)
     for name, value in sorted(p.fingerprint.components.items()):
         _sub(fp, "component", value, name=name)
     feats = _sub(root, "vcpu-features")
     for name in p.vcpu_features:
         _sub(feats, "feature", name=name)
+    for o in p.vcpu_off or ():
+        off = _sub(feats, "off", features=" ".join(o.features))
+        for name, value in sorted(o.registers.items()):
+            _sub(off, "register", name=name, value=_hex(value))
     caps = _sub(root, "capabilities")
     for name, (number, value) in p.capabilities.items():
         _sub(caps, "capability", name=name, number=number, value=value)
@@ -203,6 +269,10 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
         raise ParseError(path, None, "host profile lacks identity, kernel, qemu or registers")
     fp = root.find(_q("fingerprint"))
     components = {c.get("name", ""): c.text or "" for c in fp} if fp is not None else {}
+    loader = root.find(f"{_q('identity')}/{_q('loader')}")
+    feats = root.find(_q("vcpu-features"))
+    offered = [f.get("name", "") for f in feats.findall(_q("feature"))] if feats is not None \
+        else []
     return HostProfile(
         hostname=ident.get("hostname", ""),
         machine=ident.get("machine", ""),
@@ -213,7 +283,7 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
         qemu=QemuInfo(status=qemu.get("status", "missing"), path=qemu.get("path"),
                       version=qemu.get("version"),
                       sysreg=qemu.get("sysreg-properties", "unknown"), detail=qemu.text),
-        vcpu_features=[f.get("name", "") for f in root.iter(_q("feature"))],
+        vcpu_features=offered,
         capabilities={c.get("name", ""): (_int(c, "number", path), _int(c, "value", path))
                       for c in root.iter(_q("capability"))},
         cpus=[CpuIdentity(_int(c, "id", path), _opt_int(c, "midr", path, ""),
@@ -228,7 +298,49 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
             for r in regs.iter(_q("register"))],
         masks_known=regs.get("writable-masks") == "known",
         fingerprint=Fingerprint(components),
+        vcpu_off=_vcpu_off(feats, offered, path),
+        loader=LoaderInfo("missing") if loader is None else LoaderInfo(
+            _choice(loader, "status", ("found", "missing"), path), loader.get("path")),
     )
+
+
+def _choice(elem: ET.Element, attr: str, allowed: tuple[str, ...], path: str) -> str:
+    text = elem.get(attr, "")
+    if text not in allowed:
+        raise ParseError(path, None, f"<{elem.tag[len(_NS):]} {attr}='{text}'>: expected "
+                         f"{' or '.join(allowed)}")
+    return text
+
+
+def _vcpu_off(feats: ET.Element | None, offered: list[str],
+              path: str) -> list[VcpuOffValues] | None:
+    """The <off> records, checked (the hook reads profiles without the
+    schema): known features the host offers, each set once, hex values."""
+    elems = feats.findall(_q("off")) if feats is not None else []
+    if not elems:
+        return None
+    out = []
+    for e in elems:
+        names = tuple((e.get("features") or "").split())
+        bad = [n for n in names if n not in VCPU_FEATURES or n not in offered]
+        if not names or bad or list(names) != sorted(set(names)):
+            raise ParseError(path, None, f"<vcpu-features><off features='{e.get('features')}'>: "
+                             f"expected vCPU features this host offers ("
+                             f"{' '.join(offered) or 'none'}), sorted, each once")
+        if any(o.features == names for o in out):
+            raise ParseError(path, None, f"<vcpu-features><off features='{e.get('features')}'> "
+                             f"appears twice")
+        regs: dict[str, int] = {}
+        for r in e.findall(_q("register")):
+            name = r.get("name", "")
+            text = r.get("value", "")
+            if not name or name in regs or not text.startswith("0x"):
+                raise ParseError(path, None, f"<vcpu-features><off features='{' '.join(names)}'>"
+                                 f": register '{name}' value '{text}': expected each register "
+                                 f"once, with a 0x hex value")
+            regs[name] = _int(r, "value", path, 16)
+        out.append(VcpuOffValues(names, regs))
+    return out
 
 
 @functools.lru_cache(maxsize=4)
@@ -308,6 +420,11 @@ def to_json(p: HostProfile) -> dict:
                  "sysreg_properties": p.qemu.sysreg, "detail": p.qemu.detail},
         "fingerprint": {"digest": p.fingerprint.digest, **p.fingerprint.components},
         "vcpu_features": p.vcpu_features,
+        "vcpu_off": None if p.vcpu_off is None else [
+            {"features": list(o.features),
+             "registers": {k: _hex(v) for k, v in sorted(o.registers.items())}}
+            for o in p.vcpu_off],
+        "loader": {"status": p.loader.status, "path": p.loader.path},
         "capabilities": {k: v for k, (_, v) in p.capabilities.items()},
         "cpus": [{"cpu": c.cpu, "midr": None if c.midr is None else f"{c.midr:#010x}",
                   "revidr": None if c.revidr is None else f"{c.revidr:#x}"} for c in p.cpus],

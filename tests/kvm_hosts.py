@@ -198,6 +198,21 @@ python3 -m libvirt_arm_cpu.helper probe --output /out/host.xml --quiet 2>/out/pr
 echo $? > /out/probe.rc
 t1=$(up)
 echo "$t0 $t1" > /out/probe.seconds
+[ -f /out/host.xml ] && python3 - > /out/probe-timing.json 2>/out/probe-timing.stderr <<'TIMING_EOF'
+# The probe's KVM part with and without the vCPU-feature-off variants, 3 runs each
+import json, time
+from libvirt_arm_cpu import registers
+from libvirt_arm_cpu.probe import open_kvm, probe_kvm
+kb = registers.load()
+out = {"default_ms": [], "with_variants_ms": []}
+with open_kvm() as kvm:
+    for _ in range(3):
+        for key, variants in (("default_ms", False), ("with_variants_ms", True)):
+            t = time.perf_counter()
+            probe_kvm(kvm, kb, variants)
+            out[key].append(round((time.perf_counter() - t) * 1000, 1))
+print(json.dumps(out))
+TIMING_EOF
 """
     if scenarios:
         script = (ROOT / "tests" / "kvm_guest_scenarios.py").read_text()

@@ -151,7 +151,13 @@ def test_lowered_model_is_a_superset_on_kvm_but_needs_sysreg_qemu():
                        m.writable, hosts=("x",))
     c = compare(lowered, p, KB, check_qemu=False)
     assert (c.result, c.changes) == (SUPERSET, ["ID_AA64ISAR0_EL1.DP 1 -> 0"])
-    c = compare(lowered, p, KB)      # the test bed's guest has no QEMU at all
+    # the test bed's guest has no QEMU at all, but the loader is installed there
+    assert p.loader.status == "found"
+    assert compare(lowered, p, KB).result == SUPERSET
+    import dataclasses
+    from libvirt_arm_cpu.profile import LoaderInfo
+    without = dataclasses.replace(p, loader=LoaderInfo("missing", p.loader.path))
+    c = compare(lowered, without, KB)
     assert c.result == INCOMPATIBLE and c.reasons[0].kind == "qemu"
 
 
@@ -230,3 +236,122 @@ def test_pools_largest_first_and_cover_everyone():
     assert [p.indices for p in result] == [[1, 2, 4], [0, 3]]
     assert all(p.result.ok for p in result)
     assert sorted(i for p in result for i in p.indices) == list(range(len(fleet)))
+
+
+# -- vCPU features (sve, ptrauth, pmu) switched off as part of the model -------
+
+def _fixture(name: str):
+    return read_profile(str(FIXTURES / f"{name}.xml"))
+
+
+SVE_ON, SVE_OFF = "max-pauth-impdef-qemu7.2-linux6.12", "max-sve-off-qemu7.2-linux6.12"
+
+
+def test_sve_and_non_sve_hosts_get_a_model_with_sve_off():
+    """The same emulated CPU with and without SVE (test-bed fixtures): KVM
+    cannot write ID_AA64PFR0_EL1.SVE, so the common model switches SVE off
+    and carries the values the probe measured with it off."""
+    kb = registers.load()
+    on, off = _fixture(SVE_ON), _fixture(SVE_OFF)
+    r = baseline([CpuModel.from_profile(on, kb, "on"), CpuModel.from_profile(off, kb, "off")], kb)
+    assert r.ok, r.conflicts
+    assert r.model.vcpu_off == ("sve",)
+    assert kb.field("ID_AA64PFR0_EL1", "SVE").get(r.model.values["ID_AA64PFR0_EL1"]) == 0
+    assert r.model.values["ID_AA64ZFR0_EL1"] == 0
+    assert r.model.values["ID_AA64ZFR0_EL1"] == on.values(off=("sve",))["ID_AA64ZFR0_EL1"]
+    c = compare(r.model, on, kb, check_qemu=False)
+    assert (c.result, c.changes) == (SUPERSET, ["vCPU feature sve off"])
+    assert compare(r.model, off, kb, check_qemu=False).result in (IDENTICAL, SUPERSET)
+    # the SVE host's own model stays incompatible with the host without SVE
+    bad = compare(CpuModel.from_profile(on, kb), off, kb, check_qemu=False)
+    assert bad.result == INCOMPATIBLE
+    assert any((x.register, x.field) == ("ID_AA64PFR0_EL1", "SVE") for x in bad.reasons)
+    # it round-trips through the model XML, effects of the features still on included
+    back = from_xml(to_xml(r.model, []))
+    assert back == r.model and back.vcpu_off == ("sve",) and set(back.vcpu_effects) == {
+        "pmu", "ptrauth"}
+
+
+def test_ptrauth_pool_switches_pauth_off():
+    kb = registers.load()
+    on, off = _fixture(SVE_ON), _fixture("max-pauth-off-qemu7.2-linux6.12")
+    r = baseline([CpuModel.from_profile(on, kb), CpuModel.from_profile(off, kb)], kb)
+    assert r.ok, r.conflicts
+    assert r.model.vcpu_off == ("ptrauth",)
+    for reg, fields in (("ID_AA64ISAR1_EL1", ("APA", "API", "GPA", "GPI")),
+                        ("ID_AA64ISAR2_EL1", ("APA3", "GPA3"))):
+        assert all(kb.field(reg, f).get(r.model.values[reg]) == 0 for f in fields)
+    assert compare(r.model, on, kb, check_qemu=False).changes[-1] == "vCPU feature ptrauth off"
+
+
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.xml")), ids=lambda p: p.stem)
+def test_vcpu_feature_effects_as_measured(path):
+    """What the probe measured on each test-bed host: PMU off lowers PMUVer
+    and PerfMon, PAuth off clears every PAuth field, SVE off clears the SVE
+    field and ZFR0; and the effects are independent (all-off equals the
+    single ones combined, so the probe did not need the pairs)."""
+    kb = registers.load()
+    p = read_profile(str(path))
+    assert p.vcpu_off is not None and all(p.can_switch_off(f) for f in ("pmu", "sve", "ptrauth"))
+    v = p.values()
+    if "pmu" in p.vcpu_features:
+        off = p.values(off=("pmu",))
+        assert kb.field("ID_AA64DFR0_EL1", "PMUVer").get(v["ID_AA64DFR0_EL1"]) > 0
+        assert kb.field("ID_AA64DFR0_EL1", "PMUVer").get(off["ID_AA64DFR0_EL1"]) == 0
+        assert kb.field("ID_DFR0_EL1", "PerfMon").get(off["ID_DFR0_EL1"]) == 0
+    if "ptrauth" in p.vcpu_features:
+        off = p.values(off=("ptrauth",))
+        for reg, fields in (("ID_AA64ISAR1_EL1", ("APA", "API", "GPA", "GPI")),
+                            ("ID_AA64ISAR2_EL1", ("APA3", "GPA3"))):
+            assert all(kb.field(reg, f).get(off[reg]) == 0 for f in fields)
+    if "sve" in p.vcpu_features:
+        off = p.values(off=("sve",))
+        assert kb.field("ID_AA64PFR0_EL1", "SVE").get(off["ID_AA64PFR0_EL1"]) == 0
+        assert off["ID_AA64ZFR0_EL1"] == 0 and kb.field("ID_AA64PFR0_EL1", "SVE").get(
+            v["ID_AA64PFR0_EL1"]) == 1
+    sets = [o.features for o in p.vcpu_off]
+    singles = [o for o in p.vcpu_off if len(o.features) == 1]
+    assert sorted(s.features[0] for s in singles) == sorted(p.vcpu_features)
+    if len(p.vcpu_features) > 1:
+        every = next(o for o in p.vcpu_off if len(o.features) == len(p.vcpu_features))
+        combined = {k: x for o in singles for k, x in o.registers.items()}
+        assert every.registers == combined
+        assert len(sets) == len(singles) + 1        # no pairs: independent
+
+
+def test_neoverse_n1_with_v1_conflicts_only_where_no_vcpu_feature_helps():
+    """N1 and V1 on 7.3 (capability 239, MIDR may differ): SVE and PAuth
+    are switched off, but MMFR2 fields KVM cannot change remain."""
+    kb = registers.load()
+    n1, v1 = _fixture("neoverse-n1-qemu7.2-linux7.3"), _fixture("neoverse-v1-qemu10.0-linux7.3")
+    r = baseline([CpuModel.from_profile(n1, kb, "n1"), CpuModel.from_profile(v1, kb, "v1")], kb)
+    assert not r.ok
+    assert {(c.register, c.field) for c in r.conflicts} == {
+        ("ID_AA64MMFR2_EL1", "EVT"), ("ID_AA64MMFR2_EL1", "FWB"), ("ID_AA64MMFR2_EL1", "IDS")}
+
+
+def test_profile_without_vcpu_off_records_keeps_the_fields_unwritable():
+    """A profile probed before the records existed: unknown, so the SVE
+    field conflicts as before."""
+    import dataclasses
+    kb = registers.load()
+    on = dataclasses.replace(_fixture(SVE_ON), vcpu_off=None)
+    assert not on.can_switch_off("sve")
+    r = baseline([CpuModel.from_profile(on, kb), CpuModel.from_profile(_fixture(SVE_OFF), kb)], kb)
+    assert not r.ok and [(c.register, c.field) for c in r.conflicts] == [
+        ("ID_AA64PFR0_EL1", "SVE")]
+    model = baseline([CpuModel.from_profile(_fixture(SVE_ON), kb),
+                      CpuModel.from_profile(_fixture(SVE_OFF), kb)], kb).model
+    c = compare(model, on, kb, check_qemu=False)
+    assert c.result == INCOMPATIBLE and any(x.kind == "not-writable" for x in c.reasons)
+
+
+def test_baseline_with_a_model_that_has_sve_off_is_associative():
+    kb = registers.load()
+    models = [CpuModel.from_profile(_fixture(n), kb, n) for n in
+              (SVE_ON, SVE_OFF, "max-pauth-off-qemu7.2-linux6.12")]
+    whole = baseline(models, kb).model
+    inner = from_xml(to_xml(baseline(models[:2], kb).model, []))
+    outer = baseline([inner, models[2]], kb).model
+    assert whole.vcpu_off == outer.vcpu_off == ("ptrauth", "sve")
+    assert whole.values == outer.values

@@ -115,3 +115,51 @@ def test_invalid_profile_is_not_written(tmp_path):
     with pytest.raises(DataError, match="refusing to write an invalid profile"):
         write_profile(p, str(tmp_path / "h.xml"))
     assert not list(tmp_path.iterdir())
+
+
+# -- vCPU-feature-off records and the loader ----------------------------------
+
+from .conftest import assert_one_line_error, run_installed  # noqa: E402
+from .kvm_hosts import FIXTURES  # noqa: E402
+
+V1 = FIXTURES / "neoverse-v1-qemu10.0-linux7.3.xml"
+
+
+def test_loader_and_vcpu_off_are_read_and_old_profiles_mean_unknown():
+    p = read_profile(str(V1))
+    assert p.loader.status == "found" and p.loader.path.endswith("libvirt-arm-cpu-loader.so")
+    assert p.can_switch_off("sve") and p.values(off=["sve"])["ID_AA64ZFR0_EL1"] == 0
+    old = V1.read_bytes()
+    import re
+    old = re.sub(rb"\s*<off features=.*?</off>", b"", old, flags=re.S)
+    old = re.sub(rb"\s*<loader [^>]*/>", b"", old)
+    validate(old, "old.xml")
+    q = from_xml(old, "old.xml")
+    assert q.vcpu_off is None and q.loader.status == "missing"
+    assert not q.can_switch_off("sve") and q.can_switch_off("pmu") is False
+    with pytest.raises(DataError, match="vCPU feature sve off .* probe it again"):
+        q.values(off=("sve",))
+    assert q.values() == p.values()
+
+
+@pytest.mark.parametrize("bad, needle", [
+    (b'<off features="sve avx">', "avx"),
+    (b'<off features="sve pmu">', "sve pmu"),
+])
+def test_malformed_vcpu_off_is_one_line_exit_1(tmp_path, bad, needle):
+    data = V1.read_bytes().replace(b'<off features="sve">', bad)
+    path = tmp_path / "bad.xml"
+    path.write_bytes(data)
+    r = run_installed("libvirt-arm-cpu", "host", "--profile", str(path))
+    assert_one_line_error(r, 1, "bad.xml", needle)
+    # without the schema (the hook's way) the parser refuses it too
+    with pytest.raises(ParseError, match="off features"):
+        from_xml(data, "bad.xml")
+
+
+def test_malformed_vcpu_off_value_without_the_schema():
+    data = V1.read_bytes().replace(b'value="0x0000000000000000" />\n    </off>\n    <off features="pmu ptrauth sve">',
+                                   b'value="zero" />\n    </off>\n    <off features="pmu ptrauth sve">', 1)
+    assert b'value="zero"' in data
+    with pytest.raises(ParseError, match="ID_AA64ZFR0_EL1.*zero"):
+        from_xml(data, "bad.xml")

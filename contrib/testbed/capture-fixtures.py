@@ -14,6 +14,7 @@ usage: contrib/testbed/capture-fixtures.py [NAME-FILTER...]
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -51,8 +52,15 @@ def main(argv: list[str]) -> int:
                 continue
             (FIXTURES / host.fixture.name).write_bytes((out / "files" / "host.xml").read_bytes())
             seconds = (out / "files" / "probe.seconds").read_text().split()
+            timing = out / "files" / "probe-timing.json"
+            kvm_part = ""
+            if timing.exists() and timing.read_text().strip():
+                t = json.loads(timing.read_text())
+                kvm_part = (f" (KVM part: {min(t['default_ms']):.0f} ms, with the vCPU-feature-"
+                            f"off variants {min(t['with_variants_ms']):.0f} ms)")
             print(f"{host.id}: boot {float((out / 'wall_s').read_text()):.1f} s, probe "
-                  f"{float(seconds[1]) - float(seconds[0]):.1f} s -> {host.fixture.name}")
+                  f"{float(seconds[1]) - float(seconds[0]):.1f} s{kvm_part} -> "
+                  f"{host.fixture.name}")
     return 1 if failed else 0
 
 
