@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from .cpumodel import CpuModel
 from .features import FeatureCatalog
 from .hostcpu import HostCpu
+from .loader import LOADER_PATH
 from .profile import HostProfile
 from .registers import KnowledgeBase
 from .rules import covers, field_accepts, register_refusal, taken_whole
@@ -136,15 +137,14 @@ def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
                                   f"{name}: bits {stray:#x} outside every known field differ"))
     # QEMU is told the values either through SYSREG_* properties or through
     # the loader (libvirt_arm_cpu.loader); without both nothing can change
-    loader = getattr(host, "loader", None)
-    has_loader = loader is not None and loader.status == "found"
+    has_loader = host.loader.status == "found"
     if check_qemu and changes and not reasons and host.qemu.sysreg != "yes" and not has_loader:
         q = host.qemu
         what = (f"QEMU {q.version} ({q.path}) does not take SYSREG_* properties"
                 if q.status == "found" and q.sysreg == "no" else
                 f"this host's QEMU cannot be told to change ID registers ({q.status}"
                 + (f": {q.detail}" if q.detail else "") + ")")
-        where = getattr(loader, "path", None) or "libvirt-arm-cpu-loader.so"
+        where = host.loader.path or LOADER_PATH
         reasons.append(Reason("", None, "qemu", None, None,
                               f"needs {len(changes)} ID register change(s), but neither "
                               f"SYSREG_* in QEMU nor the loader installed: {what}, and the "

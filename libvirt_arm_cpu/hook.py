@@ -10,8 +10,9 @@ and the domain XML on stdin (libvirt's docs/hooks.rst).  The script in
   cannot present the domain's CPU, or its QEMU arguments were made for
   another host; else ask KVM itself (try-apply) where it can;
 * ``migrate begin`` (on the destination) and ``restore begin``: the same
-  check; print the domain XML with this host's SYSREG arguments when they
-  must change, nothing when not (libvirt: empty output = unchanged);
+  check; print the domain XML with this host's QEMU input (SYSREG arguments
+  or the loader's environment, whichever method works here) when it must
+  change, nothing when not (libvirt: empty output = unchanged);
 * ``reconnect begin``: never fail (that would kill a running guest): log;
 * everything else: exit 0.
 
@@ -111,6 +112,9 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
     from . import registers
     from .domain import Domain, Translation
     from .errors import UnknownName
+    from .compare import IDENTICAL
+    from .domain import METHOD_LOADER
+    from .loader import ENV_PRELOAD, ENV_VALUES, LOADER_PATH, installed
     from .translate import validate
 
     dom = Domain.parse(data, f"domain '{name}' XML")
@@ -120,7 +124,8 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
     host = _host_profile(conf)
     kb = registers.load()
     try:
-        v = validate(t.values, dom.cpu_arguments(), host, kb)
+        v = validate(t.values, dom.cpu_arguments(), host, kb, vcpu_off=t.vcpu_off,
+                     current_env=dom.loader_env(), current_method=t.method)
     except UnknownName as e:
         return f"domain '{name}': its CPU metadata names {e}", None
     where = f"host {host.hostname or '?'}"
@@ -131,38 +136,51 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
         more = f" (and {len(v.reasons) - 4} more)" if len(v.reasons) > 4 else ""
         return (f"domain '{name}' cannot {verb} on {where} (CPU model '{t.model}'): "
                 f"{reasons}{more}"), None
+    if v.method == METHOD_LOADER and op != "reconnect":
+        # the profile may be older than an uninstall: QEMU would fail to
+        # preload it (or, worse, start without it and refuse every KVM_RUN)
+        path = v.env.get(ENV_PRELOAD, LOADER_PATH)
+        if not installed(path):
+            return (f"domain '{name}' cannot {verb} on {where} (CPU model '{t.model}'): "
+                    f"it needs the ID register loader, and {path} is not installed "
+                    f"(install libvirt-arm-cpu's loader, then 'libvirt-arm-cpu-helper probe')"
+                    ), None
     if op in ("migrate", "restore"):
         if not v.needs_rewrite:
             log("info", f"domain '{name}': CPU checked on {where}: {v.comparison.result}")
             return None, None
         new = Translation(t.original_cpu, t.values, v.properties, host.hostname,
-                          host.fingerprint.digest, t.model)
-        log("info", f"domain '{name}': CPU arguments rewritten for {where} "
-                    f"({len(v.properties)} SYSREG properties)")
-        return None, dom.with_arguments(new).tostring()
+                          host.fingerprint.digest, t.model, method=v.method,
+                          vcpu_off=t.vcpu_off, original_pmu=t.original_pmu)
+        how = (f"loader, {len(v.env.get(ENV_VALUES, '').split())} registers"
+               if v.method == METHOD_LOADER else f"{len(v.properties)} SYSREG properties")
+        log("info", f"domain '{name}': CPU input rewritten for {where} ({how})")
+        return None, dom.with_arguments(new, v.env).tostring()
     if op == "prepare":
         if v.needs_rewrite:
-            return (f"domain '{name}': its QEMU -cpu arguments were made for host "
+            return (f"domain '{name}': its QEMU input ({t.method}) was made for host "
                     f"'{t.host}', not {where} (this host needs "
-                    f"{v.expected_argument or 'none'}): translate it again here "
+                    f"{v.describe_expected()}): translate it again here "
                     f"(libvirt-arm-cpu define)"), None
-        if conf.try_apply and v.properties and os.uname().machine == "aarch64" and \
-                os.path.exists("/dev/kvm"):
-            have = host.values()
-            refusal = _try_apply({n: v for n, v in t.values.items() if v != have.get(n, 0)}, kb)
+        if conf.try_apply and v.comparison.result != IDENTICAL and \
+                os.uname().machine == "aarch64" and os.path.exists("/dev/kvm"):
+            have = host.values(t.vcpu_off)
+            refusal = _try_apply({n: x for n, x in t.values.items() if x != have.get(n, 0)},
+                                 kb, t.vcpu_off)
             if refusal:
                 return f"domain '{name}' cannot start on {where}: KVM refuses {refusal}", None
         log("info", f"domain '{name}': CPU checked on {where}: {v.comparison.result}")
     return None, None
 
 
-def _try_apply(values: dict[str, int], kb) -> str | None:
-    """KVM's own verdict on a scratch VM for the registers that differ from
-    the host's; None when it accepts them all."""
+def _try_apply(values: dict[str, int], kb, off: tuple[str, ...] = ()) -> str | None:
+    """KVM's own verdict on a scratch VM (its vCPU with the features *off*
+    switched off, as the guest's) for the registers that differ from the
+    host's; None when it accepts them all."""
     from .probe import open_kvm
     from .tryapply import try_apply
     with open_kvm() as kvm:
-        result = try_apply(kvm, kb, values)
+        result = try_apply(kvm, kb, values, kvm.default_features().without(off))
     if result.ok:
         return None
     bad = [v for v in result.verdicts if v.status not in ("unchanged", "accepted")]

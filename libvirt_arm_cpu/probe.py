@@ -43,10 +43,7 @@ from .profile import (CpuIdentity, Fingerprint, HostProfile, LoaderInfo, Profile
                       QemuInfo, VcpuOffValues)
 from .registers import KnowledgeBase, generic_name, kvm_reg_id, load, writable_mask_index
 
-try:
-    from .loader import LOADER_PATH
-except ImportError:     # the loader module is written by the loader work; the path is its contract
-    LOADER_PATH = "/usr/lib/aarch64-linux-gnu/qemu/libvirt-arm-cpu-loader.so"
+from .loader import LOADER_PATH
 
 __all__ = ["probe_host", "probe_kvm", "vcpu_off_values", "probe_loader", "feature_id_space",
            "read_cpus", "find_qemu", "probe_qemu", "fingerprint", "check_machine", "open_kvm",

@@ -15,30 +15,42 @@ a host profile and the data, returns a :class:`Resolution` or raises
 * Then the model is made consistent with the dependency rules (lowering
   only); a required feature that this removes is an error.
 * The result must run on the host (:func:`~libvirt_arm_cpu.compare.compare`,
-  including "does this QEMU take SYSREG properties" when anything must
-  change); the properties are the fields whose value differs from the
-  host's, which is what ``-cpu host,...`` needs.
+  including "can this host's QEMU be told to change ID registers" when
+  anything must change).
+* The method (:func:`choose_method`): ``sysreg`` where the host's QEMU takes
+  SYSREG_* properties (the fields whose value differs from the host's, which
+  is what ``-cpu host,...`` needs), else ``loader`` where the loader is
+  installed (every register the host knows, as the loader's environment:
+  :func:`libvirt_arm_cpu.loader.environment`), else ``none`` (a CPU equal to
+  the host's: plain host-passthrough).  MIDR/REVIDR/AIDR may differ from the
+  host's only with the loader (it enables KVM capability 239 where the
+  kernel has it); QEMU's SYSREG series has no property for them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from .compare import INCOMPATIBLE, Comparison, Reason, compare
+from .compare import IDENTICAL, INCOMPATIBLE, Comparison, Reason, compare
 from .consistency import Lowering, Unresolved, make_consistent
 from .cpumodel import CpuModel
 from .dependencies import RuleBook
-from .domain import CpuFeature, DomainCpu, qemu_cpu_argument
+from .domain import (METHOD_LOADER, METHOD_NONE, METHOD_SYSREG, CpuFeature, DomainCpu,
+                     qemu_cpu_argument)
 from .errors import DataError, UsageError
 from .features import Feature, FeatureCatalog, FeatureRef, FieldCondition, Group
+from .loader import LOADER_PATH
+from .loader import environment as loader_env
 from .profile import HostProfile
 from .registers import KnowledgeBase
 
 __all__ = ["Resolution", "CpuMismatch", "resolve", "properties_for", "HOST_MODEL",
-           "Validation", "validate"]
+           "Validation", "validate", "choose_method", "loader_environment", "METHOD_CHOICES",
+           "loader_found"]
 
 HOST_MODEL = "host-model"
+METHOD_CHOICES = ("auto", METHOD_SYSREG, METHOD_LOADER)
 
 
 class CpuMismatch(DataError):
@@ -53,22 +65,97 @@ class CpuMismatch(DataError):
 class Resolution:
     model: str                                  # the CPU model's name
     values: dict[str, int]                      # the guest's ID registers
-    properties: list[tuple[str, int]]           # SYSREG_* for this host's QEMU
+    properties: list[tuple[str, int]]           # SYSREG_* for this host's QEMU (sysreg)
     comparison: Comparison                      # against this host
     lowered: list[Lowering] = field(default_factory=list)
     unresolved: list[Unresolved] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    method: str = METHOD_SYSREG                 # sysreg | loader | none
+    env: dict[str, str] = field(default_factory=dict)   # the loader's variables (loader)
+    vcpu_off: tuple[str, ...] = ()              # vCPU features switched off
 
     @property
     def identical(self) -> bool:
-        return not self.properties
+        """Does the host present this CPU without being told anything?"""
+        return self.comparison.result == IDENTICAL
+
+    @property
+    def qemu_cpu(self) -> str | None:
+        """The SYSREG method's second -cpu value (None: no second -cpu)."""
+        if self.method != METHOD_SYSREG or not self.properties:
+            return None
+        return qemu_cpu_argument(self.properties, self.vcpu_off)
+
+
+def loader_found(host: HostProfile) -> bool:
+    """Did the probe find the loader on *host*?"""
+    return host.loader.status == "found"
+
+
+def choose_method(host: HostProfile, requested: str = "auto", changes: bool = True,
+                  prefer: str | None = None, implementation: bool = False) -> str:
+    """The method for a guest on *host*.
+
+    auto: *prefer* (the method a domain already uses) where it works here,
+    else SYSREG_* where QEMU takes them, else the loader where installed,
+    else none (which only works for a CPU equal to the host's: *changes*
+    False; compare names both missing methods otherwise).  SYSREG_* cannot
+    change MIDR/REVIDR/AIDR (*implementation*): only the loader can.
+
+    :raise CpuMismatch: the requested method does not work on *host*.
+    """
+    sysreg = host.qemu.sysreg == "yes"
+    loader = loader_found(host)
+    if requested == METHOD_SYSREG:
+        if changes and not sysreg:
+            q = host.qemu
+            raise CpuMismatch(f"method sysreg: the CPU needs ID register changes, but "
+                              f"{_qemu_name(q)} on host {host.hostname} does not take "
+                              f"SYSREG_* properties (try --method loader)")
+        return METHOD_SYSREG
+    if requested == METHOD_LOADER:
+        if not loader:
+            path = host.loader.path or LOADER_PATH
+            raise CpuMismatch(f"method loader: the loader ({path}) is not installed on host "
+                              f"{host.hostname} (its profile says missing; install it and "
+                              f"probe again)")
+        return METHOD_LOADER
+    if requested != "auto":
+        raise UsageError(f"method '{requested}' is not one of {', '.join(METHOD_CHOICES)}")
+    # a method "works" when it can give the guest its values here; sysreg
+    # without properties and none are both plain host-passthrough
+    works = {METHOD_SYSREG: (sysreg and not implementation) or not changes,
+             METHOD_LOADER: loader, METHOD_NONE: not changes}
+    if prefer in works and works[prefer]:
+        return prefer
+    if works[METHOD_SYSREG] and sysreg:
+        return METHOD_SYSREG
+    if loader:
+        return METHOD_LOADER
+    return METHOD_NONE
+
+
+def _qemu_name(q) -> str:
+    return f"QEMU {q.version} ({q.path})" if q.status == "found" else f"QEMU ({q.status})"
+
+
+def loader_environment(values: dict[str, int], host: HostProfile,
+                       kb: KnowledgeBase) -> dict[str, str]:
+    """The loader's variables for a guest with *values* on *host*: every
+    register of the model this host's kernel knows (the loader writes them
+    all, so a host whose own values changed cannot give the guest others;
+    a register the kernel lacks is one compare has already required zero)."""
+    have = host.values()
+    return loader_env({n: v for n, v in values.items() if n in have}, kb,
+                      host.loader.path or LOADER_PATH)
 
 
 def properties_for(values: dict[str, int], host: HostProfile,
-                   kb: KnowledgeBase) -> list[tuple[str, int]]:
+                   kb: KnowledgeBase, off: tuple[str, ...] = ()) -> list[tuple[str, int]]:
     """SYSREG_<REG>_<FIELD> = value for every field where *values* differ
-    from the host's (the host presents the rest itself)."""
-    have = host.values()
+    from the host's (the host presents the rest itself, with the vCPU
+    features *off* switched off)."""
+    have = host.values(off)
     props = []
     for name in sorted(values, key=lambda n: (kb.register(n).encoding, n)):
         reg = kb.register(name)
@@ -81,8 +168,10 @@ def properties_for(values: dict[str, int], host: HostProfile,
 
 
 def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: FeatureCatalog,
-            rules: RuleBook, find_model: Callable[[str], CpuModel]) -> Resolution:
-    """The guest CPU *cpu* describes, on *host*.
+            rules: RuleBook, find_model: Callable[[str], CpuModel],
+            method: str = "auto") -> Resolution:
+    """The guest CPU *cpu* describes, on *host*, with *method* (auto, sysreg
+    or loader: see :func:`choose_method`).
 
     :raise UsageError: a mode this does not translate, a missing model.
     :raise UnknownName: an unknown model, feature or SYSREG name (with the
@@ -105,7 +194,11 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
                          f"host-model are; host-passthrough and maximum are the host's CPU "
                          f"already)")
     values = {r: v for r, v in base.values.items() if kb.register(r).kind != "affinity"}
-    host_values = host_model.values
+    off = tuple(sorted(base.vcpu_off))
+    if off:
+        # the host as a guest with those vCPU features off sees it
+        host_model = CpuModel.from_profile(host, kb, host.hostname, off=off)
+    have = host_model.values
     notes: list[str] = []
     wanted: list[Feature] = []
     errors: list[str] = []
@@ -116,17 +209,17 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
         f = catalog.feature(feat.name)
         if f.condition is None:
             raise UsageError(f"feature {feat.name}: {f.requires()}")
-        on_host = f.holds(host_values, catalog) is True
+        on_host = f.holds(have, catalog) is True
         if feat.policy in ("require", "force"):
             if not on_host:
                 errors.append(f"feature {f.key} ({f.requires()}): policy '{feat.policy}', "
                               f"but the host CPU does not have it")
                 continue
-            _enable(values, f, host_values, catalog)
+            _enable(values, f, have, catalog)
             wanted.append(f)
         elif feat.policy == "optional":
             if on_host:
-                _enable(values, f, host_values, catalog)
+                _enable(values, f, have, catalog)
             elif _disable(values, f, catalog, kb):
                 notes.append(f"optional feature {f.key} left out: the host CPU lacks it")
         elif feat.policy == "forbid" and on_host:
@@ -137,8 +230,7 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
     if errors:
         raise CpuMismatch(f"the domain's CPU cannot run on host {host.hostname}: "
                           + "; ".join(errors))
-    model = CpuModel(values, dict(host_model.writable), host_model.imp_id_writable,
-                     (host.hostname,), host_model.implementations)
+    model = _model(values, host_model, host, off)
     repair = make_consistent(model, [host_model], kb, rules, [host.hostname])
     values = repair.model.values
     for f in wanted:
@@ -146,19 +238,32 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
             why = [str(low) for low in repair.lowered]
             raise CpuMismatch(f"feature {f.key} is required, but the dependency rules remove "
                               f"it: {'; '.join(why[:3])}")
-    result = CpuModel(values, dict(host_model.writable), host_model.imp_id_writable,
-                      (host.hostname,), host_model.implementations)
+    result = _model(values, host_model, host, off)
     verdict = compare(result, host, kb, check_qemu=True)
     if verdict.result == INCOMPATIBLE:
         raise CpuMismatch(f"CPU model '{name}' cannot run on host {host.hostname}: "
                           + "; ".join(map(str, verdict.reasons[:4]))
                           + (f" (and {len(verdict.reasons) - 4} more)"
                              if len(verdict.reasons) > 4 else ""), verdict.reasons)
-    imp = _implementation_reasons(values, host_values)
-    if imp:
-        raise CpuMismatch(f"CPU model '{name}' cannot run on host {host.hostname}: {imp[0]}", imp)
-    return Resolution(name, values, properties_for(values, host, kb), verdict,
-                      repair.lowered, repair.unresolved, notes)
+    imp = _implementation_reasons(values, have)
+    chosen = choose_method(host, method, verdict.result != IDENTICAL, implementation=bool(imp))
+    if chosen == METHOD_SYSREG:
+        if imp:
+            raise CpuMismatch(f"CPU model '{name}' cannot run on host {host.hostname}: "
+                              f"{imp[0]}", imp)
+    props = properties_for(values, host, kb, off) if chosen == METHOD_SYSREG else []
+    env = loader_environment(values, host, kb) if chosen == METHOD_LOADER else {}
+    return Resolution(name, values, props, verdict, repair.lowered, repair.unresolved, notes,
+                      chosen, env, off)
+
+
+def _model(values: dict[str, int], host_model: CpuModel, host: HostProfile,
+           off: tuple[str, ...]) -> CpuModel:
+    """The guest CPU as a model of this host (its masks), with the vCPU
+    features *off* switched off where the model type knows them."""
+    m = CpuModel(values, dict(host_model.writable), host_model.imp_id_writable,
+                 (host.hostname,), host_model.implementations)
+    return replace(m, vcpu_off=off) if off else m
 
 
 def _apply_sysreg(values: dict[str, int], feat: CpuFeature, kb: KnowledgeBase) -> None:
@@ -258,8 +363,13 @@ class Validation:
     """A translated domain checked against a host (the hook's question)."""
 
     comparison: Comparison
-    properties: list[tuple[str, int]]       # what this host's QEMU must be given
+    properties: list[tuple[str, int]]       # what this host's QEMU must be given (sysreg)
     current: list[str]                      # the -cpu arguments the domain has
+    method: str = METHOD_SYSREG             # the method this host uses for the guest
+    env: dict[str, str] = field(default_factory=dict)          # what the loader must get
+    current_env: dict[str, str] = field(default_factory=dict)  # the loader env the domain has
+    current_method: str = METHOD_SYSREG     # the method the domain was translated with
+    vcpu_off: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -271,23 +381,54 @@ class Validation:
 
     @property
     def expected_argument(self) -> str | None:
-        return qemu_cpu_argument(self.properties) if self.properties else None
+        if self.method != METHOD_SYSREG or not self.properties:
+            return None
+        return qemu_cpu_argument(self.properties, self.vcpu_off)
 
     @property
     def needs_rewrite(self) -> bool:
-        """Do the domain's QEMU arguments differ from what this host needs?"""
+        """Does the domain's QEMU input (method, -cpu arguments, loader
+        environment) differ from what this host needs?"""
         expected = self.expected_argument
-        return self.current != ([expected] if expected else [])
+        return (self.current != ([expected] if expected else [])
+                or self.current_env != self.env
+                or (self.current_method != self.method
+                    and METHOD_LOADER in (self.current_method, self.method)))
+
+    def describe_expected(self) -> str:
+        """What this host needs, in words (for the hook's refusal)."""
+        if self.method == METHOD_LOADER:
+            return "the loader's environment for this host's registers"
+        return f"-cpu {self.expected_argument}" if self.expected_argument else \
+            "no QEMU arguments"
 
 
 def validate(values: dict[str, int], cpu_arguments: list[str], host: HostProfile,
-             kb: KnowledgeBase) -> Validation:
+             kb: KnowledgeBase, *, vcpu_off: tuple[str, ...] = (),
+             current_env: dict[str, str] | None = None, current_method: str = METHOD_SYSREG,
+             method: str = "auto") -> Validation:
     """Can *host* present the guest CPU *values* (from a translated domain's
-    metadata), and with which SYSREG properties?"""
+    metadata), with which method, and with which QEMU input?  *method* auto
+    keeps the domain's *current_method* where it works on this host."""
     model = CpuModel(dict(values), {})
+    if vcpu_off:
+        model = replace(model, vcpu_off=tuple(vcpu_off))
     c = compare(model, host, kb, check_qemu=True)
-    imp = _implementation_reasons(values, host.values())
-    if imp:
+    chosen = METHOD_NONE
+    imp = _implementation_reasons(values, host.values(tuple(vcpu_off)))
+    if c.result != INCOMPATIBLE:
+        try:
+            chosen = choose_method(host, method, c.result != IDENTICAL, prefer=current_method,
+                                   implementation=bool(imp))
+        except CpuMismatch as e:
+            c = Comparison(INCOMPATIBLE, [Reason("", None, "method", None, None, str(e))],
+                           c.changes)
+    if imp and (chosen == METHOD_SYSREG or (chosen == METHOD_NONE and not loader_found(host))):
+        # only the loader changes them: name them where it cannot be used
         c = Comparison(INCOMPATIBLE, c.reasons + imp, c.changes)
-    props = properties_for(values, host, kb) if c.result != INCOMPATIBLE else []
-    return Validation(c, props, list(cpu_arguments))
+    ok = c.result != INCOMPATIBLE
+    props = properties_for(values, host, kb, tuple(vcpu_off)) \
+        if ok and chosen == METHOD_SYSREG else []
+    env = loader_environment(values, host, kb) if ok and chosen == METHOD_LOADER else {}
+    return Validation(c, props, list(cpu_arguments), chosen, env, dict(current_env or {}),
+                      current_method, tuple(vcpu_off))

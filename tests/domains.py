@@ -36,6 +36,26 @@ def with_sysreg(src: Path, dest: Path, hostname: str | None = None) -> Path:
     return dest
 
 
+def without_loader(src: Path, dest: Path, hostname: str | None = None) -> Path:
+    """A copy of the profile of a host without the ID register loader (and
+    whose QEMU lacks SYSREG_*, as every captured one): only its own CPU runs."""
+    p = profile_mod.read_profile(str(src))
+    p = dataclasses.replace(p, loader=profile_mod.LoaderInfo("missing", p.loader.path),
+                            hostname=hostname or p.hostname)
+    profile_mod.write_profile(p, str(dest))
+    return dest
+
+
+def with_loader(src: Path, dest: Path, hostname: str, path: Path) -> Path:
+    """A copy of the profile of a host with the loader installed at *path*
+    (QEMU without SYSREG_*, as every captured one)."""
+    p = profile_mod.read_profile(str(src))
+    p = dataclasses.replace(p, loader=profile_mod.LoaderInfo("found", str(path)),
+                            hostname=hostname)
+    profile_mod.write_profile(p, str(dest))
+    return dest
+
+
 def save_model(models_dir: Path, *profiles: Path) -> str:
     """cpu-baseline --save of the given hosts; returns the model's name."""
     kb = registers.load()

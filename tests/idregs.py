@@ -33,7 +33,10 @@ def blocks(text: str) -> list[dict[str, int | None]]:
     """Every complete BEGIN..END block, in order; None for 'undef'."""
     out: list[dict[str, int | None]] = []
     current: dict[str, int | None] | None = None
-    for raw in text.splitlines():
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()         # a line still being written (output read while the guest runs)
+    for raw in lines:
         line = raw.strip("\r\x00 ")
         if line.startswith("IDREGS FAULT"):
             raise IdregsError(f"the payload faulted: {line}")

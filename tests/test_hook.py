@@ -12,7 +12,8 @@ import pytest
 
 from libvirt_arm_cpu.domain import Domain
 
-from .domains import MAX73, N1_73, V1_73, custom_cpu, domain_xml, save_model, with_sysreg
+from .domains import (MAX73, N1_73, V1_73, custom_cpu, domain_xml, save_model, with_loader,
+                      with_sysreg, without_loader)
 
 LIBVIRT_ENV = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
 
@@ -90,13 +91,69 @@ def test_prepare_refuses_with_the_fields(bed):
     assert (p.returncode, p.stderr) == (0, b"")
 
 
-def test_qemu_without_sysreg_is_named(bed):
+def test_a_host_without_sysreg_or_loader_is_named(bed):
     xml = bed.translate(custom_cpu(bed.model, ("disable", "sve2")))
-    bed.settings(MAX73)         # the same CPU, but its QEMU lacks SYSREG_* properties
+    # the same CPU, but its QEMU lacks SYSREG_* properties and the loader is missing
+    bed.settings(without_loader(MAX73, bed.tmp / "bare.xml", "host-bare"))
     p = bed.call("lac-test-g1", "prepare", "begin", "-", stdin=xml)
     assert p.returncode == 1
-    assert b"does not take SYSREG_* properties" in p.stderr or \
-        b"cannot be told to change ID registers" in p.stderr
+    assert b"neither SYSREG_* in QEMU nor the loader installed" in p.stderr, p.stderr
+
+
+def test_the_loader_must_be_on_disk_not_only_in_the_profile(bed):
+    # translated for a loader host; this host's profile says the loader is
+    # there, but the file is gone (uninstalled after the probe)
+    lib = bed.tmp / "lib" / "libvirt-arm-cpu-loader.so"
+    host = with_loader(MAX73, bed.tmp / "l.xml", "host-l", lib)
+    xml = bed.translate(custom_cpu(bed.model, ("disable", "sve2")), host=host)
+    assert b"<qemu:env name=\"LD_PRELOAD\" value=\"" + str(lib).encode() in xml
+    bed.settings(host)
+    p = bed.call("lac-test-g1", "prepare", "begin", "-", stdin=xml)
+    assert p.returncode == 1
+    assert f"it needs the ID register loader, and {lib} is not installed".encode() in p.stderr
+    lib.parent.mkdir()
+    lib.write_bytes(b"\x7fELF")
+    p = bed.call("lac-test-g1", "prepare", "begin", "-", stdin=xml)
+    assert p.returncode == 0, p.stderr
+    assert b"CPU checked on host host-l: superset" in p.stderr
+
+
+def test_migrate_switches_the_method_for_the_destination(bed):
+    # sysreg on the source (host-a), loader on the destination: the hook
+    # swaps the second -cpu for the loader's environment, values unchanged
+    xml = bed.translate(custom_cpu(bed.model, ("disable", "sve2")))
+    src = Domain.parse(xml, "in")
+    assert src.translation.method == "sysreg" and src.cpu_arguments()
+    lib = bed.tmp / "loader.so"
+    lib.write_bytes(b"\x7fELF")
+    bed.settings(with_loader(MAX73, bed.tmp / "l.xml", "host-l", lib))
+    p = bed.call("lac-test-g1", "migrate", "begin", "-", stdin=xml)
+    assert p.returncode == 0, p.stderr
+    new = Domain.parse(p.stdout, "stdout")
+    assert new.translation.method == "loader" and new.cpu_arguments() == []
+    env = new.loader_env()
+    assert env["LD_PRELOAD"] == str(lib)
+    from libvirt_arm_cpu import registers
+    from libvirt_arm_cpu.loader import parse_values
+    from libvirt_arm_cpu.profile import read_profile
+    known = read_profile(str(bed.tmp / "l.xml")).values()
+    # every register this host's kernel has, with the model's value
+    assert parse_values(env["LIBVIRT_ARM_CPU_ID_REGS"], registers.load()) == {
+        n: v for n, v in src.translation.values.items() if n in known}
+    assert new.translation.values == src.translation.values
+    # a host with both keeps the method the domain has (auto prefers it)
+    both = with_loader(bed.host_a, bed.tmp / "both.xml", "host-both", lib)
+    bed.settings(both)
+    p2 = bed.call("lac-test-g1", "migrate", "begin", "-", stdin=p.stdout)
+    assert p2.returncode == 0 and Domain.parse(p2.stdout or p.stdout, "o").translation.method == \
+        "loader", p2.stderr
+    # and back to a SYSREG host without the loader: the environment goes, the -cpu returns
+    bed.settings(without_loader(bed.host_a, bed.tmp / "a-bare.xml", "host-a"))
+    p = bed.call("lac-test-g1", "migrate", "begin", "-", stdin=p.stdout)
+    assert p.returncode == 0, p.stderr
+    back = Domain.parse(p.stdout, "stdout")
+    assert back.translation.method == "sysreg" and back.loader_env() == {}
+    assert back.cpu_arguments() == src.cpu_arguments()
 
 
 def test_migrate_rewrites_only_when_this_host_needs_other_arguments(bed):

@@ -215,3 +215,185 @@ def test_decoder_rejects_a_mangled_stream():
 def test_decoder_ignores_other_tokens():
     d = _driver().decode_console(_console("abc", b"x"), "other")
     assert not d.started and not d.streams and d.rc is None
+
+
+# --------------------------------------------------------------- the pieces of the guest-visible proof
+
+# A stand-in for LD_PRELOAD through the QEMU 7.2 wrapper: a constructor that
+# says it was loaded (the loader itself is tested in tests/test_loader.py).
+PRELOAD_C = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void hello(void) { fprintf(stderr, "preload: loaded\n"); }
+"""
+
+PIECES_JOB = r"""
+set -u
+echo "input: $(sha256sum /in/stream.bin | cut -d' ' -f1) $(wc -c </in/stream.bin)"
+echo "midr: $(cat /sys/devices/system/cpu/cpu0/regs/identification/midr_el1)"
+if [ -f /usr/lib/aarch64-linux-gnu/qemu/libvirt-arm-cpu-loader.so ]; then
+    echo "loader: $(head -c 20 /usr/lib/aarch64-linux-gnu/qemu/libvirt-arm-cpu-loader.so | od -An -tx1 | tr -d ' \n')"
+else
+    echo "loader: absent"
+fi
+echo "qemu72: $(/opt/qemu-7.2/qemu-system-aarch64 --version | head -n 1)"
+LD_PRELOAD=/in/preload.so /opt/qemu-7.2/qemu-system-aarch64 --version >/dev/null 2>/out/preload.stderr
+testbed-run-idregs /opt/qemu-7.2/qemu-system-aarch64 /out/idregs.txt && echo "idregs: ok"
+"""
+
+
+def _cross_preload(tmp: Path) -> bytes:
+    import subprocess
+    (tmp / "p.c").write_text(PRELOAD_C)
+    subprocess.run(["aarch64-linux-gnu-gcc", "-shared", "-fPIC", "-O2", "-o", str(tmp / "p.so"),
+                    str(tmp / "p.c")], check=True)
+    return (tmp / "p.so").read_bytes()
+
+
+@functools.lru_cache(maxsize=None)
+def _pieces_boot():
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        preload = _cross_preload(Path(tmp))
+    files = {"stream.bin": blob() * 20, "preload.so": preload}     # about 2 MB in
+    return run_in_guest(kernel="6.12", qemu="7.2", cpu="neoverse-n1", script=PIECES_JOB,
+                        inner_qemu=("7.2",), files=files, timeout=180), files
+
+
+@pytest.mark.kvm
+def test_input_files_arrive_byte_exact():
+    res, files = _pieces_boot()
+    data = files["stream.bin"]
+    assert lines(res.stdout)["input"] == f"{hashlib.sha256(data).hexdigest()} {len(data)}", res.stderr
+    assert res.info["inputs"] == {"preload.so": len(files["preload.so"]), "stream.bin": len(data)}
+
+
+@pytest.mark.kvm
+def test_qemu_7_2_runs_in_the_guest_with_ld_preload():
+    res, _files = _pieces_boot()
+    assert lines(res.stdout)["qemu72"].startswith("QEMU emulator version 7.2."), res.stdout + res.stderr
+    assert res.files["preload.stderr"] == b"preload: loaded\n"
+    assert res.info["inner_qemu"] == ["7.2"]
+
+
+@pytest.mark.kvm
+def test_idregs_payload_in_a_nested_kvm_guest_reads_the_host():
+    from .idregs import parse_idregs, undefined
+    res, _files = _pieces_boot()
+    assert "idregs: ok" in res.stdout, res.stderr
+    text = res.files["idregs.txt"].decode()
+    values = parse_idregs(text)
+    # -cpu host under KVM: the nested guest sees the emulated host's MIDR.
+    assert values["MIDR_EL1"] == int(lines(res.stdout)["midr"], 16)
+    kb_names = [r.name for r in _kb()]
+    assert sorted(set(values) | undefined(text)) == sorted(kb_names)
+    assert "SMIDR_EL1" in undefined(text)        # no SME on Neoverse-N1: the MRS is UNDEFINED
+
+
+@pytest.mark.kvm
+def test_the_loader_is_in_the_guest_when_the_checkout_has_it():
+    res, _files = _pieces_boot()
+    got = lines(res.stdout)["loader"]
+    if (ROOT / "loader" / "libvirt-arm-cpu-loader.c").exists():
+        # ELF, 64-bit, little-endian, ET_DYN, EM_AARCH64 (0xb7)
+        assert got.startswith("7f454c46020101") and got[32:40] == "0300b700", got
+        assert res.info["loader"]
+    else:
+        assert got == "absent" and res.info["loader"] is None
+
+
+# --------------------------------------------------------------- payload and builds (no test bed boot)
+
+@functools.lru_cache(maxsize=None)
+def _kb():
+    from libvirt_arm_cpu import registers
+    return registers.load()
+
+
+def _payload_module():
+    spec = importlib.util.spec_from_file_location(
+        "idregs_payload", ROOT / "contrib" / "testbed" / "idregs_payload.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_payload_reads_every_register_of_the_knowledge_base():
+    mod = _payload_module()
+    asm = mod.assembly(mod.registers())
+    for r in _kb():
+        op0, op1, crn, crm, op2 = r.encoding
+        assert f"mrs\tx0, s{op0}_{op1}_c{crn}_c{crm}_{op2}" in asm, r.name
+        assert f'"{r.name}="' in asm
+
+
+def test_payload_under_tcg_prints_qemus_neoverse_n1(tmp_path):
+    """The payload itself, on the host's QEMU (TCG, EL1): QEMU's Neoverse-N1
+    MIDR (target/arm/cpu64.c: 0x414fd0c1), undef for the absent SME/MTE
+    registers, and a second block after a system reset."""
+    import socket
+    import subprocess
+    import time
+    from .idregs import blocks, parse_idregs, undefined
+    payload, _key = _driver().build_idregs_payload(_driver().cache_dir())
+    (tmp_path / "p.bin").write_bytes(payload)
+    serial, qmp = tmp_path / "serial", tmp_path / "qmp"
+    proc = subprocess.Popen(["qemu-system-aarch64", "-M", "virt,gic-version=3", "-cpu", "neoverse-n1",
+                             "-nodefaults", "-display", "none", "-m", "64", "-serial", f"file:{serial}",
+                             "-qmp", f"unix:{qmp},server=on,wait=off", "-kernel", str(tmp_path / "p.bin")])
+    try:
+        def wait_blocks(n):
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if serial.exists() and len(blocks(serial.read_text())) >= n:
+                    return
+                time.sleep(0.05)
+            raise AssertionError(serial.read_text() if serial.exists() else "no serial output")
+        wait_blocks(1)
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(qmp))
+        f = s.makefile("rw")
+        f.readline()
+        for cmd in ('{"execute":"qmp_capabilities"}', '{"execute":"system_reset"}'):
+            f.write(cmd + "\n")
+            f.flush()
+            f.readline()
+        wait_blocks(2)
+        s.close()
+    finally:
+        proc.kill()
+        proc.wait()
+    text = serial.read_text()
+    assert parse_idregs(text, 0) == parse_idregs(text, 1)
+    values = parse_idregs(text)
+    assert values["MIDR_EL1"] == 0x414FD0C1
+    assert {"SMIDR_EL1", "GMID_EL1"} <= undefined(text)
+    assert values["ID_AA64PFR0_EL1"] & 0xF == 2     # EL0 AArch64 and AArch32: a value, not a default
+
+
+def test_loader_build_is_cached_and_a_compile_error_is_one_line(tmp_path, monkeypatch):
+    drv = _driver()
+    src = tmp_path / "loader" / "libvirt-arm-cpu-loader.c"
+    src.parent.mkdir()
+    src.write_text("#include <dlfcn.h>\nint f(void) { return dlsym(RTLD_NEXT, \"ioctl\") != 0; }\n")
+    monkeypatch.setattr(drv, "LOADER_SOURCE", src)
+    monkeypatch.setattr(drv, "CHECKOUT", tmp_path)
+    so, key = drv.build_loader(tmp_path / "cache")
+    assert so[:4] == b"\x7fELF" and so[18] == 0xB7          # EM_AARCH64
+    assert drv.build_loader(tmp_path / "cache") == (so, key)
+    assert len(list((tmp_path / "cache" / "build").glob("*.so"))) == 1
+    src.write_text("int f(void) { return undeclared; }\n")
+    with pytest.raises(drv.Failure, match=r"loader/libvirt-arm-cpu-loader\.c does not build with "
+                                          r"aarch64-linux-gnu-gcc: .*undeclared"):
+        drv.build_loader(tmp_path / "cache")
+    src.unlink()
+    assert drv.build_loader(tmp_path / "cache") is None
+
+
+def test_bad_input_file_names_are_refused():
+    import subprocess
+    proc = subprocess.run([str(ROOT / "contrib" / "testbed" / "run-in-guest.sh"), "--in", "a/b=/etc/hostname"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--in a/b=/etc/hostname: expected NAME=PATH" in proc.stderr
+    proc = subprocess.run([str(ROOT / "contrib" / "testbed" / "run-in-guest.sh"), "--in", "x=/nonexistent"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "No such file or directory: /nonexistent" in proc.stderr

@@ -15,7 +15,8 @@ from libvirt_arm_cpu.profile import read_profile
 from libvirt_arm_cpu.translate import CpuMismatch, resolve
 
 from .conftest import assert_one_line_error
-from .domains import MAX73, N1_73, V1_73, custom_cpu, domain_xml, save_model, with_sysreg
+from .domains import (MAX73, N1_73, V1_73, custom_cpu, domain_xml, save_model, with_sysreg,
+                      without_loader)
 
 KB = registers.load()
 
@@ -109,13 +110,49 @@ def test_host_model_is_the_hosts_own_cpu(run, env):
     assert translated.cpu_arguments() == []       # identical: plain host-passthrough
 
 
-def test_qemu_without_sysreg_refuses_unless_identical(run, env):
+def test_a_host_with_neither_method_refuses_unless_identical(run, env):
+    bare = str(without_loader(MAX73, env.tmp / "bare.xml", "host-bare"))
     dom = write(env, domain_xml(cpu=custom_cpu(env.model, ("disable", "sve2"))))
-    r = run("translate", dom, "--host", env.plain_host)
-    assert_one_line_error(r, 1, "needs", "ID register change(s), but this host's QEMU")
+    r = run("translate", dom, "--host", bare)
+    assert_one_line_error(r, 1, "needs", "ID register change(s), but neither SYSREG_* in QEMU "
+                                         "nor the loader installed")
     dom = write(env, domain_xml(cpu=custom_cpu(env.model)), "same.xml")
-    r = run("translate", dom, "--host", env.plain_host)
+    r = run("translate", dom, "--host", bare)
     assert r.code == 0 and "<qemu:commandline" not in r.out and "host-passthrough" in r.out
+    assert Domain.parse(r.out.encode(), "o").translation.method == "none"
+
+
+def test_stock_qemu_gets_the_values_through_the_loader(run, env):
+    """The captured hosts run Debian's QEMU (no SYSREG_*) and have the loader:
+    auto picks it; the domain carries LD_PRELOAD and every register."""
+    dom = write(env, domain_xml(cpu=custom_cpu(env.model, ("disable", "sve2"))))
+    r = run("translate", dom, "--host", env.plain_host, "--json")
+    assert r.code == 0, r.err
+    data = json.loads(r.out)
+    assert data["method"] == "loader" and data["properties"] == {} and data["qemu_cpu"] is None
+    from libvirt_arm_cpu.loader import LOADER_PATH, parse_values
+    assert data["env"]["LD_PRELOAD"] == LOADER_PATH
+    values = parse_values(data["env"]["LIBVIRT_ARM_CPU_ID_REGS"], KB)
+    host = read_profile(env.plain_host).values()
+    assert set(values) == {n for n in host if KB.register(n).kind != "affinity"}
+    assert KB.field("ID_AA64ZFR0_EL1", "SVEver").get(values["ID_AA64ZFR0_EL1"]) == 0
+    assert KB.field("ID_AA64ZFR0_EL1", "SVEver").get(host["ID_AA64ZFR0_EL1"]) > 0
+    r = run("translate", dom, "--host", env.plain_host)
+    out = Domain.parse(r.out.encode(), "out")
+    assert out.cpu_arguments() == [] and out.loader_env() == data["env"]
+    assert out.translation.method == "loader"
+    r = run("translate", dom, "--host", env.plain_host, "--qemu-args")
+    assert r.out.splitlines()[0] == f"LD_PRELOAD='{LOADER_PATH}'"
+    # forcing sysreg on a host whose QEMU lacks it: one line, exit 1
+    r = run("translate", dom, "--host", env.plain_host, "--method", "sysreg")
+    assert_one_line_error(r, 1, "method sysreg", "does not take SYSREG_* properties",
+                          "--method loader")
+    # forcing the loader on a SYSREG host works too
+    r = run("translate", dom, "--host", env.host, "--method", "loader", "--json")
+    assert r.code == 0 and json.loads(r.out)["method"] == "loader", r.err
+    bare = str(without_loader(MAX73, env.tmp / "bare.xml", "host-bare"))
+    r = run("translate", dom, "--host", bare, "--method", "loader")
+    assert_one_line_error(r, 1, "cannot run on host host-bare", "libvirt-arm-cpu-loader.so) is missing")
 
 
 def test_dumpxml_gives_the_original_back(run, env):
@@ -170,7 +207,13 @@ def test_validate_against_other_hosts(run, env):
     r = run("validate", str(out), "--host", str(V1_73), "--json")
     data = json.loads(r.out)
     assert r.code == 1 and data["result"] == "incompatible"
-    assert any(x["register"] == "MIDR_EL1" for x in data["reasons"])
+    # the MIDR differs too, which the loader could change there (capability 239
+    # on 7.3); the fields KVM cannot lower are named
+    assert data["reasons"] and all(x["register"] != "MIDR_EL1" for x in data["reasons"])
+    r = run("validate", str(out), "--host", str(V1_73), "--json")
+    sysreg_v1 = with_sysreg(without_loader(V1_73, env.tmp / "v1b.xml"), env.tmp / "v1s.xml")
+    data = json.loads(run("validate", str(out), "--host", str(sysreg_v1), "--json").out)
+    assert any(x["register"] == "MIDR_EL1" for x in data["reasons"])   # SYSREG_* cannot
     r = run("validate", str(out), "--host", str(N1_73))
     assert r.code == 1 and "ID_AA64PFR0_EL1.SVE" in r.out
 
@@ -226,7 +269,7 @@ def test_metadata_of_a_newer_version_is_refused(run, env):
     out = env.tmp / "arm.xml"
     assert run("translate", dom, "--host", env.host, "-o", str(out)).code == 0
     newer = env.tmp / "newer.xml"
-    newer.write_text(out.read_text().replace('<arm:cpu version="1"', '<arm:cpu version="2"'))
+    newer.write_text(out.read_text().replace('<arm:cpu version="1"', '<arm:cpu version="3"'))
     assert_one_line_error(run("validate", str(newer), "--host", env.host), 1,
-                          "format 2, written by a newer libvirt-arm-cpu")
+                          "format 3, written by a newer libvirt-arm-cpu")
     assert_one_line_error(run("dumpxml", str(newer)), 1, "upgrade libvirt-arm-cpu")

@@ -11,11 +11,11 @@ from .. import dependencies, features, registers
 from .. import settings as settings_mod
 from ..cli import Command
 from ..cpumodel import CpuModel, from_xml as model_from_xml
-from ..domain import Domain, Translation, qemu_cpu_argument
+from ..domain import (LOADER_ENV, METHOD_LOADER, PAUTH_LIBVIRT_VERSION, Domain, Translation)
 from ..errors import DataError, UnknownName, UsageError
 from ..fileio import atomic_write, read_input
 from ..profile import HostProfile, read_profile
-from ..translate import Resolution, resolve, validate
+from ..translate import METHOD_CHOICES, CpuMismatch, Resolution, resolve, validate
 
 DEFAULT_URI = "qemu:///system"
 
@@ -81,7 +81,8 @@ def connect(uri: str):
         raise DataError(f"cannot connect to libvirt at {uri}: {e.get_error_message()}") from None
 
 
-def translate_domain(data: bytes, source: str, host: HostProfile) -> tuple[Domain, Resolution]:
+def translate_domain(data: bytes, source: str, host: HostProfile,
+                     method: str = "auto") -> tuple[Domain, Resolution]:
     dom = Domain.parse(data, source)
     base = dom.original()
     cpu = base.cpu
@@ -89,9 +90,37 @@ def translate_domain(data: bytes, source: str, host: HostProfile) -> tuple[Domai
         raise UsageError(f"{source}: the domain has no <cpu>: nothing to translate")
     if dom.arch and dom.arch != "aarch64":
         raise UsageError(f"{source}: the domain is for {dom.arch}, not aarch64")
-    r = resolve(cpu, host, registers.load(), features.load(), dependencies.load(), find_model)
-    t = Translation("", r.values, r.properties, host.hostname, host.fingerprint.digest, r.model)
-    return base.translated(t), r
+    taken = sorted(set(base.qemu_env()) & set(LOADER_ENV))
+    if taken:
+        raise UsageError(f"{source}: the domain already sets {taken[0]} in <qemu:commandline>: "
+                         f"the loader method needs it (remove it, or keep the domain "
+                         f"untranslated)")
+    r = resolve(cpu, host, registers.load(), features.load(), dependencies.load(), find_model,
+                method)
+    if base.pmu_off and "pmu" not in r.vcpu_off:
+        raise CpuMismatch(f"{source}: the domain switches the PMU off (<features><pmu "
+                          f"state='off'/>), but CPU model '{r.model}' has it: use a model "
+                          f"with the PMU off, or remove <pmu state='off'/>")
+    t = Translation("", r.values, r.properties, host.hostname, host.fingerprint.digest, r.model,
+                    method=r.method, vcpu_off=r.vcpu_off)
+    return base.translated(t, r.env), r
+
+
+def check_libvirt_version(conn, r: Resolution) -> None:
+    """libvirt must have an element for each vCPU feature switched off:
+    pointer authentication ('pauth') is one since libvirt 10.6 (NEWS);
+    older ones refuse the start ("unknown CPU feature: pauth").
+
+    :raise DataError: naming the version."""
+    if "ptrauth" not in r.vcpu_off:
+        return
+    version = conn.getLibVersion()
+    if version < PAUTH_LIBVIRT_VERSION:
+        v = f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
+        raise DataError(f"CPU model '{r.model}' switches pointer authentication off, but "
+                        f"libvirt {v} has no element for it (<feature name='pauth'> needs "
+                        f"libvirt 10.6): not defined (a second -cpu would drop libvirt's "
+                        f"own options)")
 
 
 def _notes(prog: str, r: Resolution) -> None:
@@ -104,12 +133,37 @@ def _notes(prog: str, r: Resolution) -> None:
 
 
 def _resolution_data(r: Resolution) -> dict:
-    return {"model": r.model, "result": r.comparison.result,
-            "qemu_cpu": qemu_cpu_argument(r.properties),
+    return {"model": r.model, "result": r.comparison.result, "method": r.method,
+            "qemu_cpu": r.qemu_cpu,
             "properties": {n: f"{v:#x}" for n, v in r.properties},
+            "env": r.env, "vcpu_off": list(r.vcpu_off),
             "lowered": [vars(x) for x in r.lowered],
             "unresolved": [{"rule": u.rule.id, "reason": u.reason} for u in r.unresolved],
             "notes": r.notes}
+
+
+def validate_translated(dom: Domain, host: HostProfile):
+    """The hook's check of a translated domain against *host*."""
+    t = dom.translation
+    assert t is not None
+    return validate(t.values, dom.cpu_arguments(), host, registers.load(),
+                    vcpu_off=t.vcpu_off, current_env=dom.loader_env(), current_method=t.method)
+
+
+def method_summary(r: Resolution) -> str:
+    if r.method == METHOD_LOADER:
+        n = len(r.env.get("LIBVIRT_ARM_CPU_ID_REGS", "").split())
+        return f"loader, {n} registers"
+    if r.method == "sysreg" and r.properties:
+        return f"{len(r.properties)} SYSREG properties"
+    return "the host's own CPU, plain host-passthrough"
+
+
+def add_method_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=METHOD_CHOICES, default="auto",
+                        help="how QEMU gets the guest's ID registers: SYSREG_* properties or "
+                             "the loader (default auto: sysreg where the host's QEMU takes "
+                             "them, else the loader where it is installed)")
 
 
 # -- commands ----------------------------------------------------------------
@@ -122,12 +176,21 @@ Resolve the domain's <cpu> against a host profile (this host by default) into
 ID register values, following libvirt's feature policies (require, force,
 optional, disable, forbid), made consistent with the feature-dependency
 rules.  Prints a domain XML that libvirt on aarch64 accepts today:
-<cpu mode='host-passthrough'>, the SYSREG_* properties as a second
-'-cpu host,...' in <qemu:commandline> (only fields that differ from the
-host), and the original <cpu> with the resolved values in <metadata>
+<cpu mode='host-passthrough'> (vCPU features the model switches off as
+libvirt's own <feature policy='disable' name='sve|pauth'/> and
+<features><pmu state='off'/>), the guest's registers for QEMU by one of two
+methods, and the original <cpu> with the resolved values in <metadata>
 (namespace urn:x-libvirt-arm-cpu:domain:1), so that 'dumpxml' gives the
 original back and the hook can check the domain on every start and
 migration.
+
+methods (--method; auto: sysreg where the host's QEMU takes SYSREG_*
+properties, else loader where the loader is installed):
+  sysreg  a second '-cpu host,<vCPU options>,SYSREG_...' in <qemu:commandline>
+          (only fields that differ from the host; QEMU keeps the last -cpu)
+  loader  <qemu:env> LD_PRELOAD=<the loader> and LIBVIRT_ARM_CPU_ID_REGS=<every
+          register>: stock QEMU 7.2+, values written into KVM after each vCPU
+          init; MIDR/REVIDR/AIDR may differ where KVM has capability 239
 
 <model> names a saved CPU model (cpu-baseline --save).  <feature name=...>
 takes hwcap names (sve2), FEAT_* names, or SYSREG_<REG>_<FIELD> with value=."""
@@ -137,29 +200,39 @@ examples:
   libvirt-arm-cpu translate guest.xml --host /srv/profiles/host-b.xml --qemu-args
   virsh dumpxml guest | libvirt-arm-cpu translate - --json
 
+  libvirt-arm-cpu translate guest.xml --method loader --qemu-args
+
 exit codes: 0 translated; 1 the CPU cannot run on the host (every responsible
-feature or field is named) or bad data; 2 bad usage or an unknown model or
-feature name; 3-8 the host profile could not be made (see libvirt-arm-cpu-helper)."""
+feature or field is named), the method asked for is not available there, or
+bad data; 2 bad usage or an unknown model or feature name; 3-8 the host
+profile could not be made (see libvirt-arm-cpu-helper)."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("domain", metavar="DOMAIN.xml", help="domain XML file, '-' for stdin")
         parser.add_argument("--host", metavar="PROFILE",
                             help="resolve against this host profile (default: this host)")
+        add_method_argument(parser)
         out = parser.add_mutually_exclusive_group()
         out.add_argument("--qemu-args", action="store_true",
-                         help="print only the QEMU arguments (-cpu host,SYSREG_...)")
+                         help="print only what QEMU gets: -cpu host,SYSREG_... (sysreg) or "
+                              "the environment (loader)")
         out.add_argument("--json", action="store_true", help="print JSON for scripts")
         parser.add_argument("--output", "-o", metavar="FILE", help="write the domain XML to FILE")
 
     def run(self, args: argparse.Namespace) -> int:
         data = read_input(args.domain)
-        translated, r = translate_domain(data, args.domain, host_profile(args.host))
+        translated, r = translate_domain(data, args.domain, host_profile(args.host),
+                                         args.method)
         _notes("translate", r)
         xml = translated.tostring()
         if args.output:
             atomic_write(args.output, xml)
         if args.qemu_args:
-            print(f"-cpu {qemu_cpu_argument(r.properties)}")
+            if r.env:
+                for name, value in r.env.items():
+                    print(f"{name}='{value}'")
+            else:
+                print(f"-cpu {r.qemu_cpu or 'host'}")
         elif args.json:
             print(json.dumps(_resolution_data(r), indent=2))
         elif not args.output:
@@ -184,23 +257,25 @@ exit codes: as translate; 1 also when libvirt refuses the definition."""
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("domain", metavar="DOMAIN.xml")
         parser.add_argument("--host", metavar="PROFILE")
+        add_method_argument(parser)
         parser.add_argument("--connect", "-c", default=DEFAULT_URI, metavar="URI",
                             help=f"libvirt URI (default {DEFAULT_URI})")
 
     def run(self, args: argparse.Namespace) -> int:
         translated, r = translate_domain(read_input(args.domain), args.domain,
-                                         host_profile(args.host))
+                                         host_profile(args.host), args.method)
         _notes("define", r)
         conn = connect(args.connect)
         try:
             import libvirt
+            check_libvirt_version(conn, r)
             try:
                 dom = conn.defineXML(translated.tostring().decode())
             except libvirt.libvirtError as e:
                 raise DataError(f"libvirt refused the translated domain: "
                                 f"{e.get_error_message()}") from None
             print(f"Domain '{dom.name()}' defined from {args.domain} (CPU model '{r.model}', "
-                  f"{len(r.properties)} SYSREG properties)")
+                  f"{method_summary(r)})")
         finally:
             conn.close()
         return 0
@@ -235,10 +310,11 @@ domain was not translated; 2 bad usage."""
         if t is None:
             raise DataError(f"{source} has no libvirt-arm-cpu metadata: translate it first")
         host = host_profile(args.host)
-        v = validate(t.values, dom.cpu_arguments(), host, registers.load())
+        v = validate_translated(dom, host)
         if args.json:
             print(json.dumps({**v.comparison.as_dict(), "model": t.model,
-                              "qemu_cpu": v.expected_argument or "host",
+                              "method": v.method, "current_method": t.method,
+                              "qemu_cpu": v.expected_argument or "host", "env": v.env,
                               "needs_rewrite": v.needs_rewrite}, indent=2))
             return 0 if v.ok else 1
         if not v.ok:
@@ -246,11 +322,14 @@ domain was not translated; 2 bad usage."""
             for reason in v.reasons:
                 print(f"  {reason}")
             return 1
+        how = (f"loader, {len(v.env.get('LIBVIRT_ARM_CPU_ID_REGS', '').split())} registers"
+               if v.method == METHOD_LOADER else f"-cpu {v.expected_argument or 'host'}")
         print(f"{source}: CPU model '{t.model}' can run on host {host.hostname} "
-              f"({v.comparison.result}; -cpu {v.expected_argument or 'host'})")
+              f"({v.comparison.result}; {how})")
         if v.needs_rewrite:
-            print(f"  its QEMU arguments were made for host '{t.host}': the hook rewrites them "
-                  f"on migration and restore; for a plain start, define it again here")
+            print(f"  its QEMU input ({t.method}) was made for host '{t.host}': the hook "
+                  f"rewrites it on migration and restore; for a plain start, define it "
+                  f"again here")
         return 0
 
 

@@ -1,0 +1,103 @@
+"""The ID-register loader's side in Python: where it is installed and the
+environment that tells it a guest's registers.
+
+The loader (``loader/libvirt-arm-cpu-loader.c``) is preloaded into a stock
+QEMU and writes the registers with ``KVM_SET_ONE_REG`` after each vCPU init
+of the guest's VM, before QEMU takes its own copy (which it then keeps,
+re-writes and migrates).  It reads one variable::
+
+    LIBVIRT_ARM_CPU_ID_REGS="ID_AA64ISAR0_EL1@S3_0_C0_C6_0=0x0000100010211120 ..."
+
+entries separated by spaces, ``LABEL@`` optional (messages only), the whole
+register value.  :func:`environment` writes it, :func:`parse_values` reads
+it back with the loader's own rules, so a domain's ``<qemu:env>`` can be
+checked without starting QEMU.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from .errors import DataError
+from .registers import KnowledgeBase, Register, in_feature_id_space
+
+__all__ = ["LOADER_PATH", "ENV_PRELOAD", "ENV_VALUES", "ENV_DEBUG", "ENV_NAMES", "environment",
+           "parse_values", "installed", "LoaderValueError"]
+
+# Debian's QEMU module directory: libvirt's AppArmor profile for QEMU
+# (/etc/apparmor.d/abstractions/libvirt-qemu) lets QEMU map files under
+# /usr/lib/@{multiarch}/qemu/, so the preload needs no profile change.
+LOADER_PATH = "/usr/lib/aarch64-linux-gnu/qemu/libvirt-arm-cpu-loader.so"
+ENV_PRELOAD = "LD_PRELOAD"
+ENV_VALUES = "LIBVIRT_ARM_CPU_ID_REGS"
+ENV_DEBUG = "LIBVIRT_ARM_CPU_LOADER_DEBUG"
+ENV_NAMES = (ENV_PRELOAD, ENV_VALUES)
+
+# MPIDR_EL1 is per vCPU (KVM sets it from the vCPU index): never a model's.
+_MPIDR = (3, 0, 0, 0, 5)
+_ENTRY = re.compile(r"(?:([A-Za-z0-9_]{1,63})@)?S(\d{1,2})_(\d{1,2})_C(\d{1,2})_C(\d{1,2})_(\d{1,2})"
+                    r"=0x([0-9A-Fa-f]{1,16})")
+
+
+class LoaderValueError(DataError):
+    """The loader's variable is malformed (the loader would stop QEMU)."""
+
+
+def _encoding_text(enc: tuple[int, int, int, int, int]) -> str:
+    op0, op1, crn, crm, op2 = enc
+    return f"S{op0}_{op1}_C{crn}_C{crm}_{op2}"
+
+
+def environment(values: dict[str, int], kb: KnowledgeBase,
+                path: str = LOADER_PATH) -> dict[str, str]:
+    """``LD_PRELOAD`` and ``LIBVIRT_ARM_CPU_ID_REGS`` for a guest that must
+    read *values* (register name -> whole value), in encoding order.
+
+    :raise LoaderValueError: a register outside KVM's feature-ID space or
+        MPIDR_EL1 (the loader would refuse it).
+    """
+    regs: list[Register] = sorted((kb.register(n) for n in values), key=lambda r: r.encoding)
+    entries = []
+    for reg in regs:
+        if reg.encoding == _MPIDR or not in_feature_id_space(*reg.encoding):
+            raise LoaderValueError(f"register {reg.name} ({_encoding_text(reg.encoding)}) "
+                                   f"cannot be given to the loader: it writes KVM's "
+                                   f"feature-ID registers only")
+        entries.append(f"{reg.name}@{_encoding_text(reg.encoding)}=0x{values[reg.name]:016x}")
+    return {ENV_PRELOAD: path, ENV_VALUES: " ".join(entries)}
+
+
+def parse_values(text: str, kb: KnowledgeBase, source: str = ENV_VALUES) -> dict[str, int]:
+    """The register values in a ``LIBVIRT_ARM_CPU_ID_REGS`` value, by the
+    loader's rules (register names from *kb*; an encoding it does not know
+    keeps its generic name).
+
+    :raise LoaderValueError: naming the entry, as the loader would.
+    """
+    by_encoding = {r.encoding: r.name for r in kb}
+    out: dict[str, int] = {}
+    entries = text.split()
+    if not entries:
+        raise LoaderValueError(f"{source} is set but has no entries")
+    for i, entry in enumerate(entries, 1):
+        m = _ENTRY.fullmatch(entry)
+        if not m:
+            raise LoaderValueError(f"{source} entry {i} '{entry[:100]}': expected "
+                                   f"[LABEL@]S<op0>_<op1>_C<crn>_C<crm>_<op2>=0x<1-16 hex digits>")
+        enc = tuple(int(g) for g in m.group(2, 3, 4, 5, 6))
+        assert len(enc) == 5
+        if enc == _MPIDR or not in_feature_id_space(*enc):
+            raise LoaderValueError(f"{source} entry {i} '{entry[:100]}': "
+                                   f"{_encoding_text(enc)} is not one of KVM's feature-ID "
+                                   f"registers (or is MPIDR_EL1)")
+        name = by_encoding.get(enc, _encoding_text(enc))
+        if name in out:
+            raise LoaderValueError(f"{source} entry {i}: {name} named again")
+        out[name] = int(m.group(7), 16)
+    return out
+
+
+def installed(path: str = LOADER_PATH) -> bool:
+    """Is the loader on this machine (a readable regular file)?"""
+    return os.path.isfile(path) and os.access(path, os.R_OK)
