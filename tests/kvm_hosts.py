@@ -41,8 +41,9 @@ def fidelity_requests(host: Host) -> dict[str, dict[str, str]]:
     """The CPU models to try on *host*'s real KVM (issue: compare must agree
     with the kernel): the baseline of *host* with every other fixture host
     (same CPU on other kernels included), the baseline of all hosts of its
-    kernel, and every other host's own model.  Each request holds only the
-    registers that differ from *host*'s values."""
+    kernel, and every other host's own model.  Each request holds the vCPU
+    features the model switches off ("off") and only the registers that
+    differ from what *host* reads with them off ("regs")."""
     from libvirt_arm_cpu import registers
     from libvirt_arm_cpu.baseline import baseline
     from libvirt_arm_cpu.cpumodel import CpuModel
@@ -95,9 +96,16 @@ def fidelity_requests(host: Host) -> dict[str, dict[str, str]]:
     whole = baseline(same_kernel, kb)
     if whole.ok:
         candidates["all-on-kernel"] = whole.model
-    return {name: {r: f"{v:#x}" for r, v in m.values.items() if mine.values.get(r, 0) != v
-                   or r not in mine.values}
-            for name, m in candidates.items()}
+    me = profiles[host.id]
+    out = {}
+    for name, m in candidates.items():
+        # a model that switches vCPU features off is tried on a vCPU with them
+        # off, against what this host reads that way (the probe measured it)
+        base = me.values(m.vcpu_off) if m.vcpu_off else mine.values
+        out[name] = {"off": list(m.vcpu_off),
+                     "regs": {r: f"{v:#x}" for r, v in m.values.items()
+                              if base.get(r, 0) != v or r not in base}}
+    return out
 
 
 IMPL_REGS = ("MIDR_EL1", "REVIDR_EL1", "AIDR_EL1")
@@ -175,11 +183,13 @@ kb = registers.load()
 requests = json.load(open("/tmp/fidelity-requests.json"))
 out = {}
 with open_kvm() as kvm:
-    for name, wanted in requests.items():
+    for name, req in requests.items():
+        wanted = req["regs"]
         if not wanted:
             out[name] = {"ok": True, "not_accepted": []}
             continue
-        r = try_apply(kvm, kb, {k: int(v, 16) for k, v in wanted.items()})
+        r = try_apply(kvm, kb, {k: int(v, 16) for k, v in wanted.items()},
+                      kvm.default_features().without(req["off"]))
         out[name] = {"ok": r.ok, "not_accepted": [
             f"{v.register}:{v.status}:{v.errno}" for v in r.verdicts
             if v.status not in ("unchanged", "accepted")]}

@@ -210,10 +210,11 @@ def test_compare_agrees_with_the_kernel(host):
     profile = read_profile(str(host.fixture))
     requests = fidelity_requests(host)
     disagreements, stricter = [], []
-    for name, wanted in requests.items():
-        mine = CpuModel.from_profile(profile, kb)
-        model = CpuModel({**mine.values, **{k: int(v, 16) for k, v in wanted.items()}},
-                         mine.writable)
+    for name, req in requests.items():
+        off = tuple(req["off"])
+        mine = CpuModel.from_profile(profile, kb, off=off)
+        model = CpuModel({**mine.values, **{k: int(v, 16) for k, v in req["regs"].items()}},
+                         mine.writable, vcpu_off=off)
         predicted = compare(model, profile, kb, check_qemu=False)
         kernel_ok = seen[name]["ok"]
         if kernel_ok and predicted.result == INCOMPATIBLE and host.kernel == "6.12" and all(
