@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from . import firmware
 from .consistency import Consistency, make_consistent
 from .cpumodel import CpuModel
 from .dependencies import RuleBook
@@ -306,12 +307,13 @@ def _baseline(models: Sequence[CpuModel], kb: KnowledgeBase, labels: list[str],
     by_identity: dict[tuple, tuple[CpuModel, list[str]]] = {}
     for m, label in zip(models, labels):
         by_identity.setdefault((id(m.values), id(m.writable), m.imp_id_writable,
-                                id(m.vcpu_effects)), (m, []))[1].append(label)
+                                id(m.vcpu_effects), id(m.firmware)), (m, []))[1].append(label)
     distinct: dict[tuple, tuple[CpuModel, list[str]]] = {}
     for m, group in by_identity.values():
         key = (tuple(sorted(m.values.items())), tuple(sorted(m.writable.items())),
                m.imp_id_writable, tuple(sorted((f, tuple(sorted(e.items())))
-                                               for f, e in m.vcpu_effects.items())))
+                                               for f, e in m.vcpu_effects.items())),
+               tuple(sorted(m.firmware.items(), key=lambda kv: kv[0])))
         distinct.setdefault(key, (m, []))[1].extend(group)
     uniq = [m for m, _ in distinct.values()]
     uniq_labels = [_short(ls) for _, ls in distinct.values()]
@@ -330,8 +332,19 @@ def _baseline(models: Sequence[CpuModel], kb: KnowledgeBase, labels: list[str],
     if consistent:
         repair = make_consistent(model, uniq, kb, rules or load_rules(), uniq_labels)
         model = repair.model
-    model = replace(model, vcpu_effects=_effects(model, uniq, uniq_labels, kb), name="")
+    model = replace(model, vcpu_effects=_effects(model, uniq, uniq_labels, kb),
+                    firmware=_firmware(uniq), name="")
     return BaselineResult(model, consistency=repair if consistent else None)
+
+
+def _firmware(models: Sequence[CpuModel]) -> dict[str, int | None]:
+    """The firmware pseudo-registers every model's host can give a guest
+    (libvirt_arm_cpu.firmware.combine); unmanaged (empty) when one model
+    does not record them (a profile probed before they were)."""
+    if any(not m.firmware for m in models):
+        return {}
+    names = sorted({n for m in models for n in m.firmware})
+    return {n: firmware.combine([m.firmware.get(n) for m in models], n) for n in names}
 
 
 def _short(labels: list[str]) -> str:

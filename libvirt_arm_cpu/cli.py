@@ -61,9 +61,10 @@ def commands() -> list[Command]:
     from .commands.domain import DefineCommand, DumpxmlCommand, TranslateCommand, ValidateCommand
     from .commands.hook import HookCommand
     from .commands.host import HostCommand
+    from .commands.migrate import MigrateCheckCommand
 
     return [DecodeCommand(), FeaturesCommand(), HostCommand(), BaselineCommand(),
-            CompareCommand(), DiffCommand(), ImportCommand(), TranslateCommand(),
+            CompareCommand(), MigrateCheckCommand(), DiffCommand(), ImportCommand(), TranslateCommand(),
             DefineCommand(), ValidateCommand(), DumpxmlCommand(), HookCommand()]
 
 

@@ -18,8 +18,10 @@ loader is not installed.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
+from . import firmware
 from .cpumodel import CpuModel
 from .features import FeatureCatalog
 from .hostcpu import HostCpu
@@ -29,7 +31,7 @@ from .registers import KnowledgeBase
 from .rules import covers, field_accepts, register_refusal, taken_whole
 
 __all__ = ["IDENTICAL", "SUPERSET", "INCOMPATIBLE", "Reason", "Comparison", "compare",
-           "compare_many", "compare_features"]
+           "compare_passthrough", "migration_reasons", "compare_many", "compare_features"]
 
 IDENTICAL, SUPERSET, INCOMPATIBLE = "identical", "superset", "incompatible"
 U64 = (1 << 64) - 1
@@ -56,24 +58,32 @@ class Comparison:
     # "registers": judged field by field against a host profile; "features":
     # only against hwcap names (a libvirt host <cpu>), which is less precise
     precision: str = "registers"
+    notes: list[str] = field(default_factory=list)          # what could not be judged
 
     def as_dict(self) -> dict:
         return {"result": self.result, "precision": self.precision, "changes": self.changes,
+                "notes": self.notes,
                 "reasons": [{"register": r.register, "field": r.field, "kind": r.kind,
                              "host": r.host, "wanted": r.wanted, "message": r.message}
                             for r in self.reasons]}
 
 
 def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
-            check_qemu: bool = True) -> Comparison:
+            check_qemu: bool = True, *, qemu_writes: bool = False) -> Comparison:
     """The verdict for running *model* on *host*.
 
     :param check_qemu: also require that the host's QEMU takes SYSREG_*
         properties when anything must change (off: KVM's verdict alone, as
         try-apply sees it).
+    :param qemu_writes: the values reach KVM through stock QEMU's own
+        register writes (an incoming migration of a host-passthrough guest):
+        nothing else is needed, and capability 239 counts as off, since QEMU
+        never enables it.
     """
     host_regs = {r.name: r for r in host.registers}
-    cap239 = host.capability("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS") > 0
+    cap239 = host.capability("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS") > 0 and not qemu_writes
+    if qemu_writes:
+        check_qemu = False
     reasons: list[Reason] = []
     changes: list[str] = []
     # vCPU features the model runs with off: the host's values are those its
@@ -100,9 +110,11 @@ def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
         if reg.kind == "implementation-id":
             diff = have ^ wanted
             if not cap239 or mask is None or (mask & diff) != diff:
+                why = ("QEMU never enables KVM capability 239, which changing it needs"
+                       if qemu_writes else
+                       "changing it needs KVM capability 239 (Linux 6.15+)")
                 reasons.append(Reason(name, None, "needs-cap-239", have, wanted,
-                                      f"{name}: needs {wanted:#x}, host has {have:#x}; changing "
-                                      f"it needs KVM capability 239 (Linux 6.15+)"))
+                                      f"{name}: needs {wanted:#x}, host has {have:#x}; {why}"))
             else:
                 changes.append(f"{name} {have:#x} -> {wanted:#x}")
             continue
@@ -135,9 +147,17 @@ def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
         if stray:
             reasons.append(Reason(name, None, "outside-fields", have, wanted,
                                   f"{name}: bits {stray:#x} outside every known field differ"))
+    notes: list[str] = []
+    fw_changes = _firmware(model, host, reasons, notes)
     # QEMU is told the values either through SYSREG_* properties or through
     # the loader (libvirt_arm_cpu.loader); without both nothing can change
     has_loader = host.loader.status == "found"
+    if check_qemu and fw_changes and not reasons and not has_loader:
+        reasons.append(Reason("", None, "qemu", None, None,
+                              f"needs {len(fw_changes)} firmware register change(s), which only "
+                              f"the loader makes, and it ({host.loader.path or LOADER_PATH}) "
+                              f"is missing"))
+    changes += fw_changes
     if check_qemu and changes and not reasons and host.qemu.sysreg != "yes" and not has_loader:
         q = host.qemu
         what = (f"QEMU {q.version} ({q.path}) does not take SYSREG_* properties"
@@ -151,8 +171,82 @@ def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
                               f"loader ({where}) is missing"))
     changes += vcpu_changes     # after the QEMU check: no register write needed for these
     if reasons:
-        return Comparison(INCOMPATIBLE, reasons, changes)
-    return Comparison(SUPERSET if changes else IDENTICAL, [], changes)
+        return Comparison(INCOMPATIBLE, reasons, changes, notes=notes)
+    return Comparison(SUPERSET if changes else IDENTICAL, [], changes, notes=notes)
+
+
+def _firmware(model: CpuModel, host: HostProfile, reasons: list[Reason],
+              notes: list[str]) -> list[str]:
+    """The model's firmware pseudo-registers on *host*: refusals go to
+    *reasons*, what cannot be judged to *notes*; returns the changes."""
+    if not model.firmware:
+        return []
+    if host.firmware is None:
+        notes.append("the model's firmware pseudo-registers not judged: this host's profile "
+                     "does not record them (probe again with this version)")
+        return []
+    reasons += [Reason(f.register, None, "firmware", f.dest, f.source, f.message)
+                for f in firmware.model_refusals(model.firmware, host.firmware)]
+    changes = []
+    for name, want in sorted(model.firmware.items()):
+        have = host.firmware.get(name)
+        if want == have or (want is None and have is None):
+            continue
+        changes.append(f"firmware {name} "
+                       f"{'absent' if have is None else firmware.describe(name, have)} -> "
+                       f"{'hidden' if want is None else firmware.describe(name, want)}")
+    return changes
+
+
+def migration_reasons(source: HostProfile, dest: HostProfile,
+                      model_firmware: dict[str, int | None] | None = None
+                      ) -> tuple[list[Reason], list[str]]:
+    """What stops QEMU's migration stream from *source* to *dest* whatever
+    CPU the guest has, and what could not be judged.
+
+    The source's QEMU sends every register its KVM lists, and the
+    destination's QEMU fails the load on one its own KVM does not list
+    (target/arm/machine.c cpu_post_load: "register in their list but not
+    ours"); a profile records which ID and firmware registers the kernel
+    knows.  The firmware pseudo-registers (Spectre mitigation levels, PSCI,
+    hypercall services) must be ones the destination's KVM honours
+    (libvirt_arm_cpu.firmware): the host's, except those a model with
+    *model_firmware* sets (the loader writes them; None keeps one out of the
+    guest's list, and so out of the stream)."""
+    known = {r.name for r in dest.registers if r.value is not None}
+    reasons = [Reason(r.name, None, "absent", None, r.value,
+                      f"{r.name}: the source's kernel lists it, this host's does not "
+                      f"(QEMU fails the incoming state)")
+               for r in source.registers if r.value is not None and r.name not in known]
+    notes = []
+    if source.firmware is None or dest.firmware is None:
+        which = " and ".join(n for n, p in (("the source", source), ("this host", dest))
+                             if p.firmware is None)
+        notes.append(f"firmware pseudo-registers not judged: the profile of {which} does not "
+                     f"record them (probe again with this version)")
+    else:
+        sent = firmware.stream(source.firmware, model_firmware or {})
+        reasons += [Reason(f.register, None, "firmware", f.dest, f.source, f.message)
+                    for f in firmware.refusals(sent, dest.firmware)]
+    return reasons, notes
+
+
+def compare_passthrough(source: HostProfile, dest: HostProfile, kb: KnowledgeBase,
+                        off: tuple[str, ...] = ()) -> Comparison:
+    """Can a host-passthrough guest of *source* move to *dest* on stock
+    QEMU?  The destination QEMU writes the source's values into its KVM
+    before the guest runs; its kernel takes exactly the changes its rules
+    allow (so a guest moves from a lower host to a higher one, not back), and
+    MIDR/REVIDR/AIDR must match since QEMU never enables capability 239.
+    *off*: vCPU features the guest runs with off on both hosts (the same
+    `-cpu host,...` line on both)."""
+    # the firmware registers travel in the stream: migration_reasons judges them
+    model = dataclasses.replace(CpuModel.from_profile(source, kb, off=off), firmware={})
+    c = compare(model, dest, kb, qemu_writes=True)
+    stream, notes = migration_reasons(source, dest)
+    if not stream:
+        return Comparison(c.result, c.reasons, c.changes, c.precision, notes)
+    return Comparison(INCOMPATIBLE, stream + c.reasons, c.changes, c.precision, notes)
 
 
 def compare_many(model: CpuModel, hosts: list[HostProfile], kb: KnowledgeBase,

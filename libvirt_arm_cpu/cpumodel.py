@@ -19,7 +19,9 @@ Its XML form is a libvirt ``<cpu mode='custom' match='exact'>`` whose
 ``<registers>`` element of the project's namespace
 (``urn:x-libvirt-arm-cpu:cpu:1``), so it round-trips: ``vcpu-off="ptrauth
 sve"`` on it (absent: none), and one ``<switch feature="pmu">`` per
-effect, holding ``<value register= value=>`` children.
+effect, holding ``<value register= value=>`` children; one ``<firmware
+name= value=>`` per firmware pseudo-register the model sets (value
+``absent``: kept out of the guest's register list).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 
 from .errors import ParseError, UnknownName
 from .features import load as load_features
+from .firmware import SETTABLE
 from .fileio import read_input
 from .profile import VCPU_FEATURES, HostProfile
 from .registers import KnowledgeBase
@@ -52,6 +55,10 @@ class CpuModel:
     # feature still on -> register -> value once it is off too (only those that
     # change); a feature missing here cannot be switched off (unknown)
     vcpu_effects: dict[str, dict[str, int]] = field(default_factory=dict)
+    # KVM firmware pseudo-registers the guest is given (libvirt_arm_cpu.
+    # firmware: PSCI version, hypercall bitmaps), None: kept out of its
+    # register list.  Empty: not managed, the guest has each host's own.
+    firmware: dict[str, int | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.vcpu_off = tuple(sorted(set(self.vcpu_off)))
@@ -65,6 +72,9 @@ class CpuModel:
         text = ";".join(f"{k}={v:x}" for k, v in sorted(self.values.items()))
         if self.vcpu_off:       # appended only then: older models keep their names
             text += ";vcpu-off=" + ",".join(self.vcpu_off)
+        if self.firmware:
+            text += ";firmware=" + ",".join(f"{k}={'-' if v is None else f'{v:x}'}"
+                                            for k, v in sorted(self.firmware.items()))
         return "arm64-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def can_switch_off(self, feature: str) -> bool:
@@ -85,7 +95,7 @@ class CpuModel:
         effects = {f: e for f, e in self.vcpu_effects.items() if f not in new}
         return CpuModel(values, self.writable, self.imp_id_writable, self.hosts,
                         self.implementations, vcpu_off=tuple(set(self.vcpu_off) | set(new)),
-                        vcpu_effects=effects)
+                        vcpu_effects=effects, firmware=dict(self.firmware))
 
     @classmethod
     def from_profile(cls, p: HostProfile, kb: KnowledgeBase, label: str | None = None,
@@ -114,8 +124,10 @@ class CpuModel:
             effects[f] = {n: more.get(n, 0) for n in values if more.get(n, 0) != values[n]}
         midrs = tuple(sorted({c.midr for c in p.cpus if c.midr is not None}
                              | {values.get("MIDR_EL1", 0)}))
+        firmware = {n: v for n, v in (p.firmware or {}).items() if n in SETTABLE}
         return cls(values, writable, p.capability("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS") > 0,
-                   (label or p.hostname,), midrs, vcpu_off=tuple(off), vcpu_effects=effects)
+                   (label or p.hostname,), midrs, vcpu_off=tuple(off), vcpu_effects=effects,
+                   firmware=firmware)
 
 
 def _q(tag: str) -> str:
@@ -141,6 +153,9 @@ def to_xml(model: CpuModel, features: list[str]) -> bytes:
         sw = ET.SubElement(regs, _q("switch"), {"feature": feature})
         for name, value in sorted(effect.items()):
             ET.SubElement(sw, _q("value"), {"register": name, "value": f"0x{value:016x}"})
+    for name, fw in sorted(model.firmware.items()):
+        ET.SubElement(regs, _q("firmware"), {"name": name,
+                                             "value": "absent" if fw is None else f"{fw:#x}"})
     for name in sorted(model.values):
         ET.SubElement(regs, _q("register"), {"name": name,
                                              "value": f"0x{model.values[name]:016x}",
@@ -198,12 +213,23 @@ def from_xml(data: bytes, path: str = "<cpu>") -> CpuModel:
     if bad or list(off) != sorted(set(off)):
         raise ParseError(path, None, f"<registers vcpu-off='{regs.get('vcpu-off')}'>: expected "
                          f"vCPU features ({', '.join(VCPU_FEATURES)}), sorted, each once")
+    firmware: dict[str, int | None] = {}
+    for f in regs.findall(_q("firmware")):
+        name, text = f.get("name", ""), f.get("value", "")
+        if name not in SETTABLE or name in firmware:
+            raise ParseError(path, None, f"<firmware name='{name}'>: expected one of "
+                             f"{', '.join(SETTABLE)}, each once")
+        try:
+            firmware[name] = None if text == "absent" else int(text, 16)
+        except ValueError:
+            raise ParseError(path, None, f"<firmware name='{name}'>: value '{text}' is not a "
+                             f"hex number or 'absent'") from None
     model = cpu.find("model")
     return CpuModel(values, writable, regs.get("imp-id-writable") == "yes",
                     tuple(h.get("name", "") for h in regs.iter(_q("host"))),
                     tuple(int(i.get("midr", "0"), 16) for i in regs.iter(_q("implementation"))),
                     name=(model.text or "").strip() if model is not None else "",
-                    vcpu_off=off, vcpu_effects=effects)
+                    vcpu_off=off, vcpu_effects=effects, firmware=firmware)
 
 
 def read_model(path: str) -> CpuModel:

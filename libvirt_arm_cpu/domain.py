@@ -28,10 +28,12 @@ DOCTYPEs and entities (:mod:`libvirt_arm_cpu.xmlsafe`).
 from __future__ import annotations
 
 import copy
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 
 from .errors import ParseError
+from .firmware import SETTABLE as FIRMWARE_SETTABLE
 from .xmlsafe import parse_untrusted
 
 __all__ = ["NAMESPACE", "QEMU_NAMESPACE", "FORMAT_VERSION", "METHODS", "VCPU_FEATURES",
@@ -128,11 +130,15 @@ class Translation:
     method: str = METHOD_SYSREG             # sysreg | loader | none (see METHODS)
     vcpu_off: tuple[str, ...] = ()          # vCPU features the guest runs without
     original_pmu: str = ""                  # the <features><pmu> we replaced, "" if none
+    # firmware pseudo-registers the model sets (None: kept out of the guest's
+    # register list); empty: not managed
+    firmware: dict[str, int | None] = field(default_factory=dict)
 
     def to_element(self) -> ET.Element:
         # format 1 where a reader of format 1 understands it (sysreg, no vCPU
         # feature off), so hooks not yet upgraded still check such domains
-        plain = self.method == METHOD_SYSREG and not self.vcpu_off and not self.original_pmu
+        plain = (self.method == METHOD_SYSREG and not self.vcpu_off and not self.original_pmu
+                 and not self.firmware)
         attrs = {"version": "1" if plain else str(FORMAT_VERSION), "model": self.model}
         if not plain:
             attrs["method"] = self.method
@@ -146,6 +152,9 @@ class Translation:
         for name in sorted(self.values):
             ET.SubElement(root, _NS + "register", {"name": name,
                                                    "value": f"0x{self.values[name]:016x}"})
+        for name, fw in sorted(self.firmware.items()):
+            ET.SubElement(root, _NS + "firmware",
+                          {"name": name, "value": "absent" if fw is None else f"{fw:#x}"})
         for name, value in self.properties:
             ET.SubElement(root, _NS + "property", {"name": name, "value": f"{value:#x}"})
         return root
@@ -176,6 +185,16 @@ class Translation:
         except ValueError:
             raise ParseError(path, None, "the domain's CPU metadata has a register or "
                              "property value that is not a number") from None
+        fw: dict[str, int | None] = {}
+        for f in elem.iter(_NS + "firmware"):
+            name, text = f.get("name", ""), f.get("value", "")
+            if name not in FIRMWARE_SETTABLE or name in fw or not (
+                    text == "absent" or re.fullmatch(r"0x[0-9a-fA-F]{1,16}", text)):
+                raise ParseError(path, None, f"the domain's CPU metadata has <firmware "
+                                 f"name='{name}' value='{text}'>: expected one of "
+                                 f"{', '.join(FIRMWARE_SETTABLE)}, each once, with a 0x hex "
+                                 f"value or 'absent'")
+            fw[name] = None if text == "absent" else int(text, 16)
         off = []
         for v in elem.iter(_NS + "vcpu-feature"):
             name = v.get("name", "")
@@ -188,7 +207,7 @@ class Translation:
                    host.get("name", "") if host is not None else "",
                    host.get("fingerprint", "") if host is not None else "",
                    elem.get("model", ""), version, method, tuple(sorted(off)),
-                   elem.findtext(_NS + "original-pmu") or "")
+                   elem.findtext(_NS + "original-pmu") or "", fw)
 
     @property
     def qemu_cpu(self) -> str | None:

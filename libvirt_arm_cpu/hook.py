@@ -125,7 +125,8 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
     kb = registers.load()
     try:
         v = validate(t.values, dom.cpu_arguments(), host, kb, vcpu_off=t.vcpu_off,
-                     current_env=dom.loader_env(), current_method=t.method)
+                     current_env=dom.loader_env(), current_method=t.method,
+                     firmware_values=t.firmware)
     except UnknownName as e:
         return f"domain '{name}': its CPU metadata names {e}", None
     where = f"host {host.hostname or '?'}"
@@ -151,7 +152,8 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
             return None, None
         new = Translation(t.original_cpu, t.values, v.properties, host.hostname,
                           host.fingerprint.digest, t.model, method=v.method,
-                          vcpu_off=t.vcpu_off, original_pmu=t.original_pmu)
+                          vcpu_off=t.vcpu_off, original_pmu=t.original_pmu,
+                          firmware=t.firmware)
         how = (f"loader, {len(v.env.get(ENV_VALUES, '').split())} registers"
                if v.method == METHOD_LOADER else f"{len(v.properties)} SYSREG properties")
         log("info", f"domain '{name}': CPU input rewritten for {where} ({how})")

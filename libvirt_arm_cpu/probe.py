@@ -38,6 +38,7 @@ import time
 
 from . import __version__
 from .errors import KvmPermission, NoKvm, NotArm64
+from .firmware import FIRMWARE_REGISTERS
 from .kvm import CAPS, KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES, Kvm, KvmError, VcpuFeatures
 from .profile import (CpuIdentity, Fingerprint, HostProfile, LoaderInfo, ProfileRegister,
                       QemuInfo, VcpuOffValues)
@@ -140,16 +141,17 @@ def _group_of(path: str) -> str:
 
 def probe_kvm(kvm: Kvm, kb: KnowledgeBase, variants: bool = True
               ) -> tuple[dict[str, tuple[int, int]], list[str], list[ProfileRegister], bool,
-                         list[VcpuOffValues] | None]:
+                         list[VcpuOffValues] | None, dict[str, int | None]]:
     """Capabilities, vCPU features used, registers, whether masks are known,
-    and (with *variants*) the registers with vCPU features off."""
+    (with *variants*) the registers with vCPU features off, and the firmware
+    pseudo-registers."""
     caps = {name: (num, kvm.check_extension(num)) for name, num in CAPS.items()}
     features = kvm.default_features()
     with kvm.create_vm() as vm:
         masks: list[int] | None = None
         if vm.check_extension(KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES) & 1:
             masks = vm.writable_masks()
-        values = _read_space(vm, features, kb)
+        values, firmware = _read_space(vm, features, kb, with_firmware=True)
     registers = []
     for enc, value in zip(feature_id_space(), values):
         idx = writable_mask_index(*enc)
@@ -157,22 +159,27 @@ def probe_kvm(kvm: Kvm, kb: KnowledgeBase, variants: bool = True
                                          value, None if masks is None or idx is None
                                          else masks[idx]))
     off = vcpu_off_values(kvm, kb, features, registers) if variants else None
-    return caps, features.names(), registers, masks is not None, off
+    return caps, features.names(), registers, masks is not None, off, firmware
 
 
-def _read_space(vm, features: VcpuFeatures, kb: KnowledgeBase) -> list[int | None]:
+def _read_space(vm, features: VcpuFeatures, kb: KnowledgeBase, with_firmware: bool = False
+                ) -> tuple[list[int | None], dict[str, int | None]]:
     """Create the VM's vCPU with *features* and read the feature-ID space
-    (None where the kernel does not know a register)."""
+    (None where the kernel does not know a register) and, *with_firmware*,
+    KVM's firmware pseudo-registers (libvirt_arm_cpu.firmware)."""
     vcpu = vm.create_vcpu(features)
-    out: list[int | None] = []
-    for enc in feature_id_space():
+
+    def read(reg_id: int, name: str) -> int | None:
         try:
-            out.append(vcpu.get(kvm_reg_id(*enc), register_name(kb, enc)))
+            return vcpu.get(reg_id, name)
         except KvmError as err:
             if err.errno != errno.ENOENT:
                 raise
-            out.append(None)
-    return out
+            return None
+
+    out = [read(kvm_reg_id(*enc), register_name(kb, enc)) for enc in feature_id_space()]
+    fw = {r.name: read(r.kvm_id, r.name) for r in FIRMWARE_REGISTERS} if with_firmware else {}
+    return out, fw
 
 
 def vcpu_off_values(kvm: Kvm, kb: KnowledgeBase, features: VcpuFeatures,
@@ -185,7 +192,7 @@ def vcpu_off_values(kvm: Kvm, kb: KnowledgeBase, features: VcpuFeatures,
 
     def measure(off: tuple[str, ...]) -> VcpuOffValues:
         with kvm.create_vm() as vm:
-            values = _read_space(vm, features.without(off), kb)
+            values, _ = _read_space(vm, features.without(off), kb)
         return VcpuOffValues(off, {r.name: v for r, v in zip(registers, values)
                                    if v != default[r.name] and v is not None})
 
@@ -333,7 +340,7 @@ def probe_host(emulator: str | None = None, dev: str = "/dev/kvm", sysfs: str = 
     say(f"{len(cpus)} CPUs, kernel {uname.release}")
     with open_kvm(dev) as kvm:
         t0 = time.monotonic()
-        caps, features, registers, masks_known, off = probe_kvm(kvm, kb)
+        caps, features, registers, masks_known, off, firmware = probe_kvm(kvm, kb)
         took = time.monotonic() - t0
     say(f"KVM: {sum(r.value is not None for r in registers)} ID registers read, writable "
         f"masks {'known' if masks_known else 'unknown'}, vCPU features "
@@ -349,5 +356,6 @@ def probe_host(emulator: str | None = None, dev: str = "/dev/kvm", sysfs: str = 
         probed_at=now.isoformat().replace("+00:00", "Z"), tool_version=__version__,
         qemu=qemu, vcpu_features=features, capabilities=caps, cpus=cpus,
         registers=registers, masks_known=masks_known, vcpu_off=off or None, loader=probe_loader(),
+        firmware=firmware,
         fingerprint=fingerprint(uname.release, cpus, find_qemu(emulator),
                                 _read_text("/proc/sys/kernel/random/boot_id")))

@@ -22,6 +22,7 @@ import hashlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from .firmware import BY_NAME, FIRMWARE_REGISTERS
 from .errors import DataError, ParseError
 from .fileio import atomic_write, read_input
 from .paths import schema_path
@@ -114,6 +115,9 @@ class HostProfile:
     # what switching a vCPU feature off does is unknown.
     vcpu_off: list[VcpuOffValues] | None = None
     loader: LoaderInfo = field(default_factory=LoaderInfo)
+    # KVM's firmware pseudo-registers (libvirt_arm_cpu.firmware), name ->
+    # value, None where the kernel lacks one; None: not probed (older profile)
+    firmware: dict[str, int | None] | None = None
 
     @property
     def heterogeneous(self) -> bool:
@@ -216,6 +220,13 @@ def to_xml(p: HostProfile) -> bytes:
     for c in p.cpus:
         _sub(cpus, "cpu", id=c.cpu, midr=None if c.midr is None else f"{c.midr:#010x}",
              revidr=None if c.revidr is None else f"{c.revidr:#x}")
+    if p.firmware is not None:
+        fw = _sub(root, "firmware")
+        for reg in FIRMWARE_REGISTERS:
+            if reg.name in p.firmware:
+                value = p.firmware[reg.name]
+                _sub(fw, "register", name=reg.name, kvm_id=f"{reg.kvm_id:#x}",
+                     value="absent" if value is None else _hex(value))
     regs = _sub(root, "registers", writable_masks="known" if p.masks_known else "unknown")
     for r in p.registers:
         _sub(regs, "register", name=r.name, op0=r.encoding[0], op1=r.encoding[1],
@@ -299,6 +310,7 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
         masks_known=regs.get("writable-masks") == "known",
         fingerprint=Fingerprint(components),
         vcpu_off=_vcpu_off(feats, offered, path),
+        firmware=_firmware(root.find(_q("firmware")), path),
         loader=LoaderInfo("missing") if loader is None else LoaderInfo(
             _choice(loader, "status", ("found", "missing"), path), loader.get("path")),
     )
@@ -310,6 +322,21 @@ def _choice(elem: ET.Element, attr: str, allowed: tuple[str, ...], path: str) ->
         raise ParseError(path, None, f"<{elem.tag[len(_NS):]} {attr}='{text}'>: expected "
                          f"{' or '.join(allowed)}")
     return text
+
+
+def _firmware(elem: ET.Element | None, path: str) -> dict[str, int | None] | None:
+    """The <firmware> record, checked: known names, each once, at their ids."""
+    if elem is None:
+        return None
+    out: dict[str, int | None] = {}
+    for r in elem.findall(_q("register")):
+        name = r.get("name", "")
+        reg = BY_NAME.get(name)
+        if reg is None or name in out or _int(r, "kvm-id", path) != reg.kvm_id:
+            raise ParseError(path, None, f"<firmware><register name='{name}'>: expected one of "
+                             f"{', '.join(BY_NAME)}, each once, at its KVM id")
+        out[name] = _opt_int(r, "value", path, "absent")
+    return out
 
 
 def _vcpu_off(feats: ET.Element | None, offered: list[str],
@@ -425,6 +452,8 @@ def to_json(p: HostProfile) -> dict:
              "registers": {k: _hex(v) for k, v in sorted(o.registers.items())}}
             for o in p.vcpu_off],
         "loader": {"status": p.loader.status, "path": p.loader.path},
+        "firmware": None if p.firmware is None else {
+            k: None if v is None else _hex(v) for k, v in p.firmware.items()},
         "capabilities": {k: v for k, (_, v) in p.capabilities.items()},
         "cpus": [{"cpu": c.cpu, "midr": None if c.midr is None else f"{c.midr:#010x}",
                   "revidr": None if c.revidr is None else f"{c.revidr:#x}"} for c in p.cpus],

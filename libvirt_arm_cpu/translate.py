@@ -73,6 +73,7 @@ class Resolution:
     method: str = METHOD_SYSREG                 # sysreg | loader | none
     env: dict[str, str] = field(default_factory=dict)   # the loader's variables (loader)
     vcpu_off: tuple[str, ...] = ()              # vCPU features switched off
+    firmware: dict[str, int | None] = field(default_factory=dict)   # the model's (loader)
 
     @property
     def identical(self) -> bool:
@@ -139,15 +140,30 @@ def _qemu_name(q) -> str:
     return f"QEMU {q.version} ({q.path})" if q.status == "found" else f"QEMU ({q.status})"
 
 
-def loader_environment(values: dict[str, int], host: HostProfile,
-                       kb: KnowledgeBase) -> dict[str, str]:
+def loader_environment(values: dict[str, int], host: HostProfile, kb: KnowledgeBase,
+                       firmware_values: dict[str, int | None] | None = None
+                       ) -> dict[str, str]:
     """The loader's variables for a guest with *values* on *host*: every
     register of the model this host's kernel knows (the loader writes them
     all, so a host whose own values changed cannot give the guest others;
-    a register the kernel lacks is one compare has already required zero)."""
+    a register the kernel lacks is one compare has already required zero),
+    and the model's firmware pseudo-registers this kernel has (one the
+    model keeps out of the guest's list only where the kernel lists it)."""
     have = host.values()
+    fw = {n: v for n, v in (firmware_values or {}).items()
+          if host.firmware is None or host.firmware.get(n) is not None}
     return loader_env({n: v for n, v in values.items() if n in have}, kb,
-                      host.loader.path or LOADER_PATH)
+                      host.loader.path or LOADER_PATH, fw)
+
+
+def firmware_changes(firmware_values: dict[str, int | None], host: HostProfile) -> bool:
+    """Does the model's firmware differ from what *host* gives a guest by
+    itself?  Only the loader can change it."""
+    if not firmware_values:
+        return False
+    if host.firmware is None:
+        return True
+    return any(host.firmware.get(n) != v for n, v in firmware_values.items())
 
 
 def properties_for(values: dict[str, int], host: HostProfile,
@@ -194,6 +210,7 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
                          f"host-model are; host-passthrough and maximum are the host's CPU "
                          f"already)")
     values = {r: v for r, v in base.values.items() if kb.register(r).kind != "affinity"}
+    fw = dict(base.firmware)
     off = tuple(sorted(base.vcpu_off))
     if off:
         # the host as a guest with those vCPU features off sees it
@@ -230,7 +247,7 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
     if errors:
         raise CpuMismatch(f"the domain's CPU cannot run on host {host.hostname}: "
                           + "; ".join(errors))
-    model = _model(values, host_model, host, off)
+    model = _model(values, host_model, host, off, fw)
     repair = make_consistent(model, [host_model], kb, rules, [host.hostname])
     values = repair.model.values
     for f in wanted:
@@ -238,7 +255,7 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
             why = [str(low) for low in repair.lowered]
             raise CpuMismatch(f"feature {f.key} is required, but the dependency rules remove "
                               f"it: {'; '.join(why[:3])}")
-    result = _model(values, host_model, host, off)
+    result = _model(values, host_model, host, off, fw)
     verdict = compare(result, host, kb, check_qemu=True)
     if verdict.result == INCOMPATIBLE:
         raise CpuMismatch(f"CPU model '{name}' cannot run on host {host.hostname}: "
@@ -246,23 +263,29 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
                           + (f" (and {len(verdict.reasons) - 4} more)"
                              if len(verdict.reasons) > 4 else ""), verdict.reasons)
     imp = _implementation_reasons(values, have)
-    chosen = choose_method(host, method, verdict.result != IDENTICAL, implementation=bool(imp))
+    fw_changes = firmware_changes(fw, host)
+    chosen = choose_method(host, method, verdict.result != IDENTICAL,
+                           implementation=bool(imp) or fw_changes)
     if chosen == METHOD_SYSREG:
         if imp:
             raise CpuMismatch(f"CPU model '{name}' cannot run on host {host.hostname}: "
                               f"{imp[0]}", imp)
+        if fw_changes:
+            raise CpuMismatch(f"CPU model '{name}' sets firmware pseudo-registers "
+                              f"({', '.join(sorted(fw))}), which only the loader can give a "
+                              f"guest (use --method loader)")
     props = properties_for(values, host, kb, off) if chosen == METHOD_SYSREG else []
-    env = loader_environment(values, host, kb) if chosen == METHOD_LOADER else {}
+    env = loader_environment(values, host, kb, fw) if chosen == METHOD_LOADER else {}
     return Resolution(name, values, props, verdict, repair.lowered, repair.unresolved, notes,
-                      chosen, env, off)
+                      chosen, env, off, fw)
 
 
 def _model(values: dict[str, int], host_model: CpuModel, host: HostProfile,
-           off: tuple[str, ...]) -> CpuModel:
+           off: tuple[str, ...], fw: dict[str, int | None] | None = None) -> CpuModel:
     """The guest CPU as a model of this host (its masks), with the vCPU
     features *off* switched off where the model type knows them."""
     m = CpuModel(values, dict(host_model.writable), host_model.imp_id_writable,
-                 (host.hostname,), host_model.implementations)
+                 (host.hostname,), host_model.implementations, firmware=dict(fw or {}))
     return replace(m, vcpu_off=off) if off else m
 
 
@@ -406,11 +429,12 @@ class Validation:
 def validate(values: dict[str, int], cpu_arguments: list[str], host: HostProfile,
              kb: KnowledgeBase, *, vcpu_off: tuple[str, ...] = (),
              current_env: dict[str, str] | None = None, current_method: str = METHOD_SYSREG,
-             method: str = "auto") -> Validation:
+             method: str = "auto", firmware_values: dict[str, int | None] | None = None
+             ) -> Validation:
     """Can *host* present the guest CPU *values* (from a translated domain's
     metadata), with which method, and with which QEMU input?  *method* auto
     keeps the domain's *current_method* where it works on this host."""
-    model = CpuModel(dict(values), {})
+    model = CpuModel(dict(values), {}, firmware=dict(firmware_values or {}))
     if vcpu_off:
         model = replace(model, vcpu_off=tuple(vcpu_off))
     c = compare(model, host, kb, check_qemu=True)
@@ -419,7 +443,8 @@ def validate(values: dict[str, int], cpu_arguments: list[str], host: HostProfile
     if c.result != INCOMPATIBLE:
         try:
             chosen = choose_method(host, method, c.result != IDENTICAL, prefer=current_method,
-                                   implementation=bool(imp))
+                                   implementation=bool(imp) or firmware_changes(
+                                       dict(firmware_values or {}), host))
         except CpuMismatch as e:
             c = Comparison(INCOMPATIBLE, [Reason("", None, "method", None, None, str(e))],
                            c.changes)
@@ -429,6 +454,7 @@ def validate(values: dict[str, int], cpu_arguments: list[str], host: HostProfile
     ok = c.result != INCOMPATIBLE
     props = properties_for(values, host, kb, tuple(vcpu_off)) \
         if ok and chosen == METHOD_SYSREG else []
-    env = loader_environment(values, host, kb) if ok and chosen == METHOD_LOADER else {}
+    env = loader_environment(values, host, kb, firmware_values) \
+        if ok and chosen == METHOD_LOADER else {}
     return Validation(c, props, list(cpu_arguments), chosen, env, dict(current_env or {}),
                       current_method, tuple(vcpu_off))

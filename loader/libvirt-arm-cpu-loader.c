@@ -9,7 +9,14 @@
  *
  * entries separated by spaces, each [LABEL@]S<op0>_<op1>_C<crn>_C<crm>_<op2>=0x<hex>
  * (LABEL [A-Za-z0-9_]+, used in messages only; up to 16 hex digits; the whole
- * register as the guest must see it).  Without the variable the loader does
+ * register as the guest must see it).  KVM's firmware pseudo-registers are
+ * named FW<n> (KVM_REG_ARM_FW_REG(n): PSCI version, SMCCC workarounds) and
+ * FWBMAP<n> (KVM_REG_ARM_FW_FEAT_BMAP_REG(n): hypercall service bitmaps),
+ * n 0-15, e.g. PSCI_VERSION@FW0=0x10001; such an entry may have the value
+ * "absent" instead: the register is kept out of the guest vCPUs'
+ * KVM_GET_REG_LIST, so QEMU neither reads nor migrates it and the guest has
+ * KVM's default (a register an older kernel lacks can then be migrated to
+ * it).  Without the variable the loader does
  * nothing (libvirt probes QEMU without the domain's environment).  A malformed
  * variable stops the process at load time (exit 1), so QEMU never runs.
  *
@@ -107,6 +114,7 @@ struct kvm_enable_cap_layout {      /* struct kvm_enable_cap */
 #define KVM_SET_ONE_REG        _IOW(KVMIO, 0xac, struct kvm_one_reg_layout)
 #define KVM_ARM_VCPU_INIT      _IOW(KVMIO, 0xae, struct kvm_vcpu_init_layout)
 #define KVM_ARM_VCPU_FINALIZE  _IOW(KVMIO, 0xc2, int)
+#define KVM_GET_REG_LIST       _IOWR(KVMIO, 0xb0, uint64_t)   /* struct kvm_reg_list: n, reg[] */
 
 _Static_assert(KVM_CREATE_VM == 0xae01, "KVM_CREATE_VM");
 _Static_assert(KVM_CREATE_VCPU == 0xae41, "KVM_CREATE_VCPU");
@@ -115,6 +123,7 @@ _Static_assert(KVM_GET_ONE_REG == 0x4010aeab, "KVM_GET_ONE_REG");
 _Static_assert(KVM_SET_ONE_REG == 0x4010aeac, "KVM_SET_ONE_REG");
 _Static_assert(KVM_ARM_VCPU_INIT == 0x4020aeae, "KVM_ARM_VCPU_INIT");
 _Static_assert(KVM_ARM_VCPU_FINALIZE == 0x4004aec2, "KVM_ARM_VCPU_FINALIZE");
+_Static_assert(KVM_GET_REG_LIST == 0xc008aeb0, "KVM_GET_REG_LIST");
 
 #define KVM_ARM_VCPU_SVE 4          /* features[0] bit, and FINALIZE's argument */
 #define KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES 230
@@ -122,6 +131,9 @@ _Static_assert(KVM_ARM_VCPU_FINALIZE == 0x4004aec2, "KVM_ARM_VCPU_FINALIZE");
 
 /* ARM64_SYS_REG(): KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM64_SYSREG | encoding */
 #define KVM_SYSREG_BASE 0x6030000000130000ULL
+/* KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_FW (0x14) or KVM_REG_ARM_FW_FEAT_BMAP (0x16) */
+#define FW_ID(n)      (0x6030000000140000ULL | (uint64_t)(n))
+#define FWBMAP_ID(n)  (0x6030000000160000ULL | (uint64_t)(n))
 #define SYSREG_ID(op0, op1, crn, crm, op2) \
     (KVM_SYSREG_BASE | (uint64_t)(op0) << 14 | (uint64_t)(op1) << 11 | \
      (uint64_t)(crn) << 7 | (uint64_t)(crm) << 3 | (uint64_t)(op2))
@@ -132,9 +144,10 @@ _Static_assert(KVM_ARM_VCPU_FINALIZE == 0x4004aec2, "KVM_ARM_VCPU_FINALIZE");
 #define ENV_VALUES "LIBVIRT_ARM_CPU_ID_REGS"
 #define ENV_DEBUG "LIBVIRT_ARM_CPU_LOADER_DEBUG"
 
-/* KVM's feature-ID space has 3 * 8 * 8 slots (KVM_ARM_FEATURE_ID_RANGE_SIZE);
- * with no register named twice, no valid variable has more entries. */
-#define MAX_ENTRIES 192
+/* KVM's feature-ID space has 3 * 8 * 8 slots (KVM_ARM_FEATURE_ID_RANGE_SIZE),
+ * plus 16 FW<n> and 16 FWBMAP<n>: with no register named twice, no valid
+ * variable has more entries. */
+#define MAX_ENTRIES (192 + 32)
 #define MAX_LABEL 63
 #define MAX_HEX_DIGITS 16
 
@@ -143,11 +156,13 @@ struct entry {
     uint64_t value;                 /* what the guest must see */
     uint64_t host;                  /* what KVM held before the first write */
     int host_known;
+    int hidden;                     /* "absent": kept out of KVM_GET_REG_LIST, never written */
     char name[MAX_LABEL + 24];      /* "LABEL (S3_0_C0_C6_0)" or "S3_0_C0_C6_0" */
 };
 
 static struct entry entries[MAX_ENTRIES];
 static int n_entries;
+static int n_hidden;
 static int wants_imp_id;            /* MIDR, REVIDR or AIDR among the entries */
 static int active;                  /* the variable was set (and is valid) */
 static int debug;
@@ -270,14 +285,91 @@ static int hex_digit(char c)
     return -1;
 }
 
-static int parse_entry(int index, const char *text, size_t len)
+/* The 0x<hex> value of an entry (*p just after '='); 0, or -1 after one line. */
+static int parse_hex_value(int index, const char *text, size_t len, const char *p,
+                           uint64_t *out)
 {
-    const char *end = text + len, *eq, *at, *enc, *p;
-    unsigned op0, op1, crn, crm, op2;
-    size_t label_len = 0, digits;
-    uint64_t id, value = 0;
+    const char *end = text + len;
+    uint64_t value = 0;
+    size_t digits;
+
+    if (end - p < 2 || p[0] != '0' || p[1] != 'x')
+        return bad_entry(index, text, len, "value '%.*s' does not start with 0x",
+                         (int)(end - p), p);
+    p += 2;
+    digits = (size_t)(end - p);
+    if (digits == 0)
+        return bad_entry(index, text, len, "no hex digits after 0x");
+    for (const char *q = p; q < end; q++)
+        if (hex_digit(*q) < 0)
+            return bad_entry(index, text, len, "value has '%c', not a hex digit", *q);
+    if (digits > MAX_HEX_DIGITS)
+        return bad_entry(index, text, len,
+                         "value has %zu hex digits, more than 16 (64 bits)", digits);
+    for (; p < end; p++)
+        value = value << 4 | (uint64_t)hex_digit(*p);
+    *out = value;
+    return 0;
+}
+
+static int add_entry(int index, const char *text, size_t len, size_t label_len, uint64_t id,
+                     uint64_t value, int hidden, const char *enc_name)
+{
     struct entry *e;
     int i;
+
+    for (i = 0; i < n_entries; i++)
+        if (entries[i].id == id)
+            return bad_entry(index, text, len, "%s named again (entry %d: %s)", enc_name,
+                             i + 1, entries[i].name);
+    if (n_entries == MAX_ENTRIES)   /* unreachable: duplicates are refused */
+        return bad_entry(index, text, len, "more than %d entries", MAX_ENTRIES);
+    e = &entries[n_entries++];
+    e->id = id;
+    e->value = value;
+    e->hidden = hidden;
+    n_hidden += hidden;
+    if (label_len)
+        snprintf(e->name, sizeof(e->name), "%.*s (%s)", (int)label_len, text, enc_name);
+    else
+        snprintf(e->name, sizeof(e->name), "%s", enc_name);
+    return 0;
+}
+
+/* FW<n>=0x... or FWBMAP<n>=0x...|absent (enc .. eq is the encoding). */
+static int parse_firmware_entry(int index, const char *text, size_t len, size_t label_len,
+                                const char *enc, const char *eq)
+{
+    const char *p = enc + 2, *end = text + len;
+    char enc_name[16];
+    int bitmap = 0;
+    unsigned n;
+    uint64_t value = 0;
+
+    if (eq - p >= 4 && memcmp(p, "BMAP", 4) == 0) {
+        bitmap = 1;
+        p += 4;
+    }
+    if (small_number(&p, eq, &n) || p != eq || n > 15)
+        return bad_entry(index, text, len, "'%.*s' is not FW<n> or FWBMAP<n> (n 0-15)",
+                         (int)(eq - enc), enc);
+    snprintf(enc_name, sizeof(enc_name), "%s%u", bitmap ? "FWBMAP" : "FW", n);
+    if ((size_t)(end - eq - 1) == 6 && memcmp(eq + 1, "absent", 6) == 0)
+        return add_entry(index, text, len, label_len, bitmap ? FWBMAP_ID(n) : FW_ID(n), 0, 1,
+                         enc_name);
+    if (parse_hex_value(index, text, len, eq + 1, &value) < 0)
+        return -1;
+    return add_entry(index, text, len, label_len, bitmap ? FWBMAP_ID(n) : FW_ID(n), value, 0,
+                     enc_name);
+}
+
+static int parse_entry(int index, const char *text, size_t len)
+{
+    const char *eq, *at, *enc, *p;
+    unsigned op0, op1, crn, crm, op2;
+    size_t label_len = 0;
+    uint64_t id, value = 0;
+    char enc_name[24];
 
     eq = memchr(text, '=', len);
     if (!eq)
@@ -299,6 +391,8 @@ static int parse_entry(int index, const char *text, size_t len)
     }
 
     p = enc;
+    if (eq - enc >= 2 && enc[0] == 'F' && enc[1] == 'W')
+        return parse_firmware_entry(index, text, len, label_len, enc, eq);
     if (expect(&p, eq, 'S') || small_number(&p, eq, &op0) || expect(&p, eq, '_') ||
         small_number(&p, eq, &op1) || expect(&p, eq, '_') || expect(&p, eq, 'C') ||
         small_number(&p, eq, &crn) || expect(&p, eq, '_') || expect(&p, eq, 'C') ||
@@ -320,39 +414,12 @@ static int parse_entry(int index, const char *text, size_t len)
         return bad_entry(index, text, len,
                          "S3_0_C0_C0_5 is MPIDR_EL1, which KVM sets per vCPU: leave it out");
 
-    p = eq + 1;
-    if (end - p < 2 || p[0] != '0' || p[1] != 'x')
-        return bad_entry(index, text, len, "value '%.*s' does not start with 0x",
-                         (int)(end - p), p);
-    p += 2;
-    digits = (size_t)(end - p);
-    if (digits == 0)
-        return bad_entry(index, text, len, "no hex digits after 0x");
-    for (const char *q = p; q < end; q++)
-        if (hex_digit(*q) < 0)
-            return bad_entry(index, text, len, "value has '%c', not a hex digit", *q);
-    if (digits > MAX_HEX_DIGITS)
-        return bad_entry(index, text, len,
-                         "value has %zu hex digits, more than 16 (64 bits)", digits);
-    for (; p < end; p++)
-        value = value << 4 | (uint64_t)hex_digit(*p);
-
+    if (parse_hex_value(index, text, len, eq + 1, &value) < 0)
+        return -1;
     id = SYSREG_ID(op0, op1, crn, crm, op2);
-    for (i = 0; i < n_entries; i++)
-        if (entries[i].id == id)
-            return bad_entry(index, text, len, "S%u_%u_C%u_C%u_%u named again (entry %d: %s)",
-                             op0, op1, crn, crm, op2, i + 1, entries[i].name);
-    if (n_entries == MAX_ENTRIES)   /* unreachable: duplicates are refused */
-        return bad_entry(index, text, len, "more than %d entries", MAX_ENTRIES);
-
-    e = &entries[n_entries++];
-    e->id = id;
-    e->value = value;
-    if (label_len)
-        snprintf(e->name, sizeof(e->name), "%.*s (S%u_%u_C%u_C%u_%u)", (int)label_len, text,
-                 op0, op1, crn, crm, op2);
-    else
-        snprintf(e->name, sizeof(e->name), "S%u_%u_C%u_C%u_%u", op0, op1, crn, crm, op2);
+    snprintf(enc_name, sizeof(enc_name), "S%u_%u_C%u_C%u_%u", op0, op1, crn, crm, op2);
+    if (add_entry(index, text, len, label_len, id, value, 0, enc_name) < 0)
+        return -1;
     /* MIDR_EL1 S3_0_C0_C0_0, REVIDR_EL1 S3_0_C0_C0_6, AIDR_EL1 S3_1_C0_C0_7 */
     if (id == SYSREG_ID(3, 0, 0, 0, 0) || id == SYSREG_ID(3, 0, 0, 0, 6) ||
         id == SYSREG_ID(3, 1, 0, 0, 7))
@@ -399,8 +466,8 @@ __attribute__((constructor)) static void loader_init(void)
     if (parse_values(text) < 0)
         _exit(1);
     active = 1;
-    DEBUG("%d registers configured (MIDR/REVIDR/AIDR among them: %s)", n_entries,
-          wants_imp_id ? "yes" : "no");
+    DEBUG("%d registers configured (MIDR/REVIDR/AIDR among them: %s); %d kept out of the "
+          "guest's register list", n_entries, wants_imp_id ? "yes" : "no", n_hidden);
 }
 
 /* ---- the decisions */
@@ -484,6 +551,8 @@ static int configure(int vcpu, const char *when)
         struct kvm_one_reg_layout reg = { .id = e->id, .addr = (uintptr_t)&cur };
         int err;
 
+        if (e->hidden)
+            continue;
         if (real_ioctl(vcpu, KVM_GET_ONE_REG, &reg) < 0) {
             err = errno;
             say("KVM cannot read %s: %s%s", e->name, errno_name(err),
@@ -588,6 +657,68 @@ static int guard_run(int vcpu)
     return -1;
 }
 
+/* KVM_GET_REG_LIST succeeded on *vcpu*: drop the hidden registers from a
+ * guest vCPU's list (struct kvm_reg_list: u64 n, then n ids), so QEMU never
+ * reads, writes or migrates them. */
+static void hide_registers(int vcpu, uint64_t *list)
+{
+    const struct fd_info *c = info(vcpu);
+    uint64_t n, i, kept = 0;
+    int j, hide;
+
+    if (!c || c->kind != FD_VCPU || !c->guest || !n_hidden || !list)
+        return;
+    n = list[0];
+    for (i = 0; i < n; i++) {
+        hide = 0;
+        for (j = 0; j < n_entries; j++)
+            if (entries[j].hidden && entries[j].id == list[1 + i])
+                hide = 1;
+        if (hide)
+            DEBUG("KVM_GET_REG_LIST on guest vCPU fd %d: register 0x%016llx left out", vcpu,
+                  (unsigned long long)list[1 + i]);
+        else
+            list[1 + kept++] = list[1 + i];
+    }
+    list[0] = kept;
+}
+
+/* QEMU's own KVM_SET_ONE_REG failed on a guest vCPU: name the register.
+ * QEMU says only "error while loading state for instance 0x0 of device 'cpu'"
+ * or "Failed to put registers after init" when the destination's KVM refuses
+ * one register of the source's list; this line says which, and the value. */
+static void qemu_write_refused(int vcpu, const struct kvm_one_reg_layout *reg, int err)
+{
+    const struct fd_info *c = info(vcpu);
+    uint64_t value = 0;
+    const char *label = NULL;
+    int i;
+
+    if (!c || c->kind != FD_VCPU || !c->guest)
+        return;
+    for (i = 0; i < n_entries; i++)
+        if (entries[i].id == reg->id)
+            label = entries[i].name;
+    if ((reg->id & 0x0030000000000000ULL) == 0x0030000000000000ULL)   /* KVM_REG_SIZE_U64 */
+        memcpy(&value, (const void *)(uintptr_t)reg->addr, sizeof(value));
+    else if ((reg->id & 0x0030000000000000ULL) == 0x0020000000000000ULL) { /* U32 */
+        uint32_t v32;
+        memcpy(&v32, (const void *)(uintptr_t)reg->addr, sizeof(v32));
+        value = v32;
+    }
+    if (label)
+        say("QEMU's write of %s = 0x%016llx refused by KVM: %s", label,
+            (unsigned long long)value, errno_name(err));
+    else if ((reg->id & 0xffff0000ULL) == 0x00130000ULL)   /* KVM_REG_ARM64_SYSREG */
+        say("QEMU's write of S%u_%u_C%u_C%u_%u = 0x%016llx refused by KVM: %s",
+            (unsigned)(reg->id >> 14 & 3), (unsigned)(reg->id >> 11 & 7),
+            (unsigned)(reg->id >> 7 & 15), (unsigned)(reg->id >> 3 & 15),
+            (unsigned)(reg->id & 7), (unsigned long long)value, errno_name(err));
+    else
+        say("QEMU's write of register 0x%016llx = 0x%llx refused by KVM: %s",
+            (unsigned long long)reg->id, (unsigned long long)value, errno_name(err));
+}
+
 /* ---- the wrapper */
 
 int ioctl(int fd, unsigned long request, ...)
@@ -642,6 +773,26 @@ int ioctl(int fd, unsigned long request, ...)
             pthread_mutex_lock(&lock);
             ret = after_init(fd, arg);
             err = errno;
+            pthread_mutex_unlock(&lock);
+            errno = err;
+        }
+        return ret;
+    case KVM_GET_REG_LIST:
+        ret = real_ioctl(fd, request, arg);
+        if (ret == 0) {
+            err = errno;
+            pthread_mutex_lock(&lock);
+            hide_registers(fd, arg);
+            pthread_mutex_unlock(&lock);
+            errno = err;
+        }
+        return ret;
+    case KVM_SET_ONE_REG:
+        ret = real_ioctl(fd, request, arg);
+        if (ret < 0 && arg) {
+            err = errno;
+            pthread_mutex_lock(&lock);
+            qemu_write_refused(fd, arg, err);
             pthread_mutex_unlock(&lock);
             errno = err;
         }

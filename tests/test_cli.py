@@ -194,9 +194,14 @@ def test_cpu_baseline_same_cpu_two_kernels(run, tmp_path, monkeypatch):
     feats = [f.get("name") for f in cpu.findall("feature")]
     assert {"atomics", "asimddp", "ssbs"} <= set(feats) and "FEAT_LSE" not in feats
     assert f"saved as {name}" in r.err
-    # the saved model is found by name, and is identical to both hosts
-    r = run("cpu-compare", name, _fixture("neoverse-n1-qemu7.2-linux7.3"))
+    # the saved model is found by name: identical to the older kernel; the newer
+    # one gives it a lower PSCI version and hides a firmware register 6.12 lacks
+    r = run("cpu-compare", name, _fixture("neoverse-n1-qemu7.2-linux6.12"))
     assert r.code == 0 and "is identical to the CPU provided by the host" in r.out
+    r = run("cpu-compare", name, _fixture("neoverse-n1-qemu7.2-linux7.3"))
+    assert r.code == 0 and "is a superset" in r.out
+    assert r.out.splitlines()[1:] == ["  lowers firmware PSCI_VERSION PSCI 1.3 -> PSCI 1.1",
+                                      "  lowers firmware VENDOR_HYP_BMAP_2 0x0 -> hidden"]
     r = run("cpu-baseline", _fixture("neoverse-n1-qemu7.2-linux6.12"), "--features", "--json")
     data = json.loads(r.out)
     assert "FEAT_LSE" in data["features"] and data["implementations"] == ["0x414fd0c1"]

@@ -7,7 +7,8 @@ probes this host into the cache, `hook install` installs the hook (SIGHUP to
 libvirtd), `cpu-baseline --save` makes a model of this host, `define`
 translates and defines domains, and virsh and libvirt-python start them.
 QEMU 10.0 does not take SYSREG_* properties (the series is not merged), so a
-CPU that differs from the host's is refused, saying so.
+CPU that differs from the host's reaches the guest through the ID-register
+loader, and the guest (the ID-register payload) reads it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from libvirt_arm_cpu import registers
 from libvirt_arm_cpu.profile import from_xml as profile_from_xml
 
 from .domains import custom_cpu
+from .idregs import PAYLOAD, parse_idregs
 from .libvirtd import kvm_domain_xml
 from .testbed import run_in_guest
 
@@ -33,7 +35,7 @@ pytestmark = pytest.mark.kvm
 CLI = "python3 -m libvirt_arm_cpu.cli"
 
 GUEST_PY = r'''
-import dataclasses, json, subprocess, sys
+import dataclasses, json, subprocess, sys, time
 import libvirt
 from libvirt_arm_cpu import api, profile
 
@@ -68,12 +70,34 @@ out["validate_a"] = sh(*CLI, "validate", "lac-test-same", "--json")
 if dom.isActive():
     dom.destroy()
 
-# B: a CPU that needs SYSREG properties: translate refuses on this QEMU
-out["translate_b"] = sh(*CLI, "translate", domain_file("lowered"))
+# B: a CPU lower than the host's (asimddp off).  QEMU 10.0 takes no SYSREG_*,
+# so translate gives it to the loader (<qemu:env>); virsh starts it and the
+# ID-register payload, the domain's kernel, prints what the guest reads
+out["translate_b"] = sh(*CLI, "translate", domain_file("lowered"), "-o", "/tmp/lowered-loader.xml")
+out["translated_b"] = open("/tmp/lowered-loader.xml").read() if out["translate_b"]["rc"] == 0 else ""
+out["define_b"] = sh("virsh", "-c", "qemu:///system", "define", "/tmp/lowered-loader.xml")
+out["start_b"] = sh("virsh", "-c", "qemu:///system", "start", "lac-test-lowered")
+serial = "/tmp/lac-test-lowered.serial"
+for _ in range(600):
+    try:
+        if "IDREGS END" in open(serial, errors="replace").read():
+            break
+    except OSError:
+        pass
+    time.sleep(0.1)
+try:
+    out["b_serial"] = open(serial, errors="replace").read()
+except OSError as e:
+    out["b_serial"] = f"(no serial output: {e})"
+b = conn.lookupByName("lac-test-lowered")
+out["b_active"] = b.isActive()
+if b.isActive():
+    b.destroy()
+b.undefine()
 
 # C: the same domain translated for a QEMU with SYSREG (as another host
 # would), defined here: the hook refuses the start, through virsh and
-# libvirt-python, naming this host's QEMU
+# libvirt-python, and says to translate it again on this host
 p = profile.read_profile("/var/cache/libvirt-arm-cpu/host.xml")
 q = dataclasses.replace(p.qemu, sysreg="yes", version="10.2.50 (SYSREG series)")
 profile.write_profile(dataclasses.replace(p, qemu=q, hostname="sysreg-host"), "/tmp/sysreg.xml")
@@ -136,7 +160,7 @@ json.dump(out, open("/out/result.json", "w"), indent=1)
 def guest():
     templates = {
         "same": kvm_domain_xml("lac-test-same", cpu=custom_cpu("__MODEL__")),
-        "lowered": kvm_domain_xml("lac-test-lowered",
+        "lowered": kvm_domain_xml("lac-test-lowered", kernel=PAYLOAD,
                                   cpu=custom_cpu("__MODEL__", ("disable", "asimddp"))),
         "hostmodel": kvm_domain_xml("lac-test-hostmodel", cpu="<cpu mode='host-model'/>"),
         "lowered_f": kvm_domain_xml("lac-test-lowered-f",
@@ -188,19 +212,40 @@ def test_a_translated_domain_equal_to_the_host_starts_on_real_kvm(guest):
     assert json.loads(out["validate_a"]["out"])["result"] == "identical"
 
 
-def test_a_cpu_needing_sysreg_properties_is_refused_saying_why(guest):
-    _, out = guest
+def test_a_lowered_cpu_reaches_the_guest_through_the_loader_and_virsh_start(guest):
+    """QEMU 10.0 takes no SYSREG_* properties: translate chooses the loader,
+    virsh starts the domain, and what the guest reads with MRS is the model
+    (asimddp off: ID_AA64ISAR0_EL1.DP = 0), the host's elsewhere."""
+    res, out = guest
     b = out["translate_b"]
-    assert b["rc"] == 1
-    assert "does not take SYSREG_* properties" in b["err"] and "QEMU 10.0" in b["err"]
+    assert b["rc"] == 0, b["err"]
+    assert "LIBVIRT_ARM_CPU_ID_REGS" in out["translated_b"] and "LD_PRELOAD" in \
+        out["translated_b"] and "SYSREG_" not in out["translated_b"]
+    assert out["define_b"]["rc"] == 0, out["define_b"]["err"]
+    assert out["start_b"]["rc"] == 0, out["start_b"]["err"]
+    assert out["b_active"]
+    seen = parse_idregs(out["b_serial"])
+    host = profile_from_xml(res.files["host.xml"]).values()
+    kb = registers.load()
+    dp = kb.field("ID_AA64ISAR0_EL1", "DP")
+    assert dp.get(host["ID_AA64ISAR0_EL1"]) == 1 and dp.get(seen["ID_AA64ISAR0_EL1"]) == 0
+    assert seen["ID_AA64ISAR0_EL1"] == dp.put(host["ID_AA64ISAR0_EL1"], 0)
+    same = [n for n in ("ID_AA64PFR0_EL1", "ID_AA64MMFR0_EL1", "ID_AA64ISAR1_EL1", "MIDR_EL1")
+            if seen.get(n) is not None]
+    assert len(same) == 4 and all(seen[n] == host[n] for n in same), \
+        {n: (hex(seen[n]), hex(host[n])) for n in same}
+
+
+def test_a_domain_translated_for_another_method_is_refused_saying_what_to_do(guest):
+    _, out = guest
     assert out["translate_c"]["rc"] == 0 and out["define_c"]["rc"] == 0
     virsh = out["start_c_virsh"]
     assert virsh["rc"] == 1 and "Hook script execution failed" in virsh["err"]
-    assert "domain 'lac-test-lowered' cannot start on host" in virsh["err"]
-    assert "does not take SYSREG_* properties" in virsh["err"]
+    assert "its QEMU input (sysreg) was made for host 'sysreg-host'" in virsh["err"]
+    assert "translate it again here" in virsh["err"]
     py = out["start_c_python"]
     assert py["ok"] is False and py["code"] == 70 and py["domain"] == 34   # HOOK_SCRIPT_FAILED
-    assert "does not take SYSREG_* properties" in py["message"]
+    assert "was made for host 'sysreg-host'" in py["message"]
 
 
 def test_host_model_works_on_aarch64_through_define(guest):

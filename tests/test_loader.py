@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from libvirt_arm_cpu import registers
-from libvirt_arm_cpu.loader import ENV_VALUES, LoaderValueError, environment, parse_values
+from libvirt_arm_cpu.loader import (ENV_VALUES, LoaderValueError, environment, parse_entries,
+                                    parse_values)
 
 ROOT = Path(__file__).resolve().parent.parent
 KB = registers.load()
@@ -46,6 +47,18 @@ def test_the_environment_is_what_the_loader_takes(native_loader):
     assert "3 registers configured (MIDR/REVIDR/AIDR among them: yes)" in p.stderr
 
 
+def test_firmware_entries_and_hidden_registers(native_loader):
+    fw = {"PSCI_VERSION": 0x10001, "VENDOR_HYP_BMAP_2": None}
+    text = environment({"CTR_EL0": 0x84448004}, KB, firmware_values=fw)[ENV_VALUES]
+    assert text.split()[1:] == ["PSCI_VERSION@FW0=0x0000000000010001",
+                                "VENDOR_HYP_BMAP_2@FWBMAP3=absent"]
+    assert parse_entries(text, KB) == ({"CTR_EL0": 0x84448004}, fw)
+    p = preloaded(native_loader, text, debug=True)
+    assert p.returncode == 0, p.stderr
+    assert "3 registers configured (MIDR/REVIDR/AIDR among them: no); 1 kept out of the " \
+        "guest's register list" in p.stderr
+
+
 def test_without_the_variable_the_loader_does_nothing(native_loader):
     p = preloaded(native_loader, None)
     assert (p.returncode, p.stderr) == (0, "")
@@ -62,6 +75,10 @@ def test_without_the_variable_the_loader_does_nothing(native_loader):
     ("S3_0_C0_C6_0=0x10000000000000000", "more than 16"),
     ("bad-label@S3_0_C0_C6_0=0x1", "label has '-'"),
     ("S3_0_C0_C6=0x1", "is not an encoding"),
+    ("FW16=0x1", "is not FW<n> or FWBMAP<n>"),
+    ("FWX=0x1", "is not FW<n> or FWBMAP<n>"),
+    ("FWBMAP3=absen", "does not start with 0x"),
+    ("PSCI_VERSION@FW0=0x1 FW0=0x2", "named again"),
 ])
 def test_malformed_values_stop_qemu_and_python_agrees(native_loader, value, needle):
     p = preloaded(native_loader, value)

@@ -1,26 +1,50 @@
-"""A guest moves between two different emulated hosts on stock QEMU.
+"""Guests move between different emulated hosts on stock QEMU, exactly as
+`migrate-check` predicts.
 
-Host A is QEMU's `max` CPU, host B a Neoverse-V1 (outer QEMU 10.0, Linux
-7.3 in both; MIDR differs, KVM capability 239 lets it change).  Their
-baseline switches pointer authentication off (not writable) and we switch
-SVE off too (B's vector lengths are not A's).  On A the payload runs under
-the libvirt image's QEMU 10.0 with the loader writing the baseline, and its
-state is saved with QMP `migrate` to a file; B's QEMU, with the loader's
-values for B, loads that file (`-incoming`), continues, resets, and the
-payload reads its registers again on B: the baseline.  The same guest
-started with plain host-passthrough on A does not load on B: KVM refuses
-A's values there, as QEMU says ("error while loading state ... 'cpu'")."""
+Each boot of the test bed is one emulated arm64 KVM host (the libvirt image:
+QEMU 10.0 inside).  On it the ID-register payload runs as a second-level
+guest, either with host-passthrough (plain `-cpu host`) or with a CPU model
+the loader writes; its state is saved with QMP `migrate` to a file, and a
+later boot on another host loads that file (`-incoming`), continues, resets
+the guest and lets the payload read its registers again.  Whether each load
+succeeds is compared with libvirt_arm_cpu's verdict for that pair
+(compare_passthrough for plain guests, check_direction for models), and a
+guest that loaded reads the values it had on its source.
+
+Hosts (fixtures in tests/data/hosts, captured on the same test bed): M is
+QEMU's `max` and V a Neoverse-V1, both on Linux 7.3; N1 is a Neoverse-N1 on
+Linux 6.12 and on 7.3.  Six boots, in this order: M, V, M, N1/6.12, N1/7.3,
+N1/6.12.
+
+* the baseline of M and V (pointer authentication and SVE off) loads from V
+  to M, and the guest reads the model there; from M to V it is refused,
+  whatever the model: M's KVM tells guests that Spectre-BHB needs no
+  mitigation (firmware SMCCC_ARCH_WORKAROUND_3 = 2), V's cannot promise that,
+  and KVM refuses the value (the loader names the register QEMU does not);
+* host-passthrough between M and V is refused both ways (MIDR differs: QEMU
+  never enables capability 239; and the fields);
+* a model higher than the destination (M's own values, given to V by the
+  loader) stops QEMU with the loader's line before anything is loaded;
+* N1 from Linux 6.12 to 7.3 (a kernel upgrade): the host-passthrough guest
+  and the baseline guest load; back from 7.3 to 6.12 (a rollback) the
+  host-passthrough guest is refused (7.3's KVM gives guests PSCI 1.3 and a
+  firmware register 6.12 lacks), the baseline guest loads: its model gives
+  it PSCI 1.1 and keeps that register out of its list (the loader).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
 
 from libvirt_arm_cpu import registers
 from libvirt_arm_cpu.baseline import baseline
+from libvirt_arm_cpu.commands.migrate import check_direction
+from libvirt_arm_cpu.compare import INCOMPATIBLE, compare, compare_passthrough
 from libvirt_arm_cpu.cpumodel import CpuModel
-from libvirt_arm_cpu.profile import read_profile
+from libvirt_arm_cpu.profile import HostProfile, read_profile
 from libvirt_arm_cpu.translate import loader_environment
 
 from .domains import FIXTURES
@@ -28,8 +52,14 @@ from .idregs import blocks
 from .testbed import run_in_guest
 
 KB = registers.load()
-A, B = "max-qemu10.0-linux7.3", "neoverse-v1-qemu10.0-linux7.3"
 LOADER = "/usr/lib/aarch64-linux-gnu/qemu/libvirt-arm-cpu-loader.so"
+
+HOSTS = {  # name: (fixture, kernel, outer QEMU, outer -cpu)
+    "M": ("max-qemu10.0-linux7.3", "7.3", "10.0", "max"),
+    "V": ("neoverse-v1-qemu10.0-linux7.3", "7.3", "10.0", "neoverse-v1"),
+    "N612": ("neoverse-n1-qemu7.2-linux6.12", "6.12", "7.2", "neoverse-n1"),
+    "N73": ("neoverse-n1-qemu7.2-linux7.3", "7.3", "7.2", "neoverse-n1"),
+}
 
 # QMP over a unix socket with the guest's python3 (the libvirt image has it)
 QMP_PY = r'''
@@ -45,7 +75,10 @@ f.readline()
 def cmd(name, **args):
     f.write(json.dumps({"execute": name, "arguments": args}) + "\n"); f.flush()
     while True:
-        msg = json.loads(f.readline())
+        line = f.readline()
+        if not line:
+            raise SystemExit("QEMU closed QMP (it exited)")
+        msg = json.loads(line)
         if "return" in msg or "error" in msg:
             return msg
 def wait_migration():
@@ -66,108 +99,247 @@ else:
     cmd("cont"); cmd("system_reset")
 '''
 
+# -cpu for every guest: the vCPU features the M/V baseline switches off (the
+# N1 guests have neither feature, so the same line fits them)
 CPU = "host,pauth=off,sve=off"
+OFF = ("ptrauth", "sve")
 QEMU = ("/usr/bin/qemu-system-aarch64 -accel kvm -M virt,gic-version=3 -cpu " + CPU +
         " -smp 1 -m 64 -nodefaults -display none -kernel /testbed/idregs-aarch64.bin")
 
-SOURCE_JOB = r"""
+FUNCTIONS = r"""
 set -u
-run() {  # NAME [ENV-FILE]: the payload, then its state saved to /out/NAME.state
-    if [ -n "${2:-}" ]; then
-        export LD_PRELOAD=%(loader)s LIBVIRT_ARM_CPU_ID_REGS="$(cat "$2")"
+use() {  # [ENV-FILE]: the loader with those values, or none
+    if [ -n "${1:-}" ]; then
+        export LD_PRELOAD=%(loader)s LIBVIRT_ARM_CPU_ID_REGS="$(cat "$1")"
     else
         unset LD_PRELOAD LIBVIRT_ARM_CPU_ID_REGS
     fi
+}
+save() {  # NAME [ENV-FILE]: run the payload, save its state to /out/NAME.state
+    use "${2:-}"
     %(qemu)s -serial file:/out/$1.serial -qmp unix:/tmp/$1.qmp,server=on,wait=off \
         2>/out/$1.stderr &
     pid=$!
-    n=0; while ! grep -q '^IDREGS END' /out/$1.serial 2>/dev/null && [ $n -lt 600 ]; do
-        sleep 0.1; n=$((n + 1)); done
+    n=0; while kill -0 $pid 2>/dev/null && ! grep -q '^IDREGS END' /out/$1.serial 2>/dev/null \
+        && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
     env -u LD_PRELOAD python3 /in/qmp.py /tmp/$1.qmp save /out/$1.state >/out/$1.qmp 2>&1
-    wait $pid; echo "$1: $?"
+    wait $pid; echo "save $1: $?"
 }
-run model /in/a.env
-run plain
-"""
-
-DEST_JOB = r"""
-set -u
-load() {  # NAME [ENV-FILE]
-    if [ -n "${2:-}" ]; then
-        export LD_PRELOAD=%(loader)s LIBVIRT_ARM_CPU_ID_REGS="$(cat "$2")"
-    else
-        unset LD_PRELOAD LIBVIRT_ARM_CPU_ID_REGS
-    fi
+load() {  # NAME STATE [ENV-FILE]: load /in/STATE.state, continue, reset, read again
+    use "${3:-}"
     %(qemu)s -serial file:/out/$1.serial -qmp unix:/tmp/$1.qmp,server=on,wait=off \
-        -incoming "exec:cat /in/$1.state" 2>/out/$1.stderr &
+        -incoming "exec:cat /in/$2.state" 2>/out/$1.stderr &
     pid=$!
     env -u LD_PRELOAD python3 /in/qmp.py /tmp/$1.qmp load >/out/$1.qmp 2>&1
     n=0; while kill -0 $pid 2>/dev/null && ! grep -q '^IDREGS END' /out/$1.serial 2>/dev/null \
         && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
-    if kill -0 $pid 2>/dev/null; then kill $pid; wait $pid; echo "$1: running"
-    else wait $pid; echo "$1: exited $?"; fi
+    if kill -0 $pid 2>/dev/null; then kill $pid; wait $pid; echo "load $1: running"
+    else wait $pid; echo "load $1: exited $?"; fi
 }
-load model /in/b.env
-load plain
 """
 
 
-def _env(values, profile) -> bytes:
-    return loader_environment(values, profile, KB)["LIBVIRT_ARM_CPU_ID_REGS"].encode()
+def profile(host: str) -> HostProfile:
+    return read_profile(str(FIXTURES / f"{HOSTS[host][0]}.xml"))
 
 
 @functools.lru_cache(maxsize=None)
-def rehearsal():
-    pa, pb = (read_profile(str(FIXTURES / f"{n}.xml")) for n in (A, B))
-    pool = baseline([CpuModel.from_profile(pa, KB, A), CpuModel.from_profile(pb, KB, B)], KB)
+def cpu_models() -> dict[str, CpuModel]:
+    """mv: the baseline of M and V (pauth, sve off); n1: the baseline of N1
+    on both kernels with asimddp off (its firmware: 6.12's PSCI version, and
+    7.3's extra firmware register kept out of the guest's list); high: M's
+    own values."""
+    m, v = profile("M"), profile("V")
+    pool = baseline([CpuModel.from_profile(m, KB, "M"), CpuModel.from_profile(v, KB, "V")], KB)
     assert pool.ok and pool.model.vcpu_off == ("ptrauth",), pool.conflicts
-    model = pool.model.switched_off(("sve",))
-    values = {n: v for n, v in model.values.items() if KB.register(n).kind != "affinity"}
-    subst = {"qemu": QEMU, "loader": LOADER}
-    src = run_in_guest(kernel="7.3", qemu="10.0", cpu="max", image="libvirt",
-                       script=SOURCE_JOB % subst,
-                       files={"qmp.py": QMP_PY.encode(), "a.env": _env(values, pa)},
-                       timeout=300)
-    files = {"qmp.py": QMP_PY.encode(), "b.env": _env(values, pb)}
-    for name in ("model", "plain"):
-        assert f"{name}.state" in src.files, src.stdout + src.stderr
-        files[f"{name}.state"] = src.files[f"{name}.state"]
-    dst = run_in_guest(kernel="7.3", qemu="10.0", cpu="neoverse-v1", image="libvirt",
-                       script=DEST_JOB % subst, files=files,
-                       timeout=300)
-    return src, dst, values, pa, pb
+    mv = pool.model.switched_off(("sve",))
+    n = baseline([CpuModel.from_profile(profile(h), KB, h) for h in ("N612", "N73")], KB)
+    assert n.ok and n.model.firmware["VENDOR_HYP_BMAP_2"] is None
+    n1 = dict(n.model.values)
+    dp = KB.field("ID_AA64ISAR0_EL1", "DP")
+    assert dp.get(n1["ID_AA64ISAR0_EL1"]) == 1
+    n1["ID_AA64ISAR0_EL1"] = dp.put(n1["ID_AA64ISAR0_EL1"], 0)
+    high = CpuModel.from_profile(m, KB, off=OFF)
+    return {"mv": mv, "n1": dataclasses.replace(n.model, values=n1, name=""),
+            "high": dataclasses.replace(high, firmware={})}
 
 
-def _status(res, name):
-    return next((line.split(": ", 1)[1] for line in res.stdout.splitlines()
-                 if line.startswith(name + ": ")), None)
+def models() -> dict[str, dict[str, int]]:
+    """The models' ID registers, MPIDR (per vCPU) left out."""
+    return {k: {n: x for n, x in m.values.items() if KB.register(n).kind != "affinity"}
+            for k, m in cpu_models().items()}
 
 
-@pytest.mark.kvm
-@pytest.mark.xfail(strict=True, reason="found 2026-12-03: B's QEMU 10.0 fails the incoming "
-                   "state with 'Failed to put registers after init: Invalid argument' after "
-                   "the loader wrote the model: the migrated register list holds a register "
-                   "the loader does not set (not yet identified); issue 9 stays open")
-def test_the_model_guest_migrates_from_max_to_neoverse_v1_and_reads_the_model_there():
-    src, dst, values, pa, pb = rehearsal()
-    assert "status: completed" in src.files["model.qmp"].decode(), src.files["model.stderr"]
-    assert "status: completed" in dst.files["model.qmp"].decode(), dst.files["model.stderr"]
-    assert _status(dst, "model") == "running", dst.stdout + dst.files["model.stderr"].decode()
-    known = set(pa.values()) & set(pb.values())
-    on_a = blocks(src.files["model.serial"].decode())[0]
-    on_b = blocks(dst.files["model.serial"].decode())[0]     # after the reset on B
-    for seen in (on_a, on_b):
-        wrong = {n: (seen[n], values[n]) for n in values
-                 if n in known and seen.get(n) is not None and seen[n] != values[n]}
-        assert not wrong, wrong
-    assert on_b["MIDR_EL1"] == values["MIDR_EL1"] != pb.values()["MIDR_EL1"] or \
-        values["MIDR_EL1"] == pb.values()["MIDR_EL1"]
+def env(model: str, host: str) -> bytes:
+    return loader_environment(models()[model], profile(host), KB,
+                              cpu_models()[model].firmware)["LIBVIRT_ARM_CPU_ID_REGS"].encode()
 
 
-@pytest.mark.kvm
-def test_the_host_passthrough_guest_of_max_does_not_load_on_neoverse_v1():
-    src, dst, _values, _pa, _pb = rehearsal()
-    assert "status: completed" in src.files["plain.qmp"].decode(), src.files["plain.stderr"]
-    err = dst.files["plain.stderr"].decode()
-    assert _status(dst, "plain").startswith("exited"), dst.stdout + err
-    assert "error while loading state for instance 0x0 of device 'cpu'" in err, err
+def boot(host: str, script: str, envs: dict[str, tuple[str, str]], states: dict) -> object:
+    _, kernel, qemu, cpu = HOSTS[host]
+    files = {"qmp.py": QMP_PY.encode(), **{f"{n}.env": env(m, h) for n, (m, h) in envs.items()},
+             **{f"{n}.state": data for n, data in states.items()}}
+    res = run_in_guest(kernel=kernel, qemu=qemu, cpu=cpu, image="libvirt",
+                       script=FUNCTIONS % {"qemu": QEMU, "loader": LOADER} + script,
+                       files=files, timeout=420)
+    return res
+
+
+@functools.lru_cache(maxsize=None)
+def rehearsal() -> dict[str, object]:
+    """Every boot, in order; the states travel from one to the next."""
+    out = {}
+    out["M1"] = m1 = boot("M", """
+save mv_m /in/mv.env
+save plain_m
+save high_m /in/high.env
+""", {"mv": ("mv", "M"), "high": ("high", "M")}, {})
+    states = {n: m1.files[f"{n}.state"] for n in ("mv_m", "plain_m", "high_m")
+              if f"{n}.state" in m1.files}
+    out["V"] = v = boot("V", """
+save mv_v /in/mv.env
+save plain_v
+load mv_m_on_v mv_m /in/mv.env
+load plain_m_on_v plain_m
+load high_m_on_v high_m /in/high.env
+""", {"mv": ("mv", "V"), "high": ("high", "V")}, states)
+    out["M2"] = boot("M", """
+load mv_v_on_m mv_v /in/mv.env
+load plain_v_on_m plain_v
+""", {"mv": ("mv", "M")}, {n: v.files[f"{n}.state"] for n in ("mv_v", "plain_v")
+                           if f"{n}.state" in v.files})
+    out["N1"] = n1 = boot("N612", """
+save n1_612 /in/n1.env
+save plain_612
+""", {"n1": ("n1", "N612")}, {})
+    out["N2"] = n2 = boot("N73", """
+load n1_612_on_73 n1_612 /in/n1.env
+load plain_612_on_73 plain_612
+save n1_73 /in/n1.env
+save plain_73
+""", {"n1": ("n1", "N73")}, {n: n1.files[f"{n}.state"] for n in ("n1_612", "plain_612")
+                             if f"{n}.state" in n1.files})
+    out["N3"] = boot("N612", """
+load n1_73_on_612 n1_73 /in/n1.env
+load plain_73_on_612 plain_73
+""", {"n1": ("n1", "N612")}, {n: n2.files[f"{n}.state"] for n in ("n1_73", "plain_73")
+                              if f"{n}.state" in n2.files})
+    return out
+
+
+def status(res, line: str) -> str | None:
+    return next((x.split(": ", 1)[1] for x in res.stdout.splitlines()
+                 if x.startswith(line + ": ")), None)
+
+
+def outcome(boot_name: str, run: str) -> tuple[str | None, str, object]:
+    res = rehearsal()[boot_name]
+    return status(res, f"load {run}"), res.files.get(f"{run}.stderr", b"").decode(), res
+
+
+def assert_saved(boot_name: str, *names: str) -> None:
+    res = rehearsal()[boot_name]
+    for n in names:
+        assert status(res, f"save {n}") == "0", res.stdout + res.stderr
+        assert "status: completed" in res.files[f"{n}.qmp"].decode(), res.files[f"{n}.stderr"]
+
+
+def reads(boot_name: str, run: str) -> dict[str, int]:
+    """What the payload read after the reset on the destination."""
+    return blocks(rehearsal()[boot_name].files[f"{run}.serial"].decode())[-1]
+
+
+def assert_reads(seen: dict, values: dict[str, int], *hosts: str) -> None:
+    known = set.intersection(*(set(profile(h).values()) for h in hosts))
+    compared = [n for n in values if n in known and seen.get(n) is not None]
+    assert len(compared) >= 40
+    wrong = {n: (hex(seen[n]), hex(values[n])) for n in compared if seen[n] != values[n]}
+    assert not wrong, wrong
+
+
+def model_verdict(model: str, src: str, dst: str):
+    return check_direction(profile(src), profile(dst), KB, cpu_models()[model])
+
+
+pytestmark = pytest.mark.kvm
+
+
+def test_every_source_guest_was_saved():
+    assert_saved("M1", "mv_m", "plain_m", "high_m")
+    assert_saved("V", "mv_v", "plain_v")
+    assert_saved("N1", "n1_612", "plain_612")
+    assert_saved("N2", "n1_73", "plain_73")
+
+
+def test_the_baseline_guest_moves_from_neoverse_v1_to_max_and_reads_the_model():
+    assert model_verdict("mv", "V", "M").result != INCOMPATIBLE
+    st, err, _ = outcome("M2", "mv_v_on_m")
+    assert st == "running", err
+    assert_reads(reads("M2", "mv_v_on_m"), models()["mv"], "M", "V")
+    assert_reads(blocks(rehearsal()["V"].files["mv_v.serial"].decode())[0], models()["mv"],
+                 "M", "V")
+
+
+def test_the_baseline_guest_cannot_go_from_max_to_neoverse_v1_for_the_firmware():
+    verdict = model_verdict("mv", "M", "V")
+    assert verdict.result == INCOMPATIBLE
+    assert [r.register for r in verdict.reasons] == ["SMCCC_ARCH_WORKAROUND_3"]
+    assert compare(cpu_models()["mv"], profile("V"), KB).result != INCOMPATIBLE
+    st, err, _ = outcome("V", "mv_m_on_v")
+    assert st.startswith("exited"), err
+    assert "error while loading state for instance 0x0 of device 'cpu'" in err
+    # the loader names what QEMU does not: KVM_REG_ARM_FW_REG(3)
+    assert "QEMU's write of register 0x6030000000140003 = 0x2 refused by KVM: EINVAL" in err
+
+
+def test_host_passthrough_between_max_and_neoverse_v1_is_refused_both_ways():
+    for src, dst, boot_name, run in (("V", "M", "M2", "plain_v_on_m"),
+                                     ("M", "V", "V", "plain_m_on_v")):
+        verdict = compare_passthrough(profile(src), profile(dst), KB, OFF)
+        assert verdict.result == INCOMPATIBLE
+        assert "MIDR_EL1" in {r.register for r in verdict.reasons}
+        st, err, _ = outcome(boot_name, run)
+        assert st.startswith("exited") and "error while loading state" in err, err
+
+
+def test_a_model_higher_than_the_destination_stops_qemu_with_the_loaders_line():
+    assert compare(CpuModel(models()["high"], {}), profile("V"), KB).result == INCOMPATIBLE
+    st, err, _ = outcome("V", "high_m_on_v")
+    assert st.startswith("exited"), err
+    lines = [x for x in err.splitlines() if x.startswith("libvirt-arm-cpu-loader: KVM refused")]
+    assert len(lines) == 1, err
+    assert "error while loading state" not in err        # stopped before the load
+
+
+def test_a_kernel_upgrade_carries_host_passthrough_and_baseline_guests():
+    passthrough = compare_passthrough(profile("N612"), profile("N73"), KB, OFF)
+    assert passthrough.result != INCOMPATIBLE
+    assert model_verdict("n1", "N612", "N73").result != INCOMPATIBLE
+    st, err, _ = outcome("N2", "plain_612_on_73")
+    assert st == "running", err
+    host = profile("N612").values(OFF)
+    assert_reads(reads("N2", "plain_612_on_73"),
+                 {n: x for n, x in host.items() if KB.register(n).kind != "affinity"},
+                 "N612", "N73")
+    st, err, _ = outcome("N2", "n1_612_on_73")
+    assert st == "running", err
+    seen = reads("N2", "n1_612_on_73")
+    assert_reads(seen, models()["n1"], "N612", "N73")
+    assert KB.field("ID_AA64ISAR0_EL1", "DP").get(seen["ID_AA64ISAR0_EL1"]) == 0
+
+
+def test_back_from_the_newer_kernel_loads_exactly_when_migrate_check_says_so():
+    passthrough = compare_passthrough(profile("N73"), profile("N612"), KB, OFF)
+    assert passthrough.result == INCOMPATIBLE
+    assert {r.register for r in passthrough.reasons} == {"PSCI_VERSION", "VENDOR_HYP_BMAP_2"}
+    st, err, _ = outcome("N3", "plain_73_on_612")
+    assert st.startswith("exited") and "error while loading state" in err, err
+    # the baseline gives the guest 6.12's PSCI version and keeps 7.3's extra
+    # firmware register out of its list: it comes back
+    model = model_verdict("n1", "N73", "N612")
+    assert model.result != INCOMPATIBLE, model.as_dict()
+    st, err, _ = outcome("N3", "n1_73_on_612")
+    assert st == "running", err
+    seen = reads("N3", "n1_73_on_612")
+    assert_reads(seen, models()["n1"], "N612", "N73")
+    assert KB.field("ID_AA64ISAR0_EL1", "DP").get(seen["ID_AA64ISAR0_EL1"]) == 0

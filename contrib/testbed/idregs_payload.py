@@ -46,6 +46,11 @@ UART_BASE = 0x09000000
 UART_FR_TXFF = 1 << 5          # PL011 flag register (offset 0x18): transmit FIFO full
 # ESR_EL1.EC of an undefined instruction (Arm ARM D17.2.37: EC 0b000000, "Unknown reason").
 EC_UNKNOWN = 0
+# ... and of a trapped MSR/MRS (EC 0b011000), which is how a CPU with FEAT_IDST
+# (ID_AA64MMFR2_EL1.IDS = 1) reports an unimplemented register of the ID space;
+# KVM on Linux 7.3 injects it so for a guest whose model has IDS (seen on the
+# test bed reading CCSIDR2_EL1 without FEAT_CCIDX).
+EC_SYS64 = 0x18
 
 
 def registers() -> list[tuple[str, tuple[int, int, int, int, int]]]:
@@ -132,8 +137,9 @@ def assembly(regs: list[tuple[str, tuple[int, int, int, int, int]]]) -> str:
         "",
         "// Exceptions.  A synchronous exception taken from the current EL (the",
         "// slots at +0x000 and +0x200: SP_EL0 or SP_EL1, whichever SPSel the",
-        "// boot left) while an MRS is tried, with EC 'unknown', is an UNDEFINED",
-        "// MRS: skip it and flag it.  Anything else is a fault.",
+        "// boot left) while an MRS is tried, with EC 'unknown' (or 'trapped",
+        "// MSR/MRS', FEAT_IDST), is an UNDEFINED MRS: skip it and flag it.",
+        "// Anything else is a fault.",
         "\t.balign\t2048",
         "vectors:",
     ]
@@ -145,8 +151,10 @@ def assembly(regs: list[tuple[str, tuple[int, int, int, int, int]]]) -> str:
         "\tmrs\tx28, esr_el1",
         "\tlsr\tx28, x28, #26",
         f"\tcmp\tx28, #{EC_UNKNOWN}",
+        "\tb.eq\tsync_undef",
+        f"\tcmp\tx28, #{EC_SYS64}",
         "\tb.ne\tfault",
-        "\tmov\tx26, #1",
+        "sync_undef:\tmov\tx26, #1",
         "\tmrs\tx28, elr_el1",
         "\tadd\tx28, x28, #4",
         "\tmsr\telr_el1, x28",

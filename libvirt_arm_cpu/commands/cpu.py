@@ -11,7 +11,8 @@ from typing import Any
 from .. import features, registers
 from ..baseline import baseline, largest_compatible, pools
 from ..cli import Command
-from ..compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare, compare_features
+from ..compare import (IDENTICAL, INCOMPATIBLE, SUPERSET, compare, compare_features,
+                       compare_passthrough)
 from ..consistency import Consistency
 from ..cpumodel import CpuModel, from_xml as model_from_xml, to_xml as model_to_xml
 from ..errors import DataError, ParseError, UsageError
@@ -104,6 +105,21 @@ def resolve_model(spec: str) -> tuple[str, CpuModel]:
         return spec, model_from_xml(read_input(saved), saved)
     raise UsageError(f"no CPU model file or saved model named '{spec}' (saved models are in "
                      f"{MODELS_DIR})")
+
+
+def resolve_cpu(spec: str, kb: registers.KnowledgeBase
+                ) -> tuple[str, CpuModel, HostProfile | None]:
+    """A model file, a saved model's name, or a host profile (which stands
+    for a host-passthrough guest of that host): (label, model, profile)."""
+    if os.path.exists(spec) or spec == "-":
+        data = read_input(spec)
+        if b"<hostprofile" in data[:400]:
+            label = "stdin" if spec == "-" else os.path.splitext(os.path.basename(spec))[0]
+            model, profile = load_input(data, spec, label, kb)
+            return spec, model, profile
+        return spec, model_from_xml(data, spec), None
+    source, model = resolve_model(spec)
+    return source, model, None
 
 
 def model_features(model: CpuModel, all_names: bool) -> list[str]:
@@ -243,7 +259,9 @@ class CompareCommand(Command):
     help = "can a host run this CPU model? identical, superset or incompatible, and why"
     description = """\
 Compare a CPU model (a file from cpu-baseline, or a saved model's name) with
-a host profile (default: this host's cached profile).  identical: the host
+a host profile (default: this host's cached profile).  A host profile as the
+CPU stands for a host-passthrough guest of that host: can stock QEMU migrate
+it here (this host's KVM must take that host's values, MIDR included)?  identical: the host
 presents exactly this CPU; superset: it can run it after lowering fields KVM
 lets userspace change (and its QEMU takes SYSREG_* properties); incompatible:
 it cannot, and every responsible field is listed."""
@@ -252,12 +270,15 @@ examples:
   libvirt-arm-cpu cpu-compare model.xml host-b.xml
   libvirt-arm-cpu cpu-compare arm64-1ae591bf1d2c --error
   libvirt-arm-cpu cpu-compare model.xml host-b.xml --kvm-only --json
+  libvirt-arm-cpu cpu-compare host-a.xml host-b.xml  # host-passthrough guest of A onto B
 
 exit codes (as virsh cpu-compare): 0 identical or superset; 1 incompatible
 (with --error: as an error), or bad data; 2 bad usage."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("cpu", metavar="CPU", help="model file or saved model name")
+        parser.add_argument("cpu", metavar="CPU",
+                            help="model file, saved model name, or a host profile (for a "
+                                 "host-passthrough guest of that host)")
         parser.add_argument("profile", nargs="?", metavar="PROFILE",
                             help=f"host profile (default: this host, {DEFAULT_CACHE}); or "
                                  f"'virsh capabilities' output / its host <cpu>, compared at "
@@ -270,7 +291,7 @@ exit codes (as virsh cpu-compare): 0 identical or superset; 1 incompatible
 
     def run(self, args: argparse.Namespace) -> int:
         kb = registers.load()
-        source, model = resolve_model(args.cpu)
+        source, model, source_profile = resolve_cpu(args.cpu, kb)
         data = read_input(args.profile) if args.profile else b""
         if args.profile and looks_like_host_cpu(data) and b"urn:x-libvirt-arm-cpu" not in data:
             c = compare_features(model, host_cpu_from_xml(data, args.profile), features.load())
@@ -281,7 +302,11 @@ exit codes (as virsh cpu-compare): 0 identical or superset; 1 incompatible
                     raise UsageError(f"{args.profile} is a CPU model, not a host profile")
             else:
                 host, _ = cached_profile(DEFAULT_CACHE)
-            c = compare(model, host, kb, check_qemu=not args.kvm_only)
+            if source_profile is not None:
+                # a host-passthrough guest of that host, carried by stock QEMU
+                c = compare_passthrough(source_profile, host, kb)
+            else:
+                c = compare(model, host, kb, check_qemu=not args.kvm_only)
         if args.json:
             print(json.dumps(c.as_dict(), indent=2))
             return 1 if c.result == INCOMPATIBLE else 0
@@ -301,6 +326,9 @@ exit codes (as virsh cpu-compare): 0 identical or superset; 1 incompatible
             print(f"CPU described in {source} is incompatible with host CPU")
             for r in c.reasons:
                 print(f"  {r}")
+        if source_profile is not None:
+            print(f"(CPU {source} is a host profile: a host-passthrough guest of that host, "
+                  f"whose values this host's KVM must take from QEMU's migration stream)")
         if c.precision == "features":
             print(f"(compared at feature level only: {args.profile} is a libvirt host CPU "
                   f"description, which shows hwcaps but not every field nor what the host's "

@@ -102,7 +102,8 @@ def translate_domain(data: bytes, source: str, host: HostProfile,
                           f"state='off'/>), but CPU model '{r.model}' has it: use a model "
                           f"with the PMU off, or remove <pmu state='off'/>")
     t = Translation("", r.values, r.properties, host.hostname, host.fingerprint.digest, r.model,
-                    method=r.method, vcpu_off=r.vcpu_off)
+                    method=r.method, vcpu_off=r.vcpu_off,
+                    firmware=r.firmware)
     return base.translated(t, r.env), r
 
 
@@ -147,7 +148,8 @@ def validate_translated(dom: Domain, host: HostProfile):
     t = dom.translation
     assert t is not None
     return validate(t.values, dom.cpu_arguments(), host, registers.load(),
-                    vcpu_off=t.vcpu_off, current_env=dom.loader_env(), current_method=t.method)
+                    vcpu_off=t.vcpu_off, current_env=dom.loader_env(), current_method=t.method,
+                    firmware_values=t.firmware)
 
 
 def method_summary(r: Resolution) -> str:
