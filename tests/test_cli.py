@@ -182,8 +182,8 @@ def _fixture(name):
 
 
 def test_cpu_baseline_same_cpu_two_kernels(run, tmp_path, monkeypatch):
-    from libvirt_arm_cpu.commands import cpu as cpu_cmd
-    monkeypatch.setattr(cpu_cmd, "MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("LIBVIRT_ARM_CPU_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("LIBVIRT_ARM_CPU_CONFIG", str(tmp_path / "none.conf"))
     r = run("cpu-baseline", _fixture("neoverse-n1-qemu7.2-linux6.12"),
             _fixture("neoverse-n1-qemu7.2-linux7.3"), "--save")
     assert r.code == 0, r.err
@@ -275,7 +275,9 @@ def test_diff_shows_only_differing_fields(run):
 
 @pytest.mark.parametrize("argv, code, needle", [
     (["cpu-baseline"], 2, "the following arguments are required: PROFILE"),
-    (["cpu-compare", "no-such-model", "x.xml"], 2, "no CPU model file or saved model named"),
+    (["cpu-compare", "no-such-model", "x.xml"], 2, "unknown CPU model 'no-such-model'"),
+    (["cpu-compare", "../no/such/model", "x.xml"], 2, "no such file"),
+    (["cpu-compare", "a..b", "x.xml"], 2, "not a CPU model name"),
     (["diff", "tests/data/hosts/a64fx-qemu7.2-linux6.12.xml"], 2, "at least two profiles"),
 ])
 def test_cpu_commands_bad_usage(run, argv, code, needle):

@@ -229,6 +229,9 @@ def test_validate_against_other_hosts(run, env):
     (domain_xml(cpu="<cpu mode='host-passthrough'/>"), 2, "<cpu mode='host-passthrough'> is not "
                                                          "translated"),
     (domain_xml(cpu=custom_cpu("cortex-a57")), 2, "unknown CPU model 'cortex-a57'"),
+    # a model name is a name: never a path out of the models folder
+    (domain_xml(cpu=custom_cpu("../../../etc/hostname")), 2, "is not a CPU model name"),
+    (domain_xml(cpu=custom_cpu("/etc/hostname")), 2, "is not a CPU model name"),
     (domain_xml(cpu="<cpu><topology sockets='1' cores='2' threads='1'/></cpu>"), 2,
      "neither a mode nor a <model>"),
     (domain_xml(cpu="<cpu mode='custom'><model>MODEL</model><feature policy='require' "

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from .. import features, registers
+from .. import features, modelstore, registers
 from ..baseline import baseline, largest_compatible, pools
 from ..cli import Command
 from ..compare import (IDENTICAL, INCOMPATIBLE, SUPERSET, compare, compare_features,
@@ -21,9 +21,6 @@ from ..fleet import check_identity, profile_key
 from ..hostcache import DEFAULT_CACHE, cached_profile
 from ..hostcpu import from_xml as host_cpu_from_xml, looks_like_host_cpu
 from ..profile import HostProfile, from_xml as profile_from_xml, validate
-
-MODELS_DIR = os.environ.get("LIBVIRT_ARM_CPU_MODELS_DIR", "/var/lib/libvirt-arm-cpu/models")
-
 
 def _expand(paths: list[str]) -> list[str]:
     out = []
@@ -97,14 +94,13 @@ def check_against_kb(p: HostProfile, kb: registers.KnowledgeBase, path: str) -> 
 
 
 def resolve_model(spec: str) -> tuple[str, CpuModel]:
-    """A model file, or the name of a saved model."""
+    """A model file, or the name of a saved model (libvirt_arm_cpu.modelstore)."""
     if os.path.exists(spec) or spec == "-":
         return spec, model_from_xml(read_input(spec), spec)
-    saved = os.path.join(MODELS_DIR, spec + ".xml")
-    if os.path.exists(saved):
-        return spec, model_from_xml(read_input(saved), saved)
-    raise UsageError(f"no CPU model file or saved model named '{spec}' (saved models are in "
-                     f"{MODELS_DIR})")
+    if os.sep in spec or spec.endswith(".xml"):
+        raise UsageError(f"{spec}: no such file (and a saved CPU model is named without a "
+                         f"path)")
+    return spec, modelstore.find(spec)
 
 
 def resolve_cpu(spec: str, kb: registers.KnowledgeBase
@@ -157,13 +153,14 @@ as that host has them.  Inputs are host profiles (from the helper), saved
 models, or directories of profiles; '-' reads stdin.  Prints a libvirt
 <cpu mode='custom' match='exact'> whose features are hwcap names and whose
 exact values sit in an <arm:registers> element, so it can be read back."""
-    epilog = f"""\
+    epilog = """\
 examples:
   libvirt-arm-cpu cpu-baseline host-a.xml host-b.xml
   libvirt-arm-cpu cpu-baseline /srv/profiles/ --save       # reuse as: cpu-compare NAME
   libvirt-arm-cpu cpu-baseline a.xml b.xml --json
 
-saved models go to {MODELS_DIR} (LIBVIRT_ARM_CPU_MODELS_DIR).
+saved models go to the models folder ([models] dir in /etc/libvirt-arm-cpu.conf,
+or LIBVIRT_ARM_CPU_MODELS_DIR; default /var/lib/libvirt-arm-cpu/models).
 The model is then made consistent with the feature-dependency rules
 (xml/dependencies.xml: SVE2 needs SVE, ...) by lowering only, within what
 every host accepts; each lowering and each rule that cannot be repaired is
@@ -179,7 +176,7 @@ or bad data; 2 bad usage."""
                             help="list every feature (FEAT_* and AArch32 too), not just hwcaps")
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
         parser.add_argument("--save", action="store_true",
-                            help=f"also save the model under its name in {MODELS_DIR}")
+                            help="also save the model under its name in the models folder")
         parser.add_argument("--output", "-o", metavar="FILE", help="write the XML to FILE")
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--exclude-incompatible", action="store_true",
@@ -217,8 +214,7 @@ or bad data; 2 bad usage."""
         feats = model_features(model, args.features)
         data = model_to_xml(model, feats)
         if args.save:
-            os.makedirs(MODELS_DIR, exist_ok=True)
-            atomic_write(os.path.join(MODELS_DIR, model.name + ".xml"), data)
+            modelstore.save(model, feats, data)
             print(f"cpu-baseline: saved as {model.name}", file=sys.stderr)
         if args.output:
             atomic_write(args.output, data)
@@ -241,9 +237,7 @@ or bad data; 2 bad usage."""
             assert model is not None
             hosts = [labels[i] for i in pool.indices]
             if args.save:
-                os.makedirs(MODELS_DIR, exist_ok=True)
-                atomic_write(os.path.join(MODELS_DIR, model.name + ".xml"),
-                             model_to_xml(model, model_features(model, args.features)))
+                modelstore.save(model, model_features(model, args.features))
             data.append({"pool": n, "model": model.name, "hosts": hosts})
         if args.json:
             print(json.dumps(data, indent=2))

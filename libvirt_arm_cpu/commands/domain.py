@@ -7,12 +7,12 @@ import json
 import os
 import sys
 
-from .. import dependencies, features, registers
+from .. import dependencies, features, modelstore, registers
 from .. import settings as settings_mod
 from ..cli import Command
-from ..cpumodel import CpuModel, from_xml as model_from_xml
+from ..cpumodel import CpuModel
 from ..domain import (LOADER_ENV, METHOD_LOADER, PAUTH_LIBVIRT_VERSION, Domain, Translation)
-from ..errors import DataError, UnknownName, UsageError
+from ..errors import DataError, UsageError
 from ..fileio import atomic_write, read_input
 from ..profile import HostProfile, read_profile
 from ..translate import METHOD_CHOICES, CpuMismatch, Resolution, resolve, validate
@@ -34,19 +34,8 @@ def host_profile(path: str | None) -> HostProfile:
     return read_profile(conf.profile, validate_schema=False)
 
 
-def saved_models_dir() -> str:
-    return settings_mod.load().models_dir
-
-
 def find_model(name: str) -> CpuModel:
-    directory = saved_models_dir()
-    path = os.path.join(directory, name + ".xml")
-    if os.path.exists(path):
-        return model_from_xml(read_input(path), path)
-    known = [n[:-4] for n in os.listdir(directory)] if os.path.isdir(directory) else []
-    err = UnknownName("CPU model", name, known)
-    raise UsageError(f"{err} (saved CPU models are in {directory}; make one with "
-                     f"'libvirt-arm-cpu cpu-baseline --save')")
+    return modelstore.find(name)
 
 
 def read_domain(spec: str, uri: str, inactive: bool = False) -> tuple[bytes, str]:
