@@ -307,13 +307,14 @@ def _baseline(models: Sequence[CpuModel], kb: KnowledgeBase, labels: list[str],
     by_identity: dict[tuple, tuple[CpuModel, list[str]]] = {}
     for m, label in zip(models, labels):
         by_identity.setdefault((id(m.values), id(m.writable), m.imp_id_writable,
-                                id(m.vcpu_effects), id(m.firmware)), (m, []))[1].append(label)
+                                id(m.vcpu_effects), id(m.firmware), id(m.reg_list)),
+                               (m, []))[1].append(label)
     distinct: dict[tuple, tuple[CpuModel, list[str]]] = {}
     for m, group in by_identity.values():
         key = (tuple(sorted(m.values.items())), tuple(sorted(m.writable.items())),
                m.imp_id_writable, tuple(sorted((f, tuple(sorted(e.items())))
                                                for f, e in m.vcpu_effects.items())),
-               tuple(sorted(m.firmware.items(), key=lambda kv: kv[0])))
+               tuple(sorted(m.firmware.items(), key=lambda kv: kv[0])), m.reg_list)
         distinct.setdefault(key, (m, []))[1].extend(group)
     uniq = [m for m, _ in distinct.values()]
     uniq_labels = [_short(ls) for _, ls in distinct.values()]
@@ -332,8 +333,10 @@ def _baseline(models: Sequence[CpuModel], kb: KnowledgeBase, labels: list[str],
     if consistent:
         repair = make_consistent(model, uniq, kb, rules or load_rules(), uniq_labels)
         model = repair.model
+    lists = [m.reg_list for m in uniq]
+    reg_list = None if any(x is None for x in lists) else frozenset.intersection(*lists)
     model = replace(model, vcpu_effects=_effects(model, uniq, uniq_labels, kb),
-                    firmware=_firmware(uniq), name="")
+                    firmware=_firmware(uniq), reg_list=reg_list, name="")
     return BaselineResult(model, consistency=repair if consistent else None)
 
 

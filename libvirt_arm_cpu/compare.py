@@ -25,9 +25,9 @@ from . import firmware
 from .cpumodel import CpuModel
 from .features import FeatureCatalog
 from .hostcpu import HostCpu
-from .loader import LOADER_PATH
+from .loader import LOADER_PATH, sysreg_encoding
 from .profile import HostProfile
-from .registers import KnowledgeBase
+from .registers import KnowledgeBase, generic_name
 from .rules import covers, field_accepts, register_refusal, taken_whole
 
 __all__ = ["IDENTICAL", "SUPERSET", "INCOMPATIBLE", "Reason", "Comparison", "compare",
@@ -198,27 +198,46 @@ def _firmware(model: CpuModel, host: HostProfile, reasons: list[Reason],
     return changes
 
 
-def migration_reasons(source: HostProfile, dest: HostProfile,
-                      model_firmware: dict[str, int | None] | None = None
+def migration_reasons(source: HostProfile, dest: HostProfile, kb: KnowledgeBase,
+                      model_firmware: dict[str, int | None] | None = None,
+                      model_list: frozenset[int] | None = None, off: tuple[str, ...] = ()
                       ) -> tuple[list[Reason], list[str]]:
     """What stops QEMU's migration stream from *source* to *dest* whatever
-    CPU the guest has, and what could not be judged.
+    the guest's ID register values, and what could not be judged.
 
-    The source's QEMU sends every register its KVM lists, and the
-    destination's QEMU fails the load on one its own KVM does not list
-    (target/arm/machine.c cpu_post_load: "register in their list but not
-    ours"); a profile records which ID and firmware registers the kernel
-    knows.  The firmware pseudo-registers (Spectre mitigation levels, PSCI,
-    hypercall services) must be ones the destination's KVM honours
-    (libvirt_arm_cpu.firmware): the host's, except those a model with
-    *model_firmware* sets (the loader writes them; None keeps one out of the
-    guest's list, and so out of the stream)."""
-    known = {r.name for r in dest.registers if r.value is not None}
-    reasons = [Reason(r.name, None, "absent", None, r.value,
-                      f"{r.name}: the source's kernel lists it, this host's does not "
-                      f"(QEMU fails the incoming state)")
-               for r in source.registers if r.value is not None and r.name not in known]
-    notes = []
+    The source's QEMU sends every register its KVM lists for the guest's
+    vCPU (features *off* switched off), and the destination's QEMU fails the
+    load on one its own KVM does not list (target/arm/machine.c
+    cpu_post_load: "register in their list but not ours"; a longer list
+    fails even earlier).  A model with *model_list* has the loader keep the
+    other system registers out of the source's list.  The firmware
+    pseudo-registers (Spectre mitigation levels, PSCI, hypercall services)
+    must be ones the destination's KVM honours (libvirt_arm_cpu.firmware):
+    the host's, except those a model with *model_firmware* sets."""
+    reasons: list[Reason] = []
+    notes: list[str] = []
+    src, dst = source.reg_ids(off), dest.reg_ids(off)
+    if src is not None and dst is not None:
+        fw_ids = {r.kvm_id for r in firmware.FIRMWARE_REGISTERS}
+        hidden = {i for i in src - model_list if sysreg_encoding(i) is not None} \
+            if model_list is not None else set()
+        for reg_id in sorted(src - hidden - dst - fw_ids):
+            enc = sysreg_encoding(reg_id)
+            reg = kb.by_encoding(*enc) if enc else None
+            name = reg.name if reg else (generic_name(*enc) if enc else f"{reg_id:#x}")
+            reasons.append(Reason(name, None, "absent", None, None,
+                                  f"{name}: the source's kernel lists it for the guest's vCPU, "
+                                  f"this host's does not (QEMU fails the incoming state)"))
+    else:
+        which = " and ".join(n for n, p in (("the source", source), ("this host", dest))
+                             if p.reg_list is None)
+        notes.append(f"register lists not compared: the profile of {which} does not record "
+                     f"them (probe again with this version); ID registers only")
+        known = {r.name for r in dest.registers if r.value is not None}
+        reasons += [Reason(r.name, None, "absent", None, r.value,
+                           f"{r.name}: the source's kernel lists it, this host's does not "
+                           f"(QEMU fails the incoming state)")
+                    for r in source.registers if r.value is not None and r.name not in known]
     if source.firmware is None or dest.firmware is None:
         which = " and ".join(n for n, p in (("the source", source), ("this host", dest))
                              if p.firmware is None)
@@ -243,7 +262,7 @@ def compare_passthrough(source: HostProfile, dest: HostProfile, kb: KnowledgeBas
     # the firmware registers travel in the stream: migration_reasons judges them
     model = dataclasses.replace(CpuModel.from_profile(source, kb, off=off), firmware={})
     c = compare(model, dest, kb, qemu_writes=True)
-    stream, notes = migration_reasons(source, dest)
+    stream, notes = migration_reasons(source, dest, kb, off=off)
     if not stream:
         return Comparison(c.result, c.reasons, c.changes, c.precision, notes)
     return Comparison(INCOMPATIBLE, stream + c.reasons, c.changes, c.precision, notes)

@@ -59,6 +59,11 @@ class CpuModel:
     # firmware: PSCI version, hypercall bitmaps), None: kept out of its
     # register list.  Empty: not managed, the guest has each host's own.
     firmware: dict[str, int | None] = field(default_factory=dict)
+    # the registers a guest vCPU of this model may have (KVM ids, as QEMU
+    # migrates them): the loader keeps any other out of QEMU's list, so the
+    # migration stream never carries one a host of the model lacks.  None:
+    # not managed (the guest has each host's list)
+    reg_list: frozenset[int] | None = None
 
     def __post_init__(self) -> None:
         self.vcpu_off = tuple(sorted(set(self.vcpu_off)))
@@ -72,6 +77,9 @@ class CpuModel:
         text = ";".join(f"{k}={v:x}" for k, v in sorted(self.values.items()))
         if self.vcpu_off:       # appended only then: older models keep their names
             text += ";vcpu-off=" + ",".join(self.vcpu_off)
+        if self.reg_list is not None:
+            text += ";list=" + hashlib.sha256(" ".join(
+                f"{i:x}" for i in sorted(self.reg_list)).encode()).hexdigest()[:16]
         if self.firmware:
             text += ";firmware=" + ",".join(f"{k}={'-' if v is None else f'{v:x}'}"
                                             for k, v in sorted(self.firmware.items()))
@@ -95,7 +103,8 @@ class CpuModel:
         effects = {f: e for f, e in self.vcpu_effects.items() if f not in new}
         return CpuModel(values, self.writable, self.imp_id_writable, self.hosts,
                         self.implementations, vcpu_off=tuple(set(self.vcpu_off) | set(new)),
-                        vcpu_effects=effects, firmware=dict(self.firmware))
+                        vcpu_effects=effects, firmware=dict(self.firmware),
+                        reg_list=self.reg_list)
 
     @classmethod
     def from_profile(cls, p: HostProfile, kb: KnowledgeBase, label: str | None = None,
@@ -127,7 +136,7 @@ class CpuModel:
         firmware = {n: v for n, v in (p.firmware or {}).items() if n in SETTABLE}
         return cls(values, writable, p.capability("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS") > 0,
                    (label or p.hostname,), midrs, vcpu_off=tuple(off), vcpu_effects=effects,
-                   firmware=firmware)
+                   firmware=firmware, reg_list=p.reg_ids(off))
 
 
 def _q(tag: str) -> str:
@@ -156,6 +165,9 @@ def to_xml(model: CpuModel, features: list[str]) -> bytes:
     for name, fw in sorted(model.firmware.items()):
         ET.SubElement(regs, _q("firmware"), {"name": name,
                                              "value": "absent" if fw is None else f"{fw:#x}"})
+    if model.reg_list is not None:
+        ET.SubElement(regs, _q("register-list")).text = " ".join(
+            f"{i:#x}" for i in sorted(model.reg_list))
     for name in sorted(model.values):
         ET.SubElement(regs, _q("register"), {"name": name,
                                              "value": f"0x{model.values[name]:016x}",
@@ -224,12 +236,20 @@ def from_xml(data: bytes, path: str = "<cpu>") -> CpuModel:
         except ValueError:
             raise ParseError(path, None, f"<firmware name='{name}'>: value '{text}' is not a "
                              f"hex number or 'absent'") from None
+    reg_list = None
+    lst = regs.find(_q("register-list"))
+    if lst is not None:
+        try:
+            reg_list = frozenset(int(t, 16) for t in (lst.text or "").split())
+        except ValueError:
+            raise ParseError(path, None, "<register-list>: expected KVM register ids in hex, "
+                             "separated by spaces") from None
     model = cpu.find("model")
     return CpuModel(values, writable, regs.get("imp-id-writable") == "yes",
                     tuple(h.get("name", "") for h in regs.iter(_q("host"))),
                     tuple(int(i.get("midr", "0"), 16) for i in regs.iter(_q("implementation"))),
                     name=(model.text or "").strip() if model is not None else "",
-                    vcpu_off=off, vcpu_effects=effects, firmware=firmware)
+                    vcpu_off=off, vcpu_effects=effects, firmware=firmware, reg_list=reg_list)
 
 
 def read_model(path: str) -> CpuModel:

@@ -133,12 +133,14 @@ class Translation:
     # firmware pseudo-registers the model sets (None: kept out of the guest's
     # register list); empty: not managed
     firmware: dict[str, int | None] = field(default_factory=dict)
+    # the registers the guest's vCPU may have (KVM ids); None: not managed
+    reg_list: frozenset[int] | None = None
 
     def to_element(self) -> ET.Element:
         # format 1 where a reader of format 1 understands it (sysreg, no vCPU
         # feature off), so hooks not yet upgraded still check such domains
         plain = (self.method == METHOD_SYSREG and not self.vcpu_off and not self.original_pmu
-                 and not self.firmware)
+                 and not self.firmware and self.reg_list is None)
         attrs = {"version": "1" if plain else str(FORMAT_VERSION), "model": self.model}
         if not plain:
             attrs["method"] = self.method
@@ -155,6 +157,9 @@ class Translation:
         for name, fw in sorted(self.firmware.items()):
             ET.SubElement(root, _NS + "firmware",
                           {"name": name, "value": "absent" if fw is None else f"{fw:#x}"})
+        if self.reg_list is not None:
+            ET.SubElement(root, _NS + "register-list").text = " ".join(
+                f"{i:#x}" for i in sorted(self.reg_list))
         for name, value in self.properties:
             ET.SubElement(root, _NS + "property", {"name": name, "value": f"{value:#x}"})
         return root
@@ -195,6 +200,14 @@ class Translation:
                                  f"{', '.join(FIRMWARE_SETTABLE)}, each once, with a 0x hex "
                                  f"value or 'absent'")
             fw[name] = None if text == "absent" else int(text, 16)
+        reg_list = None
+        lst = elem.find(_NS + "register-list")
+        if lst is not None:
+            try:
+                reg_list = frozenset(int(t, 16) for t in (lst.text or "").split())
+            except ValueError:
+                raise ParseError(path, None, "the domain's CPU metadata has a <register-list> "
+                                 "that is not KVM register ids in hex") from None
         off = []
         for v in elem.iter(_NS + "vcpu-feature"):
             name = v.get("name", "")
@@ -207,7 +220,7 @@ class Translation:
                    host.get("name", "") if host is not None else "",
                    host.get("fingerprint", "") if host is not None else "",
                    elem.get("model", ""), version, method, tuple(sorted(off)),
-                   elem.findtext(_NS + "original-pmu") or "", fw)
+                   elem.findtext(_NS + "original-pmu") or "", fw, reg_list)
 
     @property
     def qemu_cpu(self) -> str | None:

@@ -126,7 +126,7 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
     try:
         v = validate(t.values, dom.cpu_arguments(), host, kb, vcpu_off=t.vcpu_off,
                      current_env=dom.loader_env(), current_method=t.method,
-                     firmware_values=t.firmware)
+                     firmware_values=t.firmware, reg_list=t.reg_list)
     except UnknownName as e:
         return f"domain '{name}': its CPU metadata names {e}", None
     where = f"host {host.hostname or '?'}"
@@ -153,7 +153,7 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
         new = Translation(t.original_cpu, t.values, v.properties, host.hostname,
                           host.fingerprint.digest, t.model, method=v.method,
                           vcpu_off=t.vcpu_off, original_pmu=t.original_pmu,
-                          firmware=t.firmware)
+                          firmware=t.firmware, reg_list=t.reg_list)
         how = (f"loader, {len(v.env.get(ENV_VALUES, '').split())} registers"
                if v.method == METHOD_LOADER else f"{len(v.properties)} SYSREG properties")
         log("info", f"domain '{name}': CPU input rewritten for {where} ({how})")

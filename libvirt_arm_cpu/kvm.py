@@ -40,6 +40,7 @@ KVM_ARM_VCPU_INIT = 0x4020AEAE
 KVM_ARM_PREFERRED_TARGET = 0x8020AEAF
 KVM_ARM_GET_REG_WRITABLE_MASKS = 0x8040AEB6
 KVM_ARM_VCPU_FINALIZE = 0x4004AEC2       # _IOW(KVMIO, 0xc2, int)
+KVM_GET_REG_LIST = 0xC008AEB0            # _IOWR(KVMIO, 0xb0, struct kvm_reg_list)
 
 KVM_CAP_ARM_PMU_V3 = 126
 KVM_CAP_ARM_SVE = 170
@@ -76,7 +77,7 @@ IOCTL_NAMES = {globals()[n]: n for n in (
     "KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_CHECK_EXTENSION", "KVM_GET_VCPU_MMAP_SIZE",
     "KVM_CREATE_VCPU", "KVM_SET_USER_MEMORY_REGION", "KVM_RUN", "KVM_ENABLE_CAP",
     "KVM_GET_ONE_REG", "KVM_SET_ONE_REG", "KVM_ARM_VCPU_INIT", "KVM_ARM_PREFERRED_TARGET",
-    "KVM_ARM_GET_REG_WRITABLE_MASKS", "KVM_ARM_VCPU_FINALIZE")}
+    "KVM_ARM_GET_REG_WRITABLE_MASKS", "KVM_ARM_VCPU_FINALIZE", "KVM_GET_REG_LIST")}
 
 
 class KvmError(Error):
@@ -246,6 +247,22 @@ class Vcpu:
     def set(self, reg_id: int, value: int, name: str | None = None) -> None:
         buf = array.array("Q", [value])
         _ioctl(self.fd, KVM_SET_ONE_REG, struct.pack("QQ", reg_id, buf.buffer_info()[0]), name)
+
+    def reg_list(self) -> list[int]:
+        """KVM_GET_REG_LIST: the ids of every register this vCPU has, which
+        QEMU reads, writes back and migrates (first call: n = 0, E2BIG with
+        the count)."""
+        head = bytearray(struct.pack("Q", 0))
+        try:
+            _ioctl(self.fd, KVM_GET_REG_LIST, head)
+        except KvmError as err:
+            if err.errno != errno.E2BIG:
+                raise
+        n = struct.unpack_from("Q", head)[0]
+        buf = bytearray(struct.pack("Q", n) + bytes(8 * n))
+        _ioctl(self.fd, KVM_GET_REG_LIST, buf)
+        count = struct.unpack_from("Q", buf)[0]
+        return list(struct.unpack_from(f"{count}Q", buf, 8))
 
     def run_once(self) -> None:
         """Run the vCPU until its first exit: it loads from an unmapped

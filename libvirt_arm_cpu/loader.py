@@ -41,7 +41,8 @@ ENV_NAMES = (ENV_PRELOAD, ENV_VALUES)
 # MPIDR_EL1 is per vCPU (KVM sets it from the vCPU index): never a model's.
 _MPIDR = (3, 0, 0, 0, 5)
 _ENTRY = re.compile(r"(?:([A-Za-z0-9_]{1,63})@)?S(\d{1,2})_(\d{1,2})_C(\d{1,2})_C(\d{1,2})_(\d{1,2})"
-                    r"=0x([0-9A-Fa-f]{1,16})")
+                    r"=(?:0x([0-9A-Fa-f]{1,16})|(absent))")
+_SYSREG_BASE = 0x6030000000130000          # ARM64_SYS_REG() with no encoding bits
 _FW_ENTRY = re.compile(r"(?:([A-Za-z0-9_]{1,63})@)?FW(BMAP)?(\d{1,2})=(?:0x([0-9A-Fa-f]{1,16})|(absent))")
 
 
@@ -60,15 +61,30 @@ def _firmware_encoding(name: str) -> str:
     return f"{kind}{reg.kvm_id & 0xffff}"
 
 
+def sysreg_id(enc: tuple[int, int, int, int, int]) -> int:
+    op0, op1, crn, crm, op2 = enc
+    return _SYSREG_BASE | op0 << 14 | op1 << 11 | crn << 7 | crm << 3 | op2
+
+
+def sysreg_encoding(reg_id: int) -> tuple[int, int, int, int, int] | None:
+    """The encoding of a KVM system register id; None for another kind."""
+    if reg_id & ~0xFFFF != _SYSREG_BASE:
+        return None
+    return (reg_id >> 14 & 3, reg_id >> 11 & 7, reg_id >> 7 & 15, reg_id >> 3 & 15, reg_id & 7)
+
+
 def environment(values: dict[str, int], kb: KnowledgeBase, path: str = LOADER_PATH,
-                firmware_values: dict[str, int | None] | None = None) -> dict[str, str]:
+                firmware_values: dict[str, int | None] | None = None,
+                hidden: frozenset[int] | set[int] = frozenset()) -> dict[str, str]:
     """``LD_PRELOAD`` and ``LIBVIRT_ARM_CPU_ID_REGS`` for a guest that must
     read *values* (register name -> whole value), in encoding order, then
     the firmware pseudo-registers *firmware_values* (None: keep it out of the
-    guest's register list).
+    guest's register list), then the system registers *hidden* (KVM ids) to
+    keep out of it.
 
     :raise LoaderValueError: a register outside KVM's feature-ID space or
-        MPIDR_EL1 (the loader would refuse it).
+        MPIDR_EL1 (the loader would refuse it), or a hidden id that is not
+        a system register.
     """
     regs: list[Register] = sorted((kb.register(n) for n in values), key=lambda r: r.encoding)
     entries = []
@@ -82,6 +98,14 @@ def environment(values: dict[str, int], kb: KnowledgeBase, path: str = LOADER_PA
         v = (firmware_values or {})[name]
         entries.append(f"{name}@{_firmware_encoding(name)}="
                        + ("absent" if v is None else f"0x{v:016x}"))
+    by_encoding = {r.encoding: r.name for r in kb}
+    for reg_id in sorted(hidden):
+        enc = sysreg_encoding(reg_id)
+        if enc is None:
+            raise LoaderValueError(f"register {reg_id:#x} cannot be kept out of the guest's "
+                                   f"list by the loader: not a system register")
+        label = by_encoding.get(enc)
+        entries.append((f"{label}@" if label else "") + f"{_encoding_text(enc)}=absent")
     return {ENV_PRELOAD: path, ENV_VALUES: " ".join(entries)}
 
 
@@ -92,11 +116,12 @@ def parse_values(text: str, kb: KnowledgeBase, source: str = ENV_VALUES) -> dict
 
 
 def parse_entries(text: str, kb: KnowledgeBase, source: str = ENV_VALUES
-                  ) -> tuple[dict[str, int], dict[str, int | None]]:
-    """The ID register values and the firmware pseudo-registers (None:
-    kept out of the guest's list) in a ``LIBVIRT_ARM_CPU_ID_REGS`` value, by
-    the loader's rules (register names from *kb*; an encoding it does not
-    know keeps its generic name).
+                  ) -> tuple[dict[str, int], dict[str, int | None], frozenset[int]]:
+    """The ID register values, the firmware pseudo-registers (None: kept
+    out of the guest's list) and the system registers kept out of it (KVM
+    ids) in a ``LIBVIRT_ARM_CPU_ID_REGS`` value, by the loader's rules
+    (register names from *kb*; an encoding it does not know keeps its
+    generic name).
 
     :raise LoaderValueError: naming the entry, as the loader would.
     """
@@ -104,6 +129,7 @@ def parse_entries(text: str, kb: KnowledgeBase, source: str = ENV_VALUES
     by_fw = {_firmware_encoding(n): n for n in firmware.BY_NAME}
     out: dict[str, int] = {}
     fw: dict[str, int | None] = {}
+    hidden: set[int] = set()
     entries = text.split()
     if not entries:
         raise LoaderValueError(f"{source} is set but has no entries")
@@ -127,15 +153,25 @@ def parse_entries(text: str, kb: KnowledgeBase, source: str = ENV_VALUES
                                    f" or [LABEL@]FW[BMAP]<n>=0x<hex>|absent")
         enc5 = tuple(int(g) for g in m.group(2, 3, 4, 5, 6))
         assert len(enc5) == 5
+        op0, op1, crn, crm, op2 = enc5
+        if op0 > 3 or op1 > 7 or crn > 15 or crm > 15 or op2 > 7:
+            raise LoaderValueError(f"{source} entry {i} '{entry[:100]}': "
+                                   f"'{_encoding_text(enc5)}' is not a system register encoding")
+        if m.group(8):
+            reg_id = sysreg_id(enc5)
+            if reg_id in hidden or by_encoding.get(enc5, _encoding_text(enc5)) in out:
+                raise LoaderValueError(f"{source} entry {i}: {_encoding_text(enc5)} named again")
+            hidden.add(reg_id)
+            continue
         if enc5 == _MPIDR or not in_feature_id_space(*enc5):
             raise LoaderValueError(f"{source} entry {i} '{entry[:100]}': "
                                    f"{_encoding_text(enc5)} is not one of KVM's feature-ID "
                                    f"registers (or is MPIDR_EL1)")
         name = by_encoding.get(enc5, _encoding_text(enc5))
-        if name in out:
+        if name in out or sysreg_id(enc5) in hidden:
             raise LoaderValueError(f"{source} entry {i}: {name} named again")
         out[name] = int(m.group(7), 16)
-    return out, fw
+    return out, fw, frozenset(hidden)
 
 
 def installed(path: str = LOADER_PATH) -> bool:

@@ -141,32 +141,42 @@ def _group_of(path: str) -> str:
 
 def probe_kvm(kvm: Kvm, kb: KnowledgeBase, variants: bool = True
               ) -> tuple[dict[str, tuple[int, int]], list[str], list[ProfileRegister], bool,
-                         list[VcpuOffValues] | None, dict[str, int | None]]:
+                         list[VcpuOffValues] | None, dict[str, int | None], frozenset[int]]:
     """Capabilities, vCPU features used, registers, whether masks are known,
-    (with *variants*) the registers with vCPU features off, and the firmware
-    pseudo-registers."""
+    (with *variants*) the registers with vCPU features off, the firmware
+    pseudo-registers, and the register list QEMU migrates."""
     caps = {name: (num, kvm.check_extension(num)) for name, num in CAPS.items()}
     features = kvm.default_features()
     with kvm.create_vm() as vm:
         masks: list[int] | None = None
         if vm.check_extension(KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES) & 1:
             masks = vm.writable_masks()
-        values, firmware = _read_space(vm, features, kb, with_firmware=True)
+        values, firmware, reg_list = _read_space(vm, features, kb, with_firmware=True)
     registers = []
     for enc, value in zip(feature_id_space(), values):
         idx = writable_mask_index(*enc)
         registers.append(ProfileRegister(register_name(kb, enc), enc, kvm_reg_id(*enc), idx,
                                          value, None if masks is None or idx is None
                                          else masks[idx]))
-    off = vcpu_off_values(kvm, kb, features, registers) if variants else None
-    return caps, features.names(), registers, masks is not None, off, firmware
+    off = vcpu_off_values(kvm, kb, features, registers, reg_list) if variants else None
+    return caps, features.names(), registers, masks is not None, off, firmware, reg_list
+
+
+# QEMU migrates the core registers and SVE's by other means than its
+# register list (target/arm/kvm.c kvm_arm_reg_syncs_via_cpreg_list)
+_NOT_IN_QEMU_LIST = (0x0010 << 16, 0x0015 << 16)      # KVM_REG_ARM_CORE, KVM_REG_ARM64_SVE
+
+
+def qemu_list(ids: list[int]) -> frozenset[int]:
+    return frozenset(i for i in ids if i & 0x0FFF0000 not in _NOT_IN_QEMU_LIST)
 
 
 def _read_space(vm, features: VcpuFeatures, kb: KnowledgeBase, with_firmware: bool = False
-                ) -> tuple[list[int | None], dict[str, int | None]]:
+                ) -> tuple[list[int | None], dict[str, int | None], frozenset[int]]:
     """Create the VM's vCPU with *features* and read the feature-ID space
-    (None where the kernel does not know a register) and, *with_firmware*,
-    KVM's firmware pseudo-registers (libvirt_arm_cpu.firmware)."""
+    (None where the kernel does not know a register), *with_firmware* KVM's
+    firmware pseudo-registers (libvirt_arm_cpu.firmware), and its register
+    list as QEMU migrates it."""
     vcpu = vm.create_vcpu(features)
 
     def read(reg_id: int, name: str) -> int | None:
@@ -179,11 +189,12 @@ def _read_space(vm, features: VcpuFeatures, kb: KnowledgeBase, with_firmware: bo
 
     out = [read(kvm_reg_id(*enc), register_name(kb, enc)) for enc in feature_id_space()]
     fw = {r.name: read(r.kvm_id, r.name) for r in FIRMWARE_REGISTERS} if with_firmware else {}
-    return out, fw
+    return out, fw, qemu_list(vcpu.reg_list())
 
 
 def vcpu_off_values(kvm: Kvm, kb: KnowledgeBase, features: VcpuFeatures,
-                    registers: list[ProfileRegister]) -> list[VcpuOffValues]:
+                    registers: list[ProfileRegister],
+                    reg_list: frozenset[int] = frozenset()) -> list[VcpuOffValues]:
     """One scratch VM per offered feature with it off, one with all off; if
     all-off is not what the single ones combine to, every pair too, so that
     :meth:`HostProfile.values` never has to assume independence."""
@@ -192,15 +203,19 @@ def vcpu_off_values(kvm: Kvm, kb: KnowledgeBase, features: VcpuFeatures,
 
     def measure(off: tuple[str, ...]) -> VcpuOffValues:
         with kvm.create_vm() as vm:
-            values, _ = _read_space(vm, features.without(off), kb)
+            values, _, ids = _read_space(vm, features.without(off), kb)
         return VcpuOffValues(off, {r.name: v for r, v in zip(registers, values)
-                                   if v != default[r.name] and v is not None})
+                                   if v != default[r.name] and v is not None},
+                             reg_list - ids, ids - reg_list)
 
     out = [measure((f,)) for f in offered]
     if len(offered) > 1:
         every = measure(tuple(offered))
         combined = {k: v for o in out for k, v in o.registers.items()}
-        if every.registers != combined and len(offered) > 2:
+        removed = frozenset().union(*(o.list_removed or () for o in out))
+        added = frozenset().union(*(o.list_added or () for o in out))
+        if (every.registers != combined or every.list_removed != removed
+                or every.list_added != added) and len(offered) > 2:
             out += [measure(pair) for pair in itertools.combinations(offered, 2)]
         out.append(every)
     return out
@@ -340,7 +355,7 @@ def probe_host(emulator: str | None = None, dev: str = "/dev/kvm", sysfs: str = 
     say(f"{len(cpus)} CPUs, kernel {uname.release}")
     with open_kvm(dev) as kvm:
         t0 = time.monotonic()
-        caps, features, registers, masks_known, off, firmware = probe_kvm(kvm, kb)
+        caps, features, registers, masks_known, off, firmware, reg_list = probe_kvm(kvm, kb)
         took = time.monotonic() - t0
     say(f"KVM: {sum(r.value is not None for r in registers)} ID registers read, writable "
         f"masks {'known' if masks_known else 'unknown'}, vCPU features "
@@ -356,6 +371,6 @@ def probe_host(emulator: str | None = None, dev: str = "/dev/kvm", sysfs: str = 
         probed_at=now.isoformat().replace("+00:00", "Z"), tool_version=__version__,
         qemu=qemu, vcpu_features=features, capabilities=caps, cpus=cpus,
         registers=registers, masks_known=masks_known, vcpu_off=off or None, loader=probe_loader(),
-        firmware=firmware,
+        firmware=firmware, reg_list=reg_list,
         fingerprint=fingerprint(uname.release, cpus, find_qemu(emulator),
                                 _read_text("/proc/sys/kernel/random/boot_id")))

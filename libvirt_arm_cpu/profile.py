@@ -65,6 +65,9 @@ class VcpuOffValues:
 
     features: tuple[str, ...]        # sorted
     registers: dict[str, int]
+    # KVM_GET_REG_LIST of that vCPU against the default one (None: not probed)
+    list_removed: frozenset[int] | None = None
+    list_added: frozenset[int] | None = None
 
 
 @dataclass
@@ -118,6 +121,10 @@ class HostProfile:
     # KVM's firmware pseudo-registers (libvirt_arm_cpu.firmware), name ->
     # value, None where the kernel lacks one; None: not probed (older profile)
     firmware: dict[str, int | None] | None = None
+    # KVM_GET_REG_LIST of the default vCPU, less the core and SVE registers
+    # (QEMU migrates those by other means): every register QEMU's migration
+    # stream carries for it.  None: not probed (older profile)
+    reg_list: frozenset[int] | None = None
 
     @property
     def heterogeneous(self) -> bool:
@@ -160,6 +167,26 @@ class HostProfile:
             for f in wanted:
                 out.update(records[(f,)])
         return out
+
+    def reg_ids(self, off: tuple[str, ...] | list[str] | frozenset[str] = ()
+                ) -> frozenset[int] | None:
+        """The register list of a guest vCPU with the features *off*
+        switched off, as :meth:`values` combines measurements; None where
+        the profile does not record it."""
+        if self.reg_list is None:
+            return None
+        wanted = tuple(sorted(set(off) & set(self.vcpu_features)))
+        if not wanted:
+            return self.reg_list
+        records = {o.features: o for o in self.vcpu_off or ()}
+        parts = [records[wanted]] if wanted in records else [records.get((f,)) for f in wanted]
+        out = set(self.reg_list)
+        for o in parts:
+            if o is None or o.list_removed is None or o.list_added is None:
+                return None
+            out -= o.list_removed
+            out |= o.list_added
+        return frozenset(out)
 
     def register(self, name: str) -> ProfileRegister | None:
         for r in self.registers:
@@ -213,6 +240,9 @@ def to_xml(p: HostProfile) -> bytes:
         off = _sub(feats, "off", features=" ".join(o.features))
         for name, value in sorted(o.registers.items()):
             _sub(off, "register", name=name, value=_hex(value))
+        if o.list_removed is not None and o.list_added is not None:
+            _sub(off, "register-list", removed=_ids(o.list_removed) or None,
+                 added=_ids(o.list_added) or None)
     caps = _sub(root, "capabilities")
     for name, (number, value) in p.capabilities.items():
         _sub(caps, "capability", name=name, number=number, value=value)
@@ -227,6 +257,8 @@ def to_xml(p: HostProfile) -> bytes:
                 value = p.firmware[reg.name]
                 _sub(fw, "register", name=reg.name, kvm_id=f"{reg.kvm_id:#x}",
                      value="absent" if value is None else _hex(value))
+    if p.reg_list is not None:
+        _sub(root, "register-list", _ids(p.reg_list), count=len(p.reg_list))
     regs = _sub(root, "registers", writable_masks="known" if p.masks_known else "unknown")
     for r in p.registers:
         _sub(regs, "register", name=r.name, op0=r.encoding[0], op1=r.encoding[1],
@@ -238,6 +270,18 @@ def to_xml(p: HostProfile) -> bytes:
     ET.indent(root, space="  ")
     return (b"<?xml version='1.0' encoding='UTF-8'?>\n"
             + ET.tostring(root, encoding="unicode").encode() + b"\n")
+
+
+def _ids(ids: frozenset[int]) -> str:
+    return " ".join(f"{i:#x}" for i in sorted(ids))
+
+
+def _parse_ids(text: str | None, what: str, path: str) -> frozenset[int]:
+    try:
+        return frozenset(int(t, 16) for t in (text or "").split())
+    except ValueError:
+        raise ParseError(path, None, f"{what}: expected KVM register ids in hex, separated "
+                         f"by spaces") from None
 
 
 def _int(elem: ET.Element, attr: str, path: str, base: int = 0) -> int:
@@ -311,6 +355,7 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
         fingerprint=Fingerprint(components),
         vcpu_off=_vcpu_off(feats, offered, path),
         firmware=_firmware(root.find(_q("firmware")), path),
+        reg_list=_reg_list(root.find(_q("register-list")), path),
         loader=LoaderInfo("missing") if loader is None else LoaderInfo(
             _choice(loader, "status", ("found", "missing"), path), loader.get("path")),
     )
@@ -322,6 +367,16 @@ def _choice(elem: ET.Element, attr: str, allowed: tuple[str, ...], path: str) ->
         raise ParseError(path, None, f"<{elem.tag[len(_NS):]} {attr}='{text}'>: expected "
                          f"{' or '.join(allowed)}")
     return text
+
+
+def _reg_list(elem: ET.Element | None, path: str) -> frozenset[int] | None:
+    if elem is None:
+        return None
+    ids = _parse_ids(elem.text, "<register-list>", path)
+    if elem.get("count") is not None and _int(elem, "count", path) != len(ids):
+        raise ParseError(path, None, f"<register-list count='{elem.get('count')}'> holds "
+                         f"{len(ids)} distinct ids: truncated or edited")
+    return ids
 
 
 def _firmware(elem: ET.Element | None, path: str) -> dict[str, int | None] | None:
@@ -366,7 +421,13 @@ def _vcpu_off(feats: ET.Element | None, offered: list[str],
                                  f": register '{name}' value '{text}': expected each register "
                                  f"once, with a 0x hex value")
             regs[name] = _int(r, "value", path, 16)
-        out.append(VcpuOffValues(names, regs))
+        lst = e.find(_q("register-list"))
+        removed = added = None
+        if lst is not None:
+            what = f"<vcpu-features><off features='{' '.join(names)}'><register-list>"
+            removed = _parse_ids(lst.get("removed"), what, path)
+            added = _parse_ids(lst.get("added"), what, path)
+        out.append(VcpuOffValues(names, regs, removed, added))
     return out
 
 
@@ -452,6 +513,7 @@ def to_json(p: HostProfile) -> dict:
              "registers": {k: _hex(v) for k, v in sorted(o.registers.items())}}
             for o in p.vcpu_off],
         "loader": {"status": p.loader.status, "path": p.loader.path},
+        "register_list": None if p.reg_list is None else [f"{i:#x}" for i in sorted(p.reg_list)],
         "firmware": None if p.firmware is None else {
             k: None if v is None else _hex(v) for k, v in p.firmware.items()},
         "capabilities": {k: v for k, (_, v) in p.capabilities.items()},

@@ -42,6 +42,7 @@ from .errors import DataError, UsageError
 from .features import Feature, FeatureCatalog, FeatureRef, FieldCondition, Group
 from .loader import LOADER_PATH
 from .loader import environment as loader_env
+from .loader import sysreg_encoding
 from .profile import HostProfile
 from .registers import KnowledgeBase
 
@@ -74,6 +75,7 @@ class Resolution:
     env: dict[str, str] = field(default_factory=dict)   # the loader's variables (loader)
     vcpu_off: tuple[str, ...] = ()              # vCPU features switched off
     firmware: dict[str, int | None] = field(default_factory=dict)   # the model's (loader)
+    reg_list: frozenset[int] | None = None      # the model's register list (loader)
 
     @property
     def identical(self) -> bool:
@@ -141,19 +143,26 @@ def _qemu_name(q) -> str:
 
 
 def loader_environment(values: dict[str, int], host: HostProfile, kb: KnowledgeBase,
-                       firmware_values: dict[str, int | None] | None = None
+                       firmware_values: dict[str, int | None] | None = None,
+                       reg_list: frozenset[int] | None = None, off: tuple[str, ...] = ()
                        ) -> dict[str, str]:
     """The loader's variables for a guest with *values* on *host*: every
     register of the model this host's kernel knows (the loader writes them
     all, so a host whose own values changed cannot give the guest others;
     a register the kernel lacks is one compare has already required zero),
-    and the model's firmware pseudo-registers this kernel has (one the
-    model keeps out of the guest's list only where the kernel lists it)."""
+    the model's firmware pseudo-registers this kernel has (one the model
+    keeps out of the guest's list only where the kernel lists it), and the
+    system registers this kernel lists for the guest's vCPU (features *off*
+    switched off) that the model's *reg_list* does not have."""
     have = host.values()
     fw = {n: v for n, v in (firmware_values or {}).items()
           if host.firmware is None or host.firmware.get(n) is not None}
+    hidden: set[int] = set()
+    listed = host.reg_ids(off)
+    if reg_list is not None and listed is not None:
+        hidden = {i for i in listed - reg_list if sysreg_encoding(i) is not None}
     return loader_env({n: v for n, v in values.items() if n in have}, kb,
-                      host.loader.path or LOADER_PATH, fw)
+                      host.loader.path or LOADER_PATH, fw, hidden)
 
 
 def firmware_changes(firmware_values: dict[str, int | None], host: HostProfile) -> bool:
@@ -211,6 +220,7 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
                          f"already)")
     values = {r: v for r, v in base.values.items() if kb.register(r).kind != "affinity"}
     fw = dict(base.firmware)
+    reg_list = base.reg_list
     off = tuple(sorted(base.vcpu_off))
     if off:
         # the host as a guest with those vCPU features off sees it
@@ -275,9 +285,10 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
                               f"({', '.join(sorted(fw))}), which only the loader can give a "
                               f"guest (use --method loader)")
     props = properties_for(values, host, kb, off) if chosen == METHOD_SYSREG else []
-    env = loader_environment(values, host, kb, fw) if chosen == METHOD_LOADER else {}
+    env = loader_environment(values, host, kb, fw, reg_list, off) \
+        if chosen == METHOD_LOADER else {}
     return Resolution(name, values, props, verdict, repair.lowered, repair.unresolved, notes,
-                      chosen, env, off, fw)
+                      chosen, env, off, fw, reg_list)
 
 
 def _model(values: dict[str, int], host_model: CpuModel, host: HostProfile,
@@ -429,8 +440,8 @@ class Validation:
 def validate(values: dict[str, int], cpu_arguments: list[str], host: HostProfile,
              kb: KnowledgeBase, *, vcpu_off: tuple[str, ...] = (),
              current_env: dict[str, str] | None = None, current_method: str = METHOD_SYSREG,
-             method: str = "auto", firmware_values: dict[str, int | None] | None = None
-             ) -> Validation:
+             method: str = "auto", firmware_values: dict[str, int | None] | None = None,
+             reg_list: frozenset[int] | None = None) -> Validation:
     """Can *host* present the guest CPU *values* (from a translated domain's
     metadata), with which method, and with which QEMU input?  *method* auto
     keeps the domain's *current_method* where it works on this host."""
@@ -454,7 +465,7 @@ def validate(values: dict[str, int], cpu_arguments: list[str], host: HostProfile
     ok = c.result != INCOMPATIBLE
     props = properties_for(values, host, kb, tuple(vcpu_off)) \
         if ok and chosen == METHOD_SYSREG else []
-    env = loader_environment(values, host, kb, firmware_values) \
+    env = loader_environment(values, host, kb, firmware_values, reg_list, tuple(vcpu_off)) \
         if ok and chosen == METHOD_LOADER else {}
     return Validation(c, props, list(cpu_arguments), chosen, env, dict(current_env or {}),
                       current_method, tuple(vcpu_off))

@@ -12,11 +12,12 @@
  * register as the guest must see it).  KVM's firmware pseudo-registers are
  * named FW<n> (KVM_REG_ARM_FW_REG(n): PSCI version, SMCCC workarounds) and
  * FWBMAP<n> (KVM_REG_ARM_FW_FEAT_BMAP_REG(n): hypercall service bitmaps),
- * n 0-15, e.g. PSCI_VERSION@FW0=0x10001; such an entry may have the value
- * "absent" instead: the register is kept out of the guest vCPUs'
+ * n 0-15, e.g. PSCI_VERSION@FW0=0x10001.  An entry (of any system
+ * register, not only a feature-ID one, or a firmware register) may have the
+ * value "absent" instead: the register is kept out of the guest vCPUs'
  * KVM_GET_REG_LIST, so QEMU neither reads nor migrates it and the guest has
- * KVM's default (a register an older kernel lacks can then be migrated to
- * it).  Without the variable the loader does
+ * KVM's default (a register one kernel lists and another does not can then
+ * be migrated between them).  Without the variable the loader does
  * nothing (libvirt probes QEMU without the domain's environment).  A malformed
  * variable stops the process at load time (exit 1), so QEMU never runs.
  *
@@ -404,6 +405,12 @@ static int parse_entry(int index, const char *text, size_t len)
     if (op0 > 3 || op1 > 7 || crn > 15 || crm > 15 || op2 > 7)
         return bad_entry(index, text, len, "'%.*s' is not a system register encoding",
                          (int)(eq - enc), enc);
+    id = SYSREG_ID(op0, op1, crn, crm, op2);
+    snprintf(enc_name, sizeof(enc_name), "S%u_%u_C%u_C%u_%u", op0, op1, crn, crm, op2);
+    /* any system register may be kept out of the guest's list; only the
+     * feature-ID registers are written */
+    if ((size_t)(text + len - eq - 1) == 6 && memcmp(eq + 1, "absent", 6) == 0)
+        return add_entry(index, text, len, label_len, id, 0, 1, enc_name);
     /* KVM_ARM_FEATURE_ID_RANGE (arch/arm64/include/uapi/asm/kvm.h): op0 3,
      * op1 0, 1 or 3, CRn 0, CRm 0-7, op2 0-7. */
     if (!(op0 == 3 && (op1 == 0 || op1 == 1 || op1 == 3) && crn == 0 && crm <= 7))
@@ -416,8 +423,6 @@ static int parse_entry(int index, const char *text, size_t len)
 
     if (parse_hex_value(index, text, len, eq + 1, &value) < 0)
         return -1;
-    id = SYSREG_ID(op0, op1, crn, crm, op2);
-    snprintf(enc_name, sizeof(enc_name), "S%u_%u_C%u_C%u_%u", op0, op1, crn, crm, op2);
     if (add_entry(index, text, len, label_len, id, value, 0, enc_name) < 0)
         return -1;
     /* MIDR_EL1 S3_0_C0_C0_0, REVIDR_EL1 S3_0_C0_C0_6, AIDR_EL1 S3_1_C0_C0_7 */

@@ -90,7 +90,7 @@ def repairable_by_brute_force(rule, values: dict, host: dict) -> bool:
     cands = _candidates(rule)
     writable = {r: U64 for r in host}
     options = []
-    for f, vals in cands.items():
+    for f in cands:
         cur = f.get(values.get(f.register, 0))
         named = {x for x, _ in f.values} | {0, f.max_value if f.signed else 0}
         for v in range(f.max_value + 1 if f.width <= 4 else 0):

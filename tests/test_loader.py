@@ -52,11 +52,24 @@ def test_firmware_entries_and_hidden_registers(native_loader):
     text = environment({"CTR_EL0": 0x84448004}, KB, firmware_values=fw)[ENV_VALUES]
     assert text.split()[1:] == ["PSCI_VERSION@FW0=0x0000000000010001",
                                 "VENDOR_HYP_BMAP_2@FWBMAP3=absent"]
-    assert parse_entries(text, KB) == ({"CTR_EL0": 0x84448004}, fw)
+    assert parse_entries(text, KB) == ({"CTR_EL0": 0x84448004}, fw, frozenset())
     p = preloaded(native_loader, text, debug=True)
     assert p.returncode == 0, p.stderr
     assert "3 registers configured (MIDR/REVIDR/AIDR among them: no); 1 kept out of the " \
         "guest's register list" in p.stderr
+
+
+def test_hidden_system_registers(native_loader):
+    tcr2 = 0x603000000013C103            # TCR2_EL1, S3_0_C2_C0_3: not a feature-ID register
+    text = environment({}, KB, hidden={tcr2})[ENV_VALUES]
+    assert text == "S3_0_C2_C0_3=absent"
+    assert parse_entries(text, KB) == ({}, {}, frozenset({tcr2}))
+    p = preloaded(native_loader, text, debug=True)
+    assert p.returncode == 0 and "1 kept out of the guest's register list" in p.stderr
+    p = preloaded(native_loader, "S3_0_C2_C0_3=0x1")       # hidden, yes; written, no
+    assert p.returncode == 1 and "not in KVM's feature-ID space" in p.stderr
+    with pytest.raises(LoaderValueError):
+        environment({}, KB, hidden={0x6030000000140000})   # a firmware id: FW<n> entries
 
 
 def test_without_the_variable_the_loader_does_nothing(native_loader):
@@ -79,6 +92,9 @@ def test_without_the_variable_the_loader_does_nothing(native_loader):
     ("FWX=0x1", "is not FW<n> or FWBMAP<n>"),
     ("FWBMAP3=absen", "does not start with 0x"),
     ("PSCI_VERSION@FW0=0x1 FW0=0x2", "named again"),
+    ("S3_0_C2_C0_3=absent S3_0_C2_C0_3=absent", "named again"),
+    ("S3_0_C0_C6_0=0x1 S3_0_C0_C6_0=absent", "named again"),
+    ("S3_0_C16_C0_3=absent", "not a system register encoding"),
 ])
 def test_malformed_values_stop_qemu_and_python_agrees(native_loader, value, needle):
     p = preloaded(native_loader, value)

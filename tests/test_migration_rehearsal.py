@@ -11,11 +11,14 @@ succeeds is compared with libvirt_arm_cpu's verdict for that pair
 (compare_passthrough for plain guests, check_direction for models), and a
 guest that loaded reads the values it had on its source.
 
-Hosts (fixtures in tests/data/hosts, captured on the same test bed): M is
-QEMU's `max` and V a Neoverse-V1, both on Linux 7.3; N1 is a Neoverse-N1 on
-Linux 6.12 and on 7.3.  Six boots, in this order: M, V, M, N1/6.12, N1/7.3,
-N1/6.12.
+Hosts: M is QEMU's `max` and V a Neoverse-V1, both on Linux 7.3; L is M
+booted with `arm64.nobti` (the same CPU whose kernel hides BTI: probed in
+its own boot); N1 is a Neoverse-N1 on Linux 6.12 and on 7.3.  The others'
+profiles are the fixtures of tests/data/hosts.  Eight boots, in this order:
+L, M, V, M, L, N1/6.12, N1/7.3, N1/6.12.
 
+* host-passthrough from L to M (lower to higher, one MIDR) loads and the
+  guest keeps L's values; from M to L it is refused (BT 1 -> 0);
 * the baseline of M and V (pointer authentication and SVE off) loads from V
   to M, and the guest reads the model there; from M to V it is refused,
   whatever the model: M's KVM tells guests that Spectre-BHB needs no
@@ -25,11 +28,12 @@ N1/6.12.
   never enables capability 239; and the fields);
 * a model higher than the destination (M's own values, given to V by the
   loader) stops QEMU with the loader's line before anything is loaded;
-* N1 from Linux 6.12 to 7.3 (a kernel upgrade): the host-passthrough guest
-  and the baseline guest load; back from 7.3 to 6.12 (a rollback) the
-  host-passthrough guest is refused (7.3's KVM gives guests PSCI 1.3 and a
-  firmware register 6.12 lacks), the baseline guest loads: its model gives
-  it PSCI 1.1 and keeps that register out of its list (the loader).
+* N1 between Linux 6.12 and 7.3 (a kernel upgrade, and its rollback): the
+  host-passthrough guest is refused both ways (6.12 lists TCR2_EL1, PIR_EL1
+  and PIRE0_EL1 for every vCPU, 7.3 only where the CPU has the features, and
+  7.3 lists PMMIR_EL1, a firmware register 6.12 lacks and PSCI 1.3); the
+  baseline guest loads both ways: its model gives it 6.12's PSCI version and
+  the registers both kernels list, the loader keeping the others out.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from libvirt_arm_cpu.commands.migrate import check_direction
 from libvirt_arm_cpu.compare import INCOMPATIBLE, compare, compare_passthrough
 from libvirt_arm_cpu.cpumodel import CpuModel
 from libvirt_arm_cpu.profile import HostProfile, read_profile
+from libvirt_arm_cpu.profile import from_xml as profile_from_xml
 from libvirt_arm_cpu.translate import loader_environment
 
 from .domains import FIXTURES
@@ -54,12 +59,14 @@ from .testbed import run_in_guest
 KB = registers.load()
 LOADER = "/usr/lib/aarch64-linux-gnu/qemu/libvirt-arm-cpu-loader.so"
 
-HOSTS = {  # name: (fixture, kernel, outer QEMU, outer -cpu)
-    "M": ("max-qemu10.0-linux7.3", "7.3", "10.0", "max"),
-    "V": ("neoverse-v1-qemu10.0-linux7.3", "7.3", "10.0", "neoverse-v1"),
-    "N612": ("neoverse-n1-qemu7.2-linux6.12", "6.12", "7.2", "neoverse-n1"),
-    "N73": ("neoverse-n1-qemu7.2-linux7.3", "7.3", "7.2", "neoverse-n1"),
+HOSTS = {  # name: (fixture, kernel, outer QEMU, outer -cpu, kernel arguments)
+    "M": ("max-qemu10.0-linux7.3", "7.3", "10.0", "max", ""),
+    "V": ("neoverse-v1-qemu10.0-linux7.3", "7.3", "10.0", "neoverse-v1", ""),
+    "L": (None, "7.3", "10.0", "max", "arm64.nobti"),
+    "N612": ("neoverse-n1-qemu7.2-linux6.12", "6.12", "7.2", "neoverse-n1", ""),
+    "N73": ("neoverse-n1-qemu7.2-linux7.3", "7.3", "7.2", "neoverse-n1", ""),
 }
+PROBE = "python3 -m libvirt_arm_cpu.helper probe --output /out/host.xml >/out/probe.log 2>&1\n"
 
 # QMP over a unix socket with the guest's python3 (the libvirt image has it)
 QMP_PY = r'''
@@ -140,7 +147,11 @@ load() {  # NAME STATE [ENV-FILE]: load /in/STATE.state, continue, reset, read a
 
 
 def profile(host: str) -> HostProfile:
-    return read_profile(str(FIXTURES / f"{HOSTS[host][0]}.xml"))
+    """A fixture, or (L) the profile probed in the host's first boot."""
+    fixture = HOSTS[host][0]
+    if fixture is None:
+        return profile_from_xml(rehearsal()["L1"].files["host.xml"], "L's probe")
+    return read_profile(str(FIXTURES / f"{fixture}.xml"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -171,43 +182,47 @@ def models() -> dict[str, dict[str, int]]:
 
 
 def env(model: str, host: str) -> bytes:
-    return loader_environment(models()[model], profile(host), KB,
-                              cpu_models()[model].firmware)["LIBVIRT_ARM_CPU_ID_REGS"].encode()
+    m = cpu_models()[model]
+    return loader_environment(models()[model], profile(host), KB, m.firmware, m.reg_list,
+                              OFF)["LIBVIRT_ARM_CPU_ID_REGS"].encode()
 
 
 def boot(host: str, script: str, envs: dict[str, tuple[str, str]], states: dict) -> object:
-    _, kernel, qemu, cpu = HOSTS[host]
+    _, kernel, qemu, cpu, append = HOSTS[host]
     files = {"qmp.py": QMP_PY.encode(), **{f"{n}.env": env(m, h) for n, (m, h) in envs.items()},
              **{f"{n}.state": data for n, data in states.items()}}
-    res = run_in_guest(kernel=kernel, qemu=qemu, cpu=cpu, image="libvirt",
-                       script=FUNCTIONS % {"qemu": QEMU, "loader": LOADER} + script,
-                       files=files, timeout=420)
-    return res
+    return run_in_guest(kernel=kernel, qemu=qemu, cpu=cpu, image="libvirt", append=append,
+                        script=FUNCTIONS % {"qemu": QEMU, "loader": LOADER} + script,
+                        files=files, timeout=420)
+
+
+def _states(res, *names: str) -> dict[str, bytes]:
+    return {n: res.files[f"{n}.state"] for n in names if f"{n}.state" in res.files}
 
 
 @functools.lru_cache(maxsize=None)
 def rehearsal() -> dict[str, object]:
     """Every boot, in order; the states travel from one to the next."""
     out = {}
+    out["L1"] = l1 = boot("L", PROBE + "save plain_l\n", {}, {})
     out["M1"] = m1 = boot("M", """
 save mv_m /in/mv.env
 save plain_m
 save high_m /in/high.env
-""", {"mv": ("mv", "M"), "high": ("high", "M")}, {})
-    states = {n: m1.files[f"{n}.state"] for n in ("mv_m", "plain_m", "high_m")
-              if f"{n}.state" in m1.files}
+load plain_l_on_m plain_l
+""", {"mv": ("mv", "M"), "high": ("high", "M")}, _states(l1, "plain_l"))
     out["V"] = v = boot("V", """
 save mv_v /in/mv.env
 save plain_v
 load mv_m_on_v mv_m /in/mv.env
 load plain_m_on_v plain_m
 load high_m_on_v high_m /in/high.env
-""", {"mv": ("mv", "V"), "high": ("high", "V")}, states)
+""", {"mv": ("mv", "V"), "high": ("high", "V")}, _states(m1, "mv_m", "plain_m", "high_m"))
     out["M2"] = boot("M", """
 load mv_v_on_m mv_v /in/mv.env
 load plain_v_on_m plain_v
-""", {"mv": ("mv", "M")}, {n: v.files[f"{n}.state"] for n in ("mv_v", "plain_v")
-                           if f"{n}.state" in v.files})
+""", {"mv": ("mv", "M")}, _states(v, "mv_v", "plain_v"))
+    out["L2"] = boot("L", "load plain_m_on_l plain_m\n", {}, _states(m1, "plain_m"))
     out["N1"] = n1 = boot("N612", """
 save n1_612 /in/n1.env
 save plain_612
@@ -217,13 +232,11 @@ load n1_612_on_73 n1_612 /in/n1.env
 load plain_612_on_73 plain_612
 save n1_73 /in/n1.env
 save plain_73
-""", {"n1": ("n1", "N73")}, {n: n1.files[f"{n}.state"] for n in ("n1_612", "plain_612")
-                             if f"{n}.state" in n1.files})
+""", {"n1": ("n1", "N73")}, _states(n1, "n1_612", "plain_612"))
     out["N3"] = boot("N612", """
 load n1_73_on_612 n1_73 /in/n1.env
 load plain_73_on_612 plain_73
-""", {"n1": ("n1", "N612")}, {n: n2.files[f"{n}.state"] for n in ("n1_73", "plain_73")
-                              if f"{n}.state" in n2.files})
+""", {"n1": ("n1", "N612")}, _states(n2, "n1_73", "plain_73"))
     return out
 
 
@@ -265,10 +278,29 @@ pytestmark = pytest.mark.kvm
 
 
 def test_every_source_guest_was_saved():
+    assert_saved("L1", "plain_l")
     assert_saved("M1", "mv_m", "plain_m", "high_m")
     assert_saved("V", "mv_v", "plain_v")
     assert_saved("N1", "n1_612", "plain_612")
     assert_saved("N2", "n1_73", "plain_73")
+
+
+def test_host_passthrough_from_lower_to_higher_loads_and_not_back():
+    low, high = profile("L"), profile("M")
+    bt = KB.field("ID_AA64PFR1_EL1", "BT")
+    assert bt.get(low.values()["ID_AA64PFR1_EL1"]) == 0 < bt.get(high.values()["ID_AA64PFR1_EL1"])
+    up = compare_passthrough(low, high, KB, OFF)
+    assert up.result != INCOMPATIBLE and "ID_AA64PFR1_EL1.BT 1 -> 0" in up.changes, up.as_dict()
+    st, err, _ = outcome("M1", "plain_l_on_m")
+    assert st == "running", err
+    assert_reads(reads("M1", "plain_l_on_m"),
+                 {n: x for n, x in low.values(OFF).items() if KB.register(n).kind != "affinity"},
+                 "M")
+    down = compare_passthrough(high, low, KB, OFF)
+    assert down.result == INCOMPATIBLE
+    assert [(r.register, r.field) for r in down.reasons] == [("ID_AA64PFR1_EL1", "BT")]
+    st, err, _ = outcome("L2", "plain_m_on_l")
+    assert st.startswith("exited") and "error while loading state" in err, err
 
 
 def test_the_baseline_guest_moves_from_neoverse_v1_to_max_and_reads_the_model():
@@ -303,7 +335,7 @@ def test_host_passthrough_between_max_and_neoverse_v1_is_refused_both_ways():
 
 
 def test_a_model_higher_than_the_destination_stops_qemu_with_the_loaders_line():
-    assert compare(CpuModel(models()["high"], {}), profile("V"), KB).result == INCOMPATIBLE
+    assert compare(cpu_models()["high"], profile("V"), KB).result == INCOMPATIBLE
     st, err, _ = outcome("V", "high_m_on_v")
     assert st.startswith("exited"), err
     lines = [x for x in err.splitlines() if x.startswith("libvirt-arm-cpu-loader: KVM refused")]
@@ -311,35 +343,28 @@ def test_a_model_higher_than_the_destination_stops_qemu_with_the_loaders_line():
     assert "error while loading state" not in err        # stopped before the load
 
 
-def test_a_kernel_upgrade_carries_host_passthrough_and_baseline_guests():
-    passthrough = compare_passthrough(profile("N612"), profile("N73"), KB, OFF)
-    assert passthrough.result != INCOMPATIBLE
-    assert model_verdict("n1", "N612", "N73").result != INCOMPATIBLE
+def test_host_passthrough_between_two_kernels_is_refused_both_ways_as_predicted():
+    up = compare_passthrough(profile("N612"), profile("N73"), KB, OFF)
+    # TCR2_EL1, PIRE0_EL1, PIR_EL1
+    assert {r.register for r in up.reasons} == {"S3_0_C2_C0_3", "S3_0_C10_C2_2",
+                                                "S3_0_C10_C2_3"}, up.as_dict()
     st, err, _ = outcome("N2", "plain_612_on_73")
-    assert st == "running", err
-    host = profile("N612").values(OFF)
-    assert_reads(reads("N2", "plain_612_on_73"),
-                 {n: x for n, x in host.items() if KB.register(n).kind != "affinity"},
-                 "N612", "N73")
-    st, err, _ = outcome("N2", "n1_612_on_73")
-    assert st == "running", err
-    seen = reads("N2", "n1_612_on_73")
-    assert_reads(seen, models()["n1"], "N612", "N73")
-    assert KB.field("ID_AA64ISAR0_EL1", "DP").get(seen["ID_AA64ISAR0_EL1"]) == 0
-
-
-def test_back_from_the_newer_kernel_loads_exactly_when_migrate_check_says_so():
-    passthrough = compare_passthrough(profile("N73"), profile("N612"), KB, OFF)
-    assert passthrough.result == INCOMPATIBLE
-    assert {r.register for r in passthrough.reasons} == {"PSCI_VERSION", "VENDOR_HYP_BMAP_2"}
+    assert st.startswith("exited") and "error while loading state" in err, err
+    down = compare_passthrough(profile("N73"), profile("N612"), KB, OFF)
+    assert {r.register for r in down.reasons} == {"S3_0_C9_C14_6",         # PMMIR_EL1
+                                                  "PSCI_VERSION", "VENDOR_HYP_BMAP_2"}, \
+        down.as_dict()
     st, err, _ = outcome("N3", "plain_73_on_612")
     assert st.startswith("exited") and "error while loading state" in err, err
-    # the baseline gives the guest 6.12's PSCI version and keeps 7.3's extra
-    # firmware register out of its list: it comes back
-    model = model_verdict("n1", "N73", "N612")
-    assert model.result != INCOMPATIBLE, model.as_dict()
-    st, err, _ = outcome("N3", "n1_73_on_612")
+
+
+@pytest.mark.parametrize("src, dst, boot_name, run", [
+    ("N612", "N73", "N2", "n1_612_on_73"), ("N73", "N612", "N3", "n1_73_on_612")])
+def test_the_baseline_of_two_kernels_of_one_cpu_loads_both_ways(src, dst, boot_name, run):
+    verdict = model_verdict("n1", src, dst)
+    assert verdict.result != INCOMPATIBLE, verdict.as_dict()
+    st, err, _ = outcome(boot_name, run)
     assert st == "running", err
-    seen = reads("N3", "n1_73_on_612")
+    seen = reads(boot_name, run)
     assert_reads(seen, models()["n1"], "N612", "N73")
     assert KB.field("ID_AA64ISAR0_EL1", "DP").get(seen["ID_AA64ISAR0_EL1"]) == 0

@@ -92,7 +92,7 @@ def translate_domain(data: bytes, source: str, host: HostProfile,
                           f"with the PMU off, or remove <pmu state='off'/>")
     t = Translation("", r.values, r.properties, host.hostname, host.fingerprint.digest, r.model,
                     method=r.method, vcpu_off=r.vcpu_off,
-                    firmware=r.firmware)
+                    firmware=r.firmware, reg_list=r.reg_list)
     return base.translated(t, r.env), r
 
 
@@ -138,7 +138,7 @@ def validate_translated(dom: Domain, host: HostProfile):
     assert t is not None
     return validate(t.values, dom.cpu_arguments(), host, registers.load(),
                     vcpu_off=t.vcpu_off, current_env=dom.loader_env(), current_method=t.method,
-                    firmware_values=t.firmware)
+                    firmware_values=t.firmware, reg_list=t.reg_list)
 
 
 def method_summary(r: Resolution) -> str:

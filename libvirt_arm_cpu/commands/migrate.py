@@ -47,7 +47,8 @@ def check_direction(source: HostProfile, dest: HostProfile, kb: registers.Knowle
     on_dest = compare(model, dest, kb)
     reasons = [dataclasses.replace(r, message=f"on the source: {r.message}")
                for r in on_source.reasons]
-    stream, notes = migration_reasons(source, dest, model.firmware)
+    stream, notes = migration_reasons(source, dest, kb, model.firmware, model.reg_list,
+                                      model.vcpu_off)
     reasons += stream + on_dest.reasons
     notes += [n for n in on_source.notes + on_dest.notes if n not in notes]
     return Comparison(INCOMPATIBLE if reasons else on_dest.result, reasons, on_dest.changes,

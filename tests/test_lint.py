@@ -1,0 +1,18 @@
+"""The code stays lint-clean: ruff (pyflakes, pycodestyle, bugbear; the
+rules in pyproject.toml) over the package, the tests, bench/ and contrib/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ruff_is_clean():
+    ruff = Path(sys.executable).parent / "ruff"
+    assert ruff.exists(), "ruff is installed by the set-up (setup.cfg [test])"
+    p = subprocess.run([str(ruff), "check", "--no-cache", "--output-format", "concise", "."],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
