@@ -333,8 +333,8 @@ def _baseline(models: Sequence[CpuModel], kb: KnowledgeBase, labels: list[str],
     if consistent:
         repair = make_consistent(model, uniq, kb, rules or load_rules(), uniq_labels)
         model = repair.model
-    lists = [m.reg_list for m in uniq]
-    reg_list = None if any(x is None for x in lists) else frozenset.intersection(*lists)
+    lists = [m.reg_list for m in uniq if m.reg_list is not None]
+    reg_list = frozenset.intersection(*lists) if len(lists) == len(uniq) else None
     model = replace(model, vcpu_effects=_effects(model, uniq, uniq_labels, kb),
                     firmware=_firmware(uniq), reg_list=reg_list, name="")
     return BaselineResult(model, consistency=repair if consistent else None)

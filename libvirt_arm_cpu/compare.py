@@ -137,12 +137,13 @@ def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
             else:
                 changes.append(f"{where} {h} -> {w}")
         if taken_whole(reg) and not any(r.register == name for r in reasons):
-            why = register_refusal(name, wanted, [host_regs["CTR_EL0"].value or 0,
-                                                  model.values.get("CTR_EL0", 0)]
-                                   if "CTR_EL0" in host_regs else [0])
-            if why:
+            refusal = register_refusal(name, wanted, [host_regs["CTR_EL0"].value or 0,
+                                                      model.values.get("CTR_EL0", 0)]
+                                       if "CTR_EL0" in host_regs else [0])
+            if refusal:
                 reasons.append(Reason(name, None, "rule", have, wanted,
-                                      f"{name}: needs {wanted:#x}, host has {have:#x}; {why}"))
+                                      f"{name}: needs {wanted:#x}, host has {have:#x}; "
+                                      f"{refusal}"))
         stray = (have ^ wanted) & ~reg.field_mask & U64
         if stray:
             reasons.append(Reason(name, None, "outside-fields", have, wanted,

@@ -193,7 +193,7 @@ def from_xml(data: bytes, path: str = "<cpu>") -> CpuModel:
                          f"libvirt-arm-cpu model (make one with cpu-baseline)")
     values, writable = {}, {}
     for r in regs.findall(_q("register")):
-        name = r.get("name")
+        name = r.get("name", "")
         try:
             values[name] = int(r.get("value", ""), 16)
             writable[name] = int(r.get("writable", "0x0"), 16)

@@ -445,8 +445,9 @@ class _ArmExpr:
 
     def parse(self) -> object:
         tree = self.disjunction()
-        if self.peek() is not None:
-            raise GenError(f"feat_map.json: {self.name}: unexpected '{self.peek()[1]}'")
+        extra = self.peek()
+        if extra is not None:
+            raise GenError(f"feat_map.json: {self.name}: unexpected '{extra[1]}'")
         return tree
 
     def disjunction(self) -> object:
@@ -550,7 +551,7 @@ def build_features(inputs: Inputs, kb: KnowledgeBase,
             continue
         _condition_element(elem, cond)
 
-    llvm = {}
+    llvm: dict[str, str] = {}
     for feats, ext in feat["llvm_march_extension_names"].items():
         for f in feats.split(","):
             llvm.setdefault(f.strip(), ext.split(" ")[0])

@@ -102,7 +102,9 @@ def _ioctl(fd: int, request: int, arg: int | bytes | bytearray = 0,
     try:
         if isinstance(arg, bytearray):
             return fcntl.ioctl(fd, request, arg, True)
-        return fcntl.ioctl(fd, request, arg)  # type: ignore[arg-type]
+        res = fcntl.ioctl(fd, request, arg)
+        # a bytes argument comes back as a copy: what the caller needs is elsewhere
+        return res if isinstance(res, int) else 0
     except OSError as err:
         raise KvmError(IOCTL_NAMES.get(request, hex(request)), err, register) from err
 

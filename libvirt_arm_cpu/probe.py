@@ -265,17 +265,18 @@ def _qmp_host_props(path: str, timeout: float, accel: str = "kvm",
     except OSError as err:
         raise _QmpFailed(f"cannot start {path}: {err.strerror}") from err
     assert proc.stdin and proc.stdout and proc.stderr
+    stdout, stderr = proc.stdout, proc.stderr
     buf = b""
 
     def message() -> dict:
         nonlocal buf
         while b"\n" not in buf:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+            if left <= 0 or not select.select([stdout], [], [], left)[0]:
                 raise _QmpFailed(f"{path} did not answer on QMP within {timeout:.0f} s")
-            chunk = os.read(proc.stdout.fileno(), 65536)
+            chunk = os.read(stdout.fileno(), 65536)
             if not chunk:
-                err = proc.stderr.read(4096).decode(errors="replace").strip().splitlines()
+                err = stderr.read(4096).decode(errors="replace").strip().splitlines()
                 raise _QmpFailed(f"{path} exited: {err[-1] if err else 'no message'}")
             buf += chunk
         line, buf = buf.split(b"\n", 1)

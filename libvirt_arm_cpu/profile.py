@@ -238,14 +238,14 @@ def to_xml(p: HostProfile) -> bytes:
         _sub(feats, "feature", name=name)
     for o in p.vcpu_off or ():
         off = _sub(feats, "off", features=" ".join(o.features))
-        for name, value in sorted(o.registers.items()):
-            _sub(off, "register", name=name, value=_hex(value))
+        for reg_name, reg_value in sorted(o.registers.items()):
+            _sub(off, "register", name=reg_name, value=_hex(reg_value))
         if o.list_removed is not None and o.list_added is not None:
             _sub(off, "register-list", removed=_ids(o.list_removed) or None,
                  added=_ids(o.list_added) or None)
     caps = _sub(root, "capabilities")
-    for name, (number, value) in p.capabilities.items():
-        _sub(caps, "capability", name=name, number=number, value=value)
+    for cap, (number, answer) in p.capabilities.items():
+        _sub(caps, "capability", name=cap, number=number, value=answer)
     cpus = _sub(root, "cpus", heterogeneous=p.heterogeneous)
     for c in p.cpus:
         _sub(cpus, "cpu", id=c.cpu, midr=None if c.midr is None else f"{c.midr:#010x}",
@@ -254,9 +254,9 @@ def to_xml(p: HostProfile) -> bytes:
         fw = _sub(root, "firmware")
         for reg in FIRMWARE_REGISTERS:
             if reg.name in p.firmware:
-                value = p.firmware[reg.name]
+                fw_value = p.firmware[reg.name]
                 _sub(fw, "register", name=reg.name, kvm_id=f"{reg.kvm_id:#x}",
-                     value="absent" if value is None else _hex(value))
+                     value="absent" if fw_value is None else _hex(fw_value))
     if p.reg_list is not None:
         _sub(root, "register-list", _ids(p.reg_list), count=len(p.reg_list))
     regs = _sub(root, "registers", writable_masks="known" if p.masks_known else "unknown")
@@ -401,7 +401,7 @@ def _vcpu_off(feats: ET.Element | None, offered: list[str],
     elems = feats.findall(_q("off")) if feats is not None else []
     if not elems:
         return None
-    out = []
+    out: list[VcpuOffValues] = []
     for e in elems:
         names = tuple((e.get("features") or "").split())
         bad = [n for n in names if n not in VCPU_FEATURES or n not in offered]
@@ -463,10 +463,10 @@ def validate(data: bytes, path: str) -> None:
     schema = _schema(schema_path("profile.xsd"))
     try:
         errors = schema.iter_errors(data.decode("utf-8", errors="replace"))
-        for err in errors:
-            line = getattr(err, "sourceline", None)
-            raise ParseError(path, line, f"not a valid host profile: {err.reason} "
-                             f"(at {err.path})")
+        for problem in errors:
+            line = getattr(problem, "sourceline", None)
+            raise ParseError(path, line, f"not a valid host profile: {problem.reason} "
+                             f"(at {problem.path})")
     except xmlschema.XMLSchemaException as err:
         raise ParseError(path, None, f"not a valid host profile: {err}") from err
 

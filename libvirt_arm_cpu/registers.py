@@ -386,9 +386,9 @@ class KnowledgeBase:
             return found
         m = _GENERIC.fullmatch(key)
         if m:
-            enc = tuple(int(g) for g in m.groups())
-            if in_feature_id_space(*enc):
-                return Register(key, *enc, kind="unallocated", fields=())
+            op0, op1, crn, crm, op2 = (int(g) for g in m.groups())
+            if in_feature_id_space(op0, op1, crn, crm, op2):
+                return Register(key, op0, op1, crn, crm, op2, kind="unallocated", fields=())
         raise UnknownName("register", name, (r.name for r in self.registers))
 
     def by_encoding(self, op0: int, op1: int, crn: int, crm: int, op2: int) -> Register | None:

@@ -1,5 +1,6 @@
-"""The code stays lint-clean: ruff (pyflakes, pycodestyle, bugbear; the
-rules in pyproject.toml) over the package, the tests, bench/ and contrib/."""
+"""The code stays clean: ruff (pyflakes, pycodestyle, bugbear; the rules in
+pyproject.toml) over the package, the tests, bench/ and contrib/, and mypy
+over the package."""
 
 from __future__ import annotations
 
@@ -15,4 +16,13 @@ def test_ruff_is_clean():
     assert ruff.exists(), "ruff is installed by the set-up (setup.cfg [test])"
     p = subprocess.run([str(ruff), "check", "--no-cache", "--output-format", "concise", "."],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_mypy_is_clean():
+    """The package's type hints hold (pyproject.toml [tool.mypy])."""
+    mypy = Path(sys.executable).parent / "mypy"
+    assert mypy.exists(), "mypy is installed by the set-up (setup.cfg [test])"
+    p = subprocess.run([str(mypy), "--no-incremental"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr

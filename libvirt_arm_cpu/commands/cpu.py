@@ -231,7 +231,7 @@ or bad data; 2 bad usage."""
     def _pools(self, args: argparse.Namespace, models: list[CpuModel], labels: list[str],
                kb: registers.KnowledgeBase) -> int:
         found = pools(models, kb, labels)
-        data = []
+        data: list[dict[str, Any]] = []
         for n, pool in enumerate(found, start=1):
             model = pool.result.model
             assert model is not None
@@ -377,8 +377,8 @@ examples:
         widths = [max(len(r[0]) for r in rows)] + [
             max(len(labels[i]), *(len(r[1][i]) for r in rows)) for i in range(len(labels))]
         print("  ".join(t.ljust(w) for t, w in zip(["field", *labels], widths)).rstrip())
-        for key, vals in rows:
-            print("  ".join(t.ljust(w) for t, w in zip([key, *vals], widths)).rstrip())
+        for key, shown in rows:
+            print("  ".join(t.ljust(w) for t, w in zip([key, *shown], widths)).rstrip())
         return 0
 
 

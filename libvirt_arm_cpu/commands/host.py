@@ -53,12 +53,15 @@ def render_profile(p: HostProfile, all_registers: bool = False) -> str:
 
 
 def _ranges(nums: list[int]) -> str:
+    """1,2,3,5 -> '1-3,5'."""
     nums = sorted(nums)
-    out, start = [], nums[0]
-    for a, b in zip(nums, nums[1:] + [None]):  # type: ignore[list-item]
-        if b != a + 1:
-            out.append(f"{start}" if start == a else f"{start}-{a}")
-            start = b
+    out: list[str] = []
+    start = prev = nums[0]
+    for n in nums[1:] + [nums[-1] + 2]:     # a sentinel past the end closes the last run
+        if n != prev + 1:
+            out.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = n
+        prev = n
     return ",".join(out)
 
 
