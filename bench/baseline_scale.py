@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from libvirt_arm_cpu import registers  # noqa: E402
 from libvirt_arm_cpu.baseline import baseline  # noqa: E402
 from libvirt_arm_cpu.compare import compare_many  # noqa: E402
-from libvirt_arm_cpu.commands.cpu import load_inputs  # noqa: E402
+from libvirt_arm_cpu.service import load_inputs  # noqa: E402
 from libvirt_arm_cpu.profile import from_xml, read_profile, to_xml  # noqa: E402
 
 FIXTURE = ROOT / "tests/data/hosts/neoverse-n1-qemu7.2-linux6.12.xml"

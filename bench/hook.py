@@ -62,7 +62,7 @@ def main() -> int:
     plain = domain_xml(cpu="<cpu mode='host-passthrough'/>").encode()
     src = tmp / "g.xml"
     src.write_text(domain_xml(cpu=custom_cpu(model, ("disable", "sve2"))))
-    from libvirt_arm_cpu.commands.domain import translate_domain
+    from libvirt_arm_cpu.service import translate_domain
     from libvirt_arm_cpu.profile import read_profile
     prof = read_profile(str(host))
     translated, _ = translate_domain(src.read_bytes(), "g.xml", prof)

@@ -29,8 +29,7 @@ import libvirt
 
 from . import dependencies, features, registers
 from .baseline import baseline
-from .commands.cpu import load_input, model_features
-from .commands.domain import find_model, host_profile, translate_domain
+from .service import find_model, host_profile, load_input, model_features, translate_domain
 from .compare import IDENTICAL, INCOMPATIBLE, SUPERSET, Reason, compare
 from .cpumodel import NAMESPACE as MODEL_NAMESPACE
 from .cpumodel import CpuModel, from_xml as model_from_xml, to_xml as model_to_xml

@@ -99,34 +99,24 @@ def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
     return 0
 
 
-def _host_profile(conf):
-    from .hostcache import cached_profile
-    from .profile import read_profile
-    if conf.refresh:
-        return cached_profile(conf.profile)[0]
-    return read_profile(conf.profile, validate_schema=False)
-
-
 def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, bytes | None]:
     """(refusal message or None, rewritten XML or None)."""
+    # imported here: a domain without our metadata never gets this far
     from . import registers
-    from .domain import Domain, Translation
-    from .errors import UnknownName
     from .compare import IDENTICAL
-    from .domain import METHOD_LOADER
+    from .domain import METHOD_LOADER, Domain, Translation
+    from .errors import UnknownName
     from .loader import ENV_PRELOAD, ENV_VALUES, LOADER_PATH, installed
-    from .translate import validate
+    from .service import configured_profile, validate_translated
 
     dom = Domain.parse(data, f"domain '{name}' XML")
     t = dom.translation
     if t is None:               # the namespace appeared elsewhere: not ours to judge
         return None, None
-    host = _host_profile(conf)
+    host = configured_profile(conf)
     kb = registers.load()
     try:
-        v = validate(t.values, dom.cpu_arguments(), host, kb, vcpu_off=t.vcpu_off,
-                     current_env=dom.loader_env(), current_method=t.method,
-                     firmware_values=t.firmware, reg_list=t.reg_list)
+        v = validate_translated(dom, host)
     except UnknownName as e:
         return f"domain '{name}': its CPU metadata names {e}", None
     where = f"host {host.hostname or '?'}"

@@ -71,7 +71,7 @@ def test_policies_follow_libvirt(env):
     models = {}
 
     def find(name):
-        from libvirt_arm_cpu.commands.domain import find_model
+        from libvirt_arm_cpu.service import find_model
         return models.setdefault(name, find_model(name))
 
     def resolved(*feats):

@@ -11,117 +11,15 @@ from typing import Any
 from .. import features, modelstore, registers
 from ..baseline import baseline, largest_compatible, pools
 from ..cli import Command
+from ..service import load_input, load_inputs, model_features, resolve_cpu
 from ..compare import (IDENTICAL, INCOMPATIBLE, SUPERSET, compare, compare_features,
                        compare_passthrough)
 from ..consistency import Consistency
-from ..cpumodel import CpuModel, from_xml as model_from_xml, to_xml as model_to_xml
-from ..errors import DataError, ParseError, UsageError
+from ..cpumodel import CpuModel, to_xml as model_to_xml
+from ..errors import DataError, UsageError
 from ..fileio import atomic_write, read_input
-from ..fleet import check_identity, profile_key
 from ..hostcache import DEFAULT_CACHE, cached_profile
 from ..hostcpu import from_xml as host_cpu_from_xml, looks_like_host_cpu
-from ..profile import HostProfile, from_xml as profile_from_xml, validate
-
-def _expand(paths: list[str]) -> list[str]:
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            found = sorted(os.path.join(p, n) for n in os.listdir(p) if n.endswith(".xml"))
-            if not found:
-                raise UsageError(f"{p}: no *.xml host profiles in this directory")
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
-
-
-def load_inputs(paths: list[str], kb: registers.KnowledgeBase) -> list[tuple[str, CpuModel,
-                                                                             HostProfile | None]]:
-    """Profiles (validated) and saved models, each with a label.  Profiles
-    with the same content (a fleet's many hosts of one CPU) are parsed and
-    validated once (see :mod:`libvirt_arm_cpu.fleet`)."""
-    seen: dict[bytes, tuple[CpuModel, HostProfile]] = {}
-    out = []
-    for path in _expand(paths):
-        label = "stdin" if path == "-" else os.path.splitext(os.path.basename(path))[0]
-        out.append((label, *load_input(read_input(path), path, label, kb, seen)))
-    return out
-
-
-def load_input(data: bytes, path: str, label: str, kb: registers.KnowledgeBase,
-               seen: dict[bytes, tuple[CpuModel, HostProfile]] | None = None
-               ) -> tuple[CpuModel, HostProfile | None]:
-    """One input already read: a host profile (validated, checked against
-    the knowledge base; one already in *seen* only has its identity
-    checked) or a saved model (profile None)."""
-    if b"<hostprofile" not in data[:400]:
-        return model_from_xml(data, path), None
-    key = profile_key(data)
-    if seen is not None and key is not None and key in seen:
-        check_identity(data, path)
-        model, p = seen[key]
-        return CpuModel(model.values, model.writable, model.imp_id_writable, (label,),
-                        model.implementations, model.name), p
-    validate(data, path)
-    p = profile_from_xml(data, path)
-    if p.machine not in ("aarch64", "arm64"):
-        raise ParseError(path, None, f"profile of a {p.machine} machine, not aarch64")
-    check_against_kb(p, kb, path)
-    model = CpuModel.from_profile(p, kb, label)
-    if seen is not None and key is not None:
-        seen[key] = (model, p)
-    return model, p
-
-
-def check_against_kb(p: HostProfile, kb: registers.KnowledgeBase, path: str) -> None:
-    """A profile must agree with the knowledge base: known names at their
-    encodings, and no RES1 bit clear (a garbled or foreign file otherwise).
-
-    :raise ParseError: naming the file and register.
-    """
-    for r in p.registers:
-        reg = kb.by_encoding(*r.encoding)
-        expected = reg.name if reg else registers.generic_name(*r.encoding)
-        if r.name != expected:
-            raise ParseError(path, None, f"register {r.name} at encoding "
-                             f"{registers.generic_name(*r.encoding)} is {expected} in the "
-                             f"knowledge base")
-        if reg is not None and r.value is not None:
-            clear = reg.res1_mask & ~r.value
-            if clear:
-                raise ParseError(path, None, f"{r.name} = {r.value:#x} has RES1 bits {clear:#x} "
-                                 f"clear: not a value a CPU reports")
-
-
-def resolve_model(spec: str) -> tuple[str, CpuModel]:
-    """A model file, or the name of a saved model (libvirt_arm_cpu.modelstore)."""
-    if os.path.exists(spec) or spec == "-":
-        return spec, model_from_xml(read_input(spec), spec)
-    if os.sep in spec or spec.endswith(".xml"):
-        raise UsageError(f"{spec}: no such file (and a saved CPU model is named without a "
-                         f"path)")
-    return spec, modelstore.find(spec)
-
-
-def resolve_cpu(spec: str, kb: registers.KnowledgeBase
-                ) -> tuple[str, CpuModel, HostProfile | None]:
-    """A model file, a saved model's name, or a host profile (which stands
-    for a host-passthrough guest of that host): (label, model, profile)."""
-    if os.path.exists(spec) or spec == "-":
-        data = read_input(spec)
-        if b"<hostprofile" in data[:400]:
-            label = "stdin" if spec == "-" else os.path.splitext(os.path.basename(spec))[0]
-            model, profile = load_input(data, spec, label, kb)
-            return spec, model, profile
-        return spec, model_from_xml(data, spec), None
-    source, model = resolve_model(spec)
-    return source, model, None
-
-
-def model_features(model: CpuModel, all_names: bool) -> list[str]:
-    present = features.load().present(model.values)
-    return [f.key for f in present if all_names or f.kind == "hwcap"]
-
 
 def model_data(model: CpuModel, feats: list[str]) -> dict[str, Any]:
     return {"name": model.name, "hosts": list(model.hosts),

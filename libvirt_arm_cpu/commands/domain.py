@@ -7,36 +7,17 @@ import json
 import os
 import sys
 
-from .. import dependencies, features, modelstore, registers
-from .. import settings as settings_mod
 from ..cli import Command
-from ..cpumodel import CpuModel
-from ..domain import (LOADER_ENV, METHOD_LOADER, PAUTH_LIBVIRT_VERSION, Domain, Translation)
+from ..service import host_profile, translate_domain, validate_translated
+from ..domain import (METHOD_LOADER, PAUTH_LIBVIRT_VERSION, Domain)
 from ..errors import DataError, UsageError
 from ..fileio import atomic_write, read_input
-from ..profile import HostProfile, read_profile
-from ..translate import METHOD_CHOICES, CpuMismatch, Resolution, resolve, validate
+from ..translate import METHOD_CHOICES, Resolution
 
 DEFAULT_URI = "qemu:///system"
 
 
 # -- shared ------------------------------------------------------------------
-
-def host_profile(path: str | None) -> HostProfile:
-    """--host PROFILE, else the settings' profile (this host's cache,
-    probed again when stale, unless the settings say never)."""
-    if path:
-        return read_profile(path)
-    conf = settings_mod.load()
-    if conf.refresh:
-        from ..hostcache import cached_profile
-        return cached_profile(conf.profile)[0]
-    return read_profile(conf.profile, validate_schema=False)
-
-
-def find_model(name: str) -> CpuModel:
-    return modelstore.find(name)
-
 
 def read_domain(spec: str, uri: str, inactive: bool = False) -> tuple[bytes, str]:
     """A domain XML file ('-': stdin), or the name of a libvirt domain."""
@@ -68,32 +49,6 @@ def connect(uri: str):
         return libvirt.open(uri)
     except libvirt.libvirtError as e:
         raise DataError(f"cannot connect to libvirt at {uri}: {e.get_error_message()}") from None
-
-
-def translate_domain(data: bytes, source: str, host: HostProfile,
-                     method: str = "auto") -> tuple[Domain, Resolution]:
-    dom = Domain.parse(data, source)
-    base = dom.original()
-    cpu = base.cpu
-    if cpu is None:
-        raise UsageError(f"{source}: the domain has no <cpu>: nothing to translate")
-    if dom.arch and dom.arch != "aarch64":
-        raise UsageError(f"{source}: the domain is for {dom.arch}, not aarch64")
-    taken = sorted(set(base.qemu_env()) & set(LOADER_ENV))
-    if taken:
-        raise UsageError(f"{source}: the domain already sets {taken[0]} in <qemu:commandline>: "
-                         f"the loader method needs it (remove it, or keep the domain "
-                         f"untranslated)")
-    r = resolve(cpu, host, registers.load(), features.load(), dependencies.load(), find_model,
-                method)
-    if base.pmu_off and "pmu" not in r.vcpu_off:
-        raise CpuMismatch(f"{source}: the domain switches the PMU off (<features><pmu "
-                          f"state='off'/>), but CPU model '{r.model}' has it: use a model "
-                          f"with the PMU off, or remove <pmu state='off'/>")
-    t = Translation("", r.values, r.properties, host.hostname, host.fingerprint.digest, r.model,
-                    method=r.method, vcpu_off=r.vcpu_off,
-                    firmware=r.firmware, reg_list=r.reg_list)
-    return base.translated(t, r.env), r
 
 
 def check_libvirt_version(conn, r: Resolution) -> None:
@@ -130,15 +85,6 @@ def _resolution_data(r: Resolution) -> dict:
             "lowered": [vars(x) for x in r.lowered],
             "unresolved": [{"rule": u.rule.id, "reason": u.reason} for u in r.unresolved],
             "notes": r.notes}
-
-
-def validate_translated(dom: Domain, host: HostProfile):
-    """The hook's check of a translated domain against *host*."""
-    t = dom.translation
-    assert t is not None
-    return validate(t.values, dom.cpu_arguments(), host, registers.load(),
-                    vcpu_off=t.vcpu_off, current_env=dom.loader_env(), current_method=t.method,
-                    firmware_values=t.firmware, reg_list=t.reg_list)
 
 
 def method_summary(r: Resolution) -> str:

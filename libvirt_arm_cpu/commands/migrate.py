@@ -16,7 +16,7 @@ from ..cpumodel import CpuModel
 from ..errors import UsageError
 from ..fileio import read_input
 from ..profile import HostProfile
-from .cpu import load_input, resolve_model
+from ..service import load_input, resolve_model
 
 
 @dataclass(frozen=True)
