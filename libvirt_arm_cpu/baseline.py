@@ -42,13 +42,13 @@ from .cpumodel import CpuModel
 from .dependencies import RuleBook
 from .dependencies import load as load_rules
 from .profile import VCPU_FEATURES
+from .registers import U64_MAX as U64
 from .registers import (EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field,
                         KnowledgeBase, Register)
 from .rules import covers, register_refusal, source_accepts, taken_whole
 
 __all__ = ["Conflict", "BaselineResult", "baseline", "Pool", "largest_compatible", "pools"]
 
-U64 = (1 << 64) - 1
 
 
 @dataclass

@@ -19,39 +19,12 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .commands.base import ArgumentParser, Command, UsageExit
 from .errors import EXIT_DATA, EXIT_USAGE, Error
 
-__all__ = ["main", "Command", "ArgumentParser"]
+__all__ = ["main", "run_main", "Command", "ArgumentParser"]
 
 PROG = "libvirt-arm-cpu"
-
-
-class UsageExit(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and goes through :func:`main`."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageExit(f"{self.prog}: {message} (see '{self.prog} --help')")
-
-
-class Command:
-    """A subcommand: subclasses set the class attributes and ``run``."""
-
-    name = ""
-    help = ""
-    description = ""
-    epilog = ""
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        pass
-
-    def run(self, args: argparse.Namespace) -> int:
-        raise NotImplementedError
 
 
 def commands() -> list[Command]:

@@ -28,13 +28,13 @@ from .hostcpu import HostCpu
 from .loader import LOADER_PATH, sysreg_encoding
 from .profile import HostProfile
 from .registers import KnowledgeBase, generic_name
+from .registers import U64_MAX as U64
 from .rules import covers, field_accepts, register_refusal, taken_whole
 
 __all__ = ["IDENTICAL", "SUPERSET", "INCOMPATIBLE", "Reason", "Comparison", "compare",
            "compare_passthrough", "migration_reasons", "compare_many", "compare_features"]
 
 IDENTICAL, SUPERSET, INCOMPATIBLE = "identical", "superset", "incompatible"
-U64 = (1 << 64) - 1
 
 
 @dataclass

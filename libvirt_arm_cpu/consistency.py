@@ -33,11 +33,11 @@ from .cpumodel import CpuModel
 from .dependencies import Always, Condition, Group, Not, Rule, RuleBook, Test
 from .features import load as load_features
 from .registers import Field, KnowledgeBase
+from .registers import U64_MAX as U64
 from .rules import covers, source_accepts
 
 __all__ = ["Lowering", "Unresolved", "Consistency", "make_consistent", "exempt_rules"]
 
-U64 = (1 << 64) - 1
 
 # A move: (register, field name) -> the new, lower value.
 Move = dict[tuple[str, str], int]

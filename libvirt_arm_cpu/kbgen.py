@@ -38,6 +38,7 @@ from pathlib import Path
 from . import __version__
 from .errors import Error, ParseError, UsageError
 from .fileio import atomic_write
+from .registers import U64_MAX
 from .registers import (ANY, EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, MUST_MATCH,
                         NAMESPACE, Field, KnowledgeBase, Register, Reserved,
                         in_feature_id_space, kvm_reg_id, writable_mask_index)
@@ -285,8 +286,8 @@ def _check_coverage(reg: Register) -> None:
         if seen & mask:
             raise GenError(f"{reg.name}: overlapping bit ranges")
         seen |= mask
-    if seen != (1 << 64) - 1:
-        raise GenError(f"{reg.name}: bits {~seen & ((1 << 64) - 1):#x} are not described")
+    if seen != U64_MAX:
+        raise GenError(f"{reg.name}: bits {~seen & U64_MAX:#x} are not described")
 
 
 def registers_element(inputs: Inputs, regs: list[Register]) -> ET.Element:

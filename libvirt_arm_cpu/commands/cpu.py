@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import features, modelstore, registers
 from ..baseline import baseline, largest_compatible, pools
-from ..cli import Command
+from .base import Command
 from ..service import load_input, load_inputs, model_features, resolve_cpu
 from ..compare import (IDENTICAL, INCOMPATIBLE, SUPERSET, compare, compare_features,
                        compare_passthrough)

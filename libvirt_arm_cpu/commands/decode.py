@@ -6,7 +6,7 @@ import argparse
 import json
 
 from .. import features, registers
-from ..cli import Command
+from .base import Command
 from ..dump import read_dump
 from ..errors import UsageError
 from ..report import decode_registers, render_text

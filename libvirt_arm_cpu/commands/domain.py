@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from ..cli import Command
+from .base import Command
 from ..service import host_profile, translate_domain, validate_translated
 from ..domain import (METHOD_LOADER, PAUTH_LIBVIRT_VERSION, Domain)
 from ..errors import DataError, UsageError

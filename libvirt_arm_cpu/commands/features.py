@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from .. import features
-from ..cli import Command
+from .base import Command
 from ..features import Feature
 
 

@@ -8,7 +8,7 @@ import re
 import signal
 import sys
 
-from ..cli import Command
+from .base import Command
 from ..errors import DataError, UsageError
 from ..fileio import atomic_write
 from ..paths import hook_script

@@ -7,7 +7,7 @@ import json
 import sys
 
 from .. import features, registers
-from ..cli import Command
+from .base import Command
 from ..hostcache import DEFAULT_CACHE, cached_profile
 from ..implementers import decode_midr
 from ..profile import HostProfile, read_profile, to_json

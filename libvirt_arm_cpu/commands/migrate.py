@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 
 from .. import registers
-from ..cli import Command
+from .base import Command
 from ..compare import (INCOMPATIBLE, Comparison, compare, compare_passthrough,
                        migration_reasons)
 from ..cpumodel import CpuModel

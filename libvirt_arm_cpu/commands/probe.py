@@ -8,7 +8,7 @@ import os
 import sys
 
 from .. import registers
-from ..cli import Command
+from .base import Command
 from ..dump import parse_dump
 from ..errors import EXIT_MASKS_UNKNOWN, ParseError, UsageError
 from ..fileio import read_input
