@@ -8,7 +8,8 @@ it has printed its registers), alternating without and with the loader
 (writing a model two fields lower than the host):
 
   * start-up: QEMU start to 'IDREGS END' on the serial port, median of the
-    pairs (the wrapper polls every 0.1 s: differences below that are noise);
+    pairs (/proc/uptime, 10 ms steps, and the wrapper polls every 0.1 s:
+    differences below that are noise);
   * per vCPU: the loader's own clock for reading, writing and reading back
     every register after each KVM_ARM_VCPU_INIT (its debug line "N registers
     checked, M written, in T us"), median over every vCPU of every run.
@@ -55,11 +56,11 @@ for q in %(qemus)s; do
         else
           unset LD_PRELOAD LIBVIRT_ARM_CPU_LOADER_DEBUG LIBVIRT_ARM_CPU_ID_REGS
         fi
-        t0=$(date +%%s%%N)
+        read -r t0 _ < /proc/uptime
         testbed-run-idregs "$bin" /tmp/run.txt -smp $smp; rc=$?
-        t1=$(date +%%s%%N)
+        read -r t1 _ < /proc/uptime
         unset LD_PRELOAD
-        echo "start $v $smp $mode $rc $(( (t1 - t0) / 1000 ))"
+        echo "start $v $smp $mode $rc $t0 $t1"
         grep -h 'registers checked' /tmp/run.txt.stderr | sed "s/^/vcpu $v $smp /"
       done
       i=$((i + 1))
@@ -94,16 +95,19 @@ def main() -> int:
     for line in res.stdout.splitlines():
         parts = line.split()
         if parts[:1] == ["start"]:
-            _, v, n, mode, rc, us = parts
+            _, v, n, mode, rc, t0, t1 = parts
             if rc != "0":
                 print(f"failed run: {line}", file=sys.stderr)
                 return 1
-            starts.setdefault((v, n, mode), []).append(int(us) / 1000)
+            starts.setdefault((v, n, mode), []).append((float(t1) - float(t0)) * 1000)
         elif parts[:1] == ["vcpu"]:
             m = re.search(r"in (\d+) us", line)
             if m:
                 vcpu.setdefault((parts[1], parts[2]), []).append(float(m.group(1)))
-    print(f"{len(kb.registers)} KB registers; model: {len(env.split())} registers "
+    if not starts:
+        print(f"no runs: {res.stdout[-2000:]}{res.stderr[-2000:]}", file=sys.stderr)
+        return 1
+    print(f"model: {len(env.split())} registers "
           f"(2 fields lowered); {args.runs} pairs each; test-bed boot {wall:.0f} s")
     print(f"{'QEMU':6} {'vCPUs':>5} {'without':>10} {'with loader':>12} {'ratio':>6} "
           f"{'loader per vCPU INIT':>21}")

@@ -190,6 +190,10 @@ class Translation:
         except ValueError:
             raise ParseError(path, None, "the domain's CPU metadata has a register or "
                              "property value that is not a number") from None
+        wide = [n for n, v in values.items() if not 0 <= v < 1 << 64]
+        if wide or "" in values:
+            raise ParseError(path, None, f"the domain's CPU metadata has <register name="
+                             f"'{(wide or [''])[0]}'>: expected a name and a 64-bit value")
         fw: dict[str, int | None] = {}
         for f in elem.iter(_NS + "firmware"):
             name, text = f.get("name", ""), f.get("value", "")

@@ -31,15 +31,35 @@ def read_input(path: str) -> bytes:
         raise ParseError(path, None, f"cannot read: {err.strerror}") from err
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
-    """Replace *path* with *data* atomically.
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:
+    """Replace *path* with *data* atomically; ``-`` writes to stdout.
+
+    A symbolic link is followed (its target is replaced, the link stays);
+    the file gets *mode* if given, else an existing file keeps its
+    permission bits (a new one gets 0644); temporary files a killed writer left in the directory
+    are removed first (their names carry the writer's pid).
 
     :raise DataError: when the directory cannot be written.
     """
     target = os.fspath(path)
+    if target == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    if os.path.islink(target):
+        target = os.path.realpath(target)
     directory = os.path.dirname(target) or "."
+    base = os.path.basename(target)
+    if mode is not None:
+        keep = mode
+    else:
+        try:
+            keep = os.stat(target).st_mode & 0o7777
+        except OSError:
+            keep = 0o644
+    _remove_stale(directory, base)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.{os.getpid()}.", suffix=".tmp",
                                    dir=directory)
     except OSError as err:
         raise DataError(f"{target}: cannot write: {err.strerror}") from err
@@ -48,7 +68,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        os.chmod(tmp, keep)
         os.replace(tmp, target)
     except OSError as err:
         try:
@@ -66,3 +86,28 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
         pass  # some filesystems refuse fsync on directories; the rename stands
     finally:
         os.close(dir_fd)
+
+
+def _remove_stale(directory: str, base: str) -> None:
+    """Remove ``.<base>.<pid>.*.tmp`` files whose writer is gone (killed
+    between creating and renaming them)."""
+    prefix = f".{base}."
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        pid_text = name[len(prefix):].split(".", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue                    # its writer still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue                    # another user's live process
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass

@@ -77,8 +77,14 @@ def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
         return 0
     log = _Log(conf.log)
     if op == "reconnect":
+        # libvirtd restarted with the guest running: never fail (that would
+        # kill it), but say when its CPU no longer fits this host (a kernel
+        # or QEMU upgrade under a running guest), so the operator knows it
+        # cannot be restarted or migrated here as it is
         try:
-            _check(name, op, data, conf, log)
+            refusal, _ = _check(name, op, data, conf, log)
+            if refusal:
+                log("warning", f"{refusal} (the running guest is left alone)")
         except BaseException as e:      # noqa: BLE001 - never fail a reconnect
             log("warning", f"domain '{name}': reconnect check failed: {e}")
         return 0

@@ -57,6 +57,9 @@ def _firecracker(doc: dict, path: str, kb: KnowledgeBase) -> tuple[dict[str, int
         if "x" in bits:
             raise ParseError(path, None, f"{reg.name}: bit {63 - bits.index('x')} is 'x' "
                              f"(keep host value): a template, not a dump of values")
+        if reg.name in values:
+            raise ParseError(path, None, f"reg_modifiers[{i}]: {reg.name} ({reg_id:#x}) "
+                             f"appears twice")
         values[reg.name] = int(bits, 2)
     kernel = doc.get("kernel_version", "") if isinstance(doc.get("kernel_version"), str) else ""
     return values, kernel

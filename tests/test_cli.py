@@ -404,6 +404,9 @@ def test_import_all_known_is_an_announced_assumption(run, tmp_path):
      "ID_AA64ISAR0_EL1: bit 63 is 'x' (keep host value): a template, not a dump"),
     ('{"reg_modifiers": [{"addr": "0x603000000013c030", "bitmap": "0b012"}]}',
      "is not a 0b... bit string"),
+    ('{"reg_modifiers": [{"addr": "0x603000000013c030", "bitmap": "0b' + "0" * 64 + '"}, '
+     '{"addr": "0x603000000013c030", "bitmap": "0b' + "1" * 64 + '"}]}',
+     "reg_modifiers[1]: ID_AA64ISAR0_EL1 (0x603000000013c030) appears twice"),
     ("ID_AA64ISAR0_EL1=0x1\nFOO=2\n", ":2: unknown register 'FOO'"),
 ])
 def test_import_bad_dumps(run, tmp_path, content, needle):

@@ -32,3 +32,49 @@ def test_rename_failure_leaves_no_temp_file(tmp_path):
         atomic_write(target, b"x")       # cannot replace a non-empty directory
     assert sorted(os.listdir(tmp_path)) == ["dir-in-the-way"]
     assert (target / "child").read_text() == "keep"
+
+
+def test_a_symlink_is_followed_not_replaced(tmp_path):
+    real = tmp_path / "real.xml"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.xml"
+    link.symlink_to(real)
+    atomic_write(link, b"new")
+    assert link.is_symlink() and real.read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["link.xml", "real.xml"]
+
+
+def test_an_existing_file_keeps_its_permissions(tmp_path):
+    target = tmp_path / "secret.xml"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    atomic_write(target, b"new")
+    assert (target.stat().st_mode & 0o777) == 0o600
+    atomic_write(target, b"newer", mode=0o640)           # an explicit mode wins
+    assert (target.stat().st_mode & 0o777) == 0o640
+
+
+def test_dash_is_standard_output(tmp_path, monkeypatch, capfdbinary):
+    monkeypatch.chdir(tmp_path)
+    atomic_write("-", b"to stdout\n")
+    assert capfdbinary.readouterr().out == b"to stdout\n"
+    assert os.listdir(tmp_path) == []
+
+
+def test_temp_files_of_a_killed_writer_are_cleaned_up(tmp_path):
+    import subprocess
+    import sys
+    target = tmp_path / "f.xml"
+    # a writer killed between creating its temporary file and the rename
+    code = ("import os, signal, tempfile\n"
+            f"fd, _ = tempfile.mkstemp(prefix='.f.xml.' + str(os.getpid()) + '.', suffix='.tmp',"
+            f" dir={str(tmp_path)!r})\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    for _ in range(3):
+        subprocess.run([sys.executable, "-c", code], timeout=30)
+    assert len([n for n in os.listdir(tmp_path) if n.endswith(".tmp")]) == 3
+    # one of a live process is left alone
+    live = tmp_path / f".f.xml.{os.getppid()}.x.tmp"
+    live.write_bytes(b"")
+    atomic_write(target, b"x")
+    assert sorted(os.listdir(tmp_path)) == sorted(["f.xml", live.name])

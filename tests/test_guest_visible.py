@@ -123,3 +123,49 @@ def test_a_value_kvm_refuses_stops_qemu_before_the_guest_runs(kernel, qemu):
              if x.startswith("libvirt-arm-cpu-loader: KVM refused")]
     assert len(lines) == 1, res.files[f"refused-{qemu}.txt.stderr"].decode()
     assert "ID_AA64ISAR0_EL1 (S3_0_C0_C6_0) = 0x" in lines[0] and "EINVAL" in lines[0]
+
+
+OLD_KERNEL_JOB = r"""
+set -u
+python3 -m libvirt_arm_cpu.helper probe --output /tmp/host.xml >/out/probe.log 2>&1
+python3 - <<'PY'
+from libvirt_arm_cpu import registers
+from libvirt_arm_cpu.cpumodel import CpuModel
+from libvirt_arm_cpu.profile import read_profile
+from libvirt_arm_cpu.translate import loader_environment
+kb = registers.load()
+p = read_profile("/tmp/host.xml")
+host = CpuModel.from_profile(p, kb).values
+low = dict(host)
+dp = kb.field("ID_AA64ISAR0_EL1", "DP")
+low["ID_AA64ISAR0_EL1"] = dp.put(low["ID_AA64ISAR0_EL1"], 0)
+for name, values in (("host", host), ("lowered", low)):
+    open(f"/tmp/{name}.env", "w").write(loader_environment(values, p, kb)["LIBVIRT_ARM_CPU_ID_REGS"])
+print("masks", "known" if p.masks_known else "unknown")
+PY
+for case in host lowered; do
+    LD_PRELOAD=%(loader)s LIBVIRT_ARM_CPU_LOADER_DEBUG=1 \
+    LIBVIRT_ARM_CPU_ID_REGS="$(cat /tmp/$case.env)" \
+        testbed-run-idregs /usr/bin/qemu-system-aarch64 /out/$case-6.1.txt
+    echo "$case-6.1: $?"
+done
+""" % {"loader": LOADER}
+
+
+@pytest.mark.kvm
+def test_before_linux_6_7_the_loader_gives_only_the_hosts_values():
+    """Linux 6.1 has no capability 230: which fields userspace may change
+    is unknown, so the loader lets the host's own values through (writing
+    nothing) and refuses any other with one line, before the guest runs."""
+    res = run_in_guest(kernel="6.1", qemu="7.2", cpu="neoverse-n1", image="libvirt",
+                       script=OLD_KERNEL_JOB, timeout=300)
+    assert "masks unknown" in res.stdout, res.stdout + res.stderr
+    status = dict(line.split(": ") for line in res.stdout.splitlines() if "-6.1: " in line)
+    assert status.get("host-6.1") == "0", res.stdout + res.stderr
+    assert "0 written" in res.files["host-6.1.txt.stderr"].decode()
+    assert status.get("lowered-6.1") == "1", res.stdout
+    lines = [x for x in res.files["lowered-6.1.txt.stderr"].decode().splitlines()
+             if x.startswith("libvirt-arm-cpu-loader: KVM refused")]
+    assert len(lines) == 1 and "ID_AA64ISAR0_EL1" in lines[0], lines
+    assert "no capability 230" in lines[0]
+    assert b"IDREGS" not in res.files["lowered-6.1.txt"]

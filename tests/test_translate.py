@@ -278,3 +278,21 @@ def test_metadata_of_a_newer_version_is_refused(run, env):
     assert_one_line_error(run("validate", str(newer), "--host", env.host), 1,
                           "format 3, written by a newer libvirt-arm-cpu")
     assert_one_line_error(run("dumpxml", str(newer)), 1, "upgrade libvirt-arm-cpu")
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda t: re.sub(r'(<arm:register name="ID_AA64ISAR0_EL1" value=")0x[0-9a-f]+',
+                      r"\g<1>0x10000000000000000", t, count=1),
+     "<register name='ID_AA64ISAR0_EL1'>: expected a name and a 64-bit value"),
+    (lambda t: t.replace('<arm:register name="ID_AA64ISAR0_EL1"', '<arm:register', 1),
+     "<register name=''>: expected a name and a 64-bit value"),
+])
+def test_metadata_values_must_be_64_bit_registers(run, env, edit, needle):
+    """A value of 2**64 or more must not pass as its low 64 bits."""
+    dom = write(env, domain_xml(cpu=custom_cpu(env.model)))
+    out = env.tmp / "arm.xml"
+    assert run("translate", dom, "--host", env.host, "-o", str(out)).code == 0
+    bad = env.tmp / "bad.xml"
+    bad.write_text(edit(out.read_text()))
+    assert bad.read_text() != out.read_text()
+    assert_one_line_error(run("validate", str(bad), "--host", env.host), 1, needle)
