@@ -27,6 +27,7 @@ name= value=>`` per firmware pseudo-register the model sets (value
 from __future__ import annotations
 
 import hashlib
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
@@ -35,7 +36,8 @@ from .features import load as load_features
 from .firmware import SETTABLE
 from .fileio import read_input
 from .profile import VCPU_FEATURES, HostProfile
-from .registers import KnowledgeBase
+from .registers import U64_MAX, KnowledgeBase
+from .xmlsafe import parse_untrusted, shown
 
 __all__ = ["CpuModel", "NAMESPACE", "to_xml", "from_xml", "read_model"]
 
@@ -176,78 +178,110 @@ def to_xml(model: CpuModel, features: list[str]) -> bytes:
     return ET.tostring(cpu, encoding="unicode").encode() + b"\n"
 
 
-def from_xml(data: bytes, path: str = "<cpu>") -> CpuModel:
-    """Read a model written by :func:`to_xml`.
+_REGISTER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 
-    :raise ParseError: when it is not a <cpu> with our <registers> element.
-    """
+
+def _tag(e: ET.Element) -> str:
+    return e.tag[len(_NS):] if e.tag.startswith(_NS) else e.tag
+
+
+def _name_of(e: ET.Element, attr: str, path: str, register: bool = True) -> str:
+    """*e*'s *attr* naming a register (or, not *register*, a host), which
+    it must have."""
+    name = e.get(attr)
+    if name is None:
+        raise ParseError(path, None, f"<{_tag(e)}> lacks '{attr}'")
+    if not name.isprintable() or (register and not _REGISTER_NAME.match(name)):
+        what = "a register name" if register else "a name without control characters"
+        raise ParseError(path, None, f"<{_tag(e)} {attr}='{shown(name)}'>: expected {what}")
+    return name
+
+
+def _u64(e: ET.Element, attr: str, path: str, where: str, default: str | None = None) -> int:
+    """*e*'s *attr*, a 64-bit register's value in hex (0x optional); *where*
+    names the element in errors."""
+    text = e.get(attr, default)
+    if text is None:
+        raise ParseError(path, None, f"{where} lacks '{attr}'")
     try:
-        cpu = ET.fromstring(data)
-    except ET.ParseError as err:
-        raise ParseError(path, err.position[0], f"not well-formed XML: {err}") from err
+        value = int(text, 16)
+    except ValueError:
+        raise ParseError(path, None, f"{where}: {attr} '{shown(text)}' is not a hex "
+                         f"number") from None
+    if not 0 <= value <= U64_MAX:
+        raise ParseError(path, None, f"{where}: {attr} '{shown(text)}' does not fit a 64-bit "
+                         f"register")
+    return value
+
+
+def from_xml(data: bytes, path: str = "<cpu>") -> CpuModel:
+    """Read a model written by :func:`to_xml` (through the safe reader: no
+    DOCTYPE, no entities).
+
+    :raise ParseError: when it is not a <cpu> with our <registers> element,
+        an element lacks its name, or a value is not 64-bit hex.
+    """
+    cpu = parse_untrusted(data, path)
     if cpu.tag != "cpu":
-        raise ParseError(path, None, f"root element is <{cpu.tag}>, expected <cpu>")
+        raise ParseError(path, None, f"root element is <{shown(cpu.tag)}>, expected <cpu>")
     regs = cpu.find(_q("registers"))
     if regs is None:
         raise ParseError(path, None, f"<cpu> has no <registers xmlns='{NAMESPACE}'>: not a "
                          f"libvirt-arm-cpu model (make one with cpu-baseline)")
     values, writable = {}, {}
     for r in regs.findall(_q("register")):
-        name = r.get("name", "")
-        try:
-            values[name] = int(r.get("value", ""), 16)
-            writable[name] = int(r.get("writable", "0x0"), 16)
-        except ValueError:
-            raise ParseError(path, None, f"register {name}: value '{r.get('value')}' is not "
-                             f"a hex number") from None
+        name = _name_of(r, "name", path)
+        where = f"<register name='{shown(name)}'>"
+        if name in values:
+            raise ParseError(path, None, f"{where} appears twice")
+        values[name] = _u64(r, "value", path, where)
+        writable[name] = _u64(r, "writable", path, where, "0x0")
     catalog = load_features()
     for feat in cpu.findall("feature"):
         try:
             catalog.feature(feat.get("name", ""))
         except UnknownName as err:
-            raise ParseError(path, None, f"<feature name='{feat.get('name')}'>: {err}") from None
+            raise ParseError(path, None, f"<feature name='{shown(feat.get('name', ''))}'>: "
+                             f"{err}") from None
     off = tuple((regs.get("vcpu-off") or "").split())
     effects: dict[str, dict[str, int]] = {}
     for sw in regs.findall(_q("switch")):
         feature = sw.get("feature", "")
         if feature not in VCPU_FEATURES or feature in effects or feature in off:
-            raise ParseError(path, None, f"<switch feature='{feature}'>: expected a vCPU "
+            raise ParseError(path, None, f"<switch feature='{shown(feature)}'>: expected a vCPU "
                              f"feature ({', '.join(VCPU_FEATURES)}) not in vcpu-off, each once")
         effect = effects[feature] = {}
         for v in sw.findall(_q("value")):
-            try:
-                effect[v.get("register", "")] = int(v.get("value", ""), 16)
-            except ValueError:
-                raise ParseError(path, None, f"<switch feature='{feature}'>: register "
-                                 f"{v.get('register')}: value '{v.get('value')}' is not a hex "
-                                 f"number") from None
+            reg = _name_of(v, "register", path)
+            effect[reg] = _u64(v, "value", path,
+                               f"<switch feature='{feature}'><value register='{shown(reg)}'>")
     bad = [f for f in off if f not in VCPU_FEATURES]
     if bad or list(off) != sorted(set(off)):
-        raise ParseError(path, None, f"<registers vcpu-off='{regs.get('vcpu-off')}'>: expected "
-                         f"vCPU features ({', '.join(VCPU_FEATURES)}), sorted, each once")
+        raise ParseError(path, None, f"<registers vcpu-off='{shown(regs.get('vcpu-off', ''))}'>: "
+                         f"expected vCPU features ({', '.join(VCPU_FEATURES)}), sorted, each once")
     firmware: dict[str, int | None] = {}
     for f in regs.findall(_q("firmware")):
-        name, text = f.get("name", ""), f.get("value", "")
+        name = f.get("name", "")
         if name not in SETTABLE or name in firmware:
-            raise ParseError(path, None, f"<firmware name='{name}'>: expected one of "
+            raise ParseError(path, None, f"<firmware name='{shown(name)}'>: expected one of "
                              f"{', '.join(SETTABLE)}, each once")
-        try:
-            firmware[name] = None if text == "absent" else int(text, 16)
-        except ValueError:
-            raise ParseError(path, None, f"<firmware name='{name}'>: value '{text}' is not a "
-                             f"hex number or 'absent'") from None
+        where = f"<firmware name='{name}'>"
+        firmware[name] = None if f.get("value") == "absent" else _u64(f, "value", path, where)
     reg_list = None
     lst = regs.find(_q("register-list"))
     if lst is not None:
         try:
             reg_list = frozenset(int(t, 16) for t in (lst.text or "").split())
         except ValueError:
-            raise ParseError(path, None, "<register-list>: expected KVM register ids in hex, "
-                             "separated by spaces") from None
+            reg_list = None
+        if reg_list is None or not all(0 <= i <= U64_MAX for i in reg_list):
+            raise ParseError(path, None, "<register-list>: expected KVM register ids (64-bit) "
+                             "in hex, separated by spaces")
+    hosts = tuple(_name_of(h, "name", path, register=False) for h in regs.iter(_q("host")))
+    midrs = tuple(_u64(i, "midr", path, "<implementation>")
+                  for i in regs.iter(_q("implementation")))
     model = cpu.find("model")
-    return CpuModel(values, writable, regs.get("imp-id-writable") == "yes",
-                    tuple(h.get("name", "") for h in regs.iter(_q("host"))),
-                    tuple(int(i.get("midr", "0"), 16) for i in regs.iter(_q("implementation"))),
+    return CpuModel(values, writable, regs.get("imp-id-writable") == "yes", hosts, midrs,
                     name=(model.text or "").strip() if model is not None else "",
                     vcpu_off=off, vcpu_effects=effects, firmware=firmware, reg_list=reg_list)
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-import xml.etree.ElementTree as ET
 
 from .errors import ParseError
 from .profile import NAMESPACE
+from .xmlsafe import MAX_BYTES, parse_untrusted
 
 __all__ = ["profile_key", "check_identity"]
 
 _QEMU = re.compile(rb"<qemu\b.*?(?:/>|</qemu>)", re.S)
+_TAIL = re.compile(rb"\s*</hostprofile>\s*\Z")
 
 
 def profile_key(data: bytes) -> bytes | None:
@@ -38,12 +39,18 @@ def profile_key(data: bytes) -> bytes | None:
 
 def check_identity(data: bytes, path: str) -> str:
     """Well-formedness and the root/identity of the part before the shared
-    content; returns the host name."""
-    head = data[:data.find(b"<capabilities")] + b"</hostprofile>"
-    try:
-        root = ET.fromstring(head)
-    except ET.ParseError as err:
-        raise ParseError(path, err.position[0], f"not well-formed XML: {err}") from err
+    content, through the safe reader (no DOCTYPE, no entities); returns the
+    host name.  The shared content must follow it directly and only the
+    closing tag come after; a file laid out otherwise (a comment at the end,
+    say) or too large is parsed whole."""
+    cut = data.find(b"<capabilities")
+    start = data.find(b"<vcpu-features")
+    end = data.rfind(b"</registers>")
+    if (len(data) <= MAX_BYTES and 0 <= start <= cut <= end
+            and _TAIL.match(data, end + len(b"</registers>"))):
+        root = parse_untrusted(data[:cut] + b"</hostprofile>", path)
+    else:
+        root = parse_untrusted(data, path)
     ident = root.find("{%s}identity" % NAMESPACE)
     if root.tag != "{%s}hostprofile" % NAMESPACE or ident is None:
         raise ParseError(path, None, "not a host profile")

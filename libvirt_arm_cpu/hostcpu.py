@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import ParseError
-from .xmlsafe import parse_untrusted
+from .xmlsafe import parse_untrusted, shown
 
 __all__ = ["HostCpu", "from_xml", "looks_like_host_cpu"]
 
@@ -33,7 +33,8 @@ def looks_like_host_cpu(data: bytes) -> bool:
 def from_xml(data: bytes, path: str = "<host cpu>") -> HostCpu:
     """Read ``virsh capabilities`` output or its ``<cpu>`` element.
 
-    :raise ParseError: malformed XML, no host CPU, or not an aarch64 host.
+    :raise ParseError: malformed XML (or a DOCTYPE, entities, an encoding
+        Python lacks: the safe reader), no host CPU, or not an aarch64 host.
     """
     root = parse_untrusted(data, path)
     if root.tag == "capabilities":
@@ -47,7 +48,7 @@ def from_xml(data: bytes, path: str = "<host cpu>") -> HostCpu:
                          f"or a host <cpu>")
     arch = (cpu.findtext("arch") or "").strip()
     if arch and arch != "aarch64":
-        raise ParseError(path, None, f"host CPU of a {arch} machine, not aarch64")
+        raise ParseError(path, None, f"host CPU of a {shown(arch)} machine, not aarch64")
     feats = frozenset((f.get("name") or "").strip().lower() for f in cpu.findall("feature")
                       if f.get("policy", "require") in ("require", "force"))
     return HostCpu(arch or "aarch64", (cpu.findtext("model") or "").strip(),

@@ -26,6 +26,8 @@ from .firmware import BY_NAME, FIRMWARE_REGISTERS
 from .errors import DataError, ParseError
 from .fileio import atomic_write, read_input
 from .paths import schema_path
+from .registers import U64_MAX
+from .xmlsafe import parse_untrusted, shown
 
 __all__ = ["HostProfile", "ProfileRegister", "QemuInfo", "LoaderInfo", "VcpuOffValues",
            "CpuIdentity", "Fingerprint", "VCPU_FEATURES", "NAMESPACE", "to_xml", "from_xml",
@@ -284,33 +286,36 @@ def _parse_ids(text: str | None, what: str, path: str) -> frozenset[int]:
                          f"by spaces") from None
 
 
-def _int(elem: ET.Element, attr: str, path: str, base: int = 0) -> int:
+def _int(elem: ET.Element, attr: str, path: str, base: int = 0, u64: bool = False) -> int:
+    """*elem*'s *attr* as a number (*u64*: that fits a 64-bit register)."""
     text = elem.get(attr)
     if text is None:
         raise ParseError(path, None, f"<{elem.tag[len(_NS):]}> lacks '{attr}'")
     try:
-        return int(text, base)
+        value = int(text, base)
     except ValueError:
-        raise ParseError(path, None, f"<{elem.tag[len(_NS):]} {attr}='{text}'> is not a "
+        raise ParseError(path, None, f"<{elem.tag[len(_NS):]} {attr}='{shown(text)}'> is not a "
                          f"number") from None
+    if u64 and not 0 <= value <= U64_MAX:
+        raise ParseError(path, None, f"<{elem.tag[len(_NS):]} {attr}='{shown(text)}'> does not "
+                         f"fit a 64-bit register")
+    return value
 
 
-def _opt_int(elem: ET.Element, attr: str, path: str, none: str) -> int | None:
+def _opt_int(elem: ET.Element, attr: str, path: str, none: str, u64: bool = False) -> int | None:
     text = elem.get(attr)
     if text is None or text == none:
         return None
-    return _int(elem, attr, path)
+    return _int(elem, attr, path, u64=u64)
 
 
 def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
     """Parse a profile (no schema check: see :func:`read_profile`).
 
-    :raise ParseError: naming *path* when it is not a host profile.
+    :raise ParseError: naming *path* when it is not a host profile (or not
+        XML the safe reader takes: no DOCTYPE, no entities).
     """
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError as err:
-        raise ParseError(path, err.position[0], f"not well-formed XML: {err}") from err
+    root = parse_untrusted(data, path)
     if root.tag != _q("hostprofile"):
         raise ParseError(path, None, f"not a host profile: root element is "
                          f"<{root.tag.rsplit('}', 1)[-1]}>, expected <hostprofile "
@@ -329,8 +334,8 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
     offered = [f.get("name", "") for f in feats.findall(_q("feature"))] if feats is not None \
         else []
     return HostProfile(
-        hostname=ident.get("hostname", ""),
-        machine=ident.get("machine", ""),
+        hostname=_printable(ident, "hostname", path),
+        machine=_printable(ident, "machine", path),
         kernel_release=kernel.get("release", ""),
         kernel_version=kernel.get("version", ""),
         probed_at=ident.get("probed", ""),
@@ -348,8 +353,8 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
             encoding=tuple(_int(r, a, path) for a in ("op0", "op1", "crn", "crm", "op2")),  # type: ignore[arg-type]
             kvm_id=_int(r, "kvm-id", path),
             mask_index=_opt_int(r, "mask-index", path, ""),
-            value=_opt_int(r, "value", path, "absent"),
-            writable=_opt_int(r, "writable", path, "unknown"))
+            value=_opt_int(r, "value", path, "absent", u64=True),
+            writable=_opt_int(r, "writable", path, "unknown", u64=True))
             for r in regs.iter(_q("register"))],
         masks_known=regs.get("writable-masks") == "known",
         fingerprint=Fingerprint(components),
@@ -361,11 +366,21 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
     )
 
 
+def _printable(elem: ET.Element, attr: str, path: str) -> str:
+    """A name that messages quote (host name, machine): one line, so no
+    control characters (a character reference such as &#10; could put one)."""
+    text = elem.get(attr, "")
+    if not text.isprintable():
+        raise ParseError(path, None, f"<{elem.tag[len(_NS):]} {attr}='{shown(text)}'>: "
+                         f"control characters are not allowed")
+    return text
+
+
 def _choice(elem: ET.Element, attr: str, allowed: tuple[str, ...], path: str) -> str:
     text = elem.get(attr, "")
     if text not in allowed:
-        raise ParseError(path, None, f"<{elem.tag[len(_NS):]} {attr}='{text}'>: expected "
-                         f"{' or '.join(allowed)}")
+        raise ParseError(path, None, f"<{elem.tag[len(_NS):]} {attr}='{shown(text)}'>: "
+                         f"expected {' or '.join(allowed)}")
     return text
 
 
@@ -374,8 +389,8 @@ def _reg_list(elem: ET.Element | None, path: str) -> frozenset[int] | None:
         return None
     ids = _parse_ids(elem.text, "<register-list>", path)
     if elem.get("count") is not None and _int(elem, "count", path) != len(ids):
-        raise ParseError(path, None, f"<register-list count='{elem.get('count')}'> holds "
-                         f"{len(ids)} distinct ids: truncated or edited")
+        raise ParseError(path, None, f"<register-list count='{shown(elem.get('count', ''))}'> "
+                         f"holds {len(ids)} distinct ids: truncated or edited")
     return ids
 
 
@@ -388,9 +403,9 @@ def _firmware(elem: ET.Element | None, path: str) -> dict[str, int | None] | Non
         name = r.get("name", "")
         reg = BY_NAME.get(name)
         if reg is None or name in out or _int(r, "kvm-id", path) != reg.kvm_id:
-            raise ParseError(path, None, f"<firmware><register name='{name}'>: expected one of "
-                             f"{', '.join(BY_NAME)}, each once, at its KVM id")
-        out[name] = _opt_int(r, "value", path, "absent")
+            raise ParseError(path, None, f"<firmware><register name='{shown(name)}'>: expected "
+                             f"one of {', '.join(BY_NAME)}, each once, at its KVM id")
+        out[name] = _opt_int(r, "value", path, "absent", u64=True)
     return out
 
 
@@ -404,23 +419,22 @@ def _vcpu_off(feats: ET.Element | None, offered: list[str],
     out: list[VcpuOffValues] = []
     for e in elems:
         names = tuple((e.get("features") or "").split())
+        where = f"<vcpu-features><off features='{shown(e.get('features', ''))}'>"
         bad = [n for n in names if n not in VCPU_FEATURES or n not in offered]
         if not names or bad or list(names) != sorted(set(names)):
-            raise ParseError(path, None, f"<vcpu-features><off features='{e.get('features')}'>: "
-                             f"expected vCPU features this host offers ("
+            raise ParseError(path, None, f"{where}: expected vCPU features this host offers ("
                              f"{' '.join(offered) or 'none'}), sorted, each once")
         if any(o.features == names for o in out):
-            raise ParseError(path, None, f"<vcpu-features><off features='{e.get('features')}'> "
-                             f"appears twice")
+            raise ParseError(path, None, f"{where} appears twice")
         regs: dict[str, int] = {}
         for r in e.findall(_q("register")):
             name = r.get("name", "")
             text = r.get("value", "")
             if not name or name in regs or not text.startswith("0x"):
                 raise ParseError(path, None, f"<vcpu-features><off features='{' '.join(names)}'>"
-                                 f": register '{name}' value '{text}': expected each register "
-                                 f"once, with a 0x hex value")
-            regs[name] = _int(r, "value", path, 16)
+                                 f": register '{shown(name)}' value '{shown(text)}': expected "
+                                 f"each register once, with a 0x hex value")
+            regs[name] = _int(r, "value", path, 16, u64=True)
         lst = e.find(_q("register-list"))
         removed = added = None
         if lst is not None:
@@ -455,10 +469,7 @@ def validate(data: bytes, path: str) -> None:
     """
     import xmlschema  # ~190 ms to import: only where files are written, and on explicit reads
 
-    try:
-        root = ET.fromstring(data)     # well-formedness first, for the line number
-    except ET.ParseError as err:
-        raise ParseError(path, err.position[0], f"not well-formed XML: {err}") from err
+    root = parse_untrusted(data, path)  # well-formed, no DOCTYPE: first, for the line number
     _check_version(root, path)
     schema = _schema(schema_path("profile.xsd"))
     try:

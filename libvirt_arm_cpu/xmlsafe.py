@@ -14,9 +14,13 @@ import xml.parsers.expat
 
 from .errors import ParseError
 
-__all__ = ["parse_untrusted", "MAX_BYTES"]
+__all__ = ["parse_untrusted", "shown", "MAX_BYTES"]
 
 MAX_BYTES = 8 * 1024 * 1024         # a domain XML is a few kB; libvirt itself caps at 10 MB
+
+
+_UNKNOWN_ENCODING = xml.parsers.expat.errors.codes[
+    xml.parsers.expat.errors.XML_ERROR_UNKNOWN_ENCODING]
 
 
 class _Refused(Exception):
@@ -36,12 +40,26 @@ def _name(expat_name: str) -> str:
     return "{" + expat_name if "}" in expat_name else expat_name
 
 
+def shown(text: str, limit: int = 80) -> str:
+    """*text* (an attribute's value, say) as a one-line error message may
+    quote it: characters that are not printable escaped (a character
+    reference such as ``&#10;`` puts a newline in a value), cut at *limit*."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _bad_encoding(name: str, unknown: bool) -> str:
+    what = "unknown" if unknown else "unsupported"
+    return f"{what} encoding '{shown(name, 40)}' in the XML declaration (write UTF-8)"
+
+
 def parse_untrusted(data: bytes, path: str) -> ET.Element:
     """The root element of *data*, built in one pass by expat with the
     refusing handlers in place.
 
     :raise ParseError: (file:line) when it is too large, not well-formed,
-        or declares a DOCTYPE or entities.
+        declares a DOCTYPE or entities, or an encoding Python cannot decode.
     """
     if len(data) > MAX_BYTES:
         raise ParseError(path, None, f"{len(data)} bytes: larger than the {MAX_BYTES} bytes "
@@ -56,11 +74,25 @@ def parse_untrusted(data: bytes, path: str) -> ET.Element:
         _name(tag), {_name(k): v for k, v in attrs.items()})
     parser.EndElementHandler = lambda tag: builder.end(_name(tag))
     parser.CharacterDataHandler = builder.data
+    declared: list[str] = []
+    parser.XmlDeclHandler = lambda _version, encoding, _standalone: declared.append(
+        encoding or "")
     try:
         parser.Parse(data, True)
+    except (LookupError, ValueError) as err:
+        # pyexpat looks an encoding expat lacks up in Python's codecs while
+        # reading the XML declaration: unknown (LookupError), not a text
+        # codec, or multi-byte (ValueError, UnicodeError).  Nothing else in
+        # this parse raises either.
+        if not declared:
+            raise
+        raise ParseError(path, parser.CurrentLineNumber,
+                         _bad_encoding(declared[0], isinstance(err, LookupError))) from None
     except _Refused as why:
         raise ParseError(path, parser.CurrentLineNumber, f"refused: {why}") from None
     except xml.parsers.expat.ExpatError as err:
+        if err.code == _UNKNOWN_ENCODING and declared:     # a codec expat cannot use (EBCDIC)
+            raise ParseError(path, err.lineno, _bad_encoding(declared[0], False)) from None
         raise ParseError(path, err.lineno, f"not well-formed XML: "
                          f"{xml.parsers.expat.ErrorString(err.code)}") from None
     return builder.close()
