@@ -18,13 +18,35 @@ import re
 from dataclasses import dataclass
 
 from .errors import ParseError, UsageError
+from .fileio import MAX_INPUT_BYTES
 from .registers import KnowledgeBase, Register, RegisterValue, parse_u64
 
 __all__ = ["DumpEntry", "parse_dump", "read_dump"]
 
-_LINE = re.compile(r"\s*([A-Za-z0-9_]+)\s*(?:[=:]\s*|\s+)(\S+)\s*")
+_NAME = re.compile(r"[A-Za-z0-9_]+")
 
-MAX_DUMP_BYTES = 4 << 20     # a dump is a few KiB; refuse to slurp anything huge
+
+def _split(line: str) -> tuple[str, str] | None:
+    """NAME=VALUE, NAME: VALUE or NAME VALUE (spaces around the separator
+    allowed), or None.  Scanned, not matched by a backtracking pattern: a
+    long line stays linear."""
+    line = line.strip()
+    m = _NAME.match(line)
+    if not m:
+        return None
+    rest = line[m.end():]
+    after = rest.lstrip()
+    if after[:1] in ("=", ":"):
+        value = after[1:].strip()
+    elif rest[:1].isspace():
+        value = after
+    else:
+        return None
+    if not value or any(c.isspace() for c in value):
+        return None
+    return m.group(), value
+
+MAX_DUMP_BYTES = MAX_INPUT_BYTES     # a dump is a few KiB: the one limit of every input
 
 
 @dataclass(frozen=True)
@@ -49,11 +71,11 @@ def parse_dump(text: str, kb: KnowledgeBase, path: str = "<stdin>") -> list[Dump
         line = raw.split("#", 1)[0]
         if not line.strip():
             continue
-        m = _LINE.fullmatch(line)
-        if not m:
+        parts = _split(line)
+        if parts is None:
             raise ParseError(path, lineno, f"expected 'NAME=VALUE' or 'NAME VALUE', "
                              f"found '{line.strip()[:60]}'")
-        name, value_text = m.groups()
+        name, value_text = parts
         try:
             reg = kb.register(name)
             value = parse_u64(value_text, f"value of {reg.name}")

@@ -14,21 +14,32 @@ import tempfile
 
 from .errors import DataError, ParseError
 
-__all__ = ["atomic_write", "read_input"]
+__all__ = ["atomic_write", "read_input", "MAX_INPUT_BYTES"]
+
+# One limit for every input (profiles, models, domains, dumps): the largest
+# real one is a few tens of kB; reading stops past this, before any parsing,
+# so a huge or endless input costs neither memory nor time.
+MAX_INPUT_BYTES = 8 * 1024 * 1024
 
 
 def read_input(path: str) -> bytes:
     """The bytes of a file, or of stdin for ``-``.
 
-    :raise ParseError: naming *path* when it cannot be read.
+    :raise ParseError: naming *path* when it cannot be read or is larger
+        than :data:`MAX_INPUT_BYTES`.
     """
     try:
         if path == "-":
-            return sys.stdin.buffer.read()
-        with open(path, "rb") as f:
-            return f.read()
+            data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_INPUT_BYTES + 1)
     except OSError as err:
         raise ParseError(path, None, f"cannot read: {err.strerror}") from err
+    if len(data) > MAX_INPUT_BYTES:
+        raise ParseError(path, None, f"larger than the {MAX_INPUT_BYTES} bytes an input may "
+                         f"have (a host profile or domain is a few tens of kB)")
+    return data
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:

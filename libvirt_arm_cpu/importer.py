@@ -79,6 +79,9 @@ def parse_values(data: bytes, path: str, kb: KnowledgeBase) -> tuple[dict[str, i
             doc = json.loads(text)
         except json.JSONDecodeError as err:
             raise ParseError(path, err.lineno, f"not valid JSON: {err.msg}") from None
+        except RecursionError:
+            raise ParseError(path, None, "JSON nested too deep: not a Firecracker dump") \
+                from None
         if not isinstance(doc, dict):
             raise ParseError(path, None, "JSON is not an object")
         return _firecracker(doc, path, kb)

@@ -13,10 +13,15 @@ import xml.etree.ElementTree as ET
 import xml.parsers.expat
 
 from .errors import ParseError
+from .fileio import MAX_INPUT_BYTES
 
-__all__ = ["parse_untrusted", "shown", "MAX_BYTES"]
+__all__ = ["parse_untrusted", "shown", "MAX_BYTES", "MAX_DEPTH"]
 
-MAX_BYTES = 8 * 1024 * 1024         # a domain XML is a few kB; libvirt itself caps at 10 MB
+MAX_BYTES = MAX_INPUT_BYTES         # a domain XML is a few kB; libvirt itself caps at 10 MB
+# a libvirt domain nests about 8 deep, a profile or model 4: far deeper is
+# hostile, and the recursive serialisers downstream (ElementTree.tostring,
+# deepcopy) would overflow the stack (RecursionError, or a crash)
+MAX_DEPTH = 64
 
 
 _UNKNOWN_ENCODING = xml.parsers.expat.errors.codes[
@@ -70,9 +75,20 @@ def parse_untrusted(data: bytes, path: str) -> ET.Element:
     parser.StartDoctypeDeclHandler = _refuse_doctype
     parser.EntityDeclHandler = _refuse_entity
     parser.ExternalEntityRefHandler = lambda *a: 0     # never resolve
-    parser.StartElementHandler = lambda tag, attrs: builder.start(
-        _name(tag), {_name(k): v for k, v in attrs.items()})
-    parser.EndElementHandler = lambda tag: builder.end(_name(tag))
+    depth = [0]
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        depth[0] += 1
+        if depth[0] > MAX_DEPTH:
+            raise _Refused(f"elements nested more than {MAX_DEPTH} deep")
+        builder.start(_name(tag), {_name(k): v for k, v in attrs.items()})
+
+    def end(tag: str) -> None:
+        depth[0] -= 1
+        builder.end(_name(tag))
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
     parser.CharacterDataHandler = builder.data
     declared: list[str] = []
     parser.XmlDeclHandler = lambda _version, encoding, _standalone: declared.append(
