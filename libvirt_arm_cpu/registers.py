@@ -471,6 +471,8 @@ def read_kb_file(path: str, root_tag: str) -> ET.Element:
                          f"Reinstall libvirt-arm-cpu or set LIBVIRT_ARM_CPU_XML_DIR") from err
     except ET.ParseError as err:
         raise ParseError(path, err.position[0], f"not well-formed XML: {err}") from err
+    except (LookupError, ValueError) as err:     # an encoding Python cannot decode
+        raise ParseError(path, 1, f"not a knowledge base file: {err}") from None
     if root.tag != _NS + root_tag:
         raise ParseError(path, None, f"root element is <{_local(root.tag)}>, "
                          f"expected <{root_tag} xmlns='{NAMESPACE}'>")

@@ -190,3 +190,13 @@ def test_encoding_of_kvm_id(kb):
     for reg in kb:
         assert encoding_of_kvm_id(reg.kvm_id) == reg.encoding
     assert encoding_of_kvm_id(0x6030000000100000) is None        # a core register
+
+
+def test_a_knowledge_base_file_with_an_unknown_encoding_is_one_line(tmp_path):
+    from libvirt_arm_cpu.errors import ParseError
+    from libvirt_arm_cpu.registers import read_kb_file
+    bad = tmp_path / "registers.xml"
+    bad.write_text("<?xml version='1.0' encoding='x'?><registers/>")
+    with pytest.raises(ParseError, match=r"registers.xml:1: not a knowledge base file: "
+                                         r"unknown encoding: x"):
+        read_kb_file(str(bad), "registers")
