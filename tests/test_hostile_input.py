@@ -10,7 +10,6 @@ as long as asked.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -64,9 +63,8 @@ def test_one_size_limit_for_every_input(tmp_path, argv):
     f = tmp_path / "huge.xml"
     with open(f, "wb") as fh:
         fh.write(b"<hostprofile>" + b" " * (MAX_INPUT_BYTES + 10) + b"</hostprofile>")
-    t = time.monotonic()
+    # (run_installed's 60 s timeout bounds it; the refusal comes before parsing)
     r = run_installed("libvirt-arm-cpu", *(a.format(f=f, out=tmp_path / "o.xml") for a in argv))
-    assert time.monotonic() - t < 10
     assert r.code in (1, 2) and len(r.err.strip().splitlines()) == 1, r.err
     assert "huge.xml" in r.err and "larger than" in r.err and "Traceback" not in r.err
     assert not (tmp_path / "o.xml").exists()
@@ -75,10 +73,9 @@ def test_one_size_limit_for_every_input(tmp_path, argv):
 def test_a_long_dump_line_is_linear(tmp_path):
     """One 80 KB line took 13 s in a backtracking pattern."""
     f = tmp_path / "long.regs"
+    # 2 MB: quadratic matching would take hours, past run_installed's 60 s timeout
     f.write_text("ID_AA64ISAR0_EL1" + " " * 2_000_000 + "0x1 0x2\n")
-    t = time.monotonic()
     r = run_installed("libvirt-arm-cpu", "decode", "--file", str(f))
-    assert time.monotonic() - t < 5
     assert_one_line_error(r, 1, "long.regs:1", "expected 'NAME=VALUE'")
 
 
