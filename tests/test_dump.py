@@ -52,7 +52,8 @@ def test_binary_file(kb, tmp_path):
 
 
 def test_huge_file(kb, tmp_path):
+    from libvirt_arm_cpu.fileio import MAX_INPUT_BYTES
     p = tmp_path / "huge"
-    p.write_text("# x\n" * (2 << 20))
+    p.write_text("# x\n" * (MAX_INPUT_BYTES // 4 + 1))
     with pytest.raises(ParseError, match="not a register dump"):
         read_dump(str(p), kb)
