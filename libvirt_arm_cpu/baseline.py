@@ -119,7 +119,8 @@ def _combine_field(reg: str, f: Field, models: Sequence[CpuModel],
 
 
 def _combine_register(reg: Register | None, name: str, models: Sequence[CpuModel],
-                      labels: Sequence[str]) -> tuple[int, int, list[Conflict]]:
+                      labels: Sequence[str], kb: KnowledgeBase
+                      ) -> tuple[int, int, list[Conflict]]:
     values = [m.values.get(name, 0) for m in models]
     mask = U64
     for m in models:
@@ -132,7 +133,7 @@ def _combine_register(reg: Register | None, name: str, models: Sequence[CpuModel
     if reg.kind == "implementation-id":
         return _combine_implementation(name, models, labels, values, mask)
     if taken_whole(reg):
-        return _combine_whole(reg, name, models, labels, values, mask)
+        return _combine_whole(reg, name, models, labels, values, mask, kb)
     conflicts = []
     result = 0
     for f in reg.fields:
@@ -150,7 +151,8 @@ def _combine_register(reg: Register | None, name: str, models: Sequence[CpuModel
 
 
 def _combine_whole(reg: Register, name: str, models: Sequence[CpuModel], labels: Sequence[str],
-                   values: list[int], mask: int) -> tuple[int, int, list[Conflict]]:
+                   values: list[int], mask: int, kb: KnowledgeBase
+                   ) -> tuple[int, int, list[Conflict]]:
     """A register KVM takes as a whole (CLIDR_EL1: a cache hierarchy): the
     common value, else the lowest one every host can be given."""
     if len(set(values)) == 1:
@@ -162,11 +164,11 @@ def _combine_whole(reg: Register, name: str, models: Sequence[CpuModel], labels:
                                "differs, and " + ", ".join(blocked) + " cannot change it")]
     ctrs = [m.values.get("CTR_EL0", 0) for m in models]
     for candidate in sorted(set(values)):
-        if register_refusal(name, candidate, ctrs) is None:
+        if register_refusal(kb, name, candidate, ctrs) is None:
             return candidate, mask, []
     return 0, 0, [Conflict(name, None, dict(zip(labels, values)),
                            "differs, and no host's value is one every host's KVM takes: "
-                           + str(register_refusal(name, min(values), ctrs)))]
+                           + str(register_refusal(kb, name, min(values), ctrs)))]
 
 
 def _combine_implementation(name: str, models: Sequence[CpuModel], labels: Sequence[str],
@@ -321,7 +323,7 @@ def _baseline(models: Sequence[CpuModel], kb: KnowledgeBase, labels: list[str],
     regs = {n: kb.register(n) for m in uniq for n in m.values}
     values, writable, conflicts = {}, {}, []
     for name in sorted(regs, key=lambda n: (regs[n].encoding, n)):
-        v, mask, c = _combine_register(regs[name], name, uniq, uniq_labels)
+        v, mask, c = _combine_register(regs[name], name, uniq, uniq_labels, kb)
         conflicts.extend(c)
         values[name], writable[name] = v, mask
     if conflicts:

@@ -137,7 +137,7 @@ def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
             else:
                 changes.append(f"{where} {h} -> {w}")
         if taken_whole(reg) and not any(r.register == name for r in reasons):
-            refusal = register_refusal(name, wanted, [host_regs["CTR_EL0"].value or 0,
+            refusal = register_refusal(kb, name, wanted, [host_regs["CTR_EL0"].value or 0,
                                                       model.values.get("CTR_EL0", 0)]
                                        if "CTR_EL0" in host_regs else [0])
             if refusal:

@@ -14,7 +14,7 @@ These functions are the single place baseline and compare ask.
 from __future__ import annotations
 
 from .registers import (ANY, EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field,
-                        Register)
+                        KnowledgeBase, Register)
 
 __all__ = ["field_accepts", "covers", "source_accepts", "register_refusal",
            "taken_whole"]
@@ -57,22 +57,21 @@ def source_accepts(values: dict[str, int], writable: dict[str, int], register: s
                             and field_accepts(field, value, own))
 
 
-def _bits(value: int, lsb: int, width: int) -> int:
-    return (value >> lsb) & ((1 << width) - 1)
-
-
-def register_refusal(name: str, value: int, ctr_values: list[int]) -> str | None:
+def register_refusal(kb: KnowledgeBase, name: str, value: int,
+                     ctr_values: list[int]) -> str | None:
     """Why KVM's register-specific setter refuses *value*, or None.
 
     CLIDR_EL1 (set_clidr()): with CTR_EL0.IDC clear, data cache clean to the
     point of unification is needed, so a value with LoC == 0, or with LoUIS
     and LoUU both 0, is refused.  *ctr_values*: every CTR_EL0 the check may
-    meet (the host's, and the one the model writes).
+    meet (the host's, and the one the model writes).  The fields are the
+    knowledge base's.
     """
     if name != "CLIDR_EL1":
         return None
-    loc, louis, louu = _bits(value, 24, 3), _bits(value, 21, 3), _bits(value, 27, 3)
-    idc_clear = any(not _bits(ctr, 28, 1) for ctr in ctr_values)
+    loc, louis, louu = (kb.field(name, f).get(value) for f in ("LoC", "LoUIS", "LoUU"))
+    idc = kb.field("CTR_EL0", "IDC")
+    idc_clear = any(not idc.get(ctr) for ctr in ctr_values)
     if idc_clear and (loc == 0 or (louis == 0 and louu == 0)):
         return ("CTR_EL0.IDC is 0, so KVM needs LoC and LoUIS or LoUU to be non-zero "
                 "(set_clidr)")

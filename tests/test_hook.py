@@ -264,3 +264,22 @@ def test_a_broken_settings_file_is_named_and_the_defaults_apply(bed):
     assert p.returncode == 1 and "aarch64" in err
     p = bed.call("lac-test-g1", "reconnect", "begin", "-", stdin=xml)
     assert p.returncode == 0
+
+
+def test_the_hook_scripts_constants_are_the_packages():
+    """hooks/libvirt-arm-cpu answers most calls before importing the package
+    (that is what keeps it at one interpreter start), so it carries its own
+    copy of the operations it acts on and of the metadata namespace: they
+    must be the package's."""
+    import ast
+
+    from libvirt_arm_cpu import hook
+    from libvirt_arm_cpu.domain import NAMESPACE
+
+    script = Path(__file__).resolve().parent.parent / "hooks" / "libvirt-arm-cpu"
+    consts = {}
+    for node in ast.parse(script.read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            consts[node.targets[0].id] = node.value
+    assert ast.literal_eval(consts["ACTS_ON"]) == hook.CHECKED
+    assert ast.literal_eval(consts["MARK"]) == NAMESPACE.encode()
