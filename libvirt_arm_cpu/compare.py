@@ -25,9 +25,9 @@ from . import firmware
 from .cpumodel import CpuModel
 from .features import FeatureCatalog
 from .hostcpu import HostCpu
-from .loader import LOADER_PATH, sysreg_encoding
+from .loader import LOADER_PATH, hidden_registers
 from .profile import HostProfile
-from .registers import KnowledgeBase, generic_name
+from .registers import KnowledgeBase, encoding_of_kvm_id, generic_name
 from .registers import U64_MAX as U64
 from .rules import covers, field_accepts, register_refusal, taken_whole
 
@@ -220,10 +220,9 @@ def migration_reasons(source: HostProfile, dest: HostProfile, kb: KnowledgeBase,
     src, dst = source.reg_ids(off), dest.reg_ids(off)
     if src is not None and dst is not None:
         fw_ids = {r.kvm_id for r in firmware.FIRMWARE_REGISTERS}
-        hidden = {i for i in src - model_list if sysreg_encoding(i) is not None} \
-            if model_list is not None else set()
+        hidden = hidden_registers(src, model_list) if model_list is not None else frozenset()
         for reg_id in sorted(src - hidden - dst - fw_ids):
-            enc = sysreg_encoding(reg_id)
+            enc = encoding_of_kvm_id(reg_id)
             reg = kb.by_encoding(*enc) if enc else None
             name = reg.name if reg else (generic_name(*enc) if enc else f"{reg_id:#x}")
             reasons.append(Reason(name, None, "absent", None, None,

@@ -36,7 +36,7 @@ from .features import load as load_features
 from .firmware import SETTABLE
 from .fileio import read_input
 from .profile import VCPU_FEATURES, HostProfile
-from .registers import U64_MAX, KnowledgeBase
+from .registers import U64_MAX, KnowledgeBase, format_ids, parse_ids
 from .xmlsafe import parse_untrusted, shown
 
 __all__ = ["CpuModel", "NAMESPACE", "to_xml", "from_xml", "read_model"]
@@ -168,8 +168,7 @@ def to_xml(model: CpuModel, features: list[str]) -> bytes:
         ET.SubElement(regs, _q("firmware"), {"name": name,
                                              "value": "absent" if fw is None else f"{fw:#x}"})
     if model.reg_list is not None:
-        ET.SubElement(regs, _q("register-list")).text = " ".join(
-            f"{i:#x}" for i in sorted(model.reg_list))
+        ET.SubElement(regs, _q("register-list")).text = format_ids(model.reg_list)
     for name in sorted(model.values):
         ET.SubElement(regs, _q("register"), {"name": name,
                                              "value": f"0x{model.values[name]:016x}",
@@ -271,12 +270,10 @@ def from_xml(data: bytes, path: str = "<cpu>") -> CpuModel:
     lst = regs.find(_q("register-list"))
     if lst is not None:
         try:
-            reg_list = frozenset(int(t, 16) for t in (lst.text or "").split())
+            reg_list = parse_ids(lst.text)
         except ValueError:
-            reg_list = None
-        if reg_list is None or not all(0 <= i <= U64_MAX for i in reg_list):
             raise ParseError(path, None, "<register-list>: expected KVM register ids (64-bit) "
-                             "in hex, separated by spaces")
+                             "in hex, separated by spaces") from None
     hosts = tuple(_name_of(h, "name", path, register=False) for h in regs.iter(_q("host")))
     midrs = tuple(_u64(i, "midr", path, "<implementation>")
                   for i in regs.iter(_q("implementation")))

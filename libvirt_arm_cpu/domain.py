@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 
 from .errors import ParseError
 from .firmware import SETTABLE as FIRMWARE_SETTABLE
+from .registers import format_ids, parse_ids
 from .xmlsafe import parse_untrusted
 
 __all__ = ["NAMESPACE", "QEMU_NAMESPACE", "FORMAT_VERSION", "METHODS", "VCPU_FEATURES",
@@ -158,8 +159,7 @@ class Translation:
             ET.SubElement(root, _NS + "firmware",
                           {"name": name, "value": "absent" if fw is None else f"{fw:#x}"})
         if self.reg_list is not None:
-            ET.SubElement(root, _NS + "register-list").text = " ".join(
-                f"{i:#x}" for i in sorted(self.reg_list))
+            ET.SubElement(root, _NS + "register-list").text = format_ids(self.reg_list)
         for name, value in self.properties:
             ET.SubElement(root, _NS + "property", {"name": name, "value": f"{value:#x}"})
         return root
@@ -208,7 +208,7 @@ class Translation:
         lst = elem.find(_NS + "register-list")
         if lst is not None:
             try:
-                reg_list = frozenset(int(t, 16) for t in (lst.text or "").split())
+                reg_list = parse_ids(lst.text)
             except ValueError:
                 raise ParseError(path, None, "the domain's CPU metadata has a <register-list> "
                                  "that is not KVM register ids in hex") from None

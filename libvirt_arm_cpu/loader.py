@@ -24,7 +24,8 @@ import re
 
 from . import firmware
 from .errors import DataError
-from .registers import KnowledgeBase, Register, in_feature_id_space
+from .registers import (KnowledgeBase, Register, encoding_of_kvm_id, in_feature_id_space,
+                        kvm_reg_id)
 
 __all__ = ["LOADER_PATH", "ENV_PRELOAD", "ENV_VALUES", "ENV_DEBUG", "ENV_NAMES", "environment",
            "parse_values", "parse_entries", "installed", "LoaderValueError"]
@@ -42,7 +43,6 @@ ENV_NAMES = (ENV_PRELOAD, ENV_VALUES)
 _MPIDR = (3, 0, 0, 0, 5)
 _ENTRY = re.compile(r"(?:([A-Za-z0-9_]{1,63})@)?S(\d{1,2})_(\d{1,2})_C(\d{1,2})_C(\d{1,2})_(\d{1,2})"
                     r"=(?:0x([0-9A-Fa-f]{1,16})|(absent))")
-_SYSREG_BASE = 0x6030000000130000          # ARM64_SYS_REG() with no encoding bits
 _FW_ENTRY = re.compile(r"(?:([A-Za-z0-9_]{1,63})@)?FW(BMAP)?(\d{1,2})=(?:0x([0-9A-Fa-f]{1,16})|(absent))")
 
 
@@ -61,16 +61,12 @@ def _firmware_encoding(name: str) -> str:
     return f"{kind}{reg.kvm_id & 0xffff}"
 
 
-def sysreg_id(enc: tuple[int, int, int, int, int]) -> int:
-    op0, op1, crn, crm, op2 = enc
-    return _SYSREG_BASE | op0 << 14 | op1 << 11 | crn << 7 | crm << 3 | op2
-
-
-def sysreg_encoding(reg_id: int) -> tuple[int, int, int, int, int] | None:
-    """The encoding of a KVM system register id; None for another kind."""
-    if reg_id & ~0xFFFF != _SYSREG_BASE:
-        return None
-    return (reg_id >> 14 & 3, reg_id >> 11 & 7, reg_id >> 7 & 15, reg_id >> 3 & 15, reg_id & 7)
+def hidden_registers(listed: frozenset[int], allowed: frozenset[int]) -> frozenset[int]:
+    """What the loader keeps out of a guest vCPU's register list: the system
+    registers *listed* for it that the model's list *allowed* lacks (only
+    system registers can be given as ``=absent`` entries; firmware ones go
+    by name)."""
+    return frozenset(i for i in listed - allowed if encoding_of_kvm_id(i) is not None)
 
 
 def environment(values: dict[str, int], kb: KnowledgeBase, path: str = LOADER_PATH,
@@ -100,7 +96,7 @@ def environment(values: dict[str, int], kb: KnowledgeBase, path: str = LOADER_PA
                        + ("absent" if v is None else f"0x{v:016x}"))
     by_encoding = {r.encoding: r.name for r in kb}
     for reg_id in sorted(hidden):
-        enc = sysreg_encoding(reg_id)
+        enc = encoding_of_kvm_id(reg_id)
         if enc is None:
             raise LoaderValueError(f"register {reg_id:#x} cannot be kept out of the guest's "
                                    f"list by the loader: not a system register")
@@ -158,7 +154,7 @@ def parse_entries(text: str, kb: KnowledgeBase, source: str = ENV_VALUES
             raise LoaderValueError(f"{source} entry {i} '{entry[:100]}': "
                                    f"'{_encoding_text(enc5)}' is not a system register encoding")
         if m.group(8):
-            reg_id = sysreg_id(enc5)
+            reg_id = kvm_reg_id(*enc5)
             if reg_id in hidden or by_encoding.get(enc5, _encoding_text(enc5)) in out:
                 raise LoaderValueError(f"{source} entry {i}: {_encoding_text(enc5)} named again")
             hidden.add(reg_id)
@@ -168,7 +164,7 @@ def parse_entries(text: str, kb: KnowledgeBase, source: str = ENV_VALUES
                                    f"{_encoding_text(enc5)} is not one of KVM's feature-ID "
                                    f"registers (or is MPIDR_EL1)")
         name = by_encoding.get(enc5, _encoding_text(enc5))
-        if name in out or sysreg_id(enc5) in hidden:
+        if name in out or kvm_reg_id(*enc5) in hidden:
             raise LoaderValueError(f"{source} entry {i}: {name} named again")
         out[name] = int(m.group(7), 16)
     return out, fw, frozenset(hidden)

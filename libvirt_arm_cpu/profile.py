@@ -26,7 +26,7 @@ from .firmware import BY_NAME, FIRMWARE_REGISTERS
 from .errors import DataError, ParseError
 from .fileio import atomic_write, read_input
 from .paths import schema_path
-from .registers import U64_MAX
+from .registers import U64_MAX, format_ids, parse_ids
 from .xmlsafe import parse_untrusted, shown
 
 __all__ = ["HostProfile", "ProfileRegister", "QemuInfo", "LoaderInfo", "VcpuOffValues",
@@ -243,8 +243,8 @@ def to_xml(p: HostProfile) -> bytes:
         for reg_name, reg_value in sorted(o.registers.items()):
             _sub(off, "register", name=reg_name, value=_hex(reg_value))
         if o.list_removed is not None and o.list_added is not None:
-            _sub(off, "register-list", removed=_ids(o.list_removed) or None,
-                 added=_ids(o.list_added) or None)
+            _sub(off, "register-list", removed=format_ids(o.list_removed) or None,
+                 added=format_ids(o.list_added) or None)
     caps = _sub(root, "capabilities")
     for cap, (number, answer) in p.capabilities.items():
         _sub(caps, "capability", name=cap, number=number, value=answer)
@@ -260,7 +260,7 @@ def to_xml(p: HostProfile) -> bytes:
                 _sub(fw, "register", name=reg.name, kvm_id=f"{reg.kvm_id:#x}",
                      value="absent" if fw_value is None else _hex(fw_value))
     if p.reg_list is not None:
-        _sub(root, "register-list", _ids(p.reg_list), count=len(p.reg_list))
+        _sub(root, "register-list", format_ids(p.reg_list), count=len(p.reg_list))
     regs = _sub(root, "registers", writable_masks="known" if p.masks_known else "unknown")
     for r in p.registers:
         _sub(regs, "register", name=r.name, op0=r.encoding[0], op1=r.encoding[1],
@@ -274,13 +274,9 @@ def to_xml(p: HostProfile) -> bytes:
             + ET.tostring(root, encoding="unicode").encode() + b"\n")
 
 
-def _ids(ids: frozenset[int]) -> str:
-    return " ".join(f"{i:#x}" for i in sorted(ids))
-
-
 def _parse_ids(text: str | None, what: str, path: str) -> frozenset[int]:
     try:
-        return frozenset(int(t, 16) for t in (text or "").split())
+        return parse_ids(text)
     except ValueError:
         raise ParseError(path, None, f"{what}: expected KVM register ids in hex, separated "
                          f"by spaces") from None
@@ -524,7 +520,7 @@ def to_json(p: HostProfile) -> dict:
              "registers": {k: _hex(v) for k, v in sorted(o.registers.items())}}
             for o in p.vcpu_off],
         "loader": {"status": p.loader.status, "path": p.loader.path},
-        "register_list": None if p.reg_list is None else [f"{i:#x}" for i in sorted(p.reg_list)],
+        "register_list": None if p.reg_list is None else format_ids(p.reg_list).split(),
         "firmware": None if p.firmware is None else {
             k: None if v is None else _hex(v) for k, v in p.firmware.items()},
         "capabilities": {k: v for k, (_, v) in p.capabilities.items()},

@@ -67,6 +67,22 @@ def encoding_of_kvm_id(reg_id: int) -> tuple[int, int, int, int, int] | None:
             reg_id & 7)
 
 
+def format_ids(ids: frozenset[int]) -> str:
+    """A set of KVM register ids as profiles, models and metadata write it."""
+    return " ".join(f"{i:#x}" for i in sorted(ids))
+
+
+def parse_ids(text: str | None) -> frozenset[int]:
+    """The ids :func:`format_ids` wrote.
+
+    :raise ValueError: a token that is not hex, or not a 64-bit id.
+    """
+    ids = frozenset(int(t, 16) for t in (text or "").split())
+    if any(not 0 <= i <= U64_MAX for i in ids):
+        raise ValueError("register id wider than 64 bits")
+    return ids
+
+
 def in_feature_id_space(op0: int, op1: int, crn: int, crm: int, op2: int) -> bool:
     """The range KVM_ARM_GET_REG_WRITABLE_MASKS covers (range 0)."""
     return op0 == 3 and op1 in (0, 1, 3) and crn == 0 and 0 <= crm <= 7 and 0 <= op2 <= 7

@@ -42,7 +42,7 @@ from .errors import DataError, UsageError
 from .features import Feature, FeatureCatalog, FeatureRef, FieldCondition, Group
 from .loader import LOADER_PATH
 from .loader import environment as loader_env
-from .loader import sysreg_encoding
+from .loader import hidden_registers
 from .profile import HostProfile
 from .registers import KnowledgeBase
 
@@ -157,10 +157,9 @@ def loader_environment(values: dict[str, int], host: HostProfile, kb: KnowledgeB
     have = host.values()
     fw = {n: v for n, v in (firmware_values or {}).items()
           if host.firmware is None or host.firmware.get(n) is not None}
-    hidden: set[int] = set()
     listed = host.reg_ids(off)
-    if reg_list is not None and listed is not None:
-        hidden = {i for i in listed - reg_list if sysreg_encoding(i) is not None}
+    hidden = hidden_registers(listed, reg_list) \
+        if reg_list is not None and listed is not None else frozenset()
     return loader_env({n: v for n, v in values.items() if n in have}, kb,
                       host.loader.path or LOADER_PATH, fw, hidden)
 
