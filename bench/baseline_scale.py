@@ -25,11 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from libvirt_arm_cpu import registers  # noqa: E402
-from libvirt_arm_cpu.baseline import baseline  # noqa: E402
-from libvirt_arm_cpu.compare import compare_many  # noqa: E402
+from libvirt_arm_cpu.kb import registers  # noqa: E402
+from libvirt_arm_cpu.engine.baseline import baseline  # noqa: E402
+from libvirt_arm_cpu.engine.compare import compare_many  # noqa: E402
 from libvirt_arm_cpu.service import load_inputs  # noqa: E402
-from libvirt_arm_cpu.profile import from_xml, read_profile, to_xml  # noqa: E402
+from libvirt_arm_cpu.formats.profile import from_xml, read_profile, to_xml  # noqa: E402
 
 FIXTURE = ROOT / "tests/data/hosts/neoverse-n1-qemu7.2-linux6.12.xml"
 

@@ -55,7 +55,7 @@ def main() -> int:
     host = with_sysreg(MAX73, tmp / "host-a.xml", "host-a")
     (tmp / "lac.conf").write_text(f"[hook]\nprofile = {host}\nrefresh = never\ntry_apply = no\n"
                                   f"log = stderr\n[models]\ndir = {tmp / 'models'}\n")
-    from libvirt_arm_cpu import cli
+    from libvirt_arm_cpu.cli import main as cli
     assert cli.main(["hook", "install", "--hooks-dir", str(tmp / "hooks"), "--config",
                      str(tmp / "lac.conf"), "--no-reload"]) == 0
     hook = str(tmp / "hooks" / "qemu.d" / "50-libvirt-arm-cpu")
@@ -63,7 +63,7 @@ def main() -> int:
     src = tmp / "g.xml"
     src.write_text(domain_xml(cpu=custom_cpu(model, ("disable", "sve2"))))
     from libvirt_arm_cpu.service import translate_domain
-    from libvirt_arm_cpu.profile import read_profile
+    from libvirt_arm_cpu.formats.profile import read_profile
     prof = read_profile(str(host))
     translated, _ = translate_domain(src.read_bytes(), "g.xml", prof)
     xml = translated.tostring()

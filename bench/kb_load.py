@@ -20,7 +20,7 @@ import time
 
 
 def in_process(runs: int) -> dict[str, float]:
-    from libvirt_arm_cpu import features, implementers, registers
+    from libvirt_arm_cpu.kb import features, implementers, registers
 
     out = {}
     for name, fn in (("registers.xml", lambda: registers.load()),

@@ -32,10 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from libvirt_arm_cpu import registers  # noqa: E402
-from libvirt_arm_cpu.cpumodel import CpuModel  # noqa: E402
-from libvirt_arm_cpu.profile import read_profile  # noqa: E402
-from libvirt_arm_cpu.translate import loader_environment  # noqa: E402
+from libvirt_arm_cpu.kb import registers  # noqa: E402
+from libvirt_arm_cpu.formats.cpumodel import CpuModel  # noqa: E402
+from libvirt_arm_cpu.formats.profile import read_profile  # noqa: E402
+from libvirt_arm_cpu.engine.translate import loader_environment  # noqa: E402
 from tests.kvm_hosts import FIXTURES  # noqa: E402
 from tests.testbed import run_in_guest  # noqa: E402
 

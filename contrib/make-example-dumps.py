@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from libvirt_arm_cpu.errors import Error  # noqa: E402
 from libvirt_arm_cpu.fileio import atomic_write  # noqa: E402
-from libvirt_arm_cpu.registers import load, parse_u64  # noqa: E402
+from libvirt_arm_cpu.kb.registers import load, parse_u64  # noqa: E402
 
 
 def dump_text(model: dict) -> str:

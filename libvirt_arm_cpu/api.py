@@ -16,7 +16,7 @@ for bad input.
 
 The host a connection reaches is described by its host profile: this
 machine's (cached, probed when stale) unless ``host=`` gives another, a
-:class:`~libvirt_arm_cpu.profile.HostProfile` or the path of one (needed for
+:class:`~libvirt_arm_cpu.formats.profile.HostProfile` or the path of one (needed for
 a remote connection).
 """
 
@@ -27,18 +27,18 @@ from dataclasses import replace
 
 import libvirt
 
-from . import dependencies, features, registers
-from .baseline import baseline
-from .service import find_model, host_profile, load_input, model_features, translate_domain
-from .compare import IDENTICAL, INCOMPATIBLE, SUPERSET, Reason, compare
-from .cpumodel import NAMESPACE as MODEL_NAMESPACE
-from .cpumodel import CpuModel, from_xml as model_from_xml, to_xml as model_to_xml
-from .domain import Domain, DomainCpu
-from .errors import UsageError
-from .profile import HostProfile
-from .translate import CpuMismatch, Validation, resolve
-from .translate import validate as validate_values
-from .xmlsafe import parse_untrusted
+from libvirt_arm_cpu.kb import dependencies, features, registers
+from libvirt_arm_cpu.engine.baseline import baseline
+from libvirt_arm_cpu.service import find_model, host_profile, load_input, model_features, translate_domain
+from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, SUPERSET, Reason, compare
+from libvirt_arm_cpu.formats.cpumodel import NAMESPACE as MODEL_NAMESPACE
+from libvirt_arm_cpu.formats.cpumodel import CpuModel, from_xml as model_from_xml, to_xml as model_to_xml
+from libvirt_arm_cpu.formats.domain import Domain, DomainCpu
+from libvirt_arm_cpu.errors import UsageError
+from libvirt_arm_cpu.formats.profile import HostProfile
+from libvirt_arm_cpu.engine.translate import CpuMismatch, Validation, resolve
+from libvirt_arm_cpu.engine.translate import validate as validate_values
+from libvirt_arm_cpu.xmlsafe import parse_untrusted
 
 __all__ = ["CpuIncompatibleError", "define_domain", "translate_domain_xml", "validate_domain",
            "baseline_hypervisor_cpu", "compare_hypervisor_cpu"]

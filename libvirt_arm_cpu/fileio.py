@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 
-from .errors import DataError, ParseError
+from libvirt_arm_cpu.errors import DataError, ParseError
 
 __all__ = ["atomic_write", "read_input", "MAX_INPUT_BYTES"]
 

@@ -10,8 +10,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .cli import Command, run_main
-from .errors import TimedOut
+from libvirt_arm_cpu.cli.main import Command, run_main
+from libvirt_arm_cpu.errors import TimedOut
 
 PROG = "libvirt-arm-cpu-helper"
 
@@ -28,7 +28,7 @@ environment: LIBVIRT_ARM_CPU_HELPER_TIMEOUT  seconds a run may take (60)
 
 
 def commands() -> list[Command]:
-    from .commands.probe import ProbeCommand, TryApplyCommand
+    from libvirt_arm_cpu.cli.probe import ProbeCommand, TryApplyCommand
 
     return [ProbeCommand(), TryApplyCommand()]
 

@@ -26,7 +26,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import Error
+from libvirt_arm_cpu.errors import Error
 
 __all__ = ["run", "CHECKED"]
 
@@ -65,7 +65,7 @@ def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
     name, op, subop = argv[0], argv[1], argv[2]
     if (op, subop) not in CHECKED:
         return 0
-    from . import settings as settings_mod
+    from libvirt_arm_cpu import settings as settings_mod
     try:
         conf = settings_mod.load()
     except Error as e:
@@ -108,12 +108,12 @@ def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
 def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, bytes | None]:
     """(refusal message or None, rewritten XML or None)."""
     # imported here: a domain without our metadata never gets this far
-    from . import registers
-    from .compare import IDENTICAL
-    from .domain import METHOD_LOADER, Domain, Translation
-    from .errors import UnknownName
-    from .loader import ENV_PRELOAD, ENV_VALUES, LOADER_PATH, installed
-    from .service import configured_profile, validate_translated
+    from libvirt_arm_cpu.kb import registers
+    from libvirt_arm_cpu.engine.compare import IDENTICAL
+    from libvirt_arm_cpu.formats.domain import METHOD_LOADER, Domain, Translation
+    from libvirt_arm_cpu.errors import UnknownName
+    from libvirt_arm_cpu.engine.loader import ENV_PRELOAD, ENV_VALUES, LOADER_PATH, installed
+    from libvirt_arm_cpu.service import configured_profile, validate_translated
 
     dom = Domain.parse(data, f"domain '{name}' XML")
     t = dom.translation
@@ -175,8 +175,8 @@ def _try_apply(values: dict[str, int], kb, off: tuple[str, ...] = ()) -> str | N
     """KVM's own verdict on a scratch VM (its vCPU with the features *off*
     switched off, as the guest's) for the registers that differ from the
     host's; None when it accepts them all."""
-    from .probe import open_kvm
-    from .tryapply import try_apply
+    from libvirt_arm_cpu.host.probe import open_kvm
+    from libvirt_arm_cpu.host.tryapply import try_apply
     with open_kvm() as kvm:
         result = try_apply(kvm, kb, values, kvm.default_features().without(off))
     if result.ok:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import re
 
-from . import settings
-from .cpumodel import CpuModel, from_xml, to_xml
-from .errors import UnknownName, UsageError
-from .fileio import atomic_write, read_input
+from libvirt_arm_cpu import settings
+from libvirt_arm_cpu.formats.cpumodel import CpuModel, from_xml, to_xml
+from libvirt_arm_cpu.errors import UnknownName, UsageError
+from libvirt_arm_cpu.fileio import atomic_write, read_input
 
 __all__ = ["directory", "check_name", "path_of", "find", "save", "names"]
 

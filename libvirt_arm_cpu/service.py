@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import os
 
-from . import dependencies, features, modelstore, registers
-from . import settings as settings_mod
-from .cpumodel import CpuModel, from_xml as model_from_xml
-from .domain import LOADER_ENV, Domain, Translation
-from .errors import ParseError, UsageError
-from .fileio import read_input
-from .fleet import check_identity, profile_key
-from .profile import HostProfile, from_xml as profile_from_xml, read_profile
-from .profile import validate as validate_profile
-from .translate import CpuMismatch, Resolution, Validation, resolve, validate
+from libvirt_arm_cpu.kb import dependencies, features, registers
+from libvirt_arm_cpu import modelstore
+from libvirt_arm_cpu import settings as settings_mod
+from libvirt_arm_cpu.formats.cpumodel import CpuModel, from_xml as model_from_xml
+from libvirt_arm_cpu.formats.domain import LOADER_ENV, Domain, Translation
+from libvirt_arm_cpu.errors import ParseError, UsageError
+from libvirt_arm_cpu.fileio import read_input
+from libvirt_arm_cpu.formats.fleet import check_identity, profile_key
+from libvirt_arm_cpu.formats.profile import HostProfile, from_xml as profile_from_xml, read_profile
+from libvirt_arm_cpu.formats.profile import validate as validate_profile
+from libvirt_arm_cpu.engine.translate import CpuMismatch, Resolution, Validation, resolve, validate
 
 __all__ = ["host_profile", "find_model", "load_inputs", "load_input", "check_against_kb",
            "resolve_model", "resolve_cpu", "model_features", "translate_domain",
@@ -42,7 +43,7 @@ def configured_profile(conf: settings_mod.Settings) -> HostProfile:
     """The profile the settings name (the hook's way: the settings are read
     once, a broken file falls back to the defaults)."""
     if conf.refresh:
-        from .hostcache import cached_profile
+        from libvirt_arm_cpu.host.hostcache import cached_profile
         return cached_profile(conf.profile)[0]
     return read_profile(conf.profile, validate_schema=False)
 
@@ -68,7 +69,7 @@ def load_inputs(paths: list[str], kb: registers.KnowledgeBase) -> list[tuple[str
                                                                              HostProfile | None]]:
     """Profiles (validated) and saved models, each with a label.  Profiles
     with the same content (a fleet's many hosts of one CPU) are parsed and
-    validated once (see :mod:`libvirt_arm_cpu.fleet`)."""
+    validated once (see :mod:`libvirt_arm_cpu.formats.fleet`)."""
     seen: dict[bytes, tuple[CpuModel, HostProfile]] = {}
     out = []
     for path in expand_paths(paths):

@@ -30,7 +30,7 @@ import configparser
 import os
 from dataclasses import dataclass
 
-from .errors import ParseError
+from libvirt_arm_cpu.errors import ParseError
 
 __all__ = ["Settings", "load", "DEFAULT_PATH"]
 

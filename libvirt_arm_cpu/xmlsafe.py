@@ -12,8 +12,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 import xml.parsers.expat
 
-from .errors import ParseError
-from .fileio import MAX_INPUT_BYTES
+from libvirt_arm_cpu.errors import ParseError
+from libvirt_arm_cpu.fileio import MAX_INPUT_BYTES
 
 __all__ = ["parse_untrusted", "shown", "MAX_BYTES", "MAX_DEPTH"]
 

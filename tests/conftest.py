@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_arm_cpu import cli, features, registers
+from libvirt_arm_cpu.cli import main as cli
+from libvirt_arm_cpu.kb import features, registers
 
 ROOT = Path(__file__).resolve().parent.parent
 XML_DIR = ROOT / "xml"

@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from libvirt_arm_cpu import profile as profile_mod
-from libvirt_arm_cpu import registers
-from libvirt_arm_cpu.baseline import baseline
-from libvirt_arm_cpu.cpumodel import CpuModel, to_xml
+from libvirt_arm_cpu.formats import profile as profile_mod
+from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.engine.baseline import baseline
+from libvirt_arm_cpu.formats.cpumodel import CpuModel, to_xml
 
 from .kvm_hosts import FIXTURES
 

@@ -14,8 +14,11 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from libvirt_arm_cpu import cpumodel, hostcpu, importer, loader, profile, registers, service
-from libvirt_arm_cpu.domain import Domain
+from libvirt_arm_cpu.formats import cpumodel, hostcpu, importer, profile
+from libvirt_arm_cpu.engine import loader
+from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu import service
+from libvirt_arm_cpu.formats.domain import Domain
 
 HERE = Path(__file__).resolve().parent
 HOST = HERE / "data" / "hosts" / "neoverse-n1-qemu7.2-linux7.3.xml"

@@ -10,8 +10,8 @@ import os
 import subprocess
 import sys
 
-from libvirt_arm_cpu.profile import read_profile
-from libvirt_arm_cpu.registers import load
+from libvirt_arm_cpu.formats.profile import read_profile
+from libvirt_arm_cpu.kb.registers import load
 
 kb = load()
 profile = read_profile("/out/host.xml", validate_schema=False)

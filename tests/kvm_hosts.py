@@ -44,10 +44,10 @@ def fidelity_requests(host: Host) -> dict[str, dict[str, str]]:
     kernel, and every other host's own model.  Each request holds the vCPU
     features the model switches off ("off") and only the registers that
     differ from what *host* reads with them off ("regs")."""
-    from libvirt_arm_cpu import registers
-    from libvirt_arm_cpu.baseline import baseline
-    from libvirt_arm_cpu.cpumodel import CpuModel
-    from libvirt_arm_cpu.profile import read_profile
+    from libvirt_arm_cpu.kb import registers
+    from libvirt_arm_cpu.engine.baseline import baseline
+    from libvirt_arm_cpu.formats.cpumodel import CpuModel
+    from libvirt_arm_cpu.formats.profile import read_profile
 
     kb = registers.load()
     profiles = {h.id: read_profile(str(h.fixture), validate_schema=False)
@@ -115,10 +115,10 @@ def repaired(model, kb, limit: int = 8) -> dict:
     """Up to *limit* models made by lowering, within what this host
     accepts, one field a dependency rule reads so that the rule breaks,
     then repairing with the consistency module: each must run on the host."""
-    from libvirt_arm_cpu import dependencies
-    from libvirt_arm_cpu.consistency import make_consistent
-    from libvirt_arm_cpu.cpumodel import CpuModel
-    from libvirt_arm_cpu.rules import source_accepts
+    from libvirt_arm_cpu.kb import dependencies
+    from libvirt_arm_cpu.engine.consistency import make_consistent
+    from libvirt_arm_cpu.formats.cpumodel import CpuModel
+    from libvirt_arm_cpu.engine.rules import source_accepts
     book = dependencies.load()
     out = {}
     for rule in book.enforced:
@@ -149,9 +149,9 @@ def lowered(model, kb, seed: int):
     supersets and incompatible models, the same on every run."""
     import random
 
-    from libvirt_arm_cpu.cpumodel import CpuModel
-    from libvirt_arm_cpu.registers import LOWER_SAFE
-    from libvirt_arm_cpu.rules import covers
+    from libvirt_arm_cpu.formats.cpumodel import CpuModel
+    from libvirt_arm_cpu.kb.registers import LOWER_SAFE
+    from libvirt_arm_cpu.engine.rules import covers
     rnd = random.Random(seed)
     values = dict(model.values)
     for name in sorted(values):
@@ -176,9 +176,9 @@ def lowered(model, kb, seed: int):
 
 FIDELITY_SNIPPET = """\
 import json
-from libvirt_arm_cpu import registers
-from libvirt_arm_cpu.probe import open_kvm
-from libvirt_arm_cpu.tryapply import try_apply
+from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.host.probe import open_kvm
+from libvirt_arm_cpu.host.tryapply import try_apply
 kb = registers.load()
 requests = json.load(open("/tmp/fidelity-requests.json"))
 out = {}
@@ -211,8 +211,8 @@ echo "$t0 $t1" > /out/probe.seconds
 [ -f /out/host.xml ] && python3 - > /out/probe-timing.json 2>/out/probe-timing.stderr <<'TIMING_EOF'
 # The probe's KVM part with and without the vCPU-feature-off variants, 3 runs each
 import json, time
-from libvirt_arm_cpu import registers
-from libvirt_arm_cpu.probe import open_kvm, probe_kvm
+from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.host.probe import open_kvm, probe_kvm
 kb = registers.load()
 out = {"default_ms": [], "with_variants_ms": []}
 with open_kvm() as kvm:

@@ -7,13 +7,13 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from libvirt_arm_cpu import registers
-from libvirt_arm_cpu.baseline import baseline
-from libvirt_arm_cpu.compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare
-from libvirt_arm_cpu.cpumodel import CpuModel, from_xml, to_xml
-from libvirt_arm_cpu.profile import read_profile
-from libvirt_arm_cpu.registers import LOWER_SAFE
-from libvirt_arm_cpu.rules import covers
+from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.engine.baseline import baseline
+from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare
+from libvirt_arm_cpu.formats.cpumodel import CpuModel, from_xml, to_xml
+from libvirt_arm_cpu.formats.profile import read_profile
+from libvirt_arm_cpu.kb.registers import LOWER_SAFE
+from libvirt_arm_cpu.engine.rules import covers
 
 from .kvm_hosts import FIXTURES
 
@@ -88,8 +88,8 @@ def test_consistent_with_the_rules(pool):
     """The repaired baseline breaks no enforced rule every host obeys
     (unless it says it could not repair it), lowers only, and every host
     still accepts each of its fields."""
-    from libvirt_arm_cpu import dependencies
-    from libvirt_arm_cpu.rules import source_accepts
+    from libvirt_arm_cpu.kb import dependencies
+    from libvirt_arm_cpu.engine.rules import source_accepts
     book = dependencies.load()
     plain = baseline(pool, KB, consistent=False)
     result = baseline(pool, KB)
@@ -155,7 +155,7 @@ def test_lowered_model_is_a_superset_on_kvm_but_needs_sysreg_qemu():
     assert p.loader.status == "found"
     assert compare(lowered, p, KB).result == SUPERSET
     import dataclasses
-    from libvirt_arm_cpu.profile import LoaderInfo
+    from libvirt_arm_cpu.formats.profile import LoaderInfo
     without = dataclasses.replace(p, loader=LoaderInfo("missing", p.loader.path))
     c = compare(lowered, without, KB)
     assert c.result == INCOMPATIBLE and c.reasons[0].kind == "qemu"
@@ -219,7 +219,7 @@ def test_empty_pool_is_refused():
 
 
 def test_exclude_incompatible_drops_the_fewest_hosts():
-    from libvirt_arm_cpu.baseline import largest_compatible
+    from libvirt_arm_cpu.engine.baseline import largest_compatible
     n1 = MODELS["neoverse-n1-qemu7.2-linux6.12"]
     fleet = [variant(n1, 0, "a"), variant(n1, 0, "b"), variant(n1, 0, "c"),
              MODELS["cortex-a72-qemu7.2-linux6.12"], MODELS["cortex-a76-qemu7.2-linux6.12"]]
@@ -228,7 +228,7 @@ def test_exclude_incompatible_drops_the_fewest_hosts():
 
 
 def test_pools_largest_first_and_cover_everyone():
-    from libvirt_arm_cpu.baseline import pools
+    from libvirt_arm_cpu.engine.baseline import pools
     fleet = [MODELS["cortex-a72-qemu7.2-linux6.12"], MODELS["neoverse-n1-qemu7.2-linux6.12"],
              MODELS["neoverse-n1-qemu7.2-linux7.3"], MODELS["cortex-a72-qemu7.2-linux7.3"],
              MODELS["neoverse-n1-qemu7.2-linux6.12"]]

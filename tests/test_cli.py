@@ -239,9 +239,9 @@ def test_cpu_compare_verdicts_and_exit_codes(run, tmp_path):
 
 
 def test_cpu_compare_superset_needs_sysreg_or_the_loader(run, tmp_path):
-    from libvirt_arm_cpu.cpumodel import CpuModel, to_xml
-    from libvirt_arm_cpu.profile import read_profile
-    from libvirt_arm_cpu.registers import load
+    from libvirt_arm_cpu.formats.cpumodel import CpuModel, to_xml
+    from libvirt_arm_cpu.formats.profile import read_profile
+    from libvirt_arm_cpu.kb.registers import load
     kb = load()
     p = read_profile(_fixture("neoverse-n1-qemu7.2-linux6.12"))
     m = CpuModel.from_profile(p, kb)
@@ -344,7 +344,7 @@ def test_import_text_dump_takes_part_in_baseline(run, tmp_path):
     out = tmp_path / "n1.xml"
     r = run("import", str(EXAMPLES / "qemu-neoverse-n1.regs"), "-o", str(out))
     assert r.code == 0 and "32 registers" in r.err
-    from libvirt_arm_cpu.profile import read_profile
+    from libvirt_arm_cpu.formats.profile import read_profile
     p = read_profile(str(out))                         # schema-valid
     assert p.values()["ID_AA64ISAR0_EL1"] == 0x0000100010211120
     assert p.masks_known and all(not r.writable for r in p.registers)    # --writable none
@@ -357,7 +357,7 @@ def test_import_text_dump_takes_part_in_baseline(run, tmp_path):
 
 
 def _firecracker_doc(profile_path, with_x=False):
-    from libvirt_arm_cpu.profile import read_profile
+    from libvirt_arm_cpu.formats.profile import read_profile
     p = read_profile(profile_path)
     mods = [{"addr": f"{r.kvm_id:#x}", "bitmap": "0b" + format(r.value, "064b")}
             for r in p.registers if r.value is not None]
@@ -376,7 +376,7 @@ def test_import_firecracker_fingerprint_with_reused_masks(run, tmp_path):
     out = tmp_path / "fc.xml"
     r = run("import", str(dump), "--writable", fixture, "-o", str(out))
     assert r.code == 0, r.err
-    from libvirt_arm_cpu.profile import read_profile
+    from libvirt_arm_cpu.formats.profile import read_profile
     imported, probed = read_profile(str(out)), read_profile(fixture)
     assert imported.kernel_release == "6.12.117"
     assert [(r.name, r.value, r.writable) for r in imported.registers] == \
@@ -390,7 +390,7 @@ def test_import_all_known_is_an_announced_assumption(run, tmp_path):
     r = run("import", str(EXAMPLES / "qemu-cortex-a72.regs"), "--writable", "all-known",
             "-o", str(out))
     assert r.code == 0 and "ASSUMES" in r.err
-    from libvirt_arm_cpu.profile import read_profile
+    from libvirt_arm_cpu.formats.profile import read_profile
     p = read_profile(str(out))
     isar0 = p.register("ID_AA64ISAR0_EL1")
     assert isar0.writable & (0xF << 44) == 0xF << 44         # DP: lower-safe, so "writable"
@@ -444,9 +444,9 @@ def _capabilities(features: list[str], arch: str = "aarch64") -> str:
 
 
 def test_compare_with_a_libvirt_host_cpu_is_feature_level(run, tmp_path):
-    from libvirt_arm_cpu import features, registers
-    from libvirt_arm_cpu.cpumodel import CpuModel
-    from libvirt_arm_cpu.profile import read_profile
+    from libvirt_arm_cpu.kb import features, registers
+    from libvirt_arm_cpu.formats.cpumodel import CpuModel
+    from libvirt_arm_cpu.formats.profile import read_profile
     fixture = _fixture("neoverse-n1-qemu7.2-linux6.12")
     model_path = tmp_path / "n1.xml"
     assert run("cpu-baseline", fixture, "-o", str(model_path)).code == 0

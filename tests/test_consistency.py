@@ -14,11 +14,11 @@ import random
 
 import pytest
 
-from libvirt_arm_cpu import dependencies, registers
-from libvirt_arm_cpu.consistency import make_consistent
-from libvirt_arm_cpu.cpumodel import CpuModel
-from libvirt_arm_cpu.dependencies import Group, Not, Test
-from libvirt_arm_cpu.rules import source_accepts
+from libvirt_arm_cpu.kb import dependencies, registers
+from libvirt_arm_cpu.engine.consistency import make_consistent
+from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.kb.dependencies import Group, Not, Test
+from libvirt_arm_cpu.engine.rules import source_accepts
 
 from .test_baseline import MODELS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from libvirt_arm_cpu.dump import parse_dump, read_dump
+from libvirt_arm_cpu.formats.dump import parse_dump, read_dump
 from libvirt_arm_cpu.errors import ParseError
 
 

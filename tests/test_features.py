@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from libvirt_arm_cpu.dump import read_dump
+from libvirt_arm_cpu.formats.dump import read_dump
 from libvirt_arm_cpu.errors import UnknownName
-from libvirt_arm_cpu.features import FieldCondition, Group
+from libvirt_arm_cpu.kb.features import FieldCondition, Group
 
 from .conftest import EXAMPLES
 
 
 def _values(path):
-    from libvirt_arm_cpu.registers import load
+    from libvirt_arm_cpu.kb.registers import load
     return {e.register.name: e.value.raw for e in read_dump(str(path), load())}
 
 

@@ -1,5 +1,5 @@
 """KVM's firmware pseudo-registers: the acceptance rules the destination's
-kernel applies to the values QEMU migrates (libvirt_arm_cpu.firmware), and
+kernel applies to the values QEMU migrates (libvirt_arm_cpu.kb.firmware), and
 their record in host profiles.  That the rules are KVM's is shown on the test
 bed (tests/test_migration_rehearsal.py: a guest from a host whose KVM says
 SMCCC_ARCH_WORKAROUND_3 is not required does not load where it is)."""
@@ -11,8 +11,8 @@ import dataclasses
 import pytest
 
 from libvirt_arm_cpu.errors import ParseError
-from libvirt_arm_cpu.firmware import BY_NAME, FIRMWARE_REGISTERS, describe, refusals
-from libvirt_arm_cpu.profile import from_xml, read_profile, to_xml
+from libvirt_arm_cpu.kb.firmware import BY_NAME, FIRMWARE_REGISTERS, describe, refusals
+from libvirt_arm_cpu.formats.profile import from_xml, read_profile, to_xml
 
 from .domains import FIXTURES
 
@@ -99,8 +99,8 @@ def test_the_profile_record_round_trips_and_is_checked():
 # -- firmware in CPU models: baseline, XML, compare, translate, metadata ------
 
 def n1_pool(kb):
-    from libvirt_arm_cpu.baseline import baseline
-    from libvirt_arm_cpu.cpumodel import CpuModel
+    from libvirt_arm_cpu.engine.baseline import baseline
+    from libvirt_arm_cpu.formats.cpumodel import CpuModel
     return baseline([CpuModel.from_profile(read_profile(str(FIXTURES / f"{n}.xml")), kb, n)
                      for n in ("neoverse-n1-qemu7.2-linux6.12", "neoverse-n1-qemu7.2-linux7.3")],
                     kb).model
@@ -110,7 +110,7 @@ def test_the_baseline_of_two_kernels_takes_what_both_offer(kb):
     model = n1_pool(kb)
     assert model.firmware == {"PSCI_VERSION": PSCI_1_1, "STD_BMAP": 1, "STD_HYP_BMAP": 1,
                               "VENDOR_HYP_BMAP": 3, "VENDOR_HYP_BMAP_2": None}
-    from libvirt_arm_cpu.cpumodel import from_xml as model_from_xml, to_xml as model_to_xml
+    from libvirt_arm_cpu.formats.cpumodel import from_xml as model_from_xml, to_xml as model_to_xml
     back = model_from_xml(model_to_xml(model, []))
     assert back.firmware == model.firmware and back.name == model.name
     bad = model_to_xml(model, []).replace(b'name="STD_BMAP"', b'name="WORKAROUND"')
@@ -119,8 +119,8 @@ def test_the_baseline_of_two_kernels_takes_what_both_offer(kb):
 
 
 def test_compare_names_the_firmware_it_changes_and_needs_the_loader(kb):
-    from libvirt_arm_cpu.compare import INCOMPATIBLE, SUPERSET, compare
-    from libvirt_arm_cpu.profile import LoaderInfo
+    from libvirt_arm_cpu.engine.compare import INCOMPATIBLE, SUPERSET, compare
+    from libvirt_arm_cpu.formats.profile import LoaderInfo
     model = n1_pool(kb)
     new = read_profile(str(FIXTURES / "neoverse-n1-qemu7.2-linux7.3.xml"))
     c = compare(model, new, kb)
@@ -138,8 +138,8 @@ def test_compare_names_the_firmware_it_changes_and_needs_the_loader(kb):
 
 def test_translate_gives_the_loader_the_firmware_and_the_metadata_keeps_it(run, kb, tmp_path,
                                                                          monkeypatch):
-    from libvirt_arm_cpu.cpumodel import to_xml as model_to_xml
-    from libvirt_arm_cpu.domain import Domain, Translation
+    from libvirt_arm_cpu.formats.cpumodel import to_xml as model_to_xml
+    from libvirt_arm_cpu.formats.domain import Domain, Translation
     from .domains import custom_cpu, domain_xml, with_sysreg
     model = n1_pool(kb)
     models = tmp_path / "models"

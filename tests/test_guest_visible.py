@@ -12,11 +12,11 @@ import functools
 
 import pytest
 
-from libvirt_arm_cpu import registers
-from libvirt_arm_cpu.compare import INCOMPATIBLE, compare
-from libvirt_arm_cpu.cpumodel import CpuModel
-from libvirt_arm_cpu.profile import read_profile
-from libvirt_arm_cpu.translate import loader_environment
+from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.engine.compare import INCOMPATIBLE, compare
+from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.formats.profile import read_profile
+from libvirt_arm_cpu.engine.translate import loader_environment
 
 from .domains import FIXTURES
 from .idregs import parse_idregs
@@ -129,10 +129,10 @@ OLD_KERNEL_JOB = r"""
 set -u
 python3 -m libvirt_arm_cpu.helper probe --output /tmp/host.xml >/out/probe.log 2>&1
 python3 - <<'PY'
-from libvirt_arm_cpu import registers
-from libvirt_arm_cpu.cpumodel import CpuModel
-from libvirt_arm_cpu.profile import read_profile
-from libvirt_arm_cpu.translate import loader_environment
+from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.formats.profile import read_profile
+from libvirt_arm_cpu.engine.translate import loader_environment
 kb = registers.load()
 p = read_profile("/tmp/host.xml")
 host = CpuModel.from_profile(p, kb).values

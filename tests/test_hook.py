@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_arm_cpu.domain import Domain
+from libvirt_arm_cpu.formats.domain import Domain
 
 from .domains import (MAX73, N1_73, V1_73, custom_cpu, domain_xml, save_model, with_loader,
                       with_sysreg, without_loader)
@@ -134,9 +134,9 @@ def test_migrate_switches_the_method_for_the_destination(bed):
     assert new.translation.method == "loader" and new.cpu_arguments() == []
     env = new.loader_env()
     assert env["LD_PRELOAD"] == str(lib)
-    from libvirt_arm_cpu import registers
-    from libvirt_arm_cpu.loader import parse_values
-    from libvirt_arm_cpu.profile import read_profile
+    from libvirt_arm_cpu.kb import registers
+    from libvirt_arm_cpu.engine.loader import parse_values
+    from libvirt_arm_cpu.formats.profile import read_profile
     known = read_profile(str(bed.tmp / "l.xml")).values()
     # every register this host's kernel has, with the model's value
     assert parse_values(env["LIBVIRT_ARM_CPU_ID_REGS"], registers.load()) == {
@@ -183,10 +183,10 @@ def test_migrate_rewrites_only_when_this_host_needs_other_arguments(bed):
 
 
 def _host_with_one_more_feature(src: Path, dest: Path, hostname: str) -> str:
-    from libvirt_arm_cpu import profile as profile_mod
-    from libvirt_arm_cpu import registers
-    from libvirt_arm_cpu.registers import LOWER_SAFE
-    from libvirt_arm_cpu.rules import covers
+    from libvirt_arm_cpu.formats import profile as profile_mod
+    from libvirt_arm_cpu.kb import registers
+    from libvirt_arm_cpu.kb.registers import LOWER_SAFE
+    from libvirt_arm_cpu.engine.rules import covers
     kb = registers.load()
     prof = profile_mod.read_profile(str(src))
     regs, prop = [], None
@@ -274,7 +274,7 @@ def test_the_hook_scripts_constants_are_the_packages():
     import ast
 
     from libvirt_arm_cpu import hook
-    from libvirt_arm_cpu.domain import NAMESPACE
+    from libvirt_arm_cpu.formats.domain import NAMESPACE
 
     script = Path(__file__).resolve().parent.parent / "hooks" / "libvirt-arm-cpu"
     consts = {}

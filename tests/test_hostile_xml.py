@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_arm_cpu import cpumodel, fleet, hostcpu, profile, xmlsafe
+from libvirt_arm_cpu.formats import cpumodel, fleet, hostcpu, profile
+from libvirt_arm_cpu import xmlsafe
 from libvirt_arm_cpu.errors import ParseError
 from libvirt_arm_cpu.service import model_features
 

@@ -10,8 +10,8 @@ import sys
 import pytest
 import xmlschema
 
-from libvirt_arm_cpu import kbgen
-from libvirt_arm_cpu.registers import EXACT, LOWER_SAFE, MUST_MATCH
+from libvirt_arm_cpu.kb import gen as kbgen
+from libvirt_arm_cpu.kb.registers import EXACT, LOWER_SAFE, MUST_MATCH
 
 from .conftest import ROOT, XML_DIR
 
@@ -21,7 +21,7 @@ def test_committed_files_are_not_stale(shared_data):
     fresh = kbgen.generate(shared_data / "sysreg", shared_data)
     for name, data in fresh.items():
         committed = (XML_DIR / name).read_bytes()
-        assert committed == data, (f"xml/{name} is stale: run python -m libvirt_arm_cpu.kbgen "
+        assert committed == data, (f"xml/{name} is stale: run python -m libvirt_arm_cpu.kb.gen "
                                    f"{shared_data / 'sysreg'}")
 
 
@@ -33,7 +33,7 @@ def test_committed_files_match_schema(name):
 def test_check_mode_detects_stale_file(shared_data, tmp_path):
     out = tmp_path / "xml"
     shutil.copytree(XML_DIR, out)
-    args = [sys.executable, "-m", "libvirt_arm_cpu.kbgen", "-q", str(shared_data / "sysreg"),
+    args = [sys.executable, "-m", "libvirt_arm_cpu.kb.gen", "-q", str(shared_data / "sysreg"),
             "--output-dir", str(out), "--check"]
     assert subprocess.run(args, capture_output=True, cwd=ROOT).returncode == 0
     reg = out / "registers.xml"
@@ -53,7 +53,7 @@ def test_generator_writes_into_a_directory(shared_data, tmp_path):
 
 
 def _gen_cli(*argv, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "libvirt_arm_cpu.kbgen", *argv],
+    return subprocess.run([sys.executable, "-m", "libvirt_arm_cpu.kb.gen", *argv],
                           capture_output=True, text=True, cwd=cwd)
 
 
@@ -166,7 +166,7 @@ def test_every_policy_comes_from_the_kernel_table(kb, shared_data):
 def test_tripwire_kvm_setter_limits(kb):
     """KVM's setters refuse DebugVer/CopDbg below 6 and PerfMon 1..2 (seen on
     real KVM: DebugVer 6 -> 2 is EINVAL); the rules must say so."""
-    from libvirt_arm_cpu.rules import field_accepts
+    from libvirt_arm_cpu.engine.rules import field_accepts
     debugver = kb.field("ID_AA64DFR0_EL1", "DebugVer")
     assert field_accepts(debugver, 6, 8) and not field_accepts(debugver, 2, 6)
     perfmon = kb.field("ID_DFR0_EL1", "PerfMon")
@@ -178,6 +178,6 @@ def test_tripwire_kvm_setter_limits(kb):
 @pytest.mark.parametrize("name", ["EL0", "EL1"])
 def test_tripwire_el0_el1_cannot_be_removed(kb, name):
     """Linux 7.3 refuses ID_AA64PFR0_EL1.EL0/EL1 = 0 (seen on the test bed)."""
-    from libvirt_arm_cpu.rules import field_accepts
+    from libvirt_arm_cpu.engine.rules import field_accepts
     field = kb.field("ID_AA64PFR0_EL1", name)
     assert not field_accepts(field, 0, 1) and field_accepts(field, 1, 2)

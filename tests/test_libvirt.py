@@ -21,8 +21,8 @@ import libvirt
 import pytest
 
 from libvirt_arm_cpu import api
-from libvirt_arm_cpu.domain import Domain
-from libvirt_arm_cpu.profile import read_profile
+from libvirt_arm_cpu.formats.domain import Domain
+from libvirt_arm_cpu.formats.profile import read_profile
 
 from .domains import MAX73, N1_73, V1_73, custom_cpu, save_model, with_sysreg
 from .libvirtd import domain, domain_name, tcg_domain_xml, virsh, wait_state
@@ -56,7 +56,7 @@ def lab(tmp_path_factory, libvirt_conn):
                         f"try_apply = no\nlog = stderr\n[models]\ndir = {models}\n")
 
     use("a")
-    from libvirt_arm_cpu import cli
+    from libvirt_arm_cpu.cli import main as cli
     assert cli.main(["hook", "install", "--name", HOOK, "--config", str(conf)]) == 0
     yield type("Lab", (), {"tmp": tmp, "model": model, "hosts": hosts, "use": staticmethod(use),
                            "models": models})

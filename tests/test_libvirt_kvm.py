@@ -18,12 +18,12 @@ import re
 
 import pytest
 
-from libvirt_arm_cpu import features
-from libvirt_arm_cpu.compare import INCOMPATIBLE, compare_features
-from libvirt_arm_cpu.cpumodel import CpuModel
-from libvirt_arm_cpu.hostcpu import from_xml as host_cpu_from_xml
-from libvirt_arm_cpu import registers
-from libvirt_arm_cpu.profile import from_xml as profile_from_xml
+from libvirt_arm_cpu.kb import features
+from libvirt_arm_cpu.engine.compare import INCOMPATIBLE, compare_features
+from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.formats.hostcpu import from_xml as host_cpu_from_xml
+from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.formats.profile import from_xml as profile_from_xml
 
 from .domains import custom_cpu
 from .idregs import PAYLOAD, parse_idregs
@@ -37,7 +37,8 @@ CLI = "python3 -m libvirt_arm_cpu.cli"
 GUEST_PY = r'''
 import dataclasses, json, subprocess, sys, time
 import libvirt
-from libvirt_arm_cpu import api, profile
+from libvirt_arm_cpu import api
+from libvirt_arm_cpu.formats import profile
 
 def sh(*argv, stdin=None):
     p = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=300)

@@ -1,6 +1,6 @@
 """The loader's variable, read by the C loader (built natively with the
 set-up's gcc and preloaded into /bin/true: its constructor parses before
-any ioctl) and by libvirt_arm_cpu.loader: both accept and refuse the same
+any ioctl) and by libvirt_arm_cpu.engine.loader: both accept and refuse the same
 entries.  Its KVM side runs in the test bed (tests/test_testbed.py)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_arm_cpu import registers
-from libvirt_arm_cpu.loader import (ENV_VALUES, LoaderValueError, environment, parse_entries,
+from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.engine.loader import (ENV_VALUES, LoaderValueError, environment, parse_entries,
                                     parse_values)
 
 ROOT = Path(__file__).resolve().parent.parent

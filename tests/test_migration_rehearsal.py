@@ -43,14 +43,14 @@ import functools
 
 import pytest
 
-from libvirt_arm_cpu import registers
-from libvirt_arm_cpu.baseline import baseline
-from libvirt_arm_cpu.commands.migrate import check_direction
-from libvirt_arm_cpu.compare import INCOMPATIBLE, compare, compare_passthrough
-from libvirt_arm_cpu.cpumodel import CpuModel
-from libvirt_arm_cpu.profile import HostProfile, read_profile
-from libvirt_arm_cpu.profile import from_xml as profile_from_xml
-from libvirt_arm_cpu.translate import loader_environment
+from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.engine.baseline import baseline
+from libvirt_arm_cpu.cli.migrate import check_direction
+from libvirt_arm_cpu.engine.compare import INCOMPATIBLE, compare, compare_passthrough
+from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.formats.profile import HostProfile, read_profile
+from libvirt_arm_cpu.formats.profile import from_xml as profile_from_xml
+from libvirt_arm_cpu.engine.translate import loader_environment
 
 from .domains import FIXTURES
 from .idregs import blocks

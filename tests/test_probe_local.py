@@ -13,9 +13,9 @@ import shutil
 
 import pytest
 
-from libvirt_arm_cpu import hostcache, probe
+from libvirt_arm_cpu.host import hostcache, probe
 from libvirt_arm_cpu.errors import NotArm64
-from libvirt_arm_cpu.profile import CpuIdentity
+from libvirt_arm_cpu.formats.profile import CpuIdentity
 
 from .conftest import assert_one_line_error, run_installed
 
@@ -39,7 +39,7 @@ def test_check_machine():
 def test_feature_id_space_is_kvms_range():
     encs = probe.feature_id_space()
     assert len(encs) == 192
-    from libvirt_arm_cpu.registers import writable_mask_index
+    from libvirt_arm_cpu.kb.registers import writable_mask_index
     assert [writable_mask_index(*e) for e in encs] == list(range(192))
 
 
@@ -105,7 +105,7 @@ def test_qmp_conversation_with_real_qemu():
 def test_cache_is_used_while_fresh_and_reprobed_when_stale(tmp_path):
     """A fresh cache is served as is; a stale one triggers a probe (which, on
     this x86 machine, refuses: proof that it was attempted)."""
-    from libvirt_arm_cpu.profile import from_xml, write_profile
+    from libvirt_arm_cpu.formats.profile import from_xml, write_profile
 
     from .kvm_hosts import FIXTURES
     profile = from_xml((FIXTURES / "neoverse-n1-qemu7.2-linux6.12.xml").read_bytes())
@@ -127,7 +127,7 @@ def test_cache_is_used_while_fresh_and_reprobed_when_stale(tmp_path):
 def test_unexpected_errno_names_the_ioctl():
     """An ioctl on something that is not KVM fails with ENOTTY: the error
     names the ioctl (and maps to the helper's exit code 7)."""
-    from libvirt_arm_cpu.kvm import Kvm, KvmError
+    from libvirt_arm_cpu.host.kvm import Kvm, KvmError
     kvm = Kvm("/dev/null")
     try:
         with pytest.raises(KvmError) as info:

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from libvirt_arm_cpu.errors import DataError, ParseError
-from libvirt_arm_cpu.probe import feature_id_space, register_name
-from libvirt_arm_cpu.profile import (CpuIdentity, Fingerprint, HostProfile, ProfileRegister,
+from libvirt_arm_cpu.host.probe import feature_id_space, register_name
+from libvirt_arm_cpu.formats.profile import (CpuIdentity, Fingerprint, HostProfile, ProfileRegister,
                                      QemuInfo, from_xml, read_profile, to_xml, validate,
                                      write_profile)
-from libvirt_arm_cpu.registers import kvm_reg_id, load, writable_mask_index
+from libvirt_arm_cpu.kb.registers import kvm_reg_id, load, writable_mask_index
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from libvirt_arm_cpu.errors import DataError, UnknownName, UsageError
-from libvirt_arm_cpu.registers import RegisterValue, kvm_reg_id, parse_u64, writable_mask_index
+from libvirt_arm_cpu.kb.registers import RegisterValue, kvm_reg_id, parse_u64, writable_mask_index
 
 
 def test_neoverse_n1_isar0(kb):
@@ -186,7 +186,7 @@ def test_reserved_violations(kb):
 
 
 def test_encoding_of_kvm_id(kb):
-    from libvirt_arm_cpu.registers import encoding_of_kvm_id
+    from libvirt_arm_cpu.kb.registers import encoding_of_kvm_id
     for reg in kb:
         assert encoding_of_kvm_id(reg.kvm_id) == reg.encoding
     assert encoding_of_kvm_id(0x6030000000100000) is None        # a core register
@@ -194,7 +194,7 @@ def test_encoding_of_kvm_id(kb):
 
 def test_a_knowledge_base_file_with_an_unknown_encoding_is_one_line(tmp_path):
     from libvirt_arm_cpu.errors import ParseError
-    from libvirt_arm_cpu.registers import read_kb_file
+    from libvirt_arm_cpu.kb.registers import read_kb_file
     bad = tmp_path / "registers.xml"
     bad.write_text("<?xml version='1.0' encoding='x'?><registers/>")
     with pytest.raises(ParseError, match=r"registers.xml:1: not a knowledge base file: "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from libvirt_arm_cpu.errors import ParseError
-from libvirt_arm_cpu.sysreg_parser import parse_sysreg, parse_sysreg_text
+from libvirt_arm_cpu.kb.sysreg import parse_sysreg, parse_sysreg_text
 
 GOOD = """\
 # comment

@@ -10,10 +10,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from libvirt_arm_cpu import dependencies, features, registers
-from libvirt_arm_cpu.domain import Domain, DomainCpu
-from libvirt_arm_cpu.profile import read_profile
-from libvirt_arm_cpu.translate import CpuMismatch, resolve
+from libvirt_arm_cpu.kb import dependencies, features, registers
+from libvirt_arm_cpu.formats.domain import Domain, DomainCpu
+from libvirt_arm_cpu.formats.profile import read_profile
+from libvirt_arm_cpu.engine.translate import CpuMismatch, resolve
 
 from .conftest import assert_one_line_error
 from .domains import (MAX73, N1_73, V1_73, custom_cpu, domain_xml, save_model, with_sysreg,
@@ -131,7 +131,7 @@ def test_stock_qemu_gets_the_values_through_the_loader(run, env):
     assert r.code == 0, r.err
     data = json.loads(r.out)
     assert data["method"] == "loader" and data["properties"] == {} and data["qemu_cpu"] is None
-    from libvirt_arm_cpu.loader import LOADER_PATH, parse_values
+    from libvirt_arm_cpu.engine.loader import LOADER_PATH, parse_values
     assert data["env"]["LD_PRELOAD"] == LOADER_PATH
     values = parse_values(data["env"]["LIBVIRT_ARM_CPU_ID_REGS"], KB)
     host = read_profile(env.plain_host).values()

@@ -59,7 +59,7 @@ BASE_CMDLINE = "console=ttyAMA0 rdinit=/init panic=-1"
 PREPARE_HINT = "run contrib/testbed/prepare.sh"
 # What the guest needs of the checkout: (source, path in the guest).
 SITE_PACKAGES = ("xmlschema", "elementpath")
-# The ID-register loader (loader/, the contract in libvirt_arm_cpu/loader.py),
+# The ID-register loader (loader/, the contract in libvirt_arm_cpu/engine/loader.py),
 # cross-compiled with Debian's aarch64-linux-gnu-gcc and put where libvirt's
 # AppArmor profile lets QEMU map libraries, in both images.
 LOADER_SOURCE = CHECKOUT / "loader" / "libvirt-arm-cpu-loader.c"

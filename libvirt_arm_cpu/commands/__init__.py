@@ -1,1 +1,0 @@
-"""Subcommands of ``libvirt-arm-cpu``, one module each."""

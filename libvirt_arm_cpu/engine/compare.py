@@ -1,0 +1,305 @@
+"""Compare: can this host run this CPU model, and if not, exactly why.
+
+Pure, like :mod:`libvirt_arm_cpu.engine.baseline`.  The verdict follows the
+s390x/libvirt vocabulary:
+
+* ``identical``: the host presents exactly the model's values;
+* ``superset``: it can run the model after lowering fields KVM lets
+  userspace change;
+* ``incompatible``: it cannot.
+
+Every difference the host cannot make is a :class:`Reason` naming the
+register and field, both values and the rule: the model needs a higher
+value than the host has; the field is not writable on this host's kernel;
+the kernel's rule refuses the value; MIDR/REVIDR/AIDR changes need
+capability 239; the host's QEMU takes no SYSREG properties and the
+loader is not installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from libvirt_arm_cpu.kb import firmware
+from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.kb.features import FeatureCatalog
+from libvirt_arm_cpu.formats.hostcpu import HostCpu
+from libvirt_arm_cpu.engine.loader import LOADER_PATH, hidden_registers
+from libvirt_arm_cpu.formats.profile import HostProfile
+from libvirt_arm_cpu.kb.registers import KnowledgeBase, encoding_of_kvm_id, generic_name
+from libvirt_arm_cpu.kb.registers import U64_MAX as U64
+from libvirt_arm_cpu.engine.rules import covers, field_accepts, register_refusal, taken_whole
+
+__all__ = ["IDENTICAL", "SUPERSET", "INCOMPATIBLE", "Reason", "Comparison", "compare",
+           "compare_passthrough", "migration_reasons", "compare_many", "compare_features"]
+
+IDENTICAL, SUPERSET, INCOMPATIBLE = "identical", "superset", "incompatible"
+
+
+@dataclass
+class Reason:
+    register: str
+    field: str | None
+    kind: str       # needs-higher, not-writable, rule, needs-cap-239, absent, outside-fields, qemu
+    host: int | None
+    wanted: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class Comparison:
+    result: str
+    reasons: list[Reason] = field(default_factory=list)     # why incompatible
+    changes: list[str] = field(default_factory=list)        # what a superset lowers
+    # "registers": judged field by field against a host profile; "features":
+    # only against hwcap names (a libvirt host <cpu>), which is less precise
+    precision: str = "registers"
+    notes: list[str] = field(default_factory=list)          # what could not be judged
+
+    def as_dict(self) -> dict:
+        return {"result": self.result, "precision": self.precision, "changes": self.changes,
+                "notes": self.notes,
+                "reasons": [{"register": r.register, "field": r.field, "kind": r.kind,
+                             "host": r.host, "wanted": r.wanted, "message": r.message}
+                            for r in self.reasons]}
+
+
+def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
+            check_qemu: bool = True, *, qemu_writes: bool = False) -> Comparison:
+    """The verdict for running *model* on *host*.
+
+    :param check_qemu: also require that the host's QEMU takes SYSREG_*
+        properties when anything must change (off: KVM's verdict alone, as
+        try-apply sees it).
+    :param qemu_writes: the values reach KVM through stock QEMU's own
+        register writes (an incoming migration of a host-passthrough guest):
+        nothing else is needed, and capability 239 counts as off, since QEMU
+        never enables it.
+    """
+    host_regs = {r.name: r for r in host.registers}
+    cap239 = host.capability("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS") > 0 and not qemu_writes
+    if qemu_writes:
+        check_qemu = False
+    reasons: list[Reason] = []
+    changes: list[str] = []
+    # vCPU features the model runs with off: the host's values are those its
+    # probe measured with them off (libvirt's elements switch them, no
+    # register write); where the profile does not say, its default values
+    # (the fields then count as not writable, as before the probe measured it)
+    switch = [f for f in model.vcpu_off if f in host.vcpu_features and host.can_switch_off(f)]
+    host_values = host.values(switch)
+    vcpu_changes = [f"vCPU feature {f} off" for f in switch]
+    for name, wanted in sorted(model.values.items()):
+        reg = kb.register(name)
+        if reg.kind == "affinity":
+            continue
+        hr = host_regs.get(name)
+        have = host_values.get(name) if hr is not None else None
+        mask = hr.writable if hr is not None else 0
+        if have is None:
+            if wanted:
+                reasons.append(Reason(name, None, "absent", None, wanted,
+                                      f"{name}: this host's kernel does not know the register"))
+            continue
+        if have == wanted:
+            continue
+        if reg.kind == "implementation-id":
+            diff = have ^ wanted
+            if not cap239 or mask is None or (mask & diff) != diff:
+                why = ("QEMU never enables KVM capability 239, which changing it needs"
+                       if qemu_writes else
+                       "changing it needs KVM capability 239 (Linux 6.15+)")
+                reasons.append(Reason(name, None, "needs-cap-239", have, wanted,
+                                      f"{name}: needs {wanted:#x}, host has {have:#x}; {why}"))
+            else:
+                changes.append(f"{name} {have:#x} -> {wanted:#x}")
+            continue
+        for f in reg.fields:
+            h, w = f.get(have), f.get(wanted)
+            if h == w:
+                continue
+            where = f"{name}.{f.name}"
+            if not covers(mask, f):
+                kind = "needs-higher" if f.order(w) > f.order(h) else "not-writable"
+                msg = (f"{where}: needs {w}, host has {h}, and this host's kernel does not let "
+                       f"it change" + ("" if host.masks_known else " (writable masks unknown: "
+                                       "kernel before 6.7)"))
+                reasons.append(Reason(name, f.name, kind, h, w, msg))
+            elif not field_accepts(f, w, h):
+                kind = "needs-higher" if f.order(w) > f.order(h) else "rule"
+                reasons.append(Reason(name, f.name, kind, h, w,
+                                      f"{where}: needs {w}, host has {h}; KVM refuses it "
+                                      f"({f.effective_policy})"))
+            else:
+                changes.append(f"{where} {h} -> {w}")
+        if taken_whole(reg) and not any(r.register == name for r in reasons):
+            refusal = register_refusal(kb, name, wanted, [host_regs["CTR_EL0"].value or 0,
+                                                      model.values.get("CTR_EL0", 0)]
+                                       if "CTR_EL0" in host_regs else [0])
+            if refusal:
+                reasons.append(Reason(name, None, "rule", have, wanted,
+                                      f"{name}: needs {wanted:#x}, host has {have:#x}; "
+                                      f"{refusal}"))
+        stray = (have ^ wanted) & ~reg.field_mask & U64
+        if stray:
+            reasons.append(Reason(name, None, "outside-fields", have, wanted,
+                                  f"{name}: bits {stray:#x} outside every known field differ"))
+    notes: list[str] = []
+    fw_changes = _firmware(model, host, reasons, notes)
+    # QEMU is told the values either through SYSREG_* properties or through
+    # the loader (libvirt_arm_cpu.engine.loader); without both nothing can change
+    has_loader = host.loader.status == "found"
+    if check_qemu and fw_changes and not reasons and not has_loader:
+        reasons.append(Reason("", None, "qemu", None, None,
+                              f"needs {len(fw_changes)} firmware register change(s), which only "
+                              f"the loader makes, and it ({host.loader.path or LOADER_PATH}) "
+                              f"is missing"))
+    changes += fw_changes
+    if check_qemu and changes and not reasons and host.qemu.sysreg != "yes" and not has_loader:
+        q = host.qemu
+        what = (f"QEMU {q.version} ({q.path}) does not take SYSREG_* properties"
+                if q.status == "found" and q.sysreg == "no" else
+                f"this host's QEMU cannot be told to change ID registers ({q.status}"
+                + (f": {q.detail}" if q.detail else "") + ")")
+        where = host.loader.path or LOADER_PATH
+        reasons.append(Reason("", None, "qemu", None, None,
+                              f"needs {len(changes)} ID register change(s), but neither "
+                              f"SYSREG_* in QEMU nor the loader installed: {what}, and the "
+                              f"loader ({where}) is missing"))
+    changes += vcpu_changes     # after the QEMU check: no register write needed for these
+    if reasons:
+        return Comparison(INCOMPATIBLE, reasons, changes, notes=notes)
+    return Comparison(SUPERSET if changes else IDENTICAL, [], changes, notes=notes)
+
+
+def _firmware(model: CpuModel, host: HostProfile, reasons: list[Reason],
+              notes: list[str]) -> list[str]:
+    """The model's firmware pseudo-registers on *host*: refusals go to
+    *reasons*, what cannot be judged to *notes*; returns the changes."""
+    if not model.firmware:
+        return []
+    if host.firmware is None:
+        notes.append("the model's firmware pseudo-registers not judged: this host's profile "
+                     "does not record them (probe again with this version)")
+        return []
+    reasons += [Reason(f.register, None, "firmware", f.dest, f.source, f.message)
+                for f in firmware.model_refusals(model.firmware, host.firmware)]
+    changes = []
+    for name, want in sorted(model.firmware.items()):
+        have = host.firmware.get(name)
+        if want == have or (want is None and have is None):
+            continue
+        changes.append(f"firmware {name} "
+                       f"{'absent' if have is None else firmware.describe(name, have)} -> "
+                       f"{'hidden' if want is None else firmware.describe(name, want)}")
+    return changes
+
+
+def migration_reasons(source: HostProfile, dest: HostProfile, kb: KnowledgeBase,
+                      model_firmware: dict[str, int | None] | None = None,
+                      model_list: frozenset[int] | None = None, off: tuple[str, ...] = ()
+                      ) -> tuple[list[Reason], list[str]]:
+    """What stops QEMU's migration stream from *source* to *dest* whatever
+    the guest's ID register values, and what could not be judged.
+
+    The source's QEMU sends every register its KVM lists for the guest's
+    vCPU (features *off* switched off), and the destination's QEMU fails the
+    load on one its own KVM does not list (target/arm/machine.c
+    cpu_post_load: "register in their list but not ours"; a longer list
+    fails even earlier).  A model with *model_list* has the loader keep the
+    other system registers out of the source's list.  The firmware
+    pseudo-registers (Spectre mitigation levels, PSCI, hypercall services)
+    must be ones the destination's KVM honours (libvirt_arm_cpu.kb.firmware):
+    the host's, except those a model with *model_firmware* sets."""
+    reasons: list[Reason] = []
+    notes: list[str] = []
+    src, dst = source.reg_ids(off), dest.reg_ids(off)
+    if src is not None and dst is not None:
+        fw_ids = {r.kvm_id for r in firmware.FIRMWARE_REGISTERS}
+        hidden = hidden_registers(src, model_list) if model_list is not None else frozenset()
+        for reg_id in sorted(src - hidden - dst - fw_ids):
+            enc = encoding_of_kvm_id(reg_id)
+            reg = kb.by_encoding(*enc) if enc else None
+            name = reg.name if reg else (generic_name(*enc) if enc else f"{reg_id:#x}")
+            reasons.append(Reason(name, None, "absent", None, None,
+                                  f"{name}: the source's kernel lists it for the guest's vCPU, "
+                                  f"this host's does not (QEMU fails the incoming state)"))
+    else:
+        which = " and ".join(n for n, p in (("the source", source), ("this host", dest))
+                             if p.reg_list is None)
+        notes.append(f"register lists not compared: the profile of {which} does not record "
+                     f"them (probe again with this version); ID registers only")
+        known = {r.name for r in dest.registers if r.value is not None}
+        reasons += [Reason(r.name, None, "absent", None, r.value,
+                           f"{r.name}: the source's kernel lists it, this host's does not "
+                           f"(QEMU fails the incoming state)")
+                    for r in source.registers if r.value is not None and r.name not in known]
+    if source.firmware is None or dest.firmware is None:
+        which = " and ".join(n for n, p in (("the source", source), ("this host", dest))
+                             if p.firmware is None)
+        notes.append(f"firmware pseudo-registers not judged: the profile of {which} does not "
+                     f"record them (probe again with this version)")
+    else:
+        sent = firmware.stream(source.firmware, model_firmware or {})
+        reasons += [Reason(f.register, None, "firmware", f.dest, f.source, f.message)
+                    for f in firmware.refusals(sent, dest.firmware)]
+    return reasons, notes
+
+
+def compare_passthrough(source: HostProfile, dest: HostProfile, kb: KnowledgeBase,
+                        off: tuple[str, ...] = ()) -> Comparison:
+    """Can a host-passthrough guest of *source* move to *dest* on stock
+    QEMU?  The destination QEMU writes the source's values into its KVM
+    before the guest runs; its kernel takes exactly the changes its rules
+    allow (so a guest moves from a lower host to a higher one, not back), and
+    MIDR/REVIDR/AIDR must match since QEMU never enables capability 239.
+    *off*: vCPU features the guest runs with off on both hosts (the same
+    `-cpu host,...` line on both)."""
+    # the firmware registers travel in the stream: migration_reasons judges them
+    model = dataclasses.replace(CpuModel.from_profile(source, kb, off=off), firmware={})
+    c = compare(model, dest, kb, qemu_writes=True)
+    stream, notes = migration_reasons(source, dest, kb, off=off)
+    if not stream:
+        return Comparison(c.result, c.reasons, c.changes, c.precision, notes)
+    return Comparison(INCOMPATIBLE, stream + c.reasons, c.changes, c.precision, notes)
+
+
+def compare_many(model: CpuModel, hosts: list[HostProfile], kb: KnowledgeBase,
+                 check_qemu: bool = True) -> list[Comparison]:
+    """:func:`compare` for each host; hosts that are the same profile object
+    (see :mod:`libvirt_arm_cpu.formats.fleet`) are compared once."""
+    done: dict[int, Comparison] = {}
+    out = []
+    for host in hosts:
+        c = done.get(id(host))
+        if c is None:
+            c = done[id(host)] = compare(model, host, kb, check_qemu)
+        out.append(c)
+    return out
+
+
+def compare_features(model: CpuModel, host: HostCpu, catalog: FeatureCatalog) -> Comparison:
+    """The verdict at feature level, for a host known only by libvirt's
+    host <cpu> (hwcap names from /proc/cpuinfo).
+
+    incompatible: the model has an hwcap the host lacks; identical: the
+    same hwcaps; superset: the host has more.  Less precise than
+    :func:`compare`: hwcaps do not show every field, nor what the host's
+    kernel lets change, so "superset" means "nothing visible is missing".
+    """
+    wanted = {f.key for f in catalog.present(model.values) if f.kind == "hwcap"}
+    missing = sorted(wanted - host.features)
+    extra = sorted(host.features - wanted)
+    reasons = [Reason("", None, "missing-feature", None, None,
+                      f"feature {name} ({', '.join(map(str, catalog.feature(name).fields(catalog)))}"
+                      f"): the model has it, the host CPU does not")
+               for name in missing]
+    if reasons:
+        return Comparison(INCOMPATIBLE, reasons, [], "features")
+    return Comparison(SUPERSET if extra else IDENTICAL, [],
+                      [f"hides {name}" for name in extra], "features")
+

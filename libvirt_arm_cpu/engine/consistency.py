@@ -1,0 +1,296 @@
+"""Make a CPU model obey the dependency rules, by lowering fields only.
+
+A baseline (or a translated domain CPU) lowers fields one by one; that can
+leave a model no real CPU would present: SVE2 advertised without SVE,
+ZFR0 non-zero without SVE, SM3 without SM4.  :func:`make_consistent`
+repairs such a model with the rules of :mod:`libvirt_arm_cpu.kb.dependencies`:
+
+* A rule that a source host breaks with its own, unmodified values is not
+  enforced (some real cores and KVM versions break some rules); it is
+  reported as exempt.  Only what lowering introduces is repaired.
+* A repair only ever lowers fields (never raises one: that would promise
+  a feature a host lacks), and only to values every source host's kernel
+  accepts (writable there, and allowed by KVM's rule from that host's
+  value): the result still runs everywhere the model did.
+* It prefers making the rule's ``then`` hold by lowering (zero ZFR0 when
+  SVE is gone, lower BF16 to match its twin) over lowering the ``if`` side
+  (drop SVE2 because SVE is gone); among the candidates, the one that
+  breaks no other rule, then loses the fewest features (hwcaps and FEAT_*
+  names: dropping AArch32 DotProd beats dropping AArch32 altogether),
+  then touches the fewest fields.
+* A violation no allowed lowering repairs is reported as unresolved, with
+  the fields that block it.
+
+Pure: takes data, returns data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.kb.dependencies import Always, Condition, Group, Not, Rule, RuleBook, Test
+from libvirt_arm_cpu.kb.features import load as load_features
+from libvirt_arm_cpu.kb.registers import Field, KnowledgeBase
+from libvirt_arm_cpu.kb.registers import U64_MAX as U64
+from libvirt_arm_cpu.engine.rules import covers, source_accepts
+
+__all__ = ["Lowering", "Unresolved", "Consistency", "make_consistent", "exempt_rules"]
+
+
+# A move: (register, field name) -> the new, lower value.
+Move = dict[tuple[str, str], int]
+
+
+@dataclass(frozen=True)
+class Lowering:
+    register: str
+    field: str
+    old: int
+    new: int
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.register}.{self.field} {self.old} -> {self.new} (rule {self.rule})"
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    rule: Rule
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.rule.id}: {self.rule.describe()}: {self.reason}"
+
+
+@dataclass
+class Consistency:
+    model: CpuModel
+    lowered: list[Lowering] = field(default_factory=list)
+    unresolved: list[Unresolved] = field(default_factory=list)
+    exempt: dict[str, list[str]] = field(default_factory=dict)  # rule id -> hosts that break it
+
+    def as_dict(self) -> dict:
+        return {"lowered": [vars(x) for x in self.lowered],
+                "unresolved": [{"rule": u.rule.id, "reason": u.reason} for u in self.unresolved],
+                "exempt": self.exempt}
+
+
+def exempt_rules(sources: Sequence[CpuModel], book: RuleBook,
+                 labels: Sequence[str]) -> dict[str, list[str]]:
+    """Enforced rules that some source breaks with its own values."""
+    out: dict[str, list[str]] = {}
+    for src, label in zip(sources, labels):
+        for rule in book.violations(src.values):
+            out.setdefault(rule.id, []).append(label)
+    return out
+
+
+def make_consistent(model: CpuModel, sources: Sequence[CpuModel], kb: KnowledgeBase,
+                    book: RuleBook, labels: Sequence[str] | None = None) -> Consistency:
+    """Lower fields of *model* until it obeys every enforced rule that all
+    *sources* obey, within what every source's kernel accepts.
+
+    :param sources: the hosts the model must still run on (for a baseline:
+        its inputs; for a translated CPU: the host).
+    """
+    labels = list(labels or ["+".join(s.hosts) or f"#{i}" for i, s in enumerate(sources)])
+    exempt = exempt_rules(sources, book, labels)
+    rules = [r for r in book.enforced if r.id not in exempt]
+    values = dict(model.values)
+    lowered: list[Lowering] = []
+
+    def allowed(reg: str, f: Field, new: int) -> bool:
+        return (f.order(new) < f.order(f.get(values.get(reg, 0)))
+                and all(source_accepts(s.values, s.writable, reg, f, new) for s in sources))
+
+    def feasible(move: Move) -> bool:
+        return bool(move) and all(allowed(r, kb.register(r).field(n), v)
+                                  for (r, n), v in move.items())
+
+    unresolved: dict[str, Unresolved] = {}
+    # Each repair strictly lowers a field, so this ends; the bound is a guard.
+    for _ in range(10_000):
+        broken = [r for r in rules if r.violated(values) and r.id not in unresolved]
+        if not broken:
+            break
+        rule = broken[0]
+        move = _best_move(rule, values, kb, feasible, rules)
+        if move is None:
+            unresolved[rule.id] = Unresolved(rule, _blockers(rule, values, kb, sources, labels))
+            continue
+        for (reg, name), new in sorted(move.items()):
+            f = kb.register(reg).field(name)
+            old = f.get(values.get(reg, 0))
+            values[reg] = f.put(values.get(reg, 0), new)
+            lowered.append(Lowering(reg, name, old, new, rule.id))
+        # A lowering may also repair a rule given up on before.
+        unresolved = {k: u for k, u in unresolved.items() if u.rule.violated(values)}
+    result = replace(model, values=values, name="") if lowered else model
+    return Consistency(result, lowered, list(unresolved.values()), exempt)
+
+
+def _best_move(rule: Rule, values: dict[str, int], kb: KnowledgeBase,
+               feasible: Callable[[Move], bool], others: Sequence[Rule]) -> Move | None:
+    then_moves = _satisfy(Group("all", rule.then), values, kb, feasible)
+    if_moves = _falsify(rule.when, values, kb, feasible)
+    catalog = load_features()
+    before = {f.key for f in catalog.present(values)}
+    broken_before = {r.id for r in others if r.violated(values)}
+    for moves in (then_moves, if_moves):
+        ranked = []
+        for move in moves:
+            trial = dict(values)
+            for (reg, name), new in move.items():
+                f = kb.register(reg).field(name)
+                trial[reg] = f.put(trial.get(reg, 0), new)
+            if rule.violated(trial):
+                continue
+            newly_broken = sum(1 for r in others
+                               if r.id not in broken_before and r.violated(trial))
+            lost = len(before - {f.key for f in catalog.present(trial)})
+            ranked.append(((newly_broken, lost, len(move), sorted(move.items())), move))
+        if ranked:
+            return min(ranked, key=lambda x: x[0])[1]
+    return None
+
+
+def _merge(moves: list[Move]) -> Move:
+    out: Move = {}
+    for move in moves:
+        for key, v in move.items():
+            out[key] = min(out.get(key, v), v)
+    return out
+
+
+def _below(f: Field, v: int, signed: bool) -> list[int]:
+    """The field's values below *v* in the test's order, highest first: the
+    repair takes the first one every host accepts (an exact field, say,
+    only accepts its safe value)."""
+    def key(x: int) -> int:
+        return x - (1 << f.width) if signed and x >> (f.width - 1) else x
+    return sorted((x for x in _meaningful(f) if key(x) < key(v)), key=key, reverse=True)
+
+
+def _meaningful(f: Field) -> list[int]:
+    """Values a repair may give the field: those the architecture names,
+    plus "not implemented" (0, or all ones for a signed field): never a
+    reserved encoding."""
+    named = {v for v, _ in f.values}
+    if not named:
+        return list(range(f.max_value + 1))
+    return sorted(named | {f.max_value if f.signed else 0})
+
+
+def _satisfy(cond: Condition, values: dict[str, int], kb: KnowledgeBase,
+             feasible: Callable[[Move], bool]) -> list[Move]:
+    """Alternative moves that make *cond* hold by lowering."""
+    if cond.holds(values):
+        return [{}]
+    if isinstance(cond, Always):
+        return []
+    if isinstance(cond, Not):
+        return _falsify(cond.term, values, kb, feasible)
+    if isinstance(cond, Group):
+        # any: one term is enough; all: every term at once
+        return _group(cond, cond.op == "any", _satisfy, values, kb, feasible)
+    return [m for m in _satisfy_test(cond, values, kb) if feasible(m)]
+
+
+def _falsify(cond: Condition, values: dict[str, int], kb: KnowledgeBase,
+             feasible: Callable[[Move], bool]) -> list[Move]:
+    """Alternative moves that make *cond* fail by lowering."""
+    if not cond.holds(values):
+        return [{}]
+    if isinstance(cond, Always):
+        return []
+    if isinstance(cond, Not):
+        return _satisfy(cond.term, values, kb, feasible)
+    if isinstance(cond, Group):
+        # all: one false term is enough; any: every term at once
+        return _group(cond, cond.op == "all", _falsify, values, kb, feasible)
+    return [m for m in _falsify_test(cond, values) if feasible(m)]
+
+
+def _group(cond: Group, one_term_enough: bool, each: Callable[..., list[Move]],
+           values: dict[str, int], kb: KnowledgeBase,
+           feasible: Callable[[Move], bool]) -> list[Move]:
+    if one_term_enough:
+        return [m for t in cond.terms for m in each(t, values, kb, feasible) if m]
+    parts = []
+    for t in cond.terms:
+        alts = each(t, values, kb, feasible)
+        if not alts:
+            return []
+        parts.append(alts[0])
+    merged = _merge(parts)
+    return [merged] if feasible(merged) else []
+
+
+def _satisfy_test(t: Test, values: dict[str, int], kb: KnowledgeBase) -> list[Move]:
+    if t.field is None:
+        # whole register == 0: every field to 0, and nothing outside fields
+        reg = kb.register(t.register)
+        raw = values.get(t.register, 0)
+        if t.op != "eq" or t.value != 0 or raw & ~reg.field_mask & U64:
+            return []
+        return [{(t.register, f.name): 0 for f in reg.fields if f.get(raw)}]
+    f, cur = t.field, t.read(values)
+    if t.ref is not None:
+        other = t.ref.get(values.get(t.ref.register, 0))
+        if t.op == "eq":
+            if t.key(f, cur) > t.key(t.ref, other):
+                return [{(t.register, f.name): other}]
+            return [{(t.ref.register, t.ref.name): cur}]
+        if t.op == "le":
+            return [{(t.register, f.name): other}]
+        return []
+    v = t.value or 0
+    if t.op == "eq":
+        return [{(t.register, f.name): v}]
+    if t.op == "le":
+        return [{(t.register, f.name): v}] + [{(t.register, f.name): x}
+                                              for x in _below(f, v, t.signed)]
+    if t.op == "lt":
+        return [{(t.register, f.name): x} for x in _below(f, v, t.signed)]
+    if t.op == "ne":
+        return [{(t.register, f.name): x} for x in _below(f, cur, t.signed) if x != v]
+    return []
+
+
+def _falsify_test(t: Test, values: dict[str, int]) -> list[Move]:
+    if t.field is None or t.ref is not None:
+        return []
+    f, v = t.field, t.value or 0
+    if t.op in ("ge", "eq"):
+        return [{(t.register, f.name): x} for x in _below(f, v, t.signed)]
+    if t.op == "gt":
+        return [{(t.register, f.name): v}] + [{(t.register, f.name): x}
+                                              for x in _below(f, v, t.signed)]
+    if t.op == "ne":
+        return [{(t.register, f.name): v}]
+    return []
+
+
+def _blockers(rule: Rule, values: dict[str, int], kb: KnowledgeBase,
+              sources: Sequence[CpuModel], labels: Sequence[str]) -> str:
+    """Why no lowering repairs *rule*: what keeps each of its fields."""
+    why = []
+    for reg, name in sorted(rule.fields()):
+        register = kb.register(reg)
+        for f in (register.fields if name == "*" else (register.field(name),)):
+            cur = f.get(values.get(reg, 0))
+            lower = [v for v in range(f.max_value + 1) if f.order(v) < f.order(cur)]
+            if not lower:
+                continue
+            stuck = [label for s, label in zip(sources, labels)
+                     if not covers(s.writable.get(reg, 0), f)]
+            if stuck:
+                why.append(f"{f} is not writable on {', '.join(stuck)}")
+            elif not any(all(source_accepts(s.values, s.writable, reg, f, v) for s in sources)
+                         for v in lower):
+                why.append(f"KVM keeps {f} at {cur} ({f.effective_policy})")
+    if not why:
+        return "only raising a field would make it hold"
+    return "; ".join(why[:4]) + (f"; and {len(why) - 4} more" if len(why) > 4 else "")

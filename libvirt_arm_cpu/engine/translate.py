@@ -1,0 +1,469 @@
+"""Resolve a domain's <cpu> against a host: register values and SYSREG properties.
+
+Pure: takes the domain's CPU (:class:`~libvirt_arm_cpu.formats.domain.DomainCpu`),
+a host profile and the data, returns a :class:`Resolution` or raises
+:class:`CpuMismatch` naming every responsible feature or field.
+
+* ``mode='custom'``: ``<model>`` names a saved CPU model (a cpu-baseline
+  result); ``mode='host-model'``: the host's own CPU.
+* ``<feature>`` names are hwcaps (``sve2``), ``FEAT_*`` names, or
+  ``SYSREG_<REG>_<FIELD>`` with a ``value``.  Policies follow libvirt:
+  ``require`` and ``force`` give the guest the feature (an error if the
+  host lacks it), ``optional`` gives it if the host has it and removes it
+  otherwise, ``disable`` removes it, ``forbid`` removes it and is an error
+  if the host has it.  Removing lowers the fields the feature reads.
+* Then the model is made consistent with the dependency rules (lowering
+  only); a required feature that this removes is an error.
+* The result must run on the host (:func:`~libvirt_arm_cpu.engine.compare.compare`,
+  including "can this host's QEMU be told to change ID registers" when
+  anything must change).
+* The method (:func:`choose_method`): ``sysreg`` where the host's QEMU takes
+  SYSREG_* properties (the fields whose value differs from the host's, which
+  is what ``-cpu host,...`` needs), else ``loader`` where the loader is
+  installed (every register the host knows, as the loader's environment:
+  :func:`libvirt_arm_cpu.engine.loader.environment`), else ``none`` (a CPU equal to
+  the host's: plain host-passthrough).  MIDR/REVIDR/AIDR may differ from the
+  host's only with the loader (it enables KVM capability 239 where the
+  kernel has it); QEMU's SYSREG series has no property for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, Comparison, Reason, compare
+from libvirt_arm_cpu.engine.consistency import Lowering, Unresolved, make_consistent
+from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.kb.dependencies import RuleBook
+from libvirt_arm_cpu.formats.domain import (METHOD_LOADER, METHOD_NONE, METHOD_SYSREG, CpuFeature, DomainCpu, qemu_cpu_argument)
+from libvirt_arm_cpu.errors import DataError, UsageError
+from libvirt_arm_cpu.kb.features import Feature, FeatureCatalog, FeatureRef, FieldCondition, Group
+from libvirt_arm_cpu.engine.loader import LOADER_PATH
+from libvirt_arm_cpu.engine.loader import environment as loader_env
+from libvirt_arm_cpu.engine.loader import hidden_registers
+from libvirt_arm_cpu.formats.profile import HostProfile
+from libvirt_arm_cpu.kb.registers import KnowledgeBase
+
+__all__ = ["Resolution", "CpuMismatch", "resolve", "properties_for", "HOST_MODEL",
+           "Validation", "validate", "choose_method", "loader_environment", "METHOD_CHOICES",
+           "loader_found"]
+
+HOST_MODEL = "host-model"
+METHOD_CHOICES = ("auto", METHOD_SYSREG, METHOD_LOADER)
+
+
+class CpuMismatch(DataError):
+    """The domain's CPU cannot run on this host; ``reasons`` says why, field by field."""
+
+    def __init__(self, message: str, reasons: list[Reason] | None = None) -> None:
+        self.reasons = list(reasons or [])
+        super().__init__(message)
+
+
+@dataclass
+class Resolution:
+    model: str                                  # the CPU model's name
+    values: dict[str, int]                      # the guest's ID registers
+    properties: list[tuple[str, int]]           # SYSREG_* for this host's QEMU (sysreg)
+    comparison: Comparison                      # against this host
+    lowered: list[Lowering] = field(default_factory=list)
+    unresolved: list[Unresolved] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    method: str = METHOD_SYSREG                 # sysreg | loader | none
+    env: dict[str, str] = field(default_factory=dict)   # the loader's variables (loader)
+    vcpu_off: tuple[str, ...] = ()              # vCPU features switched off
+    firmware: dict[str, int | None] = field(default_factory=dict)   # the model's (loader)
+    reg_list: frozenset[int] | None = None      # the model's register list (loader)
+
+    @property
+    def identical(self) -> bool:
+        """Does the host present this CPU without being told anything?"""
+        return self.comparison.result == IDENTICAL
+
+    @property
+    def qemu_cpu(self) -> str | None:
+        """The SYSREG method's second -cpu value (None: no second -cpu)."""
+        if self.method != METHOD_SYSREG or not self.properties:
+            return None
+        return qemu_cpu_argument(self.properties, self.vcpu_off)
+
+
+def loader_found(host: HostProfile) -> bool:
+    """Did the probe find the loader on *host*?"""
+    return host.loader.status == "found"
+
+
+def choose_method(host: HostProfile, requested: str = "auto", changes: bool = True,
+                  prefer: str | None = None, implementation: bool = False) -> str:
+    """The method for a guest on *host*.
+
+    auto: *prefer* (the method a domain already uses) where it works here,
+    else SYSREG_* where QEMU takes them, else the loader where installed,
+    else none (which only works for a CPU equal to the host's: *changes*
+    False; compare names both missing methods otherwise).  SYSREG_* cannot
+    change MIDR/REVIDR/AIDR (*implementation*): only the loader can.
+
+    :raise CpuMismatch: the requested method does not work on *host*.
+    """
+    sysreg = host.qemu.sysreg == "yes"
+    loader = loader_found(host)
+    if requested == METHOD_SYSREG:
+        if changes and not sysreg:
+            q = host.qemu
+            raise CpuMismatch(f"method sysreg: the CPU needs ID register changes, but "
+                              f"{_qemu_name(q)} on host {host.hostname} does not take "
+                              f"SYSREG_* properties (try --method loader)")
+        return METHOD_SYSREG
+    if requested == METHOD_LOADER:
+        if not loader:
+            path = host.loader.path or LOADER_PATH
+            raise CpuMismatch(f"method loader: the loader ({path}) is not installed on host "
+                              f"{host.hostname} (its profile says missing; install it and "
+                              f"probe again)")
+        return METHOD_LOADER
+    if requested != "auto":
+        raise UsageError(f"method '{requested}' is not one of {', '.join(METHOD_CHOICES)}")
+    # a method "works" when it can give the guest its values here; sysreg
+    # without properties and none are both plain host-passthrough
+    works = {METHOD_SYSREG: (sysreg and not implementation) or not changes,
+             METHOD_LOADER: loader, METHOD_NONE: not changes}
+    if prefer in works and works[prefer]:
+        return prefer
+    if works[METHOD_SYSREG] and sysreg:
+        return METHOD_SYSREG
+    if loader:
+        return METHOD_LOADER
+    return METHOD_NONE
+
+
+def _qemu_name(q) -> str:
+    return f"QEMU {q.version} ({q.path})" if q.status == "found" else f"QEMU ({q.status})"
+
+
+def loader_environment(values: dict[str, int], host: HostProfile, kb: KnowledgeBase,
+                       firmware_values: dict[str, int | None] | None = None,
+                       reg_list: frozenset[int] | None = None, off: tuple[str, ...] = ()
+                       ) -> dict[str, str]:
+    """The loader's variables for a guest with *values* on *host*: every
+    register of the model this host's kernel knows (the loader writes them
+    all, so a host whose own values changed cannot give the guest others;
+    a register the kernel lacks is one compare has already required zero),
+    the model's firmware pseudo-registers this kernel has (one the model
+    keeps out of the guest's list only where the kernel lists it), and the
+    system registers this kernel lists for the guest's vCPU (features *off*
+    switched off) that the model's *reg_list* does not have."""
+    have = host.values()
+    fw = {n: v for n, v in (firmware_values or {}).items()
+          if host.firmware is None or host.firmware.get(n) is not None}
+    listed = host.reg_ids(off)
+    hidden = hidden_registers(listed, reg_list) \
+        if reg_list is not None and listed is not None else frozenset()
+    return loader_env({n: v for n, v in values.items() if n in have}, kb,
+                      host.loader.path or LOADER_PATH, fw, hidden)
+
+
+def firmware_changes(firmware_values: dict[str, int | None], host: HostProfile) -> bool:
+    """Does the model's firmware differ from what *host* gives a guest by
+    itself?  Only the loader can change it."""
+    if not firmware_values:
+        return False
+    if host.firmware is None:
+        return True
+    return any(host.firmware.get(n) != v for n, v in firmware_values.items())
+
+
+def properties_for(values: dict[str, int], host: HostProfile,
+                   kb: KnowledgeBase, off: tuple[str, ...] = ()) -> list[tuple[str, int]]:
+    """SYSREG_<REG>_<FIELD> = value for every field where *values* differ
+    from the host's (the host presents the rest itself, with the vCPU
+    features *off* switched off)."""
+    have = host.values(off)
+    props = []
+    for name in sorted(values, key=lambda n: (kb.register(n).encoding, n)):
+        reg = kb.register(name)
+        if reg.kind != "feature-id" or values[name] == have.get(name, 0):
+            continue
+        for f in reg.fields:
+            if f.get(values[name]) != f.get(have.get(name, 0)):
+                props.append((f.qemu_property, f.get(values[name])))
+    return props
+
+
+def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: FeatureCatalog,
+            rules: RuleBook, find_model: Callable[[str], CpuModel],
+            method: str = "auto") -> Resolution:
+    """The guest CPU *cpu* describes, on *host*, with *method* (auto, sysreg
+    or loader: see :func:`choose_method`).
+
+    :raise UsageError: a mode this does not translate, a missing model.
+    :raise UnknownName: an unknown model, feature or SYSREG name (with the
+        closest known one).
+    :raise CpuMismatch: the CPU cannot run on this host.
+    """
+    host_model = CpuModel.from_profile(host, kb, host.hostname)
+    if cpu.mode == "host-model":
+        base, name = host_model, HOST_MODEL
+    elif cpu.mode == "custom":
+        if not cpu.model:
+            raise UsageError("<cpu mode='custom'> has no <model>: name a saved CPU model "
+                             "(libvirt-arm-cpu cpu-baseline --save)")
+        base, name = find_model(cpu.model), cpu.model
+    elif not cpu.mode:
+        raise UsageError("the domain's <cpu> has neither a mode nor a <model>: nothing to "
+                         "translate")
+    else:
+        raise UsageError(f"<cpu mode='{cpu.mode}'> is not translated (only custom and "
+                         f"host-model are; host-passthrough and maximum are the host's CPU "
+                         f"already)")
+    values = {r: v for r, v in base.values.items() if kb.register(r).kind != "affinity"}
+    fw = dict(base.firmware)
+    reg_list = base.reg_list
+    off = tuple(sorted(base.vcpu_off))
+    if off:
+        # the host as a guest with those vCPU features off sees it
+        host_model = CpuModel.from_profile(host, kb, host.hostname, off=off)
+    have = host_model.values
+    notes: list[str] = []
+    wanted: list[Feature] = []
+    errors: list[str] = []
+    for feat in cpu.features:
+        if feat.name.upper().startswith("SYSREG_"):
+            _apply_sysreg(values, feat, kb)
+            continue
+        f = catalog.feature(feat.name)
+        if f.condition is None:
+            raise UsageError(f"feature {feat.name}: {f.requires()}")
+        on_host = f.holds(have, catalog) is True
+        if feat.policy in ("require", "force"):
+            if not on_host:
+                errors.append(f"feature {f.key} ({f.requires()}): policy '{feat.policy}', "
+                              f"but the host CPU does not have it")
+                continue
+            _enable(values, f, have, catalog)
+            wanted.append(f)
+        elif feat.policy == "optional":
+            if on_host:
+                _enable(values, f, have, catalog)
+            elif _disable(values, f, catalog, kb):
+                notes.append(f"optional feature {f.key} left out: the host CPU lacks it")
+        elif feat.policy == "forbid" and on_host:
+            errors.append(f"feature {f.key}: policy 'forbid', but the host CPU has it")
+        elif not _disable(values, f, catalog, kb):
+            errors.append(f"feature {f.key} ({f.requires()}): cannot be removed by lowering "
+                          f"fields")
+    if errors:
+        raise CpuMismatch(f"the domain's CPU cannot run on host {host.hostname}: "
+                          + "; ".join(errors))
+    model = _model(values, host_model, host, off, fw)
+    repair = make_consistent(model, [host_model], kb, rules, [host.hostname])
+    values = repair.model.values
+    for f in wanted:
+        if f.holds(values, catalog) is not True:
+            why = [str(low) for low in repair.lowered]
+            raise CpuMismatch(f"feature {f.key} is required, but the dependency rules remove "
+                              f"it: {'; '.join(why[:3])}")
+    result = _model(values, host_model, host, off, fw)
+    verdict = compare(result, host, kb, check_qemu=True)
+    if verdict.result == INCOMPATIBLE:
+        raise CpuMismatch(f"CPU model '{name}' cannot run on host {host.hostname}: "
+                          + "; ".join(map(str, verdict.reasons[:4]))
+                          + (f" (and {len(verdict.reasons) - 4} more)"
+                             if len(verdict.reasons) > 4 else ""), verdict.reasons)
+    imp = _implementation_reasons(values, have)
+    fw_changes = firmware_changes(fw, host)
+    chosen = choose_method(host, method, verdict.result != IDENTICAL,
+                           implementation=bool(imp) or fw_changes)
+    if chosen == METHOD_SYSREG:
+        if imp:
+            raise CpuMismatch(f"CPU model '{name}' cannot run on host {host.hostname}: "
+                              f"{imp[0]}", imp)
+        if fw_changes:
+            raise CpuMismatch(f"CPU model '{name}' sets firmware pseudo-registers "
+                              f"({', '.join(sorted(fw))}), which only the loader can give a "
+                              f"guest (use --method loader)")
+    props = properties_for(values, host, kb, off) if chosen == METHOD_SYSREG else []
+    env = loader_environment(values, host, kb, fw, reg_list, off) \
+        if chosen == METHOD_LOADER else {}
+    return Resolution(name, values, props, verdict, repair.lowered, repair.unresolved, notes,
+                      chosen, env, off, fw, reg_list)
+
+
+def _model(values: dict[str, int], host_model: CpuModel, host: HostProfile,
+           off: tuple[str, ...], fw: dict[str, int | None] | None = None) -> CpuModel:
+    """The guest CPU as a model of this host (its masks), with the vCPU
+    features *off* switched off where the model type knows them."""
+    m = CpuModel(values, dict(host_model.writable), host_model.imp_id_writable,
+                 (host.hostname,), host_model.implementations, firmware=dict(fw or {}))
+    return replace(m, vcpu_off=off) if off else m
+
+
+def _apply_sysreg(values: dict[str, int], feat: CpuFeature, kb: KnowledgeBase) -> None:
+    prop = feat.name
+    fld = kb.field_by_qemu_property(prop)
+    reg = fld.register
+    if feat.policy in ("disable", "forbid"):
+        value = fld.max_value if fld.signed else 0
+    elif feat.value is None:
+        raise UsageError(f"<feature name='{prop}'> needs a value attribute (the field value, "
+                         f"e.g. value='0x1')")
+    else:
+        try:
+            value = int(feat.value, 0)
+        except ValueError:
+            raise UsageError(f"<feature name='{prop}' value='{feat.value}'>: not a number "
+                             f"(write 0x... for hex)") from None
+    values[reg] = fld.put(values.get(reg, 0), value)
+
+
+def _enable(values: dict[str, int], f: Feature, host: dict[str, int],
+            catalog: FeatureCatalog) -> None:
+    """Give the guest *f* by taking, for each field that gives the host the
+    feature, the host's value where it is higher."""
+    if f.holds(values, catalog) is True:
+        return
+    for fld in f.satisfied_by(host, catalog):
+        mine, theirs = fld.get(values.get(fld.register, 0)), fld.get(host.get(fld.register, 0))
+        if fld.order(theirs) > fld.order(mine):
+            values[fld.register] = fld.put(values.get(fld.register, 0), theirs)
+
+
+def _disable(values: dict[str, int], f: Feature, catalog: FeatureCatalog,
+             kb: KnowledgeBase) -> bool:
+    """Remove *f* by lowering fields; False when lowering cannot."""
+    if f.holds(values, catalog) is not True:
+        return True
+    moves = _falsify(f.condition, values, catalog)
+    if moves is None:
+        return False
+    for fld, v in moves:
+        values[fld.register] = fld.put(values.get(fld.register, 0), v)
+    return f.holds(values, catalog) is not True
+
+
+def _falsify(cond, values: dict[str, int], catalog: FeatureCatalog):
+    if isinstance(cond, FeatureRef):
+        return _falsify(catalog.feature(cond.name).condition, values, catalog)
+    if isinstance(cond, FieldCondition):
+        if cond.holds(values, catalog) is not True:
+            return []
+        fld = cond.field
+        below = [v for v in _named(fld) if fld.order(v) < cond.lo]
+        if not below:
+            return None
+        return [(fld, max(below, key=fld.order))]
+    if isinstance(cond, Group):
+        if cond.op == "any":        # every true term must go
+            out = []
+            for t in cond.terms:
+                m = _falsify(t, values, catalog)
+                if m is None:
+                    return None
+                out.extend(m)
+            return out
+        for t in cond.terms:        # all: one false term is enough
+            m = _falsify(t, values, catalog)
+            if m is not None:
+                return m
+        return None
+    return None
+
+
+def _named(fld) -> list[int]:
+    named = {v for v, _ in fld.values}
+    return sorted(named | {fld.max_value if fld.signed else 0}) if named else \
+        list(range(fld.max_value + 1))
+
+
+IMPLEMENTATION_REGISTERS = ("MIDR_EL1", "REVIDR_EL1", "AIDR_EL1")
+
+
+def _implementation_reasons(values: dict[str, int], host: dict[str, int]) -> list[Reason]:
+    """MIDR/REVIDR/AIDR that differ: KVM may allow it (capability 239),
+    but QEMU's SYSREG series has no property for them yet."""
+    out = []
+    for reg in IMPLEMENTATION_REGISTERS:
+        if reg in values and values[reg] != host.get(reg, 0):
+            out.append(Reason(reg, None, "qemu", host.get(reg, 0), values[reg],
+                              f"{reg}: needs {values[reg]:#x}, host has {host.get(reg, 0):#x}; "
+                              f"QEMU has no property to change implementation registers"))
+    return out
+
+
+@dataclass
+class Validation:
+    """A translated domain checked against a host (the hook's question)."""
+
+    comparison: Comparison
+    properties: list[tuple[str, int]]       # what this host's QEMU must be given (sysreg)
+    current: list[str]                      # the -cpu arguments the domain has
+    method: str = METHOD_SYSREG             # the method this host uses for the guest
+    env: dict[str, str] = field(default_factory=dict)          # what the loader must get
+    current_env: dict[str, str] = field(default_factory=dict)  # the loader env the domain has
+    current_method: str = METHOD_SYSREG     # the method the domain was translated with
+    vcpu_off: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.comparison.result != INCOMPATIBLE
+
+    @property
+    def reasons(self) -> list[Reason]:
+        return self.comparison.reasons
+
+    @property
+    def expected_argument(self) -> str | None:
+        if self.method != METHOD_SYSREG or not self.properties:
+            return None
+        return qemu_cpu_argument(self.properties, self.vcpu_off)
+
+    @property
+    def needs_rewrite(self) -> bool:
+        """Does the domain's QEMU input (method, -cpu arguments, loader
+        environment) differ from what this host needs?"""
+        expected = self.expected_argument
+        return (self.current != ([expected] if expected else [])
+                or self.current_env != self.env
+                or (self.current_method != self.method
+                    and METHOD_LOADER in (self.current_method, self.method)))
+
+    def describe_expected(self) -> str:
+        """What this host needs, in words (for the hook's refusal)."""
+        if self.method == METHOD_LOADER:
+            return "the loader's environment for this host's registers"
+        return f"-cpu {self.expected_argument}" if self.expected_argument else \
+            "no QEMU arguments"
+
+
+def validate(values: dict[str, int], cpu_arguments: list[str], host: HostProfile,
+             kb: KnowledgeBase, *, vcpu_off: tuple[str, ...] = (),
+             current_env: dict[str, str] | None = None, current_method: str = METHOD_SYSREG,
+             method: str = "auto", firmware_values: dict[str, int | None] | None = None,
+             reg_list: frozenset[int] | None = None) -> Validation:
+    """Can *host* present the guest CPU *values* (from a translated domain's
+    metadata), with which method, and with which QEMU input?  *method* auto
+    keeps the domain's *current_method* where it works on this host."""
+    model = CpuModel(dict(values), {}, firmware=dict(firmware_values or {}))
+    if vcpu_off:
+        model = replace(model, vcpu_off=tuple(vcpu_off))
+    c = compare(model, host, kb, check_qemu=True)
+    chosen = METHOD_NONE
+    imp = _implementation_reasons(values, host.values(tuple(vcpu_off)))
+    if c.result != INCOMPATIBLE:
+        try:
+            chosen = choose_method(host, method, c.result != IDENTICAL, prefer=current_method,
+                                   implementation=bool(imp) or firmware_changes(
+                                       dict(firmware_values or {}), host))
+        except CpuMismatch as e:
+            c = Comparison(INCOMPATIBLE, [Reason("", None, "method", None, None, str(e))],
+                           c.changes)
+    if imp and (chosen == METHOD_SYSREG or (chosen == METHOD_NONE and not loader_found(host))):
+        # only the loader changes them: name them where it cannot be used
+        c = Comparison(INCOMPATIBLE, c.reasons + imp, c.changes)
+    ok = c.result != INCOMPATIBLE
+    props = properties_for(values, host, kb, tuple(vcpu_off)) \
+        if ok and chosen == METHOD_SYSREG else []
+    env = loader_environment(values, host, kb, firmware_values, reg_list, tuple(vcpu_off)) \
+        if ok and chosen == METHOD_LOADER else {}
+    return Validation(c, props, list(cpu_arguments), chosen, env, dict(current_env or {}),
+                      current_method, tuple(vcpu_off))

@@ -1,0 +1,287 @@
+"""A CPU model: the ID register values a guest is given, and what may still change.
+
+A model is what baseline computes and compare checks: register values, and
+per register the bits every host it came from lets userspace change (the
+AND of their writable masks), so a model can itself be baselined with more
+hosts (baseline is associative).  A host profile turns into a model of
+exactly that host (:meth:`CpuModel.from_profile`).
+
+A model also names the vCPU features (``sve``, ``ptrauth``, ``pmu``) a guest
+of it runs with switched off (``vcpu_off``): KVM does not let userspace
+write the SVE and PAuth fields, so switching the feature off at vCPU
+creation (QEMU's ``sve=off``...) is the only way to hide them.  For the
+features still on, ``vcpu_effects`` says what the values become when the
+feature is switched off too (measured by the probe): what baseline needs to
+combine hosts with and without the feature.
+
+Its XML form is a libvirt ``<cpu mode='custom' match='exact'>`` whose
+``<feature>`` s are hwcap names and whose exact values sit in a
+``<registers>`` element of the project's namespace
+(``urn:x-libvirt-arm-cpu:cpu:1``), so it round-trips: ``vcpu-off="ptrauth
+sve"`` on it (absent: none), and one ``<switch feature="pmu">`` per
+effect, holding ``<value register= value=>`` children; one ``<firmware
+name= value=>`` per firmware pseudo-register the model sets (value
+``absent``: kept out of the guest's register list).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+from libvirt_arm_cpu.errors import ParseError, UnknownName
+from libvirt_arm_cpu.kb.features import load as load_features
+from libvirt_arm_cpu.kb.firmware import SETTABLE
+from libvirt_arm_cpu.fileio import read_input
+from libvirt_arm_cpu.formats.profile import VCPU_FEATURES, HostProfile
+from libvirt_arm_cpu.kb.registers import U64_MAX, KnowledgeBase, format_ids, parse_ids
+from libvirt_arm_cpu.xmlsafe import parse_untrusted, shown
+
+__all__ = ["CpuModel", "NAMESPACE", "to_xml", "from_xml", "read_model"]
+
+NAMESPACE = "urn:x-libvirt-arm-cpu:cpu:1"
+_NS = "{" + NAMESPACE + "}"
+
+
+@dataclass
+class CpuModel:
+    values: dict[str, int]                      # register -> value
+    writable: dict[str, int]                    # register -> bits every source may change
+    imp_id_writable: bool = False               # every source has KVM capability 239
+    hosts: tuple[str, ...] = ()                 # where it came from
+    implementations: tuple[int, ...] = ()       # MIDRs the guest may run on
+    name: str = field(default="")
+    vcpu_off: tuple[str, ...] = ()              # vCPU features a guest runs with off (sorted)
+    # feature still on -> register -> value once it is off too (only those that
+    # change); a feature missing here cannot be switched off (unknown)
+    vcpu_effects: dict[str, dict[str, int]] = field(default_factory=dict)
+    # KVM firmware pseudo-registers the guest is given (libvirt_arm_cpu.
+    # firmware: PSCI version, hypercall bitmaps), None: kept out of its
+    # register list.  Empty: not managed, the guest has each host's own.
+    firmware: dict[str, int | None] = field(default_factory=dict)
+    # the registers a guest vCPU of this model may have (KVM ids, as QEMU
+    # migrates them): the loader keeps any other out of QEMU's list, so the
+    # migration stream never carries one a host of the model lacks.  None:
+    # not managed (the guest has each host's list)
+    reg_list: frozenset[int] | None = None
+
+    def __post_init__(self) -> None:
+        self.vcpu_off = tuple(sorted(set(self.vcpu_off)))
+        bad = [f for f in (*self.vcpu_off, *self.vcpu_effects) if f not in VCPU_FEATURES]
+        if bad:
+            raise ValueError(f"unknown vCPU feature '{bad[0]}' (known: {', '.join(VCPU_FEATURES)})")
+        if not self.name:
+            self.name = self.digest_name()
+
+    def digest_name(self) -> str:
+        text = ";".join(f"{k}={v:x}" for k, v in sorted(self.values.items()))
+        if self.vcpu_off:       # appended only then: older models keep their names
+            text += ";vcpu-off=" + ",".join(self.vcpu_off)
+        if self.reg_list is not None:
+            text += ";list=" + hashlib.sha256(" ".join(
+                f"{i:x}" for i in sorted(self.reg_list)).encode()).hexdigest()[:16]
+        if self.firmware:
+            text += ";firmware=" + ",".join(f"{k}={'-' if v is None else f'{v:x}'}"
+                                            for k, v in sorted(self.firmware.items()))
+        return "arm64-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def can_switch_off(self, feature: str) -> bool:
+        return feature in self.vcpu_off or feature in self.vcpu_effects
+
+    def switched_off(self, off: tuple[str, ...] | set[str] | frozenset[str]) -> CpuModel:
+        """This model with the vCPU features *off* switched off as well.
+
+        :raise KeyError: for a feature whose effect is unknown (check
+            :meth:`can_switch_off`).
+        """
+        new = sorted(set(off) - set(self.vcpu_off))
+        if not new:
+            return self
+        values = dict(self.values)
+        for f in new:
+            values.update(self.vcpu_effects[f])
+        effects = {f: e for f, e in self.vcpu_effects.items() if f not in new}
+        return CpuModel(values, self.writable, self.imp_id_writable, self.hosts,
+                        self.implementations, vcpu_off=tuple(set(self.vcpu_off) | set(new)),
+                        vcpu_effects=effects, firmware=dict(self.firmware),
+                        reg_list=self.reg_list)
+
+    @classmethod
+    def from_profile(cls, p: HostProfile, kb: KnowledgeBase, label: str | None = None,
+                     off: tuple[str, ...] = ()) -> CpuModel:
+        """The model of exactly this host, as a guest with the vCPU features
+        *off* switched off sees it.  MPIDR (per-vCPU topology) is left out;
+        unknown masks (kernels before 6.7) mean nothing may change.
+
+        :raise DataError: *off* has a feature whose effect the profile does
+            not record (:meth:`HostProfile.can_switch_off`).
+        """
+        have = p.values(off)
+        keep = []
+        for r in p.registers:
+            reg = kb.by_encoding(*r.encoding)
+            if reg is not None and reg.kind == "affinity":
+                continue
+            keep.append(r)
+        values = {r.name: have.get(r.name, 0) for r in keep}
+        writable = {r.name: r.writable or 0 for r in keep}
+        effects = {}
+        for f in VCPU_FEATURES:
+            if f in off or not p.can_switch_off(f):
+                continue
+            more = p.values((*off, f))
+            effects[f] = {n: more.get(n, 0) for n in values if more.get(n, 0) != values[n]}
+        midrs = tuple(sorted({c.midr for c in p.cpus if c.midr is not None}
+                             | {values.get("MIDR_EL1", 0)}))
+        firmware = {n: v for n, v in (p.firmware or {}).items() if n in SETTABLE}
+        return cls(values, writable, p.capability("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS") > 0,
+                   (label or p.hostname,), midrs, vcpu_off=tuple(off), vcpu_effects=effects,
+                   firmware=firmware, reg_list=p.reg_ids(off))
+
+
+def _q(tag: str) -> str:
+    return _NS + tag
+
+
+def to_xml(model: CpuModel, features: list[str]) -> bytes:
+    """libvirt's <cpu> with the model's exact values in our namespace."""
+    ET.register_namespace("arm", NAMESPACE)
+    cpu = ET.Element("cpu", {"mode": "custom", "match": "exact"})
+    ET.SubElement(cpu, "model", {"fallback": "forbid"}).text = model.name
+    for name in features:
+        ET.SubElement(cpu, "feature", {"policy": "require", "name": name})
+    attrs = {"imp-id-writable": "yes" if model.imp_id_writable else "no"}
+    if model.vcpu_off:
+        attrs["vcpu-off"] = " ".join(model.vcpu_off)
+    regs = ET.SubElement(cpu, _q("registers"), attrs)
+    for host in model.hosts:
+        ET.SubElement(regs, _q("host"), {"name": host})
+    for midr in model.implementations:
+        ET.SubElement(regs, _q("implementation"), {"midr": f"{midr:#010x}"})
+    for feature, effect in sorted(model.vcpu_effects.items()):
+        sw = ET.SubElement(regs, _q("switch"), {"feature": feature})
+        for name, value in sorted(effect.items()):
+            ET.SubElement(sw, _q("value"), {"register": name, "value": f"0x{value:016x}"})
+    for name, fw in sorted(model.firmware.items()):
+        ET.SubElement(regs, _q("firmware"), {"name": name,
+                                             "value": "absent" if fw is None else f"{fw:#x}"})
+    if model.reg_list is not None:
+        ET.SubElement(regs, _q("register-list")).text = format_ids(model.reg_list)
+    for name in sorted(model.values):
+        ET.SubElement(regs, _q("register"), {"name": name,
+                                             "value": f"0x{model.values[name]:016x}",
+                                             "writable": f"0x{model.writable.get(name, 0):016x}"})
+    ET.indent(cpu, space="  ")
+    return ET.tostring(cpu, encoding="unicode").encode() + b"\n"
+
+
+_REGISTER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+
+
+def _tag(e: ET.Element) -> str:
+    return e.tag[len(_NS):] if e.tag.startswith(_NS) else e.tag
+
+
+def _name_of(e: ET.Element, attr: str, path: str, register: bool = True) -> str:
+    """*e*'s *attr* naming a register (or, not *register*, a host), which
+    it must have."""
+    name = e.get(attr)
+    if name is None:
+        raise ParseError(path, None, f"<{_tag(e)}> lacks '{attr}'")
+    if not name.isprintable() or (register and not _REGISTER_NAME.match(name)):
+        what = "a register name" if register else "a name without control characters"
+        raise ParseError(path, None, f"<{_tag(e)} {attr}='{shown(name)}'>: expected {what}")
+    return name
+
+
+def _u64(e: ET.Element, attr: str, path: str, where: str, default: str | None = None) -> int:
+    """*e*'s *attr*, a 64-bit register's value in hex (0x optional); *where*
+    names the element in errors."""
+    text = e.get(attr, default)
+    if text is None:
+        raise ParseError(path, None, f"{where} lacks '{attr}'")
+    try:
+        value = int(text, 16)
+    except ValueError:
+        raise ParseError(path, None, f"{where}: {attr} '{shown(text)}' is not a hex "
+                         f"number") from None
+    if not 0 <= value <= U64_MAX:
+        raise ParseError(path, None, f"{where}: {attr} '{shown(text)}' does not fit a 64-bit "
+                         f"register")
+    return value
+
+
+def from_xml(data: bytes, path: str = "<cpu>") -> CpuModel:
+    """Read a model written by :func:`to_xml` (through the safe reader: no
+    DOCTYPE, no entities).
+
+    :raise ParseError: when it is not a <cpu> with our <registers> element,
+        an element lacks its name, or a value is not 64-bit hex.
+    """
+    cpu = parse_untrusted(data, path)
+    if cpu.tag != "cpu":
+        raise ParseError(path, None, f"root element is <{shown(cpu.tag)}>, expected <cpu>")
+    regs = cpu.find(_q("registers"))
+    if regs is None:
+        raise ParseError(path, None, f"<cpu> has no <registers xmlns='{NAMESPACE}'>: not a "
+                         f"libvirt-arm-cpu model (make one with cpu-baseline)")
+    values, writable = {}, {}
+    for r in regs.findall(_q("register")):
+        name = _name_of(r, "name", path)
+        where = f"<register name='{shown(name)}'>"
+        if name in values:
+            raise ParseError(path, None, f"{where} appears twice")
+        values[name] = _u64(r, "value", path, where)
+        writable[name] = _u64(r, "writable", path, where, "0x0")
+    catalog = load_features()
+    for feat in cpu.findall("feature"):
+        try:
+            catalog.feature(feat.get("name", ""))
+        except UnknownName as err:
+            raise ParseError(path, None, f"<feature name='{shown(feat.get('name', ''))}'>: "
+                             f"{err}") from None
+    off = tuple((regs.get("vcpu-off") or "").split())
+    effects: dict[str, dict[str, int]] = {}
+    for sw in regs.findall(_q("switch")):
+        feature = sw.get("feature", "")
+        if feature not in VCPU_FEATURES or feature in effects or feature in off:
+            raise ParseError(path, None, f"<switch feature='{shown(feature)}'>: expected a vCPU "
+                             f"feature ({', '.join(VCPU_FEATURES)}) not in vcpu-off, each once")
+        effect = effects[feature] = {}
+        for v in sw.findall(_q("value")):
+            reg = _name_of(v, "register", path)
+            effect[reg] = _u64(v, "value", path,
+                               f"<switch feature='{feature}'><value register='{shown(reg)}'>")
+    bad = [f for f in off if f not in VCPU_FEATURES]
+    if bad or list(off) != sorted(set(off)):
+        raise ParseError(path, None, f"<registers vcpu-off='{shown(regs.get('vcpu-off', ''))}'>: "
+                         f"expected vCPU features ({', '.join(VCPU_FEATURES)}), sorted, each once")
+    firmware: dict[str, int | None] = {}
+    for f in regs.findall(_q("firmware")):
+        name = f.get("name", "")
+        if name not in SETTABLE or name in firmware:
+            raise ParseError(path, None, f"<firmware name='{shown(name)}'>: expected one of "
+                             f"{', '.join(SETTABLE)}, each once")
+        where = f"<firmware name='{name}'>"
+        firmware[name] = None if f.get("value") == "absent" else _u64(f, "value", path, where)
+    reg_list = None
+    lst = regs.find(_q("register-list"))
+    if lst is not None:
+        try:
+            reg_list = parse_ids(lst.text)
+        except ValueError:
+            raise ParseError(path, None, "<register-list>: expected KVM register ids (64-bit) "
+                             "in hex, separated by spaces") from None
+    hosts = tuple(_name_of(h, "name", path, register=False) for h in regs.iter(_q("host")))
+    midrs = tuple(_u64(i, "midr", path, "<implementation>")
+                  for i in regs.iter(_q("implementation")))
+    model = cpu.find("model")
+    return CpuModel(values, writable, regs.get("imp-id-writable") == "yes", hosts, midrs,
+                    name=(model.text or "").strip() if model is not None else "",
+                    vcpu_off=off, vcpu_effects=effects, firmware=firmware, reg_list=reg_list)
+
+
+def read_model(path: str) -> CpuModel:
+    return from_xml(read_input(path), path)

@@ -1,0 +1,535 @@
+"""The host profile: what one host's KVM can present to a guest.
+
+Written by ``libvirt-arm-cpu-helper probe`` and read by everything that
+decides (baseline, compare, validation).  It holds the host's identity
+(kernel, QEMU and whether it takes SYSREG_* properties, whether the ID
+register loader is installed), the vCPU features the probe enabled and what
+the ID registers read with each of them switched off, KVM capabilities,
+every CPU's MIDR, and for each register of the feature-ID space its value and
+writable mask.
+
+The XML form (``xml/schemas/profile.xsd``, namespace
+``urn:x-libvirt-arm-cpu:host:1``) is handled here and only here, with the
+stdlib's ElementTree so the helper also runs where lxml is not installed.
+Files are validated against the schema when written and, unless the caller
+is on a latency budget (the hook), when read.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+from libvirt_arm_cpu.kb.firmware import BY_NAME, FIRMWARE_REGISTERS
+from libvirt_arm_cpu.errors import DataError, ParseError
+from libvirt_arm_cpu.fileio import atomic_write, read_input
+from libvirt_arm_cpu.paths import schema_path
+from libvirt_arm_cpu.kb.registers import U64_MAX, format_ids, parse_ids
+from libvirt_arm_cpu.xmlsafe import parse_untrusted, shown
+
+__all__ = ["HostProfile", "ProfileRegister", "QemuInfo", "LoaderInfo", "VcpuOffValues",
+           "CpuIdentity", "Fingerprint", "VCPU_FEATURES", "NAMESPACE", "to_xml", "from_xml",
+           "read_profile", "write_profile"]
+
+NAMESPACE = "urn:x-libvirt-arm-cpu:host:1"
+_NS = "{" + NAMESPACE + "}"
+FORMAT_VERSION = "1"
+
+# The optional vCPU features a KVM_ARM_VCPU_INIT takes and QEMU's `-cpu host`
+# switches (sve=off, pauth=off, pmu=off), by KVM's names.
+VCPU_FEATURES = ("pmu", "ptrauth", "sve")
+
+
+@dataclass
+class QemuInfo:
+    status: str                      # found, missing, error
+    path: str | None = None
+    version: str | None = None
+    sysreg: str = "unknown"          # yes, no, unknown: takes -cpu host,SYSREG_* properties?
+    detail: str | None = None        # why missing/unknown
+
+
+@dataclass
+class LoaderInfo:
+    """Is the ID register loader (libvirt_arm_cpu.engine.loader.LOADER_PATH) installed?"""
+
+    status: str = "missing"          # found, missing
+    path: str | None = None
+
+
+@dataclass
+class VcpuOffValues:
+    """What the ID registers read on a vCPU made with *features* switched off
+    (the rest as by default): only the registers that differ from the
+    default vCPU's values."""
+
+    features: tuple[str, ...]        # sorted
+    registers: dict[str, int]
+    # KVM_GET_REG_LIST of that vCPU against the default one (None: not probed)
+    list_removed: frozenset[int] | None = None
+    list_added: frozenset[int] | None = None
+
+
+@dataclass
+class CpuIdentity:
+    cpu: int
+    midr: int | None
+    revidr: int | None
+
+
+@dataclass
+class ProfileRegister:
+    name: str
+    encoding: tuple[int, int, int, int, int]
+    kvm_id: int
+    mask_index: int | None
+    value: int | None                # None: the kernel does not know the register
+    writable: int | None             # None: unknown (kernel without capability 230)
+
+
+@dataclass
+class Fingerprint:
+    """What, when it changes, makes a cached profile stale."""
+
+    components: dict[str, str]
+
+    @property
+    def digest(self) -> str:
+        text = "\n".join(f"{k}={v}" for k, v in sorted(self.components.items()))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class HostProfile:
+    hostname: str
+    machine: str
+    kernel_release: str
+    kernel_version: str
+    probed_at: str                   # ISO 8601, UTC
+    tool_version: str
+    qemu: QemuInfo
+    vcpu_features: list[str]
+    capabilities: dict[str, tuple[int, int]]   # name -> (number, value)
+    cpus: list[CpuIdentity]
+    registers: list[ProfileRegister]
+    masks_known: bool
+    fingerprint: Fingerprint = field(default_factory=lambda: Fingerprint({}))
+    # None: the probe did not measure it (a profile written before it did):
+    # what switching a vCPU feature off does is unknown.
+    vcpu_off: list[VcpuOffValues] | None = None
+    loader: LoaderInfo = field(default_factory=LoaderInfo)
+    # KVM's firmware pseudo-registers (libvirt_arm_cpu.kb.firmware), name ->
+    # value, None where the kernel lacks one; None: not probed (older profile)
+    firmware: dict[str, int | None] | None = None
+    # KVM_GET_REG_LIST of the default vCPU, less the core and SVE registers
+    # (QEMU migrates those by other means): every register QEMU's migration
+    # stream carries for it.  None: not probed (older profile)
+    reg_list: frozenset[int] | None = None
+
+    @property
+    def heterogeneous(self) -> bool:
+        """Do the CPUs differ (big.LITTLE)?  Compared as MIDR_CPU_MODEL does,
+        plus variant and revision: any MIDR difference counts."""
+        return len({c.midr for c in self.cpus if c.midr is not None}) > 1
+
+    def can_switch_off(self, feature: str) -> bool:
+        """Is it known what a guest here reads with *feature* off?  True
+        when the host does not offer it (the guest never has it) or the
+        probe measured it."""
+        return feature not in self.vcpu_features or any(
+            o.features == (feature,) for o in self.vcpu_off or ())
+
+    def values(self, off: tuple[str, ...] | list[str] | frozenset[str] = ()) -> dict[str, int]:
+        """Register name -> value, for the registers this host has, as a
+        guest reads them with the vCPU features *off* switched off.
+
+        A set the probe measured as such is taken as measured; otherwise the
+        single-feature measurements are combined (the probe checks that
+        they are independent: it also measures all-off, and each pair when
+        all-off is not their combination).
+
+        :raise DataError: when a feature of *off* is one this host offers
+            but its profile does not say what switching it off does.
+        """
+        out = {r.name: r.value for r in self.registers if r.value is not None}
+        wanted = tuple(sorted(set(off) & set(self.vcpu_features)))
+        if not wanted:
+            return out
+        unknown = [f for f in wanted if not self.can_switch_off(f)]
+        if unknown:
+            raise DataError(f"host profile of {self.hostname or 'a host'} does not record the "
+                            f"ID registers with vCPU feature {unknown[0]} off (probed by an "
+                            f"older libvirt-arm-cpu): probe it again")
+        records = {o.features: o.registers for o in self.vcpu_off or ()}
+        if wanted in records:
+            out.update(records[wanted])
+        else:
+            for f in wanted:
+                out.update(records[(f,)])
+        return out
+
+    def reg_ids(self, off: tuple[str, ...] | list[str] | frozenset[str] = ()
+                ) -> frozenset[int] | None:
+        """The register list of a guest vCPU with the features *off*
+        switched off, as :meth:`values` combines measurements; None where
+        the profile does not record it."""
+        if self.reg_list is None:
+            return None
+        wanted = tuple(sorted(set(off) & set(self.vcpu_features)))
+        if not wanted:
+            return self.reg_list
+        records = {o.features: o for o in self.vcpu_off or ()}
+        parts = [records[wanted]] if wanted in records else [records.get((f,)) for f in wanted]
+        out = set(self.reg_list)
+        for o in parts:
+            if o is None or o.list_removed is None or o.list_added is None:
+                return None
+            out -= o.list_removed
+            out |= o.list_added
+        return frozenset(out)
+
+    def register(self, name: str) -> ProfileRegister | None:
+        for r in self.registers:
+            if r.name == name:
+                return r
+        return None
+
+    def capability(self, name: str) -> int:
+        return self.capabilities.get(name, (0, 0))[1]
+
+
+# -- XML ---------------------------------------------------------------------
+
+def _q(tag: str) -> str:
+    return _NS + tag
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: object) -> ET.Element:
+    elem = ET.SubElement(parent, _q(tag), {k.replace("_", "-"): _attr(v)
+                                           for k, v in attrs.items() if v is not None})
+    if text is not None:
+        elem.text = text
+    return elem
+
+
+def _attr(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _hex(v: int) -> str:
+    return f"0x{v:016x}"
+
+
+def to_xml(p: HostProfile) -> bytes:
+    root = ET.Element(_q("hostprofile"), {"version": FORMAT_VERSION})
+    ident = _sub(root, "identity", hostname=p.hostname, machine=p.machine,
+                 probed=p.probed_at, tool_version=p.tool_version)
+    _sub(ident, "kernel", release=p.kernel_release, version=p.kernel_version)
+    _sub(ident, "qemu", p.qemu.detail, status=p.qemu.status, path=p.qemu.path,
+         version=p.qemu.version, sysreg_properties=p.qemu.sysreg)
+    _sub(ident, "loader", status=p.loader.status, path=p.loader.path)
+    fp = _sub(root, "fingerprint", digest=p.fingerprint.digest)
+    for name, value in sorted(p.fingerprint.components.items()):
+        _sub(fp, "component", value, name=name)
+    feats = _sub(root, "vcpu-features")
+    for name in p.vcpu_features:
+        _sub(feats, "feature", name=name)
+    for o in p.vcpu_off or ():
+        off = _sub(feats, "off", features=" ".join(o.features))
+        for reg_name, reg_value in sorted(o.registers.items()):
+            _sub(off, "register", name=reg_name, value=_hex(reg_value))
+        if o.list_removed is not None and o.list_added is not None:
+            _sub(off, "register-list", removed=format_ids(o.list_removed) or None,
+                 added=format_ids(o.list_added) or None)
+    caps = _sub(root, "capabilities")
+    for cap, (number, answer) in p.capabilities.items():
+        _sub(caps, "capability", name=cap, number=number, value=answer)
+    cpus = _sub(root, "cpus", heterogeneous=p.heterogeneous)
+    for c in p.cpus:
+        _sub(cpus, "cpu", id=c.cpu, midr=None if c.midr is None else f"{c.midr:#010x}",
+             revidr=None if c.revidr is None else f"{c.revidr:#x}")
+    if p.firmware is not None:
+        fw = _sub(root, "firmware")
+        for reg in FIRMWARE_REGISTERS:
+            if reg.name in p.firmware:
+                fw_value = p.firmware[reg.name]
+                _sub(fw, "register", name=reg.name, kvm_id=f"{reg.kvm_id:#x}",
+                     value="absent" if fw_value is None else _hex(fw_value))
+    if p.reg_list is not None:
+        _sub(root, "register-list", format_ids(p.reg_list), count=len(p.reg_list))
+    regs = _sub(root, "registers", writable_masks="known" if p.masks_known else "unknown")
+    for r in p.registers:
+        _sub(regs, "register", name=r.name, op0=r.encoding[0], op1=r.encoding[1],
+             crn=r.encoding[2], crm=r.encoding[3], op2=r.encoding[4],
+             kvm_id=f"{r.kvm_id:#x}", mask_index=r.mask_index,
+             value="absent" if r.value is None else _hex(r.value),
+             writable="unknown" if r.writable is None else _hex(r.writable))
+    ET.register_namespace("", NAMESPACE)
+    ET.indent(root, space="  ")
+    return (b"<?xml version='1.0' encoding='UTF-8'?>\n"
+            + ET.tostring(root, encoding="unicode").encode() + b"\n")
+
+
+def _parse_ids(text: str | None, what: str, path: str) -> frozenset[int]:
+    try:
+        return parse_ids(text)
+    except ValueError:
+        raise ParseError(path, None, f"{what}: expected KVM register ids in hex, separated "
+                         f"by spaces") from None
+
+
+def _int(elem: ET.Element, attr: str, path: str, base: int = 0, u64: bool = False) -> int:
+    """*elem*'s *attr* as a number (*u64*: that fits a 64-bit register)."""
+    text = elem.get(attr)
+    if text is None:
+        raise ParseError(path, None, f"<{elem.tag[len(_NS):]}> lacks '{attr}'")
+    try:
+        value = int(text, base)
+    except ValueError:
+        raise ParseError(path, None, f"<{elem.tag[len(_NS):]} {attr}='{shown(text)}'> is not a "
+                         f"number") from None
+    if u64 and not 0 <= value <= U64_MAX:
+        raise ParseError(path, None, f"<{elem.tag[len(_NS):]} {attr}='{shown(text)}'> does not "
+                         f"fit a 64-bit register")
+    return value
+
+
+def _opt_int(elem: ET.Element, attr: str, path: str, none: str, u64: bool = False) -> int | None:
+    text = elem.get(attr)
+    if text is None or text == none:
+        return None
+    return _int(elem, attr, path, u64=u64)
+
+
+def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
+    """Parse a profile (no schema check: see :func:`read_profile`).
+
+    :raise ParseError: naming *path* when it is not a host profile (or not
+        XML the safe reader takes: no DOCTYPE, no entities).
+    """
+    root = parse_untrusted(data, path)
+    if root.tag != _q("hostprofile"):
+        raise ParseError(path, None, f"not a host profile: root element is "
+                         f"<{root.tag.rsplit('}', 1)[-1]}>, expected <hostprofile "
+                         f"xmlns='{NAMESPACE}'>")
+    _check_version(root, path)
+    ident = root.find(_q("identity"))
+    kernel = root.find(f"{_q('identity')}/{_q('kernel')}")
+    qemu = root.find(f"{_q('identity')}/{_q('qemu')}")
+    regs = root.find(_q("registers"))
+    if ident is None or kernel is None or qemu is None or regs is None:
+        raise ParseError(path, None, "host profile lacks identity, kernel, qemu or registers")
+    fp = root.find(_q("fingerprint"))
+    components = {c.get("name", ""): c.text or "" for c in fp} if fp is not None else {}
+    loader = root.find(f"{_q('identity')}/{_q('loader')}")
+    feats = root.find(_q("vcpu-features"))
+    offered = [f.get("name", "") for f in feats.findall(_q("feature"))] if feats is not None \
+        else []
+    return HostProfile(
+        hostname=_printable(ident, "hostname", path),
+        machine=_printable(ident, "machine", path),
+        kernel_release=kernel.get("release", ""),
+        kernel_version=kernel.get("version", ""),
+        probed_at=ident.get("probed", ""),
+        tool_version=ident.get("tool-version", ""),
+        qemu=QemuInfo(status=qemu.get("status", "missing"), path=qemu.get("path"),
+                      version=qemu.get("version"),
+                      sysreg=qemu.get("sysreg-properties", "unknown"), detail=qemu.text),
+        vcpu_features=offered,
+        capabilities={c.get("name", ""): (_int(c, "number", path), _int(c, "value", path))
+                      for c in root.iter(_q("capability"))},
+        cpus=[CpuIdentity(_int(c, "id", path), _opt_int(c, "midr", path, ""),
+                          _opt_int(c, "revidr", path, "")) for c in root.iter(_q("cpu"))],
+        registers=[ProfileRegister(
+            name=r.get("name", ""),
+            encoding=tuple(_int(r, a, path) for a in ("op0", "op1", "crn", "crm", "op2")),  # type: ignore[arg-type]
+            kvm_id=_int(r, "kvm-id", path),
+            mask_index=_opt_int(r, "mask-index", path, ""),
+            value=_opt_int(r, "value", path, "absent", u64=True),
+            writable=_opt_int(r, "writable", path, "unknown", u64=True))
+            for r in regs.iter(_q("register"))],
+        masks_known=regs.get("writable-masks") == "known",
+        fingerprint=Fingerprint(components),
+        vcpu_off=_vcpu_off(feats, offered, path),
+        firmware=_firmware(root.find(_q("firmware")), path),
+        reg_list=_reg_list(root.find(_q("register-list")), path),
+        loader=LoaderInfo("missing") if loader is None else LoaderInfo(
+            _choice(loader, "status", ("found", "missing"), path), loader.get("path")),
+    )
+
+
+def _printable(elem: ET.Element, attr: str, path: str) -> str:
+    """A name that messages quote (host name, machine): one line, so no
+    control characters (a character reference such as &#10; could put one)."""
+    text = elem.get(attr, "")
+    if not text.isprintable():
+        raise ParseError(path, None, f"<{elem.tag[len(_NS):]} {attr}='{shown(text)}'>: "
+                         f"control characters are not allowed")
+    return text
+
+
+def _choice(elem: ET.Element, attr: str, allowed: tuple[str, ...], path: str) -> str:
+    text = elem.get(attr, "")
+    if text not in allowed:
+        raise ParseError(path, None, f"<{elem.tag[len(_NS):]} {attr}='{shown(text)}'>: "
+                         f"expected {' or '.join(allowed)}")
+    return text
+
+
+def _reg_list(elem: ET.Element | None, path: str) -> frozenset[int] | None:
+    if elem is None:
+        return None
+    ids = _parse_ids(elem.text, "<register-list>", path)
+    if elem.get("count") is not None and _int(elem, "count", path) != len(ids):
+        raise ParseError(path, None, f"<register-list count='{shown(elem.get('count', ''))}'> "
+                         f"holds {len(ids)} distinct ids: truncated or edited")
+    return ids
+
+
+def _firmware(elem: ET.Element | None, path: str) -> dict[str, int | None] | None:
+    """The <firmware> record, checked: known names, each once, at their ids."""
+    if elem is None:
+        return None
+    out: dict[str, int | None] = {}
+    for r in elem.findall(_q("register")):
+        name = r.get("name", "")
+        reg = BY_NAME.get(name)
+        if reg is None or name in out or _int(r, "kvm-id", path) != reg.kvm_id:
+            raise ParseError(path, None, f"<firmware><register name='{shown(name)}'>: expected "
+                             f"one of {', '.join(BY_NAME)}, each once, at its KVM id")
+        out[name] = _opt_int(r, "value", path, "absent", u64=True)
+    return out
+
+
+def _vcpu_off(feats: ET.Element | None, offered: list[str],
+              path: str) -> list[VcpuOffValues] | None:
+    """The <off> records, checked (the hook reads profiles without the
+    schema): known features the host offers, each set once, hex values."""
+    elems = feats.findall(_q("off")) if feats is not None else []
+    if not elems:
+        return None
+    out: list[VcpuOffValues] = []
+    for e in elems:
+        names = tuple((e.get("features") or "").split())
+        where = f"<vcpu-features><off features='{shown(e.get('features', ''))}'>"
+        bad = [n for n in names if n not in VCPU_FEATURES or n not in offered]
+        if not names or bad or list(names) != sorted(set(names)):
+            raise ParseError(path, None, f"{where}: expected vCPU features this host offers ("
+                             f"{' '.join(offered) or 'none'}), sorted, each once")
+        if any(o.features == names for o in out):
+            raise ParseError(path, None, f"{where} appears twice")
+        regs: dict[str, int] = {}
+        for r in e.findall(_q("register")):
+            name = r.get("name", "")
+            text = r.get("value", "")
+            if not name or name in regs or not text.startswith("0x"):
+                raise ParseError(path, None, f"<vcpu-features><off features='{' '.join(names)}'>"
+                                 f": register '{shown(name)}' value '{shown(text)}': expected "
+                                 f"each register once, with a 0x hex value")
+            regs[name] = _int(r, "value", path, 16, u64=True)
+        lst = e.find(_q("register-list"))
+        removed = added = None
+        if lst is not None:
+            what = f"<vcpu-features><off features='{' '.join(names)}'><register-list>"
+            removed = _parse_ids(lst.get("removed"), what, path)
+            added = _parse_ids(lst.get("added"), what, path)
+        out.append(VcpuOffValues(names, regs, removed, added))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _schema(path: str):
+    import xmlschema
+
+    return xmlschema.XMLSchema(path)
+
+
+def _check_version(root: ET.Element, path: str) -> None:
+    if root.tag != _q("hostprofile"):
+        return
+    version = root.get("version", FORMAT_VERSION)
+    if version.isdigit() and int(version) > int(FORMAT_VERSION):
+        raise ParseError(path, None, f"host profile format {version}, written by a newer "
+                         f"libvirt-arm-cpu (this one reads format {FORMAT_VERSION}): upgrade, "
+                         f"or probe again with this version (libvirt-arm-cpu host --refresh)")
+
+
+def validate(data: bytes, path: str) -> None:
+    """Check *data* against profile.xsd.
+
+    :raise ParseError: with the first schema violation.
+    """
+    import xmlschema  # ~190 ms to import: only where files are written, and on explicit reads
+
+    root = parse_untrusted(data, path)  # well-formed, no DOCTYPE: first, for the line number
+    _check_version(root, path)
+    schema = _schema(schema_path("profile.xsd"))
+    try:
+        errors = schema.iter_errors(data.decode("utf-8", errors="replace"))
+        for problem in errors:
+            line = getattr(problem, "sourceline", None)
+            raise ParseError(path, line, f"not a valid host profile: {problem.reason} "
+                             f"(at {problem.path})")
+    except xmlschema.XMLSchemaException as err:
+        raise ParseError(path, None, f"not a valid host profile: {err}") from err
+
+
+def write_profile(p: HostProfile, path: str) -> bytes:
+    """Validate and write atomically; returns the bytes written.
+
+    :raise DataError: when the profile does not validate (a bug) or the file
+        cannot be written.
+    """
+    data = to_xml(p)
+    try:
+        validate(data, path)
+    except ParseError as err:
+        raise DataError(f"refusing to write an invalid profile: {err}") from err
+    if path != "-":
+        atomic_write(path, data)
+    return data
+
+
+def read_profile(path: str, validate_schema: bool = True) -> HostProfile:
+    """Read a profile file (``-`` for stdin).
+
+    :raise ParseError: when it cannot be read, does not validate or parse.
+    """
+    data = read_input(path)
+    if validate_schema:
+        validate(data, path)
+    return from_xml(data, path)
+
+
+def to_json(p: HostProfile) -> dict:
+    """The profile as plain data (``--json``)."""
+    return {
+        "hostname": p.hostname, "machine": p.machine,
+        "kernel": {"release": p.kernel_release, "version": p.kernel_version},
+        "probed": p.probed_at, "tool_version": p.tool_version,
+        "qemu": {"status": p.qemu.status, "path": p.qemu.path, "version": p.qemu.version,
+                 "sysreg_properties": p.qemu.sysreg, "detail": p.qemu.detail},
+        "fingerprint": {"digest": p.fingerprint.digest, **p.fingerprint.components},
+        "vcpu_features": p.vcpu_features,
+        "vcpu_off": None if p.vcpu_off is None else [
+            {"features": list(o.features),
+             "registers": {k: _hex(v) for k, v in sorted(o.registers.items())}}
+            for o in p.vcpu_off],
+        "loader": {"status": p.loader.status, "path": p.loader.path},
+        "register_list": None if p.reg_list is None else format_ids(p.reg_list).split(),
+        "firmware": None if p.firmware is None else {
+            k: None if v is None else _hex(v) for k, v in p.firmware.items()},
+        "capabilities": {k: v for k, (_, v) in p.capabilities.items()},
+        "cpus": [{"cpu": c.cpu, "midr": None if c.midr is None else f"{c.midr:#010x}",
+                  "revidr": None if c.revidr is None else f"{c.revidr:#x}"} for c in p.cpus],
+        "heterogeneous": p.heterogeneous,
+        "writable_masks": "known" if p.masks_known else "unknown",
+        "registers": [{"name": r.name, "kvm_id": f"{r.kvm_id:#x}", "mask_index": r.mask_index,
+                       "value": None if r.value is None else _hex(r.value),
+                       "writable": None if r.writable is None else _hex(r.writable)}
+                      for r in p.registers],
+    }

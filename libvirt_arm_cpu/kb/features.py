@@ -1,0 +1,236 @@
+"""Feature names and the register-field conditions behind them.
+
+Two vocabularies, both generated into ``xml/features.xml`` by
+:mod:`libvirt_arm_cpu.kb.gen`:
+
+* Linux hwcaps, as ``/proc/cpuinfo`` prints them (``aes``, ``atomics``,
+  ``sve2``); the AArch32 ones (shown to 32-bit tasks) are named
+  ``aarch32:<name>`` here, since several share a name with an AArch64 one;
+* Arm's ``FEAT_*`` names (``FEAT_DotProd``), from Arm's machine-readable
+  specification.
+
+A feature's condition is a tree of field ranges (``REG.FIELD`` between a
+minimum and an optional maximum, compared signed where the field is signed),
+``all``/``any`` groups and references to other features.  Evaluation is
+three-valued: with only some registers known the answer may be ``None``.
+"""
+
+from __future__ import annotations
+
+import functools
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+import os
+
+from libvirt_arm_cpu.errors import ParseError, UnknownName
+from libvirt_arm_cpu.paths import kb_dir
+from libvirt_arm_cpu.kb.registers import NAMESPACE, Field, KnowledgeBase, load as load_registers, read_kb_file
+
+__all__ = ["Feature", "FieldCondition", "Group", "FeatureRef", "FeatureCatalog", "load"]
+
+_NS = "{" + NAMESPACE + "}"
+
+Values = Mapping[str, int]   # register name -> raw 64-bit value
+
+
+@dataclass(frozen=True)
+class FieldCondition:
+    """``field`` holds a value whose order lies in [lo, hi]."""
+
+    field: Field
+    lo: int
+    hi: int | None      # None: no upper bound
+
+    def holds(self, values: Values, catalog: FeatureCatalog) -> bool | None:
+        raw = values.get(self.field.register)
+        if raw is None:
+            return None
+        key = self.field.order(self.field.get(raw))
+        return self.lo <= key and (self.hi is None or key <= self.hi)
+
+    def fields(self) -> Iterator[Field]:
+        yield self.field
+
+    def describe(self) -> str:
+        f = self.field
+        lo = f.from_order(self.lo)
+        name = f.meaning(lo)
+        text = f"{f} >= {lo}" + (f" ({name})" if name else "")
+        if self.hi is not None:
+            hi = f.from_order(self.hi)
+            text = (f"{f} == {lo}" + (f" ({name})" if name else "") if hi == lo
+                    else f"{text} and <= {hi}")
+        return text + (" [signed]" if f.signed else "")
+
+
+@dataclass(frozen=True)
+class Group:
+    op: str             # "all" or "any"
+    terms: tuple[Condition, ...]
+
+    def holds(self, values: Values, catalog: FeatureCatalog) -> bool | None:
+        results = [t.holds(values, catalog) for t in self.terms]
+        decisive = self.op == "any"     # True decides "any", False decides "all"
+        if decisive in results:
+            return decisive
+        if None in results:
+            return None
+        return not decisive
+
+    def fields(self) -> Iterator[Field]:
+        for t in self.terms:
+            yield from t.fields()
+
+    def describe(self) -> str:
+        joiner = " and " if self.op == "all" else " or "
+        return "(" + joiner.join(t.describe() for t in self.terms) + ")"
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    name: str
+
+    def holds(self, values: Values, catalog: FeatureCatalog) -> bool | None:
+        return catalog.feature(self.name).holds(values, catalog)
+
+    def fields(self) -> Iterator[Field]:
+        return iter(())     # the referenced feature lists its own
+
+    def describe(self) -> str:
+        return self.name
+
+
+Condition = FieldCondition | Group | FeatureRef
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: str                       # hwcap, aarch32-hwcap, feat
+    condition: Condition | None     # None: ID registers cannot tell
+    unavailable: str | None = None  # why not, when condition is None
+    llvm: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The name users type: ``aes``, ``aarch32:aes``, ``FEAT_AES``."""
+        return f"aarch32:{self.name}" if self.kind == "aarch32-hwcap" else self.name
+
+    def holds(self, values: Values, catalog: FeatureCatalog | None = None) -> bool | None:
+        if self.condition is None:
+            return None
+        return self.condition.holds(values, catalog or load())
+
+    def fields(self, catalog: FeatureCatalog | None = None) -> list[Field]:
+        """Every field the condition reads, following feature references."""
+        return self._walk(catalog or load(), None)
+
+    def satisfied_by(self, values: Values, catalog: FeatureCatalog | None = None) -> list[Field]:
+        """The fields whose own condition holds within this feature's (expanded)
+        condition: the fields that give it, when it is present.  For FEAT_Crypto
+        (AES or SHA1 or ...) that is AES and SHA1, not a zero SM4."""
+        return self._walk(catalog or load(), values)
+
+    def _walk(self, catalog: FeatureCatalog, values: Values | None) -> list[Field]:
+        """The fields of the expanded condition; with *values*, only the field
+        conditions (and referenced features) that hold for them."""
+        def keep(cond: Condition) -> bool:
+            return values is None or cond.holds(values, catalog) is True
+
+        out: list[Field] = []
+        stack: list[Condition] = [self.condition] if self.condition else []
+        seen: set[str] = set()
+        while stack:
+            cond = stack.pop()
+            if isinstance(cond, FeatureRef):
+                ref = catalog.feature(cond.name).condition
+                if cond.name not in seen and ref is not None and keep(ref):
+                    seen.add(cond.name)
+                    stack.append(ref)
+            elif isinstance(cond, Group):
+                stack.extend(reversed(cond.terms))
+            elif keep(cond) and cond.field not in out:
+                out.append(cond.field)
+        return out
+
+    def requires(self) -> str:
+        if self.condition is None:
+            return f"cannot be told from ID registers: {self.unavailable}"
+        text = self.condition.describe()
+        return text[1:-1] if text.startswith("(") and text.endswith(")") else text
+
+
+class FeatureCatalog:
+    def __init__(self, features: list[Feature], kb: KnowledgeBase) -> None:
+        self.features = tuple(features)
+        self.kb = kb
+        self._by_key = {f.key.upper(): f for f in self.features}
+        self._by_field: dict[str, list[Feature]] = {}
+        for f in self.features:
+            for fld in f.fields(self):
+                self._by_field.setdefault(str(fld), []).append(f)
+
+    def __iter__(self) -> Iterator[Feature]:
+        return iter(self.features)
+
+    def feature(self, name: str) -> Feature:
+        """By hwcap or FEAT name, case-insensitively (``FEAT_`` optional).
+
+        :raise UnknownName: naming the closest feature.
+        """
+        key = name.strip().upper()
+        found = self._by_key.get(key) or self._by_key.get("FEAT_" + key)
+        if found is None:
+            raise UnknownName("feature", name, (f.key for f in self.features))
+        return found
+
+    def reading(self, field: Field) -> list[Feature]:
+        """The features whose condition reads *field*."""
+        return self._by_field.get(str(field), [])
+
+    def present(self, values: Values) -> list[Feature]:
+        return [f for f in self.features if f.holds(values, self) is True]
+
+
+def _condition(elem: ET.Element, kb: KnowledgeBase, path: str) -> Condition:
+    tag = elem.tag[len(_NS):]
+    if tag == "field":
+        fld = kb.field(elem.get("register", ""), elem.get("name", ""))
+        hi = elem.get("max")
+        return FieldCondition(fld, fld.order(int(elem.get("min", "0"))),
+                              None if hi is None else fld.order(int(hi)))
+    if tag == "feature":
+        return FeatureRef(elem.get("ref", ""))
+    if tag in ("all", "any"):
+        return Group(tag, tuple(_condition(c, kb, path) for c in elem))
+    raise ParseError(path, None, f"unexpected <{tag}> in a feature condition")
+
+
+def load_features(path: str, kb: KnowledgeBase) -> FeatureCatalog:
+    """Read features.xml.
+
+    :raise ParseError: when the file is missing, malformed, or names a field
+        the register knowledge base lacks.
+    """
+    root = read_kb_file(path, "features")
+    features = []
+    for elem in root.findall(_NS + "feature"):
+        children = list(elem)
+        unavailable = elem.find(_NS + "unavailable")
+        try:
+            cond = None if unavailable is not None else _condition(children[0], kb, path)
+        except UnknownName as err:
+            raise ParseError(path, None, f"feature {elem.get('name')}: {err}") from err
+        features.append(Feature(
+            name=elem.get("name", ""), kind=elem.get("kind", "feat"), condition=cond,
+            unavailable=None if unavailable is None else unavailable.get("reason"),
+            llvm=elem.get("llvm")))
+    return FeatureCatalog(features, kb)
+
+
+@functools.lru_cache(maxsize=None)
+def load(directory: str | None = None) -> FeatureCatalog:
+    """The installed feature catalog, read once per process."""
+    base = directory or kb_dir()
+    return load_features(os.path.join(base, "features.xml"), load_registers(directory))

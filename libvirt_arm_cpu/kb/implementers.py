@@ -1,0 +1,75 @@
+"""Names for MIDR_EL1 values: implementer and part tables.
+
+``0x414fd0c1`` -> "Arm Neoverse-N1 r4p1".  Cores are matched on
+(Implementer, PartNum), as Linux's MIDR_CPU_MODEL_MASK does; Variant and
+Revision give the stepping (rNpM).  The tables are in
+``xml/implementers.xml`` (generated from implementation_regs.json).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+import os
+
+from libvirt_arm_cpu.paths import kb_dir
+from libvirt_arm_cpu.kb.registers import NAMESPACE, KnowledgeBase, load as load_registers, read_kb_file
+
+__all__ = ["Midr", "decode_midr", "load"]
+
+_NS = "{" + NAMESPACE + "}"
+
+
+@dataclass(frozen=True)
+class Midr:
+    raw: int
+    implementer: int
+    variant: int
+    architecture: int
+    part: int
+    revision: int
+    implementer_name: str | None
+    part_name: str | None
+
+    @property
+    def stepping(self) -> str:
+        return f"r{self.variant}p{self.revision}"
+
+    def __str__(self) -> str:
+        vendor = self.implementer_name or f"implementer {self.implementer:#04x}"
+        part = self.part_name or f"part {self.part:#05x}"
+        return f"{vendor} {part} {self.stepping}"
+
+
+@dataclass(frozen=True)
+class Tables:
+    implementers: dict[int, str]
+    parts: dict[tuple[int, int], str]
+
+
+def load_tables(path: str) -> Tables:
+    root = read_kb_file(path, "implementers")
+    implementers = {}
+    parts = {}
+    for imp in root.iter(_NS + "implementer"):
+        code = int(imp.get("code", "0"), 16)
+        implementers[code] = imp.get("name", "")
+        for part in imp.iter(_NS + "part"):
+            parts[(code, int(part.get("number", "0"), 16))] = part.get("name", "")
+    return Tables(implementers, parts)
+
+
+@functools.lru_cache(maxsize=None)
+def load(directory: str | None = None) -> Tables:
+    base = directory or kb_dir()
+    return load_tables(os.path.join(base, "implementers.xml"))
+
+
+def decode_midr(raw: int, tables: Tables | None = None,
+                kb: KnowledgeBase | None = None) -> Midr:
+    tables = tables or load()
+    midr = (kb or load_registers()).register("MIDR_EL1").decode(raw)
+    implementer, part = midr["Implementer"], midr["PartNum"]
+    return Midr(raw, implementer, midr["Variant"], midr["Architecture"], part,
+                midr["Revision"], tables.implementers.get(implementer),
+                tables.parts.get((implementer, part)))
