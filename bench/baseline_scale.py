@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from dataclasses import replace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -29,6 +30,7 @@ from libvirt_arm_cpu.kb import registers  # noqa: E402
 from libvirt_arm_cpu.engine.baseline import baseline  # noqa: E402
 from libvirt_arm_cpu.engine.compare import compare_many  # noqa: E402
 from libvirt_arm_cpu.service import load_inputs  # noqa: E402
+from libvirt_arm_cpu.model import Fingerprint  # noqa: E402
 from libvirt_arm_cpu.formats.profile import from_xml, read_profile, to_xml  # noqa: E402
 
 FIXTURE = ROOT / "tests/data/hosts/neoverse-n1-qemu7.2-linux6.12.xml"
@@ -42,16 +44,18 @@ def fleet(n: int, directory: Path, distinct: int = 4) -> list[Path]:
     isar0 = kb.register("ID_AA64ISAR0_EL1")
     for k in range(distinct):        # the same core with a few features fused off
         p = from_xml(to_xml(base))
+        regs = []
         for r in p.registers:
-            if r.name == "ID_AA64ISAR0_EL1" and k:
+            if r.name == "ID_AA64ISAR0_EL1" and k and r.value is not None:
                 f = rnd.choice([f for f in isar0.fields if f.get(r.value)])
-                r.value = f.put(r.value, 0)
-        kinds.append(p)
+                r = replace(r, value=f.put(r.value, 0))
+            regs.append(r)
+        kinds.append(replace(p, registers=regs))
     paths = []
     for i in range(n):
-        p = kinds[i % distinct]
-        p.hostname = f"host{i:05d}"
-        p.fingerprint.components["boot-id"] = f"{i:032x}"
+        kind = kinds[i % distinct]
+        p = replace(kind, hostname=f"host{i:05d}", fingerprint=Fingerprint(
+            {**kind.fingerprint.components, "boot-id": f"{i:032x}"}))
         path = directory / f"host{i:05d}.xml"
         path.write_bytes(to_xml(p))
         paths.append(path)

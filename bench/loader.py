@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from libvirt_arm_cpu.kb import registers  # noqa: E402
-from libvirt_arm_cpu.formats.cpumodel import CpuModel  # noqa: E402
+from libvirt_arm_cpu.model import CpuModel  # noqa: E402
 from libvirt_arm_cpu.formats.profile import read_profile  # noqa: E402
 from libvirt_arm_cpu.engine.translate import loader_environment  # noqa: E402
 from tests.kvm_hosts import FIXTURES  # noqa: E402

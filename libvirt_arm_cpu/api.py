@@ -32,10 +32,11 @@ from libvirt_arm_cpu.engine.baseline import baseline
 from libvirt_arm_cpu.service import find_model, host_profile, load_input, model_features, translate_domain
 from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, SUPERSET, Reason, compare
 from libvirt_arm_cpu.formats.cpumodel import NAMESPACE as MODEL_NAMESPACE
-from libvirt_arm_cpu.formats.cpumodel import CpuModel, from_xml as model_from_xml, to_xml as model_to_xml
-from libvirt_arm_cpu.formats.domain import Domain, DomainCpu
+from libvirt_arm_cpu.formats.cpumodel import from_xml as model_from_xml, to_xml as model_to_xml
+from libvirt_arm_cpu.model import CpuModel
+from libvirt_arm_cpu.formats.domain import Domain, cpu_from_element
 from libvirt_arm_cpu.errors import UsageError
-from libvirt_arm_cpu.formats.profile import HostProfile
+from libvirt_arm_cpu.model import HostProfile
 from libvirt_arm_cpu.engine.translate import CpuMismatch, Validation, resolve
 from libvirt_arm_cpu.engine.translate import validate as validate_values
 from libvirt_arm_cpu.xmlsafe import parse_untrusted
@@ -154,7 +155,7 @@ def compare_hypervisor_cpu(conn: libvirt.virConnect, emulator: str | None, arch:
         c = compare(model_from_xml(data, "xmlCPU"), profile, kb)
         verdict, reasons = c.result, c.reasons
     else:
-        cpu = DomainCpu.from_element(parse_untrusted(data, "xmlCPU"), "xmlCPU")
+        cpu = cpu_from_element(parse_untrusted(data, "xmlCPU"), "xmlCPU")
         try:
             r = resolve(cpu, profile, kb, features.load(), dependencies.load(), find_model)
             verdict, reasons = (IDENTICAL if r.identical else SUPERSET), []

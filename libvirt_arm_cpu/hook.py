@@ -110,7 +110,8 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
     # imported here: a domain without our metadata never gets this far
     from libvirt_arm_cpu.kb import registers
     from libvirt_arm_cpu.engine.compare import IDENTICAL
-    from libvirt_arm_cpu.formats.domain import METHOD_LOADER, Domain, Translation
+    from libvirt_arm_cpu.formats.domain import Domain
+    from libvirt_arm_cpu.model import METHOD_LOADER, Translation
     from libvirt_arm_cpu.errors import UnknownName
     from libvirt_arm_cpu.engine.loader import ENV_PRELOAD, ENV_VALUES, LOADER_PATH, installed
     from libvirt_arm_cpu.service import configured_profile, validate_translated

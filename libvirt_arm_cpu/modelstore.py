@@ -13,7 +13,8 @@ import os
 import re
 
 from libvirt_arm_cpu import settings
-from libvirt_arm_cpu.formats.cpumodel import CpuModel, from_xml, to_xml
+from libvirt_arm_cpu.formats.cpumodel import from_xml, to_xml
+from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.errors import UnknownName, UsageError
 from libvirt_arm_cpu.fileio import atomic_write, read_input
 

@@ -15,12 +15,15 @@ import os
 from libvirt_arm_cpu.kb import dependencies, features, registers
 from libvirt_arm_cpu import modelstore
 from libvirt_arm_cpu import settings as settings_mod
-from libvirt_arm_cpu.formats.cpumodel import CpuModel, from_xml as model_from_xml
-from libvirt_arm_cpu.formats.domain import LOADER_ENV, Domain, Translation
+from libvirt_arm_cpu.formats.cpumodel import from_xml as model_from_xml
+from libvirt_arm_cpu.model import CpuModel
+from libvirt_arm_cpu.formats.domain import LOADER_ENV, Domain
+from libvirt_arm_cpu.model import Translation
 from libvirt_arm_cpu.errors import ParseError, UsageError
 from libvirt_arm_cpu.fileio import read_input
 from libvirt_arm_cpu.formats.fleet import check_identity, profile_key
-from libvirt_arm_cpu.formats.profile import HostProfile, from_xml as profile_from_xml, read_profile
+from libvirt_arm_cpu.formats.profile import from_xml as profile_from_xml, read_profile
+from libvirt_arm_cpu.model import HostProfile
 from libvirt_arm_cpu.formats.profile import validate as validate_profile
 from libvirt_arm_cpu.engine.translate import CpuMismatch, Resolution, Validation, resolve, validate
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from libvirt_arm_cpu.formats import profile as profile_mod
 from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu.engine.baseline import baseline
-from libvirt_arm_cpu.formats.cpumodel import CpuModel, to_xml
+from libvirt_arm_cpu.formats.cpumodel import to_xml
+from libvirt_arm_cpu.model import CpuModel
 
 from .kvm_hosts import FIXTURES
 

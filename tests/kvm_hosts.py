@@ -46,7 +46,7 @@ def fidelity_requests(host: Host) -> dict[str, dict[str, str]]:
     differ from what *host* reads with them off ("regs")."""
     from libvirt_arm_cpu.kb import registers
     from libvirt_arm_cpu.engine.baseline import baseline
-    from libvirt_arm_cpu.formats.cpumodel import CpuModel
+    from libvirt_arm_cpu.model import CpuModel
     from libvirt_arm_cpu.formats.profile import read_profile
 
     kb = registers.load()
@@ -117,7 +117,7 @@ def repaired(model, kb, limit: int = 8) -> dict:
     then repairing with the consistency module: each must run on the host."""
     from libvirt_arm_cpu.kb import dependencies
     from libvirt_arm_cpu.engine.consistency import make_consistent
-    from libvirt_arm_cpu.formats.cpumodel import CpuModel
+    from libvirt_arm_cpu.model import CpuModel
     from libvirt_arm_cpu.engine.rules import source_accepts
     book = dependencies.load()
     out = {}
@@ -149,7 +149,7 @@ def lowered(model, kb, seed: int):
     supersets and incompatible models, the same on every run."""
     import random
 
-    from libvirt_arm_cpu.formats.cpumodel import CpuModel
+    from libvirt_arm_cpu.model import CpuModel
     from libvirt_arm_cpu.kb.registers import LOWER_SAFE
     from libvirt_arm_cpu.engine.rules import covers
     rnd = random.Random(seed)

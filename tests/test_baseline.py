@@ -10,7 +10,8 @@ from hypothesis import given, settings, strategies as st
 from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu.engine.baseline import baseline
 from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare
-from libvirt_arm_cpu.formats.cpumodel import CpuModel, from_xml, to_xml
+from libvirt_arm_cpu.formats.cpumodel import from_xml, to_xml
+from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.formats.profile import read_profile
 from libvirt_arm_cpu.kb.registers import LOWER_SAFE
 from libvirt_arm_cpu.engine.rules import covers
@@ -155,7 +156,7 @@ def test_lowered_model_is_a_superset_on_kvm_but_needs_sysreg_qemu():
     assert p.loader.status == "found"
     assert compare(lowered, p, KB).result == SUPERSET
     import dataclasses
-    from libvirt_arm_cpu.formats.profile import LoaderInfo
+    from libvirt_arm_cpu.model import LoaderInfo
     without = dataclasses.replace(p, loader=LoaderInfo("missing", p.loader.path))
     c = compare(lowered, without, KB)
     assert c.result == INCOMPATIBLE and c.reasons[0].kind == "qemu"

@@ -239,7 +239,8 @@ def test_cpu_compare_verdicts_and_exit_codes(run, tmp_path):
 
 
 def test_cpu_compare_superset_needs_sysreg_or_the_loader(run, tmp_path):
-    from libvirt_arm_cpu.formats.cpumodel import CpuModel, to_xml
+    from libvirt_arm_cpu.formats.cpumodel import to_xml
+    from libvirt_arm_cpu.model import CpuModel
     from libvirt_arm_cpu.formats.profile import read_profile
     from libvirt_arm_cpu.kb.registers import load
     kb = load()
@@ -445,7 +446,7 @@ def _capabilities(features: list[str], arch: str = "aarch64") -> str:
 
 def test_compare_with_a_libvirt_host_cpu_is_feature_level(run, tmp_path):
     from libvirt_arm_cpu.kb import features, registers
-    from libvirt_arm_cpu.formats.cpumodel import CpuModel
+    from libvirt_arm_cpu.model import CpuModel
     from libvirt_arm_cpu.formats.profile import read_profile
     fixture = _fixture("neoverse-n1-qemu7.2-linux6.12")
     model_path = tmp_path / "n1.xml"

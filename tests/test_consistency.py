@@ -16,7 +16,7 @@ import pytest
 
 from libvirt_arm_cpu.kb import dependencies, registers
 from libvirt_arm_cpu.engine.consistency import make_consistent
-from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.kb.dependencies import Group, Not, Test
 from libvirt_arm_cpu.engine.rules import source_accepts
 

@@ -100,7 +100,7 @@ def test_the_profile_record_round_trips_and_is_checked():
 
 def n1_pool(kb):
     from libvirt_arm_cpu.engine.baseline import baseline
-    from libvirt_arm_cpu.formats.cpumodel import CpuModel
+    from libvirt_arm_cpu.model import CpuModel
     return baseline([CpuModel.from_profile(read_profile(str(FIXTURES / f"{n}.xml")), kb, n)
                      for n in ("neoverse-n1-qemu7.2-linux6.12", "neoverse-n1-qemu7.2-linux7.3")],
                     kb).model
@@ -120,7 +120,7 @@ def test_the_baseline_of_two_kernels_takes_what_both_offer(kb):
 
 def test_compare_names_the_firmware_it_changes_and_needs_the_loader(kb):
     from libvirt_arm_cpu.engine.compare import INCOMPATIBLE, SUPERSET, compare
-    from libvirt_arm_cpu.formats.profile import LoaderInfo
+    from libvirt_arm_cpu.model import LoaderInfo
     model = n1_pool(kb)
     new = read_profile(str(FIXTURES / "neoverse-n1-qemu7.2-linux7.3.xml"))
     c = compare(model, new, kb)
@@ -139,7 +139,7 @@ def test_compare_names_the_firmware_it_changes_and_needs_the_loader(kb):
 def test_translate_gives_the_loader_the_firmware_and_the_metadata_keeps_it(run, kb, tmp_path,
                                                                          monkeypatch):
     from libvirt_arm_cpu.formats.cpumodel import to_xml as model_to_xml
-    from libvirt_arm_cpu.formats.domain import Domain, Translation
+    from libvirt_arm_cpu.formats.domain import Domain, translation_element, translation_from_element
     from .domains import custom_cpu, domain_xml, with_sysreg
     model = n1_pool(kb)
     models = tmp_path / "models"
@@ -158,7 +158,7 @@ def test_translate_gives_the_loader_the_firmware_and_the_metadata_keeps_it(run, 
     assert "VENDOR_HYP_BMAP_2@FWBMAP3=absent" in text
     t = Domain.parse(out.read_bytes(), "arm.xml").translation
     assert t.firmware == model.firmware and t.method == "loader"
-    assert Translation.from_element(t.to_element(), "x").firmware == model.firmware
+    assert translation_from_element(translation_element(t), "x").firmware == model.firmware
     sysreg_host = with_sysreg(FIXTURES / "neoverse-n1-qemu7.2-linux7.3.xml", tmp_path / "s.xml")
     r = run("translate", str(dom), "--host", str(sysreg_host), "--method", "sysreg")
     assert r.code == 1 and "only the loader can give a guest" in r.err

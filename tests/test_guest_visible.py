@@ -14,7 +14,7 @@ import pytest
 
 from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu.engine.compare import INCOMPATIBLE, compare
-from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.formats.profile import read_profile
 from libvirt_arm_cpu.engine.translate import loader_environment
 
@@ -130,7 +130,7 @@ set -u
 python3 -m libvirt_arm_cpu.helper probe --output /tmp/host.xml >/out/probe.log 2>&1
 python3 - <<'PY'
 from libvirt_arm_cpu.kb import registers
-from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.formats.profile import read_profile
 from libvirt_arm_cpu.engine.translate import loader_environment
 kb = registers.load()

@@ -14,10 +14,11 @@ import json
 import pytest
 
 from libvirt_arm_cpu.kb import registers
-from libvirt_arm_cpu.formats.profile import HostProfile, from_xml, read_profile
+from libvirt_arm_cpu.formats.profile import from_xml, read_profile
+from libvirt_arm_cpu.model import HostProfile
 
 from libvirt_arm_cpu.engine.compare import INCOMPATIBLE, compare
-from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.model import CpuModel
 
 from .kvm_hosts import Host, fidelity_requests, guest_job, hosts
 from .testbed import run_in_guest

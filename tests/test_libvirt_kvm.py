@@ -20,7 +20,7 @@ import pytest
 
 from libvirt_arm_cpu.kb import features
 from libvirt_arm_cpu.engine.compare import INCOMPATIBLE, compare_features
-from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.formats.hostcpu import from_xml as host_cpu_from_xml
 from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu.formats.profile import from_xml as profile_from_xml

@@ -12,7 +12,8 @@ import json
 import pytest
 
 from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare_passthrough
-from libvirt_arm_cpu.formats.profile import HostProfile, read_profile, write_profile
+from libvirt_arm_cpu.formats.profile import read_profile, write_profile
+from libvirt_arm_cpu.model import HostProfile
 
 from .domains import FIXTURES
 
@@ -52,7 +53,7 @@ def test_a_host_passthrough_guest_moves_neither_way_between_two_kernels(kb):
 def test_their_baseline_moves_both_ways(kb):
     from libvirt_arm_cpu.engine.baseline import baseline
     from libvirt_arm_cpu.cli.migrate import check_direction
-    from libvirt_arm_cpu.formats.cpumodel import CpuModel
+    from libvirt_arm_cpu.model import CpuModel
     old, new = read_profile(str(N1_612)), read_profile(str(N1_73))
     model = baseline([CpuModel.from_profile(old, kb), CpuModel.from_profile(new, kb)], kb).model
     assert model.reg_list == old.reg_list & new.reg_list

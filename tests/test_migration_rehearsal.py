@@ -47,8 +47,9 @@ from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu.engine.baseline import baseline
 from libvirt_arm_cpu.cli.migrate import check_direction
 from libvirt_arm_cpu.engine.compare import INCOMPATIBLE, compare, compare_passthrough
-from libvirt_arm_cpu.formats.cpumodel import CpuModel
-from libvirt_arm_cpu.formats.profile import HostProfile, read_profile
+from libvirt_arm_cpu.model import CpuModel
+from libvirt_arm_cpu.formats.profile import read_profile
+from libvirt_arm_cpu.model import HostProfile
 from libvirt_arm_cpu.formats.profile import from_xml as profile_from_xml
 from libvirt_arm_cpu.engine.translate import loader_environment
 

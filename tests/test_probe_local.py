@@ -7,6 +7,7 @@ sysfs reading, cache freshness) are exercised for real.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import shutil
@@ -15,7 +16,7 @@ import pytest
 
 from libvirt_arm_cpu.host import hostcache, probe
 from libvirt_arm_cpu.errors import NotArm64
-from libvirt_arm_cpu.formats.profile import CpuIdentity
+from libvirt_arm_cpu.model import CpuIdentity
 
 from .conftest import assert_one_line_error, run_installed
 
@@ -109,7 +110,7 @@ def test_cache_is_used_while_fresh_and_reprobed_when_stale(tmp_path):
 
     from .kvm_hosts import FIXTURES
     profile = from_xml((FIXTURES / "neoverse-n1-qemu7.2-linux6.12.xml").read_bytes())
-    profile.fingerprint = probe.current_fingerprint()
+    profile = dataclasses.replace(profile, fingerprint=probe.current_fingerprint())
     cache = tmp_path / "host.xml"
     write_profile(profile, str(cache))
     got, probed = hostcache.cached_profile(str(cache))

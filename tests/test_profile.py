@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from libvirt_arm_cpu.errors import DataError, ParseError
 from libvirt_arm_cpu.host.probe import feature_id_space, register_name
-from libvirt_arm_cpu.formats.profile import (CpuIdentity, Fingerprint, HostProfile, ProfileRegister,
-                                     QemuInfo, from_xml, read_profile, to_xml, validate,
-                                     write_profile)
+from libvirt_arm_cpu.formats.profile import from_xml, read_profile, to_xml, validate, write_profile
+from libvirt_arm_cpu.model import CpuIdentity, Fingerprint, HostProfile, ProfileRegister, QemuInfo
 from libvirt_arm_cpu.kb.registers import kvm_reg_id, load, writable_mask_index
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
@@ -111,8 +111,7 @@ def test_entity_expansion_is_refused(tmp_path):
 
 def test_invalid_profile_is_not_written(tmp_path):
     p = from_xml(_valid_xml())
-    p.hostname = "x"
-    p.probed_at = "yesterday"
+    p = dataclasses.replace(p, hostname="x", probed_at="yesterday")
     with pytest.raises(DataError, match="refusing to write an invalid profile"):
         write_profile(p, str(tmp_path / "h.xml"))
     assert not list(tmp_path.iterdir())

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from libvirt_arm_cpu.kb import dependencies, features, registers
-from libvirt_arm_cpu.formats.domain import Domain, DomainCpu
+from libvirt_arm_cpu.formats.domain import Domain, cpu_from_element
 from libvirt_arm_cpu.formats.profile import read_profile
 from libvirt_arm_cpu.engine.translate import CpuMismatch, resolve
 
@@ -75,7 +75,7 @@ def test_policies_follow_libvirt(env):
         return models.setdefault(name, find_model(name))
 
     def resolved(*feats):
-        cpu = DomainCpu.from_element(ET.fromstring(custom_cpu(env.model, *feats)), "g.xml")
+        cpu = cpu_from_element(ET.fromstring(custom_cpu(env.model, *feats)), "g.xml")
         return resolve(cpu, host, KB, catalog, book, find)
 
     plain = resolved()

@@ -15,7 +15,8 @@ from libvirt_arm_cpu.cli.base import Command
 from libvirt_arm_cpu.service import load_input, load_inputs, model_features, resolve_cpu
 from libvirt_arm_cpu.engine.compare import (IDENTICAL, INCOMPATIBLE, SUPERSET, compare, compare_features, compare_passthrough)
 from libvirt_arm_cpu.engine.consistency import Consistency
-from libvirt_arm_cpu.formats.cpumodel import CpuModel, to_xml as model_to_xml
+from libvirt_arm_cpu.formats.cpumodel import to_xml as model_to_xml
+from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.errors import DataError, UsageError
 from libvirt_arm_cpu.fileio import atomic_write, read_input
 from libvirt_arm_cpu.host.hostcache import DEFAULT_CACHE, cached_profile

@@ -9,7 +9,8 @@ import sys
 
 from libvirt_arm_cpu.cli.base import Command
 from libvirt_arm_cpu.service import host_profile, translate_domain, validate_translated
-from libvirt_arm_cpu.formats.domain import (METHOD_LOADER, PAUTH_LIBVIRT_VERSION, Domain)
+from libvirt_arm_cpu.formats.domain import PAUTH_LIBVIRT_VERSION, Domain
+from libvirt_arm_cpu.model import METHOD_LOADER
 from libvirt_arm_cpu.errors import DataError, UsageError
 from libvirt_arm_cpu.fileio import atomic_write, read_input
 from libvirt_arm_cpu.engine.translate import METHOD_CHOICES, Resolution

@@ -10,7 +10,8 @@ from libvirt_arm_cpu.kb import features, registers
 from libvirt_arm_cpu.cli.base import Command
 from libvirt_arm_cpu.host.hostcache import DEFAULT_CACHE, cached_profile
 from libvirt_arm_cpu.kb.implementers import decode_midr
-from libvirt_arm_cpu.formats.profile import HostProfile, read_profile, to_json
+from libvirt_arm_cpu.formats.profile import read_profile, to_json
+from libvirt_arm_cpu.model import HostProfile
 from libvirt_arm_cpu.cli.report import decode_registers, render_text
 
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu.cli.base import Command
 from libvirt_arm_cpu.engine.compare import (INCOMPATIBLE, Comparison, compare, compare_passthrough, migration_reasons)
-from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.errors import UsageError
 from libvirt_arm_cpu.fileio import read_input
-from libvirt_arm_cpu.formats.profile import HostProfile
+from libvirt_arm_cpu.model import HostProfile
 from libvirt_arm_cpu.service import load_input, resolve_model
 
 

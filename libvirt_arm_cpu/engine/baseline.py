@@ -38,10 +38,10 @@ from dataclasses import dataclass, field, replace
 
 from libvirt_arm_cpu.kb import firmware
 from libvirt_arm_cpu.engine.consistency import Consistency, make_consistent
-from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.kb.dependencies import RuleBook
 from libvirt_arm_cpu.kb.dependencies import load as load_rules
-from libvirt_arm_cpu.formats.profile import VCPU_FEATURES
+from libvirt_arm_cpu.model import VCPU_FEATURES
 from libvirt_arm_cpu.kb.registers import U64_MAX as U64
 from libvirt_arm_cpu.kb.registers import (EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field, KnowledgeBase, Register)
 from libvirt_arm_cpu.engine.rules import covers, register_refusal, source_accepts, taken_whole

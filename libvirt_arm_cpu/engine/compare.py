@@ -22,11 +22,11 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from libvirt_arm_cpu.kb import firmware
-from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.kb.features import FeatureCatalog
-from libvirt_arm_cpu.formats.hostcpu import HostCpu
+from libvirt_arm_cpu.model import HostCpu
 from libvirt_arm_cpu.engine.loader import LOADER_PATH, hidden_registers
-from libvirt_arm_cpu.formats.profile import HostProfile
+from libvirt_arm_cpu.model import HostProfile
 from libvirt_arm_cpu.kb.registers import KnowledgeBase, encoding_of_kvm_id, generic_name
 from libvirt_arm_cpu.kb.registers import U64_MAX as U64
 from libvirt_arm_cpu.engine.rules import covers, field_accepts, register_refusal, taken_whole

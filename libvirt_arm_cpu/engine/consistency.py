@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.kb.dependencies import Always, Condition, Group, Not, Rule, RuleBook, Test
 from libvirt_arm_cpu.kb.features import load as load_features
 from libvirt_arm_cpu.kb.registers import Field, KnowledgeBase

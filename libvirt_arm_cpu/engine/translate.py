@@ -34,15 +34,15 @@ from dataclasses import dataclass, field, replace
 
 from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, Comparison, Reason, compare
 from libvirt_arm_cpu.engine.consistency import Lowering, Unresolved, make_consistent
-from libvirt_arm_cpu.formats.cpumodel import CpuModel
+from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.kb.dependencies import RuleBook
-from libvirt_arm_cpu.formats.domain import (METHOD_LOADER, METHOD_NONE, METHOD_SYSREG, CpuFeature, DomainCpu, qemu_cpu_argument)
+from libvirt_arm_cpu.model import METHOD_LOADER, METHOD_NONE, METHOD_SYSREG, CpuFeature, DomainCpu, qemu_cpu_argument
 from libvirt_arm_cpu.errors import DataError, UsageError
 from libvirt_arm_cpu.kb.features import Feature, FeatureCatalog, FeatureRef, FieldCondition, Group
 from libvirt_arm_cpu.engine.loader import LOADER_PATH
 from libvirt_arm_cpu.engine.loader import environment as loader_env
 from libvirt_arm_cpu.engine.loader import hidden_registers
-from libvirt_arm_cpu.formats.profile import HostProfile
+from libvirt_arm_cpu.model import HostProfile
 from libvirt_arm_cpu.kb.registers import KnowledgeBase
 
 __all__ = ["Resolution", "CpuMismatch", "resolve", "properties_for", "HOST_MODEL",

@@ -26,119 +26,21 @@ name= value=>`` per firmware pseudo-register the model sets (value
 
 from __future__ import annotations
 
-import hashlib
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 
 from libvirt_arm_cpu.errors import ParseError, UnknownName
 from libvirt_arm_cpu.kb.features import load as load_features
 from libvirt_arm_cpu.kb.firmware import SETTABLE
 from libvirt_arm_cpu.fileio import read_input
-from libvirt_arm_cpu.formats.profile import VCPU_FEATURES, HostProfile
-from libvirt_arm_cpu.kb.registers import U64_MAX, KnowledgeBase, format_ids, parse_ids
+from libvirt_arm_cpu.model import VCPU_FEATURES, CpuModel
+from libvirt_arm_cpu.kb.registers import U64_MAX, format_ids, parse_ids
 from libvirt_arm_cpu.xmlsafe import parse_untrusted, shown
 
-__all__ = ["CpuModel", "NAMESPACE", "to_xml", "from_xml", "read_model"]
+__all__ = ["NAMESPACE", "to_xml", "from_xml", "read_model"]
 
 NAMESPACE = "urn:x-libvirt-arm-cpu:cpu:1"
 _NS = "{" + NAMESPACE + "}"
-
-
-@dataclass
-class CpuModel:
-    values: dict[str, int]                      # register -> value
-    writable: dict[str, int]                    # register -> bits every source may change
-    imp_id_writable: bool = False               # every source has KVM capability 239
-    hosts: tuple[str, ...] = ()                 # where it came from
-    implementations: tuple[int, ...] = ()       # MIDRs the guest may run on
-    name: str = field(default="")
-    vcpu_off: tuple[str, ...] = ()              # vCPU features a guest runs with off (sorted)
-    # feature still on -> register -> value once it is off too (only those that
-    # change); a feature missing here cannot be switched off (unknown)
-    vcpu_effects: dict[str, dict[str, int]] = field(default_factory=dict)
-    # KVM firmware pseudo-registers the guest is given (libvirt_arm_cpu.
-    # firmware: PSCI version, hypercall bitmaps), None: kept out of its
-    # register list.  Empty: not managed, the guest has each host's own.
-    firmware: dict[str, int | None] = field(default_factory=dict)
-    # the registers a guest vCPU of this model may have (KVM ids, as QEMU
-    # migrates them): the loader keeps any other out of QEMU's list, so the
-    # migration stream never carries one a host of the model lacks.  None:
-    # not managed (the guest has each host's list)
-    reg_list: frozenset[int] | None = None
-
-    def __post_init__(self) -> None:
-        self.vcpu_off = tuple(sorted(set(self.vcpu_off)))
-        bad = [f for f in (*self.vcpu_off, *self.vcpu_effects) if f not in VCPU_FEATURES]
-        if bad:
-            raise ValueError(f"unknown vCPU feature '{bad[0]}' (known: {', '.join(VCPU_FEATURES)})")
-        if not self.name:
-            self.name = self.digest_name()
-
-    def digest_name(self) -> str:
-        text = ";".join(f"{k}={v:x}" for k, v in sorted(self.values.items()))
-        if self.vcpu_off:       # appended only then: older models keep their names
-            text += ";vcpu-off=" + ",".join(self.vcpu_off)
-        if self.reg_list is not None:
-            text += ";list=" + hashlib.sha256(" ".join(
-                f"{i:x}" for i in sorted(self.reg_list)).encode()).hexdigest()[:16]
-        if self.firmware:
-            text += ";firmware=" + ",".join(f"{k}={'-' if v is None else f'{v:x}'}"
-                                            for k, v in sorted(self.firmware.items()))
-        return "arm64-" + hashlib.sha256(text.encode()).hexdigest()[:12]
-
-    def can_switch_off(self, feature: str) -> bool:
-        return feature in self.vcpu_off or feature in self.vcpu_effects
-
-    def switched_off(self, off: tuple[str, ...] | set[str] | frozenset[str]) -> CpuModel:
-        """This model with the vCPU features *off* switched off as well.
-
-        :raise KeyError: for a feature whose effect is unknown (check
-            :meth:`can_switch_off`).
-        """
-        new = sorted(set(off) - set(self.vcpu_off))
-        if not new:
-            return self
-        values = dict(self.values)
-        for f in new:
-            values.update(self.vcpu_effects[f])
-        effects = {f: e for f, e in self.vcpu_effects.items() if f not in new}
-        return CpuModel(values, self.writable, self.imp_id_writable, self.hosts,
-                        self.implementations, vcpu_off=tuple(set(self.vcpu_off) | set(new)),
-                        vcpu_effects=effects, firmware=dict(self.firmware),
-                        reg_list=self.reg_list)
-
-    @classmethod
-    def from_profile(cls, p: HostProfile, kb: KnowledgeBase, label: str | None = None,
-                     off: tuple[str, ...] = ()) -> CpuModel:
-        """The model of exactly this host, as a guest with the vCPU features
-        *off* switched off sees it.  MPIDR (per-vCPU topology) is left out;
-        unknown masks (kernels before 6.7) mean nothing may change.
-
-        :raise DataError: *off* has a feature whose effect the profile does
-            not record (:meth:`HostProfile.can_switch_off`).
-        """
-        have = p.values(off)
-        keep = []
-        for r in p.registers:
-            reg = kb.by_encoding(*r.encoding)
-            if reg is not None and reg.kind == "affinity":
-                continue
-            keep.append(r)
-        values = {r.name: have.get(r.name, 0) for r in keep}
-        writable = {r.name: r.writable or 0 for r in keep}
-        effects = {}
-        for f in VCPU_FEATURES:
-            if f in off or not p.can_switch_off(f):
-                continue
-            more = p.values((*off, f))
-            effects[f] = {n: more.get(n, 0) for n in values if more.get(n, 0) != values[n]}
-        midrs = tuple(sorted({c.midr for c in p.cpus if c.midr is not None}
-                             | {values.get("MIDR_EL1", 0)}))
-        firmware = {n: v for n, v in (p.firmware or {}).items() if n in SETTABLE}
-        return cls(values, writable, p.capability("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS") > 0,
-                   (label or p.hostname,), midrs, vcpu_off=tuple(off), vcpu_effects=effects,
-                   firmware=firmware, reg_list=p.reg_ids(off))
 
 
 def _q(tag: str) -> str:

@@ -30,22 +30,22 @@ from __future__ import annotations
 import copy
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from libvirt_arm_cpu.errors import ParseError
 from libvirt_arm_cpu.kb.firmware import SETTABLE as FIRMWARE_SETTABLE
 from libvirt_arm_cpu.kb.registers import format_ids, parse_ids
+from libvirt_arm_cpu.model import (METADATA_FORMAT, METHOD_LOADER, METHOD_SYSREG, METHODS, VCPU_FEATURES, CpuFeature,
+                                   DomainCpu, Translation)
 from libvirt_arm_cpu.xmlsafe import parse_untrusted
 
-__all__ = ["NAMESPACE", "QEMU_NAMESPACE", "FORMAT_VERSION", "METHODS", "VCPU_FEATURES",
-           "CpuFeature", "DomainCpu", "Translation", "PassthroughCpu", "Pmu",
-           "QemuCommandline", "Domain", "POLICIES", "qemu_cpu_argument", "vcpu_options"]
+__all__ = ["NAMESPACE", "QEMU_NAMESPACE", "FORMAT_VERSION", "POLICIES", "PAUTH_LIBVIRT_VERSION",
+           "cpu_from_element", "translation_element", "translation_from_element",
+           "PassthroughCpu", "Pmu", "QemuCommandline", "Domain"]
 
 NAMESPACE = "urn:x-libvirt-arm-cpu:domain:1"
 QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
-# 2: the method and the vCPU features switched off (readers of format 1
-# would take a loader domain for plain host-passthrough: they must refuse it)
-FORMAT_VERSION = 2
+FORMAT_VERSION = METADATA_FORMAT
 _NS = "{" + NAMESPACE + "}"
 _QNS = "{" + QEMU_NAMESPACE + "}"
 
@@ -53,185 +53,125 @@ POLICIES = ("force", "require", "optional", "disable", "forbid")
 # <cpu> children a host-passthrough CPU takes as well
 _KEPT_CPU_CHILDREN = ("topology", "numa", "cache", "maxphysaddr")
 
-# How the guest gets its ID registers: QEMU's SYSREG_* properties on a second
-# -cpu, the preloaded loader (libvirt_arm_cpu.engine.loader), or nothing (the guest
-# is the host's CPU and neither is available: plain host-passthrough).
-METHOD_SYSREG, METHOD_LOADER, METHOD_NONE = "sysreg", "loader", "none"
-METHODS = (METHOD_SYSREG, METHOD_LOADER, METHOD_NONE)
 
-# The vCPU features a model can switch off (KVM's names, as in host
-# profiles), with QEMU's -cpu option and libvirt's element for each.
-# QEMU: docs/system/arm/cpu-features.rst (sve, pauth, pmu on -cpu host);
-# libvirt: src/cpu_map/arm_features.xml ('sve'; 'pauth' since libvirt 10.6,
-# NEWS v10.6.0) and <features><pmu state='off'/> (formatdomain "pmu").
-VCPU_FEATURES = ("pmu", "ptrauth", "sve")
-_QEMU_OPTION = {"sve": "sve", "ptrauth": "pauth", "pmu": "pmu"}
+# libvirt's element for each vCPU feature (model.VCPU_FEATURES):
+# src/cpu_map/arm_features.xml ('sve'; 'pauth' since libvirt 10.6, NEWS
+# v10.6.0) and <features><pmu state='off'/> (formatdomain "pmu").
 _LIBVIRT_CPU_FEATURE = {"sve": "sve", "ptrauth": "pauth"}      # pmu: <features><pmu>
 PAUTH_LIBVIRT_VERSION = 10_006_000
 
 
-def vcpu_options(off: tuple[str, ...] | list[str]) -> list[str]:
-    """QEMU -cpu options for the vCPU features switched off, in QEMU's names."""
-    return [f"{_QEMU_OPTION[name]}=off" for name in sorted(off)]
+def cpu_from_element(cpu: ET.Element, path: str) -> DomainCpu:
+    """A domain's ``<cpu>`` element as a :class:`DomainCpu`."""
+    model = cpu.find("model")
+    mode = cpu.get("mode") or ("custom" if model is not None else "")
+    feats = []
+    for f in cpu.findall("feature"):
+        name = (f.get("name") or "").strip()
+        policy = f.get("policy") or "require"
+        if not name:
+            raise ParseError(path, None, "<cpu><feature> without a name")
+        if policy not in POLICIES:
+            raise ParseError(path, None, f"<feature name='{name}'>: policy '{policy}' is "
+                             f"not one of {', '.join(POLICIES)}")
+        feats.append(CpuFeature(policy, name, f.get("value")))
+    return DomainCpu(mode, cpu.get("match"),
+               (model.text or "").strip() if model is not None else None,
+               model.get("fallback") if model is not None else None, feats)
 
 
-def qemu_cpu_argument(properties: list[tuple[str, int]], off: tuple[str, ...] = ()) -> str:
-    """The value of the SYSREG method's second -cpu: the vCPU options libvirt
-    writes into its own -cpu (the second replaces the first, so they are
-    repeated here), then the properties."""
-    return "host" + "".join("," + o for o in vcpu_options(off)) + \
-        "".join(f",{name}={value:#x}" for name, value in properties)
+
+def translation_element(t: Translation) -> ET.Element:
+    """The ``<metadata>`` element of a :class:`Translation`."""
+    # format 1 where a reader of format 1 understands it (sysreg, no vCPU
+    # feature off), so hooks not yet upgraded still check such domains
+    plain = (t.method == METHOD_SYSREG and not t.vcpu_off and not t.original_pmu
+             and not t.firmware and t.reg_list is None)
+    attrs = {"version": "1" if plain else str(FORMAT_VERSION), "model": t.model}
+    if not plain:
+        attrs["method"] = t.method
+    root = ET.Element(_NS + "cpu", attrs)
+    ET.SubElement(root, _NS + "original").text = t.original_cpu
+    if t.original_pmu:
+        ET.SubElement(root, _NS + "original-pmu").text = t.original_pmu
+    ET.SubElement(root, _NS + "host", {"name": t.host, "fingerprint": t.fingerprint})
+    for name in sorted(t.vcpu_off):
+        ET.SubElement(root, _NS + "vcpu-feature", {"name": name, "state": "off"})
+    for name in sorted(t.values):
+        ET.SubElement(root, _NS + "register", {"name": name,
+                                               "value": f"0x{t.values[name]:016x}"})
+    for name, fw in sorted(t.firmware.items()):
+        ET.SubElement(root, _NS + "firmware",
+                      {"name": name, "value": "absent" if fw is None else f"{fw:#x}"})
+    if t.reg_list is not None:
+        ET.SubElement(root, _NS + "register-list").text = format_ids(t.reg_list)
+    for name, value in t.properties:
+        ET.SubElement(root, _NS + "property", {"name": name, "value": f"{value:#x}"})
+    return root
 
 
-@dataclass(frozen=True)
-class CpuFeature:
-    policy: str
-    name: str
-    value: str | None = None       # SYSREG_<REG>_<FIELD> features carry a value
-
-
-@dataclass
-class DomainCpu:
-    mode: str
-    match: str | None
-    model: str | None
-    fallback: str | None
-    features: list[CpuFeature] = field(default_factory=list)
-
-    @classmethod
-    def from_element(cls, cpu: ET.Element, path: str) -> DomainCpu:
-        model = cpu.find("model")
-        mode = cpu.get("mode") or ("custom" if model is not None else "")
-        feats = []
-        for f in cpu.findall("feature"):
-            name = (f.get("name") or "").strip()
-            policy = f.get("policy") or "require"
-            if not name:
-                raise ParseError(path, None, "<cpu><feature> without a name")
-            if policy not in POLICIES:
-                raise ParseError(path, None, f"<feature name='{name}'>: policy '{policy}' is "
-                                 f"not one of {', '.join(POLICIES)}")
-            feats.append(CpuFeature(policy, name, f.get("value")))
-        return cls(mode, cpu.get("match"),
-                   (model.text or "").strip() if model is not None else None,
-                   model.get("fallback") if model is not None else None, feats)
-
-
-@dataclass
-class Translation:
-    """What translate resolved, kept in the domain's <metadata>."""
-
-    original_cpu: str                       # the <cpu> element as written, "" if none
-    values: dict[str, int]                  # the guest's ID registers
-    properties: list[tuple[str, int]]       # SYSREG_* given to QEMU on the host below
-    host: str = ""                          # host name the QEMU input was made for
-    fingerprint: str = ""                   # that host profile's fingerprint
-    model: str = ""                         # the CPU model's name
-    version: int = FORMAT_VERSION
-    method: str = METHOD_SYSREG             # sysreg | loader | none (see METHODS)
-    vcpu_off: tuple[str, ...] = ()          # vCPU features the guest runs without
-    original_pmu: str = ""                  # the <features><pmu> we replaced, "" if none
-    # firmware pseudo-registers the model sets (None: kept out of the guest's
-    # register list); empty: not managed
-    firmware: dict[str, int | None] = field(default_factory=dict)
-    # the registers the guest's vCPU may have (KVM ids); None: not managed
-    reg_list: frozenset[int] | None = None
-
-    def to_element(self) -> ET.Element:
-        # format 1 where a reader of format 1 understands it (sysreg, no vCPU
-        # feature off), so hooks not yet upgraded still check such domains
-        plain = (self.method == METHOD_SYSREG and not self.vcpu_off and not self.original_pmu
-                 and not self.firmware and self.reg_list is None)
-        attrs = {"version": "1" if plain else str(FORMAT_VERSION), "model": self.model}
-        if not plain:
-            attrs["method"] = self.method
-        root = ET.Element(_NS + "cpu", attrs)
-        ET.SubElement(root, _NS + "original").text = self.original_cpu
-        if self.original_pmu:
-            ET.SubElement(root, _NS + "original-pmu").text = self.original_pmu
-        ET.SubElement(root, _NS + "host", {"name": self.host, "fingerprint": self.fingerprint})
-        for name in sorted(self.vcpu_off):
-            ET.SubElement(root, _NS + "vcpu-feature", {"name": name, "state": "off"})
-        for name in sorted(self.values):
-            ET.SubElement(root, _NS + "register", {"name": name,
-                                                   "value": f"0x{self.values[name]:016x}"})
-        for name, fw in sorted(self.firmware.items()):
-            ET.SubElement(root, _NS + "firmware",
-                          {"name": name, "value": "absent" if fw is None else f"{fw:#x}"})
-        if self.reg_list is not None:
-            ET.SubElement(root, _NS + "register-list").text = format_ids(self.reg_list)
-        for name, value in self.properties:
-            ET.SubElement(root, _NS + "property", {"name": name, "value": f"{value:#x}"})
-        return root
-
-    @classmethod
-    def from_element(cls, elem: ET.Element, path: str) -> Translation:
+def translation_from_element(elem: ET.Element, path: str) -> Translation:
+    """Read this project's ``<metadata>`` element of a domain."""
+    try:
+        version = int(elem.get("version", "1"))
+    except ValueError:
+        raise ParseError(path, None, f"<metadata><cpu xmlns='{NAMESPACE}'> has version "
+                         f"'{elem.get('version')}', not a number") from None
+    if version > FORMAT_VERSION:
+        raise ParseError(path, None, f"the domain's CPU metadata is format {version}, "
+                         f"written by a newer libvirt-arm-cpu (this one reads format "
+                         f"{FORMAT_VERSION}): upgrade libvirt-arm-cpu on this host")
+    # format 1 knew the SYSREG method only
+    method = elem.get("method", METHOD_SYSREG)
+    if method not in METHODS:
+        raise ParseError(path, None, f"the domain's CPU metadata names method '{method}', "
+                         f"not one of {', '.join(METHODS)}")
+    host = elem.find(_NS + "host")
+    values, props = {}, []
+    try:
+        for r in elem.iter(_NS + "register"):
+            values[r.get("name", "")] = int(r.get("value", ""), 16)
+        for p in elem.iter(_NS + "property"):
+            props.append((p.get("name", ""), int(p.get("value", ""), 0)))
+    except ValueError:
+        raise ParseError(path, None, "the domain's CPU metadata has a register or "
+                         "property value that is not a number") from None
+    wide = [n for n, v in values.items() if not 0 <= v < 1 << 64]
+    if wide or "" in values:
+        raise ParseError(path, None, f"the domain's CPU metadata has <register name="
+                         f"'{(wide or [''])[0]}'>: expected a name and a 64-bit value")
+    fw: dict[str, int | None] = {}
+    for f in elem.iter(_NS + "firmware"):
+        name, text = f.get("name", ""), f.get("value", "")
+        if name not in FIRMWARE_SETTABLE or name in fw or not (
+                text == "absent" or re.fullmatch(r"0x[0-9a-fA-F]{1,16}", text)):
+            raise ParseError(path, None, f"the domain's CPU metadata has <firmware "
+                             f"name='{name}' value='{text}'>: expected one of "
+                             f"{', '.join(FIRMWARE_SETTABLE)}, each once, with a 0x hex "
+                             f"value or 'absent'")
+        fw[name] = None if text == "absent" else int(text, 16)
+    reg_list = None
+    lst = elem.find(_NS + "register-list")
+    if lst is not None:
         try:
-            version = int(elem.get("version", "1"))
+            reg_list = parse_ids(lst.text)
         except ValueError:
-            raise ParseError(path, None, f"<metadata><cpu xmlns='{NAMESPACE}'> has version "
-                             f"'{elem.get('version')}', not a number") from None
-        if version > FORMAT_VERSION:
-            raise ParseError(path, None, f"the domain's CPU metadata is format {version}, "
-                             f"written by a newer libvirt-arm-cpu (this one reads format "
-                             f"{FORMAT_VERSION}): upgrade libvirt-arm-cpu on this host")
-        # format 1 knew the SYSREG method only
-        method = elem.get("method", METHOD_SYSREG)
-        if method not in METHODS:
-            raise ParseError(path, None, f"the domain's CPU metadata names method '{method}', "
-                             f"not one of {', '.join(METHODS)}")
-        host = elem.find(_NS + "host")
-        values, props = {}, []
-        try:
-            for r in elem.iter(_NS + "register"):
-                values[r.get("name", "")] = int(r.get("value", ""), 16)
-            for p in elem.iter(_NS + "property"):
-                props.append((p.get("name", ""), int(p.get("value", ""), 0)))
-        except ValueError:
-            raise ParseError(path, None, "the domain's CPU metadata has a register or "
-                             "property value that is not a number") from None
-        wide = [n for n, v in values.items() if not 0 <= v < 1 << 64]
-        if wide or "" in values:
-            raise ParseError(path, None, f"the domain's CPU metadata has <register name="
-                             f"'{(wide or [''])[0]}'>: expected a name and a 64-bit value")
-        fw: dict[str, int | None] = {}
-        for f in elem.iter(_NS + "firmware"):
-            name, text = f.get("name", ""), f.get("value", "")
-            if name not in FIRMWARE_SETTABLE or name in fw or not (
-                    text == "absent" or re.fullmatch(r"0x[0-9a-fA-F]{1,16}", text)):
-                raise ParseError(path, None, f"the domain's CPU metadata has <firmware "
-                                 f"name='{name}' value='{text}'>: expected one of "
-                                 f"{', '.join(FIRMWARE_SETTABLE)}, each once, with a 0x hex "
-                                 f"value or 'absent'")
-            fw[name] = None if text == "absent" else int(text, 16)
-        reg_list = None
-        lst = elem.find(_NS + "register-list")
-        if lst is not None:
-            try:
-                reg_list = parse_ids(lst.text)
-            except ValueError:
-                raise ParseError(path, None, "the domain's CPU metadata has a <register-list> "
-                                 "that is not KVM register ids in hex") from None
-        off = []
-        for v in elem.iter(_NS + "vcpu-feature"):
-            name = v.get("name", "")
-            if name not in VCPU_FEATURES or v.get("state", "off") != "off":
-                raise ParseError(path, None, f"the domain's CPU metadata has <vcpu-feature "
-                                 f"name='{name}' state='{v.get('state')}'>: expected one of "
-                                 f"{', '.join(VCPU_FEATURES)}, state 'off'")
-            off.append(name)
-        return cls(elem.findtext(_NS + "original") or "", values, props,
-                   host.get("name", "") if host is not None else "",
-                   host.get("fingerprint", "") if host is not None else "",
-                   elem.get("model", ""), version, method, tuple(sorted(off)),
-                   elem.findtext(_NS + "original-pmu") or "", fw, reg_list)
+            raise ParseError(path, None, "the domain's CPU metadata has a <register-list> "
+                             "that is not KVM register ids in hex") from None
+    off = []
+    for v in elem.iter(_NS + "vcpu-feature"):
+        name = v.get("name", "")
+        if name not in VCPU_FEATURES or v.get("state", "off") != "off":
+            raise ParseError(path, None, f"the domain's CPU metadata has <vcpu-feature "
+                             f"name='{name}' state='{v.get('state')}'>: expected one of "
+                             f"{', '.join(VCPU_FEATURES)}, state 'off'")
+        off.append(name)
+    return Translation(elem.findtext(_NS + "original") or "", values, props,
+               host.get("name", "") if host is not None else "",
+               host.get("fingerprint", "") if host is not None else "",
+               elem.get("model", ""), version, method, tuple(sorted(off)),
+               elem.findtext(_NS + "original-pmu") or "", fw, reg_list)
 
-    @property
-    def qemu_cpu(self) -> str | None:
-        """The SYSREG method's second -cpu value, None when there is none."""
-        if self.method != METHOD_SYSREG or not self.properties:
-            return None
-        return qemu_cpu_argument(self.properties, self.vcpu_off)
 
 
 class PassthroughCpu:
@@ -402,7 +342,7 @@ class Domain:
     @property
     def cpu(self) -> DomainCpu | None:
         elem = self.root.find("cpu")
-        return DomainCpu.from_element(elem, self.path) if elem is not None else None
+        return cpu_from_element(elem, self.path) if elem is not None else None
 
     @property
     def pmu_off(self) -> bool:
@@ -416,7 +356,7 @@ class Domain:
     @property
     def translation(self) -> Translation | None:
         elem = self._metadata_element()
-        return Translation.from_element(elem, self.path) if elem is not None else None
+        return translation_from_element(elem, self.path) if elem is not None else None
 
     def cpu_arguments(self) -> list[str]:
         """The -cpu values in <qemu:commandline> (normally ours alone)."""
@@ -480,7 +420,7 @@ class Domain:
         if meta is None:
             meta = ET.Element("metadata")
             _insert_in_order(root, meta)
-        meta.append(t.to_element())
+        meta.append(translation_element(t))
         _apply_qemu_input(root, t, env)
         return Domain(root, self.path)
 
@@ -496,7 +436,7 @@ class Domain:
         assert meta is not None
         elem = meta.find(_NS + "cpu")
         assert elem is not None
-        meta[list(meta).index(elem)] = t.to_element()
+        meta[list(meta).index(elem)] = translation_element(t)
         _undo_qemu_input(root, old)
         _apply_qemu_input(root, t, env)
         return Domain(root, self.path)

@@ -9,20 +9,12 @@ beyond what hwcaps tell, no writable masks), and marked so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from libvirt_arm_cpu.errors import ParseError
+from libvirt_arm_cpu.model import HostCpu
 from libvirt_arm_cpu.xmlsafe import parse_untrusted, shown
 
-__all__ = ["HostCpu", "from_xml", "looks_like_host_cpu"]
-
-
-@dataclass(frozen=True)
-class HostCpu:
-    arch: str
-    model: str
-    vendor: str
-    features: frozenset[str]
+__all__ = ["from_xml", "looks_like_host_cpu"]
 
 
 def looks_like_host_cpu(data: bytes) -> bool:

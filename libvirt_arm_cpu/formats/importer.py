@@ -24,7 +24,7 @@ import json
 from libvirt_arm_cpu import __version__
 from libvirt_arm_cpu.formats.dump import parse_dump
 from libvirt_arm_cpu.errors import ParseError
-from libvirt_arm_cpu.formats.profile import Fingerprint, HostProfile, ProfileRegister, QemuInfo, CpuIdentity
+from libvirt_arm_cpu.model import Fingerprint, HostProfile, ProfileRegister, QemuInfo, CpuIdentity
 from libvirt_arm_cpu.kb.registers import (MUST_MATCH, KnowledgeBase, encoding_of_kvm_id, generic_name, in_feature_id_space, kvm_reg_id, writable_mask_index)
 
 __all__ = ["parse_values", "import_profile", "all_known_masks"]

@@ -18,186 +18,24 @@ is on a latency budget (the hook), when read.
 from __future__ import annotations
 
 import functools
-import hashlib
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 
 from libvirt_arm_cpu.kb.firmware import BY_NAME, FIRMWARE_REGISTERS
 from libvirt_arm_cpu.errors import DataError, ParseError
 from libvirt_arm_cpu.fileio import atomic_write, read_input
 from libvirt_arm_cpu.paths import schema_path
 from libvirt_arm_cpu.kb.registers import U64_MAX, format_ids, parse_ids
+from libvirt_arm_cpu.model import (VCPU_FEATURES, CpuIdentity, Fingerprint, HostProfile, LoaderInfo,
+                                   ProfileRegister, QemuInfo, VcpuOffValues)
 from libvirt_arm_cpu.xmlsafe import parse_untrusted, shown
 
-__all__ = ["HostProfile", "ProfileRegister", "QemuInfo", "LoaderInfo", "VcpuOffValues",
-           "CpuIdentity", "Fingerprint", "VCPU_FEATURES", "NAMESPACE", "to_xml", "from_xml",
-           "read_profile", "write_profile"]
+__all__ = ["NAMESPACE", "FORMAT_VERSION", "to_xml", "from_xml", "read_profile", "write_profile",
+           "validate", "to_json"]
 
 NAMESPACE = "urn:x-libvirt-arm-cpu:host:1"
 _NS = "{" + NAMESPACE + "}"
 FORMAT_VERSION = "1"
 
-# The optional vCPU features a KVM_ARM_VCPU_INIT takes and QEMU's `-cpu host`
-# switches (sve=off, pauth=off, pmu=off), by KVM's names.
-VCPU_FEATURES = ("pmu", "ptrauth", "sve")
-
-
-@dataclass
-class QemuInfo:
-    status: str                      # found, missing, error
-    path: str | None = None
-    version: str | None = None
-    sysreg: str = "unknown"          # yes, no, unknown: takes -cpu host,SYSREG_* properties?
-    detail: str | None = None        # why missing/unknown
-
-
-@dataclass
-class LoaderInfo:
-    """Is the ID register loader (libvirt_arm_cpu.engine.loader.LOADER_PATH) installed?"""
-
-    status: str = "missing"          # found, missing
-    path: str | None = None
-
-
-@dataclass
-class VcpuOffValues:
-    """What the ID registers read on a vCPU made with *features* switched off
-    (the rest as by default): only the registers that differ from the
-    default vCPU's values."""
-
-    features: tuple[str, ...]        # sorted
-    registers: dict[str, int]
-    # KVM_GET_REG_LIST of that vCPU against the default one (None: not probed)
-    list_removed: frozenset[int] | None = None
-    list_added: frozenset[int] | None = None
-
-
-@dataclass
-class CpuIdentity:
-    cpu: int
-    midr: int | None
-    revidr: int | None
-
-
-@dataclass
-class ProfileRegister:
-    name: str
-    encoding: tuple[int, int, int, int, int]
-    kvm_id: int
-    mask_index: int | None
-    value: int | None                # None: the kernel does not know the register
-    writable: int | None             # None: unknown (kernel without capability 230)
-
-
-@dataclass
-class Fingerprint:
-    """What, when it changes, makes a cached profile stale."""
-
-    components: dict[str, str]
-
-    @property
-    def digest(self) -> str:
-        text = "\n".join(f"{k}={v}" for k, v in sorted(self.components.items()))
-        return hashlib.sha256(text.encode()).hexdigest()
-
-
-@dataclass
-class HostProfile:
-    hostname: str
-    machine: str
-    kernel_release: str
-    kernel_version: str
-    probed_at: str                   # ISO 8601, UTC
-    tool_version: str
-    qemu: QemuInfo
-    vcpu_features: list[str]
-    capabilities: dict[str, tuple[int, int]]   # name -> (number, value)
-    cpus: list[CpuIdentity]
-    registers: list[ProfileRegister]
-    masks_known: bool
-    fingerprint: Fingerprint = field(default_factory=lambda: Fingerprint({}))
-    # None: the probe did not measure it (a profile written before it did):
-    # what switching a vCPU feature off does is unknown.
-    vcpu_off: list[VcpuOffValues] | None = None
-    loader: LoaderInfo = field(default_factory=LoaderInfo)
-    # KVM's firmware pseudo-registers (libvirt_arm_cpu.kb.firmware), name ->
-    # value, None where the kernel lacks one; None: not probed (older profile)
-    firmware: dict[str, int | None] | None = None
-    # KVM_GET_REG_LIST of the default vCPU, less the core and SVE registers
-    # (QEMU migrates those by other means): every register QEMU's migration
-    # stream carries for it.  None: not probed (older profile)
-    reg_list: frozenset[int] | None = None
-
-    @property
-    def heterogeneous(self) -> bool:
-        """Do the CPUs differ (big.LITTLE)?  Compared as MIDR_CPU_MODEL does,
-        plus variant and revision: any MIDR difference counts."""
-        return len({c.midr for c in self.cpus if c.midr is not None}) > 1
-
-    def can_switch_off(self, feature: str) -> bool:
-        """Is it known what a guest here reads with *feature* off?  True
-        when the host does not offer it (the guest never has it) or the
-        probe measured it."""
-        return feature not in self.vcpu_features or any(
-            o.features == (feature,) for o in self.vcpu_off or ())
-
-    def values(self, off: tuple[str, ...] | list[str] | frozenset[str] = ()) -> dict[str, int]:
-        """Register name -> value, for the registers this host has, as a
-        guest reads them with the vCPU features *off* switched off.
-
-        A set the probe measured as such is taken as measured; otherwise the
-        single-feature measurements are combined (the probe checks that
-        they are independent: it also measures all-off, and each pair when
-        all-off is not their combination).
-
-        :raise DataError: when a feature of *off* is one this host offers
-            but its profile does not say what switching it off does.
-        """
-        out = {r.name: r.value for r in self.registers if r.value is not None}
-        wanted = tuple(sorted(set(off) & set(self.vcpu_features)))
-        if not wanted:
-            return out
-        unknown = [f for f in wanted if not self.can_switch_off(f)]
-        if unknown:
-            raise DataError(f"host profile of {self.hostname or 'a host'} does not record the "
-                            f"ID registers with vCPU feature {unknown[0]} off (probed by an "
-                            f"older libvirt-arm-cpu): probe it again")
-        records = {o.features: o.registers for o in self.vcpu_off or ()}
-        if wanted in records:
-            out.update(records[wanted])
-        else:
-            for f in wanted:
-                out.update(records[(f,)])
-        return out
-
-    def reg_ids(self, off: tuple[str, ...] | list[str] | frozenset[str] = ()
-                ) -> frozenset[int] | None:
-        """The register list of a guest vCPU with the features *off*
-        switched off, as :meth:`values` combines measurements; None where
-        the profile does not record it."""
-        if self.reg_list is None:
-            return None
-        wanted = tuple(sorted(set(off) & set(self.vcpu_features)))
-        if not wanted:
-            return self.reg_list
-        records = {o.features: o for o in self.vcpu_off or ()}
-        parts = [records[wanted]] if wanted in records else [records.get((f,)) for f in wanted]
-        out = set(self.reg_list)
-        for o in parts:
-            if o is None or o.list_removed is None or o.list_added is None:
-                return None
-            out -= o.list_removed
-            out |= o.list_added
-        return frozenset(out)
-
-    def register(self, name: str) -> ProfileRegister | None:
-        for r in self.registers:
-            if r.name == name:
-                return r
-        return None
-
-    def capability(self, name: str) -> int:
-        return self.capabilities.get(name, (0, 0))[1]
 
 
 # -- XML ---------------------------------------------------------------------

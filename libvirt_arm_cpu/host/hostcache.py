@@ -13,7 +13,8 @@ import os
 
 from libvirt_arm_cpu.errors import ParseError
 from libvirt_arm_cpu.host.probe import current_fingerprint, probe_host
-from libvirt_arm_cpu.formats.profile import HostProfile, read_profile, write_profile
+from libvirt_arm_cpu.formats.profile import read_profile, write_profile
+from libvirt_arm_cpu.model import HostProfile
 
 __all__ = ["DEFAULT_CACHE", "cached_profile", "is_fresh"]
 

@@ -40,7 +40,7 @@ from libvirt_arm_cpu import __version__
 from libvirt_arm_cpu.errors import KvmPermission, NoKvm, NotArm64
 from libvirt_arm_cpu.kb.firmware import FIRMWARE_REGISTERS
 from libvirt_arm_cpu.host.kvm import CAPS, KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES, Kvm, KvmError, VcpuFeatures
-from libvirt_arm_cpu.formats.profile import (CpuIdentity, Fingerprint, HostProfile, LoaderInfo, ProfileRegister, QemuInfo, VcpuOffValues)
+from libvirt_arm_cpu.model import CpuIdentity, Fingerprint, HostProfile, LoaderInfo, ProfileRegister, QemuInfo, VcpuOffValues
 from libvirt_arm_cpu.kb.registers import KnowledgeBase, generic_name, kvm_reg_id, load, writable_mask_index
 
 from libvirt_arm_cpu.engine.loader import LOADER_PATH

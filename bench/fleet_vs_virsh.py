@@ -1,0 +1,401 @@
+#!/usr/bin/env python3
+"""cpu-baseline / cpu-compare over a fleet, paired with virsh's x86 cpu-baseline (issue 15).
+
+Whole processes, each row paired in one run: for every repetition our
+command and its anchor run back to back, and each column is the median
+of the repetitions.  Peak memory is the maximum resident set size of our
+process (os.wait4 of that child, so neither the generator nor virsh
+counts).
+
+Rows (N = 1,000 and 10,000; 100,000 with --big):
+
+  copies    cpu-baseline DIR, N profiles that are copies of two contents
+            (the two neoverse-n1 fixtures), each file with its own host
+            name, boot id and fingerprint digest;
+  distinct  cpu-baseline DIR, N profiles that all differ in content: the
+            neoverse-n1 6.12 fixture, each file its own identity AND its own
+            combination of lowered lower-safe fields (file i lowers fields
+            by the mixed-radix digits of i over the writable, lower-safe,
+            unsigned AArch64 fields, round-robin over the registers), so
+            de-duplication by content cannot help;
+  compare   cpu-compare takes one host per process: one process, median,
+            times N (extrapolated: an operator's shell loop); and, where
+            the package exposes it, the library's compare_many over the N
+            profiles in one Python process (reading included);
+  kinds     cpu-baseline --exclude-incompatible DIR and --pools DIR on
+            10,000 hosts of the fixtures' 18 kinds, cycled, each with its
+            own identity; against our plain copies baseline of the same N
+            (the issue's "within 2x") and the virsh anchor.
+
+Anchor: virsh -c test:///default cpu-baseline FILE, FILE holding N <cpu>
+elements (no wrapper: virsh reads top-level <cpu>s), each Skylake-Client
+with its 63 model features plus 36 a real Skylake host reports (99
+<feature> lines).  For the distinct shape CPU i drops the features named
+by the set bits of i (so all N differ).
+
+A row whose single run exceeds --timeout is killed and shown as ">T".
+A row stops repeating once it has used --row-budget seconds (the runs
+column says how many were taken).
+
+usage: python bench/fleet_vs_virsh.py [-n RUNS] [--big] [--sizes 1000,10000]
+                                      [--rows copies,distinct,compare,kinds]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "data" / "hosts"
+N1 = ("neoverse-n1-qemu7.2-linux6.12.xml", "neoverse-n1-qemu7.2-linux7.3.xml")
+VIRSH = ["virsh", "-c", "test:///default", "cpu-baseline"]
+CPU_MAP = Path("/usr/share/libvirt/cpu_map/x86_Skylake-Client.xml")
+# What a Skylake-Client host reports beyond the model (virsh capabilities).
+SKYLAKE_HOST_EXTRA = (
+    "ds acpi ss ht tm pbe dtes64 monitor ds_cpl vmx smx est tm2 xtpr pdcm osxsave "
+    "hypervisor tsc_adjust clflushopt intel-pt umip md-clear spec-ctrl stibp "
+    "arch-capabilities ssbd pdpe1gb ibpb ibrs amd-stibp amd-ssbd rdctl-no "
+    "skip-l1dfl-vmentry mds-no pschange-mc-no tsx-ctrl").split()
+# Fields KVM limits beyond the generic lower-safe rule, or that vCPU-feature
+# records repeat: not varied.
+SKIP_FIELDS = {"EL0", "EL1", "EL2", "EL3", "DebugVer", "PMUVer", "PerfMon", "CopDbg"}
+
+
+# -- profile generation (stdlib only: the package's internals may move) -------
+
+_HOSTNAME = re.compile(r'(<identity\b[^>]*?\bhostname=")[^"]*(")')
+_BOOT_ID = re.compile(r'(<component name="boot-id">)[^<]*(</component>)')
+_COMPONENT = re.compile(r'<component name="([^"]+)">([^<]*)</component>')
+_DIGEST = re.compile(r'(<fingerprint digest=")[0-9a-f]+(")')
+_REGISTER = re.compile(r'<register name="(\w+)" op0="[^>]*?value="(0x[0-9a-f]+)" '
+                       r'writable="(0x[0-9a-f]+)"')
+
+
+def personalise(text: str, i: int) -> str:
+    """The fixture as host i's own file: host name, boot id, digest."""
+    text = _HOSTNAME.sub(rf"\g<1>host{i:06d}\g<2>", text, count=1)
+    boot = f"{i:08x}-0000-4000-8000-{hashlib.sha1(str(i).encode()).hexdigest()[:12]}"
+    text = _BOOT_ID.sub(rf"\g<1>{boot}\g<2>", text, count=1)
+    comps = sorted(_COMPONENT.findall(text))
+    digest = hashlib.sha256("\n".join(f"{k}={v}" for k, v in comps).encode()).hexdigest()
+    return _DIGEST.sub(rf"\g<1>{digest}\g<2>", text, count=1)
+
+
+def lowerable_fields(cli: list[str], text: str) -> list[tuple[str, int, int, int]]:
+    """(register, lsb, width, host value) of every field the distinct shape
+    varies: AArch64 ID registers, lower-safe, unsigned, wholly writable,
+    non-zero on the host (asked of `libvirt-arm-cpu decode --json`)."""
+    regs = {n: (int(v, 16), int(w, 16)) for n, v, w in _REGISTER.findall(text)}
+    off = set(re.findall(r'<off\b.*?</off>', text, re.S))
+    in_off = {n for block in off for n in re.findall(r'name="(\w+)"', block)}
+    dump = "\n".join(f"{n}={v:#x}" for n, (v, _) in regs.items())
+    out = subprocess.run(cli + ["decode", "--file", "-", "--json"], input=dump.encode(),
+                         capture_output=True, check=True)
+    per_reg: list[list[tuple[str, int, int, int]]] = []
+    for reg in json.loads(out.stdout)["registers"]:
+        name = reg["name"]
+        if not name.startswith("ID_AA64") or name in in_off:
+            continue
+        fields = []
+        for f in reg["fields"]:
+            width = f["msb"] - f["lsb"] + 1
+            mask = ((1 << width) - 1) << f["lsb"]
+            if (f["policy"] == "lower-safe" and not f["signed"] and f["value"] > 0
+                    and f["name"] not in SKIP_FIELDS and regs[name][1] & mask == mask):
+                fields.append((name, f["lsb"], width, f["value"]))
+        if fields:
+            per_reg.append(fields)
+    ordered = []                 # round-robin over registers: early digits touch many
+    while any(per_reg):
+        for fields in per_reg:
+            if fields:
+                ordered.append(fields.pop(0))
+    return ordered
+
+
+def distinct_variant(text: str, fields: list[tuple[str, int, int, int]], i: int) -> str:
+    """Host i of the distinct shape: the mixed-radix digits of i over
+    *fields* (digit 0 keeps the host's value, k lowers the field to k-1)."""
+    changed: dict[str, int] = {}
+    values = {n: int(v, 16) for n, v, _ in _REGISTER.findall(text)}
+    rest = i
+    for name, lsb, width, host in fields:
+        rest, digit = divmod(rest, host + 1)
+        if digit:
+            v = changed.get(name, values[name])
+            mask = ((1 << width) - 1) << lsb
+            changed[name] = (v & ~mask) | ((digit - 1) << lsb)
+        if not rest:
+            break
+    if rest:
+        raise SystemExit(f"distinct shape: {i} exceeds the combinations of {len(fields)} fields")
+    for name, v in changed.items():
+        text = re.sub(rf'(<register name="{name}" op0="[^>]*?value=")0x[0-9a-f]+"',
+                      rf'\g<1>0x{v:016x}"', text, count=1)
+    return personalise(text, i)
+
+
+def write_fleet(directory: Path, n: int, make) -> Path:
+    directory.mkdir()
+    for i in range(n):
+        (directory / f"host{i:06d}.xml").write_text(make(i))
+    return directory
+
+
+def skylake_file(path: Path, n: int, distinct: bool) -> Path:
+    model = re.findall(r"<feature name='([^']+)'/>", CPU_MAP.read_text())
+    feats = model + [f for f in SKYLAKE_HOST_EXTRA if f not in model]
+    head = ("<cpu>\n  <arch>x86_64</arch>\n  <model>Skylake-Client</model>\n"
+            "  <vendor>Intel</vendor>\n  <topology sockets='1' cores='4' threads='2'/>\n")
+    with path.open("w") as out:
+        for i in range(n):
+            out.write(head)
+            for k, f in enumerate(feats):
+                if not (distinct and (i >> k) & 1):
+                    out.write(f"  <feature name='{f}'/>\n")
+            out.write("</cpu>\n")
+    return path
+
+
+# -- running ----------------------------------------------------------------------
+
+class Run:
+    def __init__(self, seconds: float, rss_mib: float, rc: int, timed_out: bool) -> None:
+        self.seconds, self.rss_mib, self.rc, self.timed_out = seconds, rss_mib, rc, timed_out
+
+
+def run(argv: list[str], out: Path, timeout: float, stdin: bytes | None = None) -> Run:
+    """One whole process: wall time, its own peak RSS, exit code."""
+    with out.open("wb") as fout, open(str(out) + ".err", "wb") as ferr:
+        t = time.perf_counter()
+        p = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else
+                             subprocess.DEVNULL, stdout=fout, stderr=ferr,
+                             start_new_session=True)
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            os.killpg(p.pid, signal.SIGKILL)
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        if stdin is not None:
+            assert p.stdin is not None
+            p.stdin.write(stdin)
+            p.stdin.close()
+        _, status, usage = os.wait4(p.pid, 0)
+        seconds = time.perf_counter() - t
+        timer.cancel()
+        p.returncode = os.waitstatus_to_exitcode(status)
+    return Run(seconds, usage.ru_maxrss / 1024, p.returncode, killed.is_set())
+
+
+def check(argv: list[str], out: Path, timeout: float, ok: tuple[int, ...] = (0,)) -> Run:
+    r = run(argv, out, timeout)
+    if not r.timed_out and r.rc not in ok:
+        err = Path(str(out) + ".err").read_text()[-2000:]
+        raise SystemExit(f"{shlex.join(argv[:6])} ... exited {r.rc}:\n{err}")
+    return r
+
+
+def paired(ours: list[str], anchor: list[str] | None, reps: int, work: Path,
+           timeout: float, budget: float) -> tuple[list[Run], list[Run]]:
+    """Our command and its anchor back to back, *reps* times (the first run
+    of each is a check that it succeeds, and is not timed)."""
+    first = check(ours, work / "ours.out", timeout)
+    a_runs: list[Run] = []
+    if anchor:
+        check(anchor, work / "anchor.out", timeout)
+    if first.timed_out:
+        return [first], a_runs
+    o_runs: list[Run] = []
+    start = time.perf_counter()
+    for _ in range(reps):
+        o_runs.append(check(ours, work / "ours.out", timeout))
+        if anchor:
+            a_runs.append(check(anchor, work / "anchor.out", timeout))
+        if o_runs[-1].timed_out:
+            break
+        used = time.perf_counter() - start
+        if used + used / len(o_runs) > budget:
+            break
+    return o_runs, a_runs
+
+
+def med(runs: list[Run]) -> float:
+    return statistics.median(r.seconds for r in runs)
+
+
+def fmt_s(runs: list[Run], timeout: float) -> str:
+    if runs and runs[-1].timed_out:
+        return f">{timeout:.0f} s"
+    return f"{med(runs):.2f} s" if runs else "-"
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, ...]] = []
+
+    def add(self, work: str, n: int, ours: list[Run], anchor: list[Run] | None,
+            anchor_label: str, timeout: float, note: str = "") -> None:
+        o = fmt_s(ours, timeout)
+        a = fmt_s(anchor, timeout) if anchor else "-"
+        if ours and anchor and not ours[-1].timed_out:
+            ratio = med(ours) / med(anchor)
+            r = f"{ratio:.1f}x slower" if ratio >= 1 else f"{1 / ratio:.1f}x faster"
+        elif ours and anchor:
+            r = f">{timeout / med(anchor):.0f}x slower"
+        else:
+            r = "-"
+        rss = f"{max(x.rss_mib for x in ours):.0f} MiB" if ours else "-"
+        self.rows.append((work, f"{n:,}", o, f"{anchor_label} {a}".strip(), r, rss,
+                          str(len(ours)), note))
+        print(" | ".join(self.rows[-1]), flush=True)
+
+    def markdown(self) -> str:
+        head = ("work", "N", "ours", "anchor", "ratio", "peak RSS (ours)", "runs", "note")
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines)
+
+
+LIBRARY_COMPARE = r"""
+import sys
+from libvirt_arm_cpu import service
+try:
+    from libvirt_arm_cpu.engine.compare import compare_many
+except ImportError:
+    from libvirt_arm_cpu.compare import compare_many
+try:
+    from libvirt_arm_cpu.kb import registers
+except ImportError:
+    from libvirt_arm_cpu import registers
+kb = registers.load()
+model = service.load_inputs([sys.argv[1]], kb)[0][1]
+profiles = [p for _, _, p in service.load_inputs([sys.argv[2]], kb)]
+verdicts = [c.result for c in compare_many(model, profiles, kb)]
+print(len(verdicts), sorted({str(v) for v in verdicts}))
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", type=int, default=5, help="paired runs per row (median; default 5)")
+    ap.add_argument("--big", action="store_true", help="add N = 100,000")
+    ap.add_argument("--sizes", default="1000,10000", help="N values (default 1000,10000)")
+    ap.add_argument("--kinds-n", type=int, default=10000, help="N of the 18-kind rows")
+    ap.add_argument("--rows", default="copies,distinct,compare,kinds")
+    ap.add_argument("--cli", default=str(ROOT / ".venv" / "bin" / "libvirt-arm-cpu"),
+                    help="our command (e.g. '.venv/bin/python -m libvirt_arm_cpu.cli.main')")
+    ap.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python"))
+    ap.add_argument("--fixtures", default=str(FIXTURES))
+    ap.add_argument("--timeout", type=float, default=120.0, help="per run, seconds")
+    ap.add_argument("--row-budget", type=float, default=25.0,
+                    help="stop repeating a row after this many seconds")
+    ap.add_argument("--keep", metavar="DIR", help="generate into DIR and keep it")
+    args = ap.parse_args()
+    cli = shlex.split(args.cli)
+    sizes = [int(s) for s in args.sizes.split(",")] + ([100000] if args.big else [])
+    rows = set(args.rows.split(","))
+    if shutil.which("virsh") is None:
+        raise SystemExit("virsh not found (contrib/setup.sh installs libvirt-clients)")
+    fixtures = {p.name: p.read_text() for p in sorted(Path(args.fixtures).glob("*.xml"))}
+    base = fixtures[N1[0]]
+    fields = lowerable_fields(cli, base)
+    virsh_version = subprocess.run(["virsh", "--version"], capture_output=True,
+                                   text=True).stdout.strip()
+    print(f"# {platform.machine()}, {os.cpu_count()} cores, {platform.node()}, "
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+          f"Python {platform.python_version()}, virsh {virsh_version}")
+    print(f"# distinct shape varies {len(fields)} fields: "
+          + ", ".join(f"{r.removeprefix('ID_AA64').removesuffix('_EL1')}[{lsb}]"
+                      for r, lsb, _, _ in fields[:12]) + ", ...")
+    print(f"# {args.n} paired runs per row (median), row budget {args.row_budget:.0f} s, "
+          f"timeout {args.timeout:.0f} s", flush=True)
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lac-fleet."))
+    tmp.mkdir(parents=True, exist_ok=True)
+    table = Table()
+    t_all = time.perf_counter()
+    try:
+        model = tmp / "model.xml"
+        check(cli + ["cpu-baseline", "-o", str(model)]
+              + [str(Path(args.fixtures) / f) for f in N1], tmp / "model.out", args.timeout)
+        two = [fixtures[f] for f in N1]
+        shapes = {
+            "copies": lambda i: personalise(two[i % 2], i),
+            "distinct": lambda i: distinct_variant(base, fields, i),
+        }
+        for n in sizes:
+            for shape in ("copies", "distinct"):
+                if shape not in rows and "compare" not in rows:
+                    continue
+                d = write_fleet(tmp / f"{shape}-{n}", n, shapes[shape])
+                x86 = skylake_file(tmp / f"x86-{shape}-{n}.xml", n, shape == "distinct")
+                anchor = VIRSH + [str(x86)]
+                if shape in rows:
+                    o, a = paired(cli + ["cpu-baseline", str(d)], anchor, args.n, tmp,
+                                  args.timeout, args.row_budget)
+                    table.add(f"cpu-baseline DIR, {shape}", n, o, a, "virsh", args.timeout)
+                if "compare" in rows:
+                    one = next(d.iterdir())
+                    o, a = paired(cli + ["cpu-compare", str(model), str(one)], None, args.n,
+                                  tmp, args.timeout, args.row_budget)
+                    per = med(o)
+                    ext = [Run(per * n, o[0].rss_mib, 0, False)]
+                    _, a = paired(anchor, None, args.n, tmp, args.timeout, args.row_budget)
+                    table.add(f"cpu-compare, {shape}: {per * 1000:.0f} ms/process x N", n,
+                              ext, a, "virsh baseline", args.timeout,
+                              "extrapolated: the CLI compares one host per process")
+                    lib = [args.python, "-c", LIBRARY_COMPARE, str(model), str(d)]
+                    try:
+                        o, a = paired(lib, anchor, args.n, tmp, args.timeout, args.row_budget)
+                    except SystemExit as err:
+                        print(f"# library compare_many not measured: {err}", flush=True)
+                    else:
+                        table.add(f"library compare_many, {shape} (one process)", n, o, a,
+                                  "virsh baseline", args.timeout, "not a CLI command")
+                shutil.rmtree(d)
+                x86.unlink()
+        if "kinds" in rows:
+            n = args.kinds_n
+            kinds = list(fixtures.values())
+            d = write_fleet(tmp / f"kinds-{n}", n, lambda i: personalise(kinds[i % len(kinds)], i))
+            c = write_fleet(tmp / f"copies-{n}", n, lambda i: personalise(two[i % 2], i))
+            x86 = skylake_file(tmp / f"x86-copies-{n}.xml", n, False)
+            plain, a = paired(cli + ["cpu-baseline", str(c)], VIRSH + [str(x86)], args.n, tmp,
+                              args.timeout, args.row_budget)
+            table.add("cpu-baseline DIR, copies (reference)", n, plain, a, "virsh",
+                      args.timeout)
+            for opt in ("--exclude-incompatible", "--pools"):
+                o, a = paired(cli + ["cpu-baseline", opt, str(d)], VIRSH + [str(x86)], args.n,
+                              tmp, args.timeout, args.row_budget)
+                vs = ("" if o[-1].timed_out else
+                      f"{med(o) / med(plain):.1f}x our plain copies baseline")
+                table.add(f"cpu-baseline {opt} DIR, {len(kinds)} kinds", n, o, a, "virsh",
+                          args.timeout, vs)
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print(table.markdown())
+    print(f"\n# whole run {time.perf_counter() - t_all:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
