@@ -26,7 +26,7 @@ from dataclasses import replace
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from libvirt_arm_cpu.kb import registers  # noqa: E402
+from libvirt_arm_cpu.kb import load as kb_load  # noqa: E402
 from libvirt_arm_cpu.engine.baseline import baseline  # noqa: E402
 from libvirt_arm_cpu.engine.compare import compare_many  # noqa: E402
 from libvirt_arm_cpu.service import load_inputs  # noqa: E402
@@ -37,7 +37,7 @@ FIXTURE = ROOT / "tests/data/hosts/neoverse-n1-qemu7.2-linux6.12.xml"
 
 
 def fleet(n: int, directory: Path, distinct: int = 4) -> list[Path]:
-    kb = registers.load()
+    kb = kb_load.registers()
     base = read_profile(str(FIXTURE), validate_schema=False)
     rnd = random.Random(1)
     kinds = []
@@ -64,14 +64,14 @@ def fleet(n: int, directory: Path, distinct: int = 4) -> list[Path]:
 
 def main(argv: list[str]) -> int:
     sizes = [int(a) for a in argv[1:]] or [10, 100, 1000, 10000]
-    kb = registers.load()
+    kb = kb_load.registers()
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             paths = fleet(n, Path(tmp))
             t0 = time.perf_counter()
             inputs = load_inputs([str(p) for p in paths], kb)     # what cpu-baseline reads
             t1 = time.perf_counter()
-            result = baseline([m for _, m, _ in inputs], kb, [label for label, _, _ in inputs])
+            result = baseline([m for _, m, _ in inputs], kb, kb_load.dependencies(), [label for label, _, _ in inputs])
             t2 = time.perf_counter()
             assert result.ok
             t3 = time.perf_counter()     # compare: reading the profiles again, included

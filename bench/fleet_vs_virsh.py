@@ -276,6 +276,7 @@ class Table:
 
 LIBRARY_COMPARE = r"""
 import sys
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu import service
 try:
     from libvirt_arm_cpu.engine.compare import compare_many
@@ -285,7 +286,7 @@ try:
     from libvirt_arm_cpu.kb import registers
 except ImportError:
     from libvirt_arm_cpu import registers
-kb = registers.load()
+kb = kb_load.registers()
 model = service.load_inputs([sys.argv[1]], kb)[0][1]
 profiles = [p for _, _, p in service.load_inputs([sys.argv[2]], kb)]
 verdicts = [c.result for c in compare_many(model, profiles, kb)]

@@ -20,17 +20,17 @@ import time
 
 
 def in_process(runs: int) -> dict[str, float]:
-    from libvirt_arm_cpu.kb import features, implementers, registers
+    from libvirt_arm_cpu.kb import load as kb_load
 
     out = {}
-    for name, fn in (("registers.xml", lambda: registers.load()),
-                     ("features.xml (+registers)", lambda: features.load()),
-                     ("implementers.xml", lambda: implementers.load())):
+    for name, fn in (("registers.xml", lambda: kb_load.registers()),
+                     ("features.xml (+registers)", lambda: kb_load.features()),
+                     ("implementers.xml", lambda: kb_load.implementers())):
         times = []
         for _ in range(runs):
-            registers.load.cache_clear()
-            features.load.cache_clear()
-            implementers.load.cache_clear()
+            kb_load.registers.cache_clear()
+            kb_load.features.cache_clear()
+            kb_load.implementers.cache_clear()
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
@@ -41,8 +41,8 @@ def in_process(runs: int) -> dict[str, float]:
 def whole_process(runs: int) -> dict[str, float]:
     snippets = {
         "python -c pass": "pass",
-        "import registers + load": "from libvirt_arm_cpu import registers; registers.load()",
-        "import features + load": "from libvirt_arm_cpu import features; features.load()",
+        "import registers + load": "from libvirt_arm_cpu.kb import load; load.registers()",
+        "import features + load": "from libvirt_arm_cpu.kb import load; load.features()",
     }
     out = {}
     for name, code in snippets.items():

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from libvirt_arm_cpu.kb import registers  # noqa: E402
+from libvirt_arm_cpu.kb import load as kb_load  # noqa: E402
 from libvirt_arm_cpu.model import CpuModel  # noqa: E402
 from libvirt_arm_cpu.formats.profile import read_profile  # noqa: E402
 from libvirt_arm_cpu.engine.translate import loader_environment  # noqa: E402
@@ -75,7 +75,7 @@ def main() -> int:
     ap.add_argument("-n", "--runs", type=int, default=5)
     ap.add_argument("--smp", default="1,4", help="vCPU counts (default 1,4)")
     args = ap.parse_args()
-    kb = registers.load()
+    kb = kb_load.registers()
     profile = read_profile(str(FIXTURES / "neoverse-n1-qemu7.2-linux7.3.xml"))
     values = dict(CpuModel.from_profile(profile, kb).values)
     for field in ("DP", "RDM"):

@@ -21,11 +21,12 @@ sys.path.insert(0, str(ROOT))
 
 from libvirt_arm_cpu.errors import Error  # noqa: E402
 from libvirt_arm_cpu.fileio import atomic_write  # noqa: E402
-from libvirt_arm_cpu.kb.registers import load, parse_u64  # noqa: E402
+from libvirt_arm_cpu.kb.registers import parse_u64  # noqa: E402
+from libvirt_arm_cpu.kb.load import registers as load_kb  # noqa: E402
 
 
 def dump_text(model: dict) -> str:
-    kb = load()
+    kb = load_kb()
     values = {"MIDR_EL1": model["midr"], "REVIDR_EL1": model["revidr"], "CTR_EL0": model["ctr"]}
     values.update(model["regs"])
     regs = sorted(((kb.register(n), parse_u64(v, n)) for n, v in values.items()),

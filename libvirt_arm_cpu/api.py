@@ -27,7 +27,8 @@ from dataclasses import replace
 
 import libvirt
 
-from libvirt_arm_cpu.kb import dependencies, features, registers
+from libvirt_arm_cpu.kb import load as kb_load
+from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu.engine.baseline import baseline
 from libvirt_arm_cpu.service import find_model, host_profile, load_input, model_features, translate_domain
 from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, SUPERSET, Reason, compare
@@ -94,7 +95,7 @@ def validate_domain(conn_or_profile: libvirt.virConnect | HostProfile | str,
     if t is None:
         raise UsageError("the domain has no libvirt-arm-cpu metadata: translate or define it "
                          "with libvirt_arm_cpu first")
-    return validate_values(t.values, dom.cpu_arguments(), host, registers.load())
+    return validate_values(t.values, dom.cpu_arguments(), host, kb_load.registers())
 
 
 def _cpu_input(xml: str, kb: registers.KnowledgeBase, index: int) -> CpuModel:
@@ -121,9 +122,9 @@ def baseline_hypervisor_cpu(conn: libvirt.virConnect, emulator: str | None, arch
                                           flags)
     if not xmlCPUs:
         raise UsageError("baseline of no CPUs")
-    kb = registers.load()
+    kb = kb_load.registers()
     models = [_cpu_input(x, kb, i) for i, x in enumerate(xmlCPUs)]
-    result = baseline(models, kb)
+    result = baseline(models, kb, kb_load.dependencies())
     if not result.ok:
         reasons = [Reason(c.register, c.field, "conflict", None, None, str(c))
                    for c in result.conflicts]
@@ -148,7 +149,7 @@ def compare_hypervisor_cpu(conn: libvirt.virConnect, emulator: str | None, arch:
     if arch != ARCH:
         return conn.compareHypervisorCPU(emulator, arch, machine, virttype, xmlCPU, flags)
     profile = _host(host)
-    kb = registers.load()
+    kb = kb_load.registers()
     data = xmlCPU.encode()
     reasons: list[Reason]
     if MODEL_NAMESPACE.encode() in data:
@@ -157,7 +158,7 @@ def compare_hypervisor_cpu(conn: libvirt.virConnect, emulator: str | None, arch:
     else:
         cpu = cpu_from_element(parse_untrusted(data, "xmlCPU"), "xmlCPU")
         try:
-            r = resolve(cpu, profile, kb, features.load(), dependencies.load(), find_model)
+            r = resolve(cpu, profile, kb, kb_load.features(), kb_load.dependencies(), find_model)
             verdict, reasons = (IDENTICAL if r.identical else SUPERSET), []
         except CpuMismatch as e:
             verdict, reasons = INCOMPATIBLE, e.reasons or [Reason("", None, "feature", None,

@@ -26,6 +26,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.errors import Error
 
 __all__ = ["run", "CHECKED"]
@@ -108,7 +109,6 @@ def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
 def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, bytes | None]:
     """(refusal message or None, rewritten XML or None)."""
     # imported here: a domain without our metadata never gets this far
-    from libvirt_arm_cpu.kb import registers
     from libvirt_arm_cpu.engine.compare import IDENTICAL
     from libvirt_arm_cpu.formats.domain import Domain
     from libvirt_arm_cpu.model import METHOD_LOADER, Translation
@@ -121,7 +121,7 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
     if t is None:               # the namespace appeared elsewhere: not ours to judge
         return None, None
     host = configured_profile(conf)
-    kb = registers.load()
+    kb = kb_load.registers()
     try:
         v = validate_translated(dom, host)
     except UnknownName as e:

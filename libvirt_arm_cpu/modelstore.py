@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu import settings
 from libvirt_arm_cpu.formats.cpumodel import from_xml, to_xml
 from libvirt_arm_cpu.model import CpuModel
@@ -60,7 +61,7 @@ def find(name: str) -> CpuModel:
     """
     path = path_of(name)
     if os.path.exists(path):
-        return from_xml(read_input(path), path)
+        return from_xml(read_input(path), path, kb_load.features())
     err = UnknownName("CPU model", name, names())
     raise UsageError(f"{err} (saved CPU models are in {directory()}; make one with "
                      f"'libvirt-arm-cpu cpu-baseline --save')")

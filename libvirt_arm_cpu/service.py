@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 
-from libvirt_arm_cpu.kb import dependencies, features, registers
+from libvirt_arm_cpu.kb import load as kb_load
+from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu import modelstore
 from libvirt_arm_cpu import settings as settings_mod
 from libvirt_arm_cpu.formats.cpumodel import from_xml as model_from_xml
@@ -88,7 +89,7 @@ def load_input(data: bytes, path: str, label: str, kb: registers.KnowledgeBase,
     the knowledge base; one already in *seen* only has its identity
     checked) or a saved model (profile None)."""
     if b"<hostprofile" not in data[:400]:
-        return model_from_xml(data, path), None
+        return model_from_xml(data, path, kb_load.features()), None
     key = profile_key(data)
     if seen is not None and key is not None and key in seen:
         check_identity(data, path)
@@ -129,7 +130,7 @@ def check_against_kb(p: HostProfile, kb: registers.KnowledgeBase, path: str) -> 
 def resolve_model(spec: str) -> tuple[str, CpuModel]:
     """A model file, or the name of a saved model (libvirt_arm_cpu.modelstore)."""
     if os.path.exists(spec) or spec == "-":
-        return spec, model_from_xml(read_input(spec), spec)
+        return spec, model_from_xml(read_input(spec), spec, kb_load.features())
     if os.sep in spec or spec.endswith(".xml"):
         raise UsageError(f"{spec}: no such file (and a saved CPU model is named without a "
                          f"path)")
@@ -146,13 +147,13 @@ def resolve_cpu(spec: str, kb: registers.KnowledgeBase
             label = "stdin" if spec == "-" else os.path.splitext(os.path.basename(spec))[0]
             model, profile = load_input(data, spec, label, kb)
             return spec, model, profile
-        return spec, model_from_xml(data, spec), None
+        return spec, model_from_xml(data, spec, kb_load.features()), None
     source, model = resolve_model(spec)
     return source, model, None
 
 
 def model_features(model: CpuModel, all_names: bool) -> list[str]:
-    present = features.load().present(model.values)
+    present = kb_load.features().present(model.values)
     return [f.key for f in present if all_names or f.kind == "hwcap"]
 
 
@@ -172,7 +173,7 @@ def translate_domain(data: bytes, source: str, host: HostProfile,
         raise UsageError(f"{source}: the domain already sets {taken[0]} in <qemu:commandline>: "
                          f"the loader method needs it (remove it, or keep the domain "
                          f"untranslated)")
-    r = resolve(cpu, host, registers.load(), features.load(), dependencies.load(), find_model,
+    r = resolve(cpu, host, kb_load.registers(), kb_load.features(), kb_load.dependencies(), find_model,
                 method)
     if base.pmu_off and "pmu" not in r.vcpu_off:
         raise CpuMismatch(f"{source}: the domain switches the PMU off (<features><pmu "
@@ -188,7 +189,7 @@ def validate_translated(dom: Domain, host: HostProfile) -> Validation:
     """The hook's check of a translated domain against *host*."""
     t = dom.translation
     assert t is not None
-    return validate(t.values, dom.cpu_arguments(), host, registers.load(),
+    return validate(t.values, dom.cpu_arguments(), host, kb_load.registers(),
                     vcpu_off=t.vcpu_off, current_env=dom.loader_env(), current_method=t.method,
                     firmware_values=t.firmware, reg_list=t.reg_list)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.cli import main as cli
 from libvirt_arm_cpu.kb import features, registers
 
@@ -41,12 +42,12 @@ SHARED_DATA = _shared_data()
 
 @pytest.fixture(scope="session")
 def kb() -> registers.KnowledgeBase:
-    return registers.load()
+    return kb_load.registers()
 
 
 @pytest.fixture(scope="session")
 def catalog() -> features.FeatureCatalog:
-    return features.load()
+    return kb_load.features()
 
 
 @pytest.fixture(scope="session")

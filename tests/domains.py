@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.formats import profile as profile_mod
-from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu.engine.baseline import baseline
 from libvirt_arm_cpu.formats.cpumodel import to_xml
 from libvirt_arm_cpu.model import CpuModel
@@ -59,10 +59,10 @@ def with_loader(src: Path, dest: Path, hostname: str, path: Path) -> Path:
 
 def save_model(models_dir: Path, *profiles: Path) -> str:
     """cpu-baseline --save of the given hosts; returns the model's name."""
-    kb = registers.load()
+    kb = kb_load.registers()
     models = [CpuModel.from_profile(profile_mod.read_profile(str(p)), kb, p.stem)
               for p in profiles]
-    result = baseline(models, kb)
+    result = baseline(models, kb, kb_load.dependencies())
     assert result.ok, result.conflicts
     models_dir.mkdir(parents=True, exist_ok=True)
     (models_dir / f"{result.model.name}.xml").write_bytes(to_xml(result.model, []))

@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.formats import cpumodel, hostcpu, importer, profile
 from libvirt_arm_cpu.engine import loader
 from libvirt_arm_cpu.kb import registers
@@ -28,7 +29,7 @@ DUMP = HERE.parent / "contrib" / "examples" / "qemu-neoverse-n1.regs"
 
 @functools.lru_cache(maxsize=None)
 def _kb() -> registers.KnowledgeBase:
-    return registers.load()
+    return kb_load.registers()
 
 
 def _profile(data: bytes) -> None:

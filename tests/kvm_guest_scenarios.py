@@ -11,9 +11,9 @@ import subprocess
 import sys
 
 from libvirt_arm_cpu.formats.profile import read_profile
-from libvirt_arm_cpu.kb.registers import load
+from libvirt_arm_cpu.kb.load import registers as load_kb
 
-kb = load()
+kb = load_kb()
 profile = read_profile("/out/host.xml", validate_schema=False)
 values = profile.values()
 masks = {r.name: r.writable for r in profile.registers}

@@ -44,12 +44,12 @@ def fidelity_requests(host: Host) -> dict[str, dict[str, str]]:
     kernel, and every other host's own model.  Each request holds the vCPU
     features the model switches off ("off") and only the registers that
     differ from what *host* reads with them off ("regs")."""
-    from libvirt_arm_cpu.kb import registers
     from libvirt_arm_cpu.engine.baseline import baseline
     from libvirt_arm_cpu.model import CpuModel
     from libvirt_arm_cpu.formats.profile import read_profile
+    from libvirt_arm_cpu.kb import load as kb_load
 
-    kb = registers.load()
+    kb = kb_load.registers()
     profiles = {h.id: read_profile(str(h.fixture), validate_schema=False)
                 for h in hosts() if h.fixture.exists()}
     if host.id not in profiles:
@@ -61,7 +61,7 @@ def fidelity_requests(host: Host) -> dict[str, dict[str, str]]:
         if other == host.id:
             continue
         candidates[f"own:{other}"] = m
-        pair = baseline([mine, m], kb, [host.id, other])
+        pair = baseline([mine, m], kb, kb_load.dependencies(), [host.id, other])
         if pair.ok:
             candidates[f"pair:{other}"] = pair.model
         else:
@@ -85,7 +85,7 @@ def fidelity_requests(host: Host) -> dict[str, dict[str, str]]:
         # other field's rule even where MIDR alone would refuse
         alike = CpuModel({**m.values, **{r: mine.values.get(r, 0) for r in IMPL_REGS}},
                          m.writable, m.imp_id_writable, m.hosts, m.implementations)
-        pair = baseline([mine, alike], kb)
+        pair = baseline([mine, alike], kb, kb_load.dependencies())
         if pair.ok:
             candidates[f"fields:{other}"] = pair.model
     for seed in range(6):
@@ -93,7 +93,7 @@ def fidelity_requests(host: Host) -> dict[str, dict[str, str]]:
     for rule_id, model in repaired(mine, kb).items():
         candidates[f"repaired:{rule_id}"] = model
     same_kernel = [m for k, m in models.items() if k.endswith(f"linux{host.kernel}")]
-    whole = baseline(same_kernel, kb)
+    whole = baseline(same_kernel, kb, kb_load.dependencies())
     if whole.ok:
         candidates["all-on-kernel"] = whole.model
     me = profiles[host.id]
@@ -115,11 +115,11 @@ def repaired(model, kb, limit: int = 8) -> dict:
     """Up to *limit* models made by lowering, within what this host
     accepts, one field a dependency rule reads so that the rule breaks,
     then repairing with the consistency module: each must run on the host."""
-    from libvirt_arm_cpu.kb import dependencies
     from libvirt_arm_cpu.engine.consistency import make_consistent
     from libvirt_arm_cpu.model import CpuModel
     from libvirt_arm_cpu.engine.rules import source_accepts
-    book = dependencies.load()
+    from libvirt_arm_cpu.kb import load as kb_load
+    book = kb_load.dependencies()
     out = {}
     for rule in book.enforced:
         if len(out) >= limit or rule.violated(model.values):
@@ -176,10 +176,10 @@ def lowered(model, kb, seed: int):
 
 FIDELITY_SNIPPET = """\
 import json
-from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.host.probe import open_kvm
 from libvirt_arm_cpu.host.tryapply import try_apply
-kb = registers.load()
+kb = kb_load.registers()
 requests = json.load(open("/tmp/fidelity-requests.json"))
 out = {}
 with open_kvm() as kvm:
@@ -211,9 +211,9 @@ echo "$t0 $t1" > /out/probe.seconds
 [ -f /out/host.xml ] && python3 - > /out/probe-timing.json 2>/out/probe-timing.stderr <<'TIMING_EOF'
 # The probe's KVM part with and without the vCPU-feature-off variants, 3 runs each
 import json, time
-from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.host.probe import open_kvm, probe_kvm
-kb = registers.load()
+kb = kb_load.registers()
 out = {"default_ms": [], "with_variants_ms": []}
 with open_kvm() as kvm:
     for _ in range(3):

@@ -7,7 +7,7 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.engine.baseline import baseline
 from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare
 from libvirt_arm_cpu.formats.cpumodel import from_xml, to_xml
@@ -18,7 +18,7 @@ from libvirt_arm_cpu.engine.rules import covers
 
 from .kvm_hosts import FIXTURES
 
-KB = registers.load()
+KB = kb_load.registers()
 PROFILES = {p.stem: read_profile(str(p), validate_schema=False)
             for p in sorted(FIXTURES.glob("*.xml"))}
 MODELS = {name: CpuModel.from_profile(p, KB, name) for name, p in PROFILES.items()}
@@ -60,7 +60,7 @@ def same(a: CpuModel, b: CpuModel) -> bool:
 def test_commutative(pool, rnd):
     shuffled = list(pool)
     rnd.shuffle(shuffled)
-    a, b = baseline(pool, KB), baseline(shuffled, KB)
+    a, b = baseline(pool, KB, kb_load.dependencies()), baseline(shuffled, KB, kb_load.dependencies())
     assert a.ok == b.ok
     if a.ok:
         assert same(a.model, b.model)
@@ -72,12 +72,12 @@ def test_associative(pool):
     # The field-by-field combination is associative; the dependency repair
     # after it depends on which hosts break which rules themselves, so it
     # is checked separately (test_consistent_with_the_rules).
-    flat = baseline(pool, KB, consistent=False)
-    inner = baseline(pool[1:], KB, consistent=False)
+    flat = baseline(pool, KB, None)
+    inner = baseline(pool[1:], KB, None)
     if not inner.ok:
         assert not flat.ok
         return
-    nested = baseline([pool[0], inner.model], KB, consistent=False)
+    nested = baseline([pool[0], inner.model], KB, None)
     assert flat.ok == nested.ok
     if flat.ok:
         assert same(flat.model, nested.model)
@@ -89,11 +89,10 @@ def test_consistent_with_the_rules(pool):
     """The repaired baseline breaks no enforced rule every host obeys
     (unless it says it could not repair it), lowers only, and every host
     still accepts each of its fields."""
-    from libvirt_arm_cpu.kb import dependencies
     from libvirt_arm_cpu.engine.rules import source_accepts
-    book = dependencies.load()
-    plain = baseline(pool, KB, consistent=False)
-    result = baseline(pool, KB)
+    book = kb_load.dependencies()
+    plain = baseline(pool, KB, None)
+    result = baseline(pool, KB, kb_load.dependencies())
     assert plain.ok == result.ok
     if not result.ok:
         return
@@ -113,14 +112,14 @@ def test_consistent_with_the_rules(pool):
 @given(pools(min_size=1, max_size=1))
 def test_idempotent(pool):
     (m,) = pool
-    assert same(baseline([m], KB).model, m)
-    assert same(baseline([m, m, m], KB).model, m)
+    assert same(baseline([m], KB, kb_load.dependencies()).model, m)
+    assert same(baseline([m, m, m], KB, kb_load.dependencies()).model, m)
 
 
 @settings(max_examples=40, deadline=None)
 @given(pools(min_size=1, max_size=5))
 def test_runnable_everywhere_and_never_above_a_host(pool):
-    result = baseline(pool, KB)
+    result = baseline(pool, KB, kb_load.dependencies())
     if not result.ok:
         return
     model = result.model
@@ -179,7 +178,7 @@ def test_same_cpu_two_kernels_older_masks_win():
     """neoverse-n1 on 6.12 and on 7.3: the pool's writable bits are 6.12's."""
     a = MODELS["neoverse-n1-qemu7.2-linux6.12"]
     b = MODELS["neoverse-n1-qemu7.2-linux7.3"]
-    result = baseline([a, b], KB)
+    result = baseline([a, b], KB, kb_load.dependencies())
     assert result.ok, [str(c) for c in result.conflicts]
     for name in result.model.values:
         assert result.model.writable[name] & ~a.writable[name] == 0
@@ -189,7 +188,7 @@ def test_same_cpu_two_kernels_older_masks_win():
 
 def test_different_cores_on_6_12_conflict_on_midr():
     result = baseline([MODELS["neoverse-n1-qemu7.2-linux6.12"],
-                       MODELS["cortex-a76-qemu7.2-linux6.12"]], KB)
+                       MODELS["cortex-a76-qemu7.2-linux6.12"]], KB, kb_load.dependencies())
     assert not result.ok
     midr = next(c for c in result.conflicts if c.register == "MIDR_EL1")
     assert "needs KVM capability 239" in midr.reason
@@ -197,7 +196,7 @@ def test_different_cores_on_6_12_conflict_on_midr():
 
 def test_different_cores_on_7_3_may_differ_in_midr():
     a, b = MODELS["neoverse-n1-qemu7.2-linux7.3"], MODELS["cortex-a72-qemu7.2-linux7.3"]
-    result = baseline([a, b], KB)
+    result = baseline([a, b], KB, kb_load.dependencies())
     midr_conflicts = [c for c in result.conflicts if c.register == "MIDR_EL1"]
     assert midr_conflicts == []
 
@@ -216,7 +215,7 @@ def test_model_xml_round_trip():
 
 def test_empty_pool_is_refused():
     with pytest.raises(ValueError):
-        baseline([], KB)
+        baseline([], KB, kb_load.dependencies())
 
 
 def test_exclude_incompatible_drops_the_fewest_hosts():
@@ -224,7 +223,7 @@ def test_exclude_incompatible_drops_the_fewest_hosts():
     n1 = MODELS["neoverse-n1-qemu7.2-linux6.12"]
     fleet = [variant(n1, 0, "a"), variant(n1, 0, "b"), variant(n1, 0, "c"),
              MODELS["cortex-a72-qemu7.2-linux6.12"], MODELS["cortex-a76-qemu7.2-linux6.12"]]
-    pool = largest_compatible(fleet, KB, ["a", "b", "c", "a72", "a76"])
+    pool = largest_compatible(fleet, KB, kb_load.dependencies(), ["a", "b", "c", "a72", "a76"])
     assert pool.indices == [0, 1, 2] and pool.result.ok
 
 
@@ -233,7 +232,7 @@ def test_pools_largest_first_and_cover_everyone():
     fleet = [MODELS["cortex-a72-qemu7.2-linux6.12"], MODELS["neoverse-n1-qemu7.2-linux6.12"],
              MODELS["neoverse-n1-qemu7.2-linux7.3"], MODELS["cortex-a72-qemu7.2-linux7.3"],
              MODELS["neoverse-n1-qemu7.2-linux6.12"]]
-    result = pools(fleet, KB)
+    result = pools(fleet, KB, kb_load.dependencies())
     assert [p.indices for p in result] == [[1, 2, 4], [0, 3]]
     assert all(p.result.ok for p in result)
     assert sorted(i for p in result for i in p.indices) == list(range(len(fleet)))
@@ -252,9 +251,9 @@ def test_sve_and_non_sve_hosts_get_a_model_with_sve_off():
     """The same emulated CPU with and without SVE (test-bed fixtures): KVM
     cannot write ID_AA64PFR0_EL1.SVE, so the common model switches SVE off
     and carries the values the probe measured with it off."""
-    kb = registers.load()
+    kb = kb_load.registers()
     on, off = _fixture(SVE_ON), _fixture(SVE_OFF)
-    r = baseline([CpuModel.from_profile(on, kb, "on"), CpuModel.from_profile(off, kb, "off")], kb)
+    r = baseline([CpuModel.from_profile(on, kb, "on"), CpuModel.from_profile(off, kb, "off")], kb, kb_load.dependencies())
     assert r.ok, r.conflicts
     assert r.model.vcpu_off == ("sve",)
     assert kb.field("ID_AA64PFR0_EL1", "SVE").get(r.model.values["ID_AA64PFR0_EL1"]) == 0
@@ -274,9 +273,9 @@ def test_sve_and_non_sve_hosts_get_a_model_with_sve_off():
 
 
 def test_ptrauth_pool_switches_pauth_off():
-    kb = registers.load()
+    kb = kb_load.registers()
     on, off = _fixture(SVE_ON), _fixture("max-pauth-off-qemu7.2-linux6.12")
-    r = baseline([CpuModel.from_profile(on, kb), CpuModel.from_profile(off, kb)], kb)
+    r = baseline([CpuModel.from_profile(on, kb), CpuModel.from_profile(off, kb)], kb, kb_load.dependencies())
     assert r.ok, r.conflicts
     assert r.model.vcpu_off == ("ptrauth",)
     for reg, fields in (("ID_AA64ISAR1_EL1", ("APA", "API", "GPA", "GPI")),
@@ -291,7 +290,7 @@ def test_vcpu_feature_effects_as_measured(path):
     and PerfMon, PAuth off clears every PAuth field, SVE off clears the SVE
     field and ZFR0; and the effects are independent (all-off equals the
     single ones combined, so the probe did not need the pairs)."""
-    kb = registers.load()
+    kb = kb_load.registers()
     p = read_profile(str(path))
     assert p.vcpu_off is not None and all(p.can_switch_off(f) for f in ("pmu", "sve", "ptrauth"))
     v = p.values()
@@ -323,9 +322,9 @@ def test_vcpu_feature_effects_as_measured(path):
 def test_neoverse_n1_with_v1_conflicts_only_where_no_vcpu_feature_helps():
     """N1 and V1 on 7.3 (capability 239, MIDR may differ): SVE and PAuth
     are switched off, but MMFR2 fields KVM cannot change remain."""
-    kb = registers.load()
+    kb = kb_load.registers()
     n1, v1 = _fixture("neoverse-n1-qemu7.2-linux7.3"), _fixture("neoverse-v1-qemu10.0-linux7.3")
-    r = baseline([CpuModel.from_profile(n1, kb, "n1"), CpuModel.from_profile(v1, kb, "v1")], kb)
+    r = baseline([CpuModel.from_profile(n1, kb, "n1"), CpuModel.from_profile(v1, kb, "v1")], kb, kb_load.dependencies())
     assert not r.ok
     assert {(c.register, c.field) for c in r.conflicts} == {
         ("ID_AA64MMFR2_EL1", "EVT"), ("ID_AA64MMFR2_EL1", "FWB"), ("ID_AA64MMFR2_EL1", "IDS")}
@@ -335,24 +334,24 @@ def test_profile_without_vcpu_off_records_keeps_the_fields_unwritable():
     """A profile probed before the records existed: unknown, so the SVE
     field conflicts as before."""
     import dataclasses
-    kb = registers.load()
+    kb = kb_load.registers()
     on = dataclasses.replace(_fixture(SVE_ON), vcpu_off=None)
     assert not on.can_switch_off("sve")
-    r = baseline([CpuModel.from_profile(on, kb), CpuModel.from_profile(_fixture(SVE_OFF), kb)], kb)
+    r = baseline([CpuModel.from_profile(on, kb), CpuModel.from_profile(_fixture(SVE_OFF), kb)], kb, kb_load.dependencies())
     assert not r.ok and [(c.register, c.field) for c in r.conflicts] == [
         ("ID_AA64PFR0_EL1", "SVE")]
     model = baseline([CpuModel.from_profile(_fixture(SVE_ON), kb),
-                      CpuModel.from_profile(_fixture(SVE_OFF), kb)], kb).model
+                      CpuModel.from_profile(_fixture(SVE_OFF), kb)], kb, kb_load.dependencies()).model
     c = compare(model, on, kb, check_qemu=False)
     assert c.result == INCOMPATIBLE and any(x.kind == "not-writable" for x in c.reasons)
 
 
 def test_baseline_with_a_model_that_has_sve_off_is_associative():
-    kb = registers.load()
+    kb = kb_load.registers()
     models = [CpuModel.from_profile(_fixture(n), kb, n) for n in
               (SVE_ON, SVE_OFF, "max-pauth-off-qemu7.2-linux6.12")]
-    whole = baseline(models, kb).model
-    inner = from_xml(to_xml(baseline(models[:2], kb).model, []))
-    outer = baseline([inner, models[2]], kb).model
+    whole = baseline(models, kb, kb_load.dependencies()).model
+    inner = from_xml(to_xml(baseline(models[:2], kb, kb_load.dependencies()).model, []))
+    outer = baseline([inner, models[2]], kb, kb_load.dependencies()).model
     assert whole.vcpu_off == outer.vcpu_off == ("ptrauth", "sve")
     assert whole.values == outer.values

@@ -242,8 +242,8 @@ def test_cpu_compare_superset_needs_sysreg_or_the_loader(run, tmp_path):
     from libvirt_arm_cpu.formats.cpumodel import to_xml
     from libvirt_arm_cpu.model import CpuModel
     from libvirt_arm_cpu.formats.profile import read_profile
-    from libvirt_arm_cpu.kb.registers import load
-    kb = load()
+    from libvirt_arm_cpu.kb.load import registers as load_kb
+    kb = load_kb()
     p = read_profile(_fixture("neoverse-n1-qemu7.2-linux6.12"))
     m = CpuModel.from_profile(p, kb)
     dp = kb.field("ID_AA64ISAR0_EL1", "DP")
@@ -445,14 +445,14 @@ def _capabilities(features: list[str], arch: str = "aarch64") -> str:
 
 
 def test_compare_with_a_libvirt_host_cpu_is_feature_level(run, tmp_path):
-    from libvirt_arm_cpu.kb import features, registers
     from libvirt_arm_cpu.model import CpuModel
     from libvirt_arm_cpu.formats.profile import read_profile
+    from libvirt_arm_cpu.kb import load as kb_load
     fixture = _fixture("neoverse-n1-qemu7.2-linux6.12")
     model_path = tmp_path / "n1.xml"
     assert run("cpu-baseline", fixture, "-o", str(model_path)).code == 0
-    m = CpuModel.from_profile(read_profile(fixture), registers.load())
-    hw = [f.key for f in features.load().present(m.values) if f.kind == "hwcap"]
+    m = CpuModel.from_profile(read_profile(fixture), kb_load.registers())
+    hw = [f.key for f in kb_load.features().present(m.values) if f.kind == "hwcap"]
     assert "sha2" in hw and "asimddp" in hw
     caps = tmp_path / "caps.xml"
     caps.write_text(_capabilities(hw))

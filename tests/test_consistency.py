@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from libvirt_arm_cpu.kb import dependencies, registers
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.engine.consistency import make_consistent
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.kb.dependencies import Group, Not, Test
@@ -22,8 +22,8 @@ from libvirt_arm_cpu.engine.rules import source_accepts
 
 from .test_baseline import MODELS
 
-KB = registers.load()
-BOOK = dependencies.load()
+KB = kb_load.registers()
+BOOK = kb_load.dependencies()
 U64 = (1 << 64) - 1
 
 

@@ -14,8 +14,8 @@ from .conftest import EXAMPLES
 
 
 def _values(path):
-    from libvirt_arm_cpu.kb.registers import load
-    return {e.register.name: e.value.raw for e in read_dump(str(path), load())}
+    from libvirt_arm_cpu.kb.load import registers as load_kb
+    return {e.register.name: e.value.raw for e in read_dump(str(path), load_kb())}
 
 
 def test_every_linux_hwcap_is_mapped(catalog, kb, shared_data):
@@ -90,29 +90,29 @@ def test_qemu_max_values_give_their_feature(catalog, kb, shared_data):
 
 def test_three_valued_evaluation(catalog):
     paca = catalog.feature("paca")         # APA or APA3 or API
-    assert paca.holds({}) is None
-    assert paca.holds({"ID_AA64ISAR1_EL1": 0}) is None      # APA3 unknown
-    assert paca.holds({"ID_AA64ISAR1_EL1": 0, "ID_AA64ISAR2_EL1": 0}) is False
-    assert paca.holds({"ID_AA64ISAR1_EL1": 1 << 4}) is True
+    assert paca.holds({}, catalog) is None
+    assert paca.holds({"ID_AA64ISAR1_EL1": 0}, catalog) is None      # APA3 unknown
+    assert paca.holds({"ID_AA64ISAR1_EL1": 0, "ID_AA64ISAR2_EL1": 0}, catalog) is False
+    assert paca.holds({"ID_AA64ISAR1_EL1": 1 << 4}, catalog) is True
     fp16 = catalog.feature("FEAT_FP16")
-    assert fp16.holds({"ID_AA64PFR0_EL1": 0x1 << 16}) is True
-    assert fp16.holds({"ID_AA64PFR0_EL1": 0x0 << 16}) is False
-    assert fp16.holds({"ID_AA64PFR0_EL1": 0xF << 16}) is False    # not implemented
+    assert fp16.holds({"ID_AA64PFR0_EL1": 0x1 << 16}, catalog) is True
+    assert fp16.holds({"ID_AA64PFR0_EL1": 0x0 << 16}, catalog) is False
+    assert fp16.holds({"ID_AA64PFR0_EL1": 0xF << 16}, catalog) is False    # not implemented
 
 
 def test_signed_conditions(catalog):
     fp = catalog.feature("fp")
-    assert fp.holds({"ID_AA64PFR0_EL1": 0}) is True
-    assert fp.holds({"ID_AA64PFR0_EL1": 0xF << 16}) is False
+    assert fp.holds({"ID_AA64PFR0_EL1": 0}, catalog) is True
+    assert fp.holds({"ID_AA64PFR0_EL1": 0xF << 16}, catalog) is False
     tgran4 = catalog.feature("FEAT_TGran4K")
-    assert tgran4.holds({"ID_AA64MMFR0_EL1": 0xF << 28}) is False
-    assert tgran4.holds({"ID_AA64MMFR0_EL1": 0x1 << 28}) is True
+    assert tgran4.holds({"ID_AA64MMFR0_EL1": 0xF << 28}, catalog) is False
+    assert tgran4.holds({"ID_AA64MMFR0_EL1": 0x1 << 28}, catalog) is True
 
 
 def test_feature_references(catalog):
     crypto = catalog.feature("FEAT_Crypto")
-    assert crypto.holds({"ID_AA64ISAR0_EL1": 0x1 << 4}) is True
-    assert crypto.holds({"ID_AA64ISAR0_EL1": 0}) is False
+    assert crypto.holds({"ID_AA64ISAR0_EL1": 0x1 << 4}, catalog) is True
+    assert crypto.holds({"ID_AA64ISAR0_EL1": 0}, catalog) is False
     assert "ID_AA64ISAR0_EL1.SM4" in {str(f) for f in crypto.fields(catalog)}
     given = crypto.satisfied_by({"ID_AA64ISAR0_EL1": 0x1 << 4}, catalog)
     assert [str(f) for f in given] == ["ID_AA64ISAR0_EL1.AES"]
@@ -134,6 +134,6 @@ def test_unknown_feature_suggests(catalog):
 def test_unavailable_features_say_why(catalog):
     tme = catalog.feature("FEAT_TME")
     assert tme.condition is None and "does not describe" in tme.unavailable
-    assert tme.holds({"ID_AA64ISAR0_EL1": 2**64 - 1}) is None
+    assert tme.holds({"ID_AA64ISAR0_EL1": 2**64 - 1}, catalog) is None
     etm = catalog.feature("FEAT_ETMv4")
     assert "not a feature ID register" in etm.requires()

@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.errors import ParseError
 from libvirt_arm_cpu.kb.firmware import BY_NAME, FIRMWARE_REGISTERS, describe, refusals
 from libvirt_arm_cpu.formats.profile import from_xml, read_profile, to_xml
@@ -102,8 +103,7 @@ def n1_pool(kb):
     from libvirt_arm_cpu.engine.baseline import baseline
     from libvirt_arm_cpu.model import CpuModel
     return baseline([CpuModel.from_profile(read_profile(str(FIXTURES / f"{n}.xml")), kb, n)
-                     for n in ("neoverse-n1-qemu7.2-linux6.12", "neoverse-n1-qemu7.2-linux7.3")],
-                    kb).model
+                     for n in ("neoverse-n1-qemu7.2-linux6.12", "neoverse-n1-qemu7.2-linux7.3")], kb, kb_load.dependencies()).model
 
 
 def test_the_baseline_of_two_kernels_takes_what_both_offer(kb):

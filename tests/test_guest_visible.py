@@ -12,7 +12,7 @@ import functools
 
 import pytest
 
-from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.engine.compare import INCOMPATIBLE, compare
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.formats.profile import read_profile
@@ -22,7 +22,7 @@ from .domains import FIXTURES
 from .idregs import parse_idregs
 from .testbed import run_in_guest
 
-KB = registers.load()
+KB = kb_load.registers()
 KERNELS = ("6.12", "7.3")
 QEMUS = {"7.2": "/opt/qemu-7.2/qemu-system-aarch64", "10.0": "/usr/bin/qemu-system-aarch64"}
 LOADER = "/usr/lib/aarch64-linux-gnu/qemu/libvirt-arm-cpu-loader.so"
@@ -129,11 +129,11 @@ OLD_KERNEL_JOB = r"""
 set -u
 python3 -m libvirt_arm_cpu.helper probe --output /tmp/host.xml >/out/probe.log 2>&1
 python3 - <<'PY'
-from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.formats.profile import read_profile
 from libvirt_arm_cpu.engine.translate import loader_environment
-kb = registers.load()
+kb = kb_load.registers()
 p = read_profile("/tmp/host.xml")
 host = CpuModel.from_profile(p, kb).values
 low = dict(host)

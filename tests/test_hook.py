@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.formats.domain import Domain
 
 from .domains import (MAX73, N1_73, V1_73, custom_cpu, domain_xml, save_model, with_loader,
@@ -134,12 +135,11 @@ def test_migrate_switches_the_method_for_the_destination(bed):
     assert new.translation.method == "loader" and new.cpu_arguments() == []
     env = new.loader_env()
     assert env["LD_PRELOAD"] == str(lib)
-    from libvirt_arm_cpu.kb import registers
     from libvirt_arm_cpu.engine.loader import parse_values
     from libvirt_arm_cpu.formats.profile import read_profile
     known = read_profile(str(bed.tmp / "l.xml")).values()
     # every register this host's kernel has, with the model's value
-    assert parse_values(env["LIBVIRT_ARM_CPU_ID_REGS"], registers.load()) == {
+    assert parse_values(env["LIBVIRT_ARM_CPU_ID_REGS"], kb_load.registers()) == {
         n: v for n, v in src.translation.values.items() if n in known}
     assert new.translation.values == src.translation.values
     # a host with both keeps the method the domain has (auto prefers it)
@@ -184,10 +184,9 @@ def test_migrate_rewrites_only_when_this_host_needs_other_arguments(bed):
 
 def _host_with_one_more_feature(src: Path, dest: Path, hostname: str) -> str:
     from libvirt_arm_cpu.formats import profile as profile_mod
-    from libvirt_arm_cpu.kb import registers
     from libvirt_arm_cpu.kb.registers import LOWER_SAFE
     from libvirt_arm_cpu.engine.rules import covers
-    kb = registers.load()
+    kb = kb_load.registers()
     prof = profile_mod.read_profile(str(src))
     regs, prop = [], None
     for reg in prof.registers:

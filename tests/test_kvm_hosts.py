@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.formats.profile import from_xml, read_profile
 from libvirt_arm_cpu.model import HostProfile
 
@@ -87,7 +87,7 @@ def test_lowering_dp_is_accepted(host):
     s = scenarios(host)
     if "lower_dp" not in s:     # a core without DotProd: nothing to lower
         isar0 = read_profile(str(host.fixture)).values()["ID_AA64ISAR0_EL1"]
-        assert registers.load().field("ID_AA64ISAR0_EL1", "DP").get(isar0) == 0
+        assert kb_load.registers().field("ID_AA64ISAR0_EL1", "DP").get(isar0) == 0
         assert host.name in ("cortex-a57", "cortex-a72", "a64fx")
         return
     r = s["lower_dp"]
@@ -207,7 +207,7 @@ def test_compare_agrees_with_the_kernel(host):
     res = boot(host)
     assert res.files.get("fidelity.rc") == b"0\n", res.files.get("fidelity.stderr", b"").decode()
     seen = json.loads(res.files["fidelity.json"])
-    kb = registers.load()
+    kb = kb_load.registers()
     profile = read_profile(str(host.fixture))
     requests = fidelity_requests(host)
     disagreements, stricter = [], []

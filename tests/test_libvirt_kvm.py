@@ -18,11 +18,10 @@ import re
 
 import pytest
 
-from libvirt_arm_cpu.kb import features
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.engine.compare import INCOMPATIBLE, compare_features
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.formats.hostcpu import from_xml as host_cpu_from_xml
-from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu.formats.profile import from_xml as profile_from_xml
 
 from .domains import custom_cpu
@@ -227,7 +226,7 @@ def test_a_lowered_cpu_reaches_the_guest_through_the_loader_and_virsh_start(gues
     assert out["b_active"]
     seen = parse_idregs(out["b_serial"])
     host = profile_from_xml(res.files["host.xml"]).values()
-    kb = registers.load()
+    kb = kb_load.registers()
     dp = kb.field("ID_AA64ISAR0_EL1", "DP")
     assert dp.get(host["ID_AA64ISAR0_EL1"]) == 1 and dp.get(seen["ID_AA64ISAR0_EL1"]) == 0
     assert seen["ID_AA64ISAR0_EL1"] == dp.put(host["ID_AA64ISAR0_EL1"], 0)
@@ -272,12 +271,12 @@ def test_feature_level_compare_reads_real_libvirt_capabilities(guest):
     shows the guest ID_AA64PFR1_EL1.SSBS, libvirt's list has no ssbs: one
     reason the feature level is less precise than a host profile.)"""
     res, _ = guest
-    kb = registers.load()
+    kb = kb_load.registers()
     model = CpuModel.from_profile(profile_from_xml(res.files["host.xml"]), kb)
     host_cpu = host_cpu_from_xml(res.files["caps.xml"], "caps.xml")
     assert host_cpu.arch == "aarch64" and host_cpu.vendor == "ARM"
     assert host_cpu.model == "Neoverse-N1"
-    catalog = features.load()
+    catalog = kb_load.features()
     mine = {f.key for f in catalog.present(model.values) if f.kind == "hwcap"}
     shared = mine & host_cpu.features
     print(f"feature level: {len(shared)} of {len(mine)} hwcaps in libvirt's list; "

@@ -39,3 +39,70 @@ def test_the_api_and_the_service_layer_do_not_sit_on_the_cli():
                        timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "", p.stdout
+
+
+# The layers of docs/architecture.md, lowest first: a module may import from
+# its own folder and from a lower layer, never from its own layer's sibling
+# or from above.
+LAYERS = {"errors": 0, "paths": 0, "fileio": 1, "settings": 1, "xmlsafe": 2,    # base
+          "kb": 3, "model": 4, "engine": 5, "formats": 5, "host": 6,
+          "modelstore": 7, "service": 8,
+          "cli": 9, "hook": 9, "api": 9, "helper": 10}                            # edges
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.level:
+                raise AssertionError(f"{path}: relative import (the package uses absolute ones)")
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            out.update(names if node.module == "libvirt_arm_cpu" else [node.module])
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return {m for m in out if m.startswith("libvirt_arm_cpu.")}
+
+
+def test_imports_point_down_the_layers():
+    package = ROOT / "libvirt_arm_cpu"
+    wrong = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).with_suffix("").parts
+        if parts == ("__init__",):
+            continue
+        mine = parts[0]
+        assert mine in LAYERS, f"{path}: not placed in a layer (tests/test_lint.py LAYERS)"
+        for mod in _imports(path):
+            theirs = mod.split(".")[1]
+            if theirs == "__version__" or theirs == mine:
+                continue
+            assert theirs in LAYERS, f"{path} imports {mod}: not placed in a layer"
+            if LAYERS[theirs] >= LAYERS[mine]:
+                wrong.append(f"{path.relative_to(ROOT)} imports {mod}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_importing_the_engine_loads_no_xml_file_or_process_module():
+    """baseline, compare, translate and their rules take data and return
+    data: importing them (with the value types and the knowledge base's
+    types) reads nothing and parses nothing."""
+    code = ("import sys\n"
+            "import libvirt_arm_cpu.engine.baseline, libvirt_arm_cpu.engine.compare\n"
+            "import libvirt_arm_cpu.engine.translate, libvirt_arm_cpu.engine.consistency\n"
+            "import libvirt_arm_cpu.engine.rules, libvirt_arm_cpu.engine.loader\n"
+            "import libvirt_arm_cpu.model\n"
+            "print(' '.join(sorted(sys.modules)))\n")
+    p = subprocess.run([sys.executable, "-I", "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    loaded = set(p.stdout.split())
+    assert "libvirt_arm_cpu.engine.baseline" in loaded      # the probe itself works
+    banned = [m for m in loaded
+              if m.split(".")[0] in ("xml", "lxml", "xmlschema", "pyexpat", "tempfile", "shutil",
+                                     "subprocess", "configparser", "json", "libvirt")
+              or m.startswith(("libvirt_arm_cpu.formats", "libvirt_arm_cpu.host",
+                               "libvirt_arm_cpu.kb.load", "libvirt_arm_cpu.xmlsafe",
+                               "libvirt_arm_cpu.fileio", "libvirt_arm_cpu.service",
+                               "libvirt_arm_cpu.cli"))]
+    assert not banned, banned

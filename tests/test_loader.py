@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.engine.loader import (ENV_VALUES, LoaderValueError, environment, parse_entries,
                                     parse_values)
 
 ROOT = Path(__file__).resolve().parent.parent
-KB = registers.load()
+KB = kb_load.registers()
 
 
 @pytest.fixture(scope="module")

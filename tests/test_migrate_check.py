@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare_passthrough
 from libvirt_arm_cpu.formats.profile import read_profile, write_profile
 from libvirt_arm_cpu.model import HostProfile
@@ -55,7 +56,7 @@ def test_their_baseline_moves_both_ways(kb):
     from libvirt_arm_cpu.cli.migrate import check_direction
     from libvirt_arm_cpu.model import CpuModel
     old, new = read_profile(str(N1_612)), read_profile(str(N1_73))
-    model = baseline([CpuModel.from_profile(old, kb), CpuModel.from_profile(new, kb)], kb).model
+    model = baseline([CpuModel.from_profile(old, kb), CpuModel.from_profile(new, kb)], kb, kb_load.dependencies()).model
     assert model.reg_list == old.reg_list & new.reg_list
     assert check_direction(old, new, kb, model).result != INCOMPATIBLE
     assert check_direction(new, old, kb, model).result != INCOMPATIBLE

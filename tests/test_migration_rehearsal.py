@@ -43,7 +43,7 @@ import functools
 
 import pytest
 
-from libvirt_arm_cpu.kb import registers
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.engine.baseline import baseline
 from libvirt_arm_cpu.cli.migrate import check_direction
 from libvirt_arm_cpu.engine.compare import INCOMPATIBLE, compare, compare_passthrough
@@ -57,7 +57,7 @@ from .domains import FIXTURES
 from .idregs import blocks
 from .testbed import run_in_guest
 
-KB = registers.load()
+KB = kb_load.registers()
 LOADER = "/usr/lib/aarch64-linux-gnu/qemu/libvirt-arm-cpu-loader.so"
 
 HOSTS = {  # name: (fixture, kernel, outer QEMU, outer -cpu, kernel arguments)
@@ -162,10 +162,10 @@ def cpu_models() -> dict[str, CpuModel]:
     7.3's extra firmware register kept out of the guest's list); high: M's
     own values."""
     m, v = profile("M"), profile("V")
-    pool = baseline([CpuModel.from_profile(m, KB, "M"), CpuModel.from_profile(v, KB, "V")], KB)
+    pool = baseline([CpuModel.from_profile(m, KB, "M"), CpuModel.from_profile(v, KB, "V")], KB, kb_load.dependencies())
     assert pool.ok and pool.model.vcpu_off == ("ptrauth",), pool.conflicts
     mv = pool.model.switched_off(("sve",))
-    n = baseline([CpuModel.from_profile(profile(h), KB, h) for h in ("N612", "N73")], KB)
+    n = baseline([CpuModel.from_profile(profile(h), KB, h) for h in ("N612", "N73")], KB, kb_load.dependencies())
     assert n.ok and n.model.firmware["VENDOR_HYP_BMAP_2"] is None
     n1 = dict(n.model.values)
     dp = KB.field("ID_AA64ISAR0_EL1", "DP")

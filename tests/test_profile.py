@@ -11,14 +11,15 @@ from libvirt_arm_cpu.errors import DataError, ParseError
 from libvirt_arm_cpu.host.probe import feature_id_space, register_name
 from libvirt_arm_cpu.formats.profile import from_xml, read_profile, to_xml, validate, write_profile
 from libvirt_arm_cpu.model import CpuIdentity, Fingerprint, HostProfile, ProfileRegister, QemuInfo
-from libvirt_arm_cpu.kb.registers import kvm_reg_id, load, writable_mask_index
+from libvirt_arm_cpu.kb.registers import kvm_reg_id, writable_mask_index
+from libvirt_arm_cpu.kb.load import registers as load_kb
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 
 
 @st.composite
 def profiles(draw):
-    kb = load()
+    kb = load_kb()
     known = draw(st.booleans())
     regs = []
     for enc in feature_id_space():
@@ -59,7 +60,7 @@ def test_round_trip_through_the_schema(profile):
 
 
 def _valid_xml() -> bytes:
-    kb = load()
+    kb = load_kb()
     regs = [ProfileRegister(register_name(kb, e), e, kvm_reg_id(*e), writable_mask_index(*e),
                             0, 0) for e in feature_id_space()]
     p = HostProfile("h", "aarch64", "6.12", "#1", "2026-11-24T21:00:00Z", "0.1.0",

@@ -194,9 +194,19 @@ def test_encoding_of_kvm_id(kb):
 
 def test_a_knowledge_base_file_with_an_unknown_encoding_is_one_line(tmp_path):
     from libvirt_arm_cpu.errors import ParseError
-    from libvirt_arm_cpu.kb.registers import read_kb_file
+    from libvirt_arm_cpu.kb.load import read_kb_file
     bad = tmp_path / "registers.xml"
     bad.write_text("<?xml version='1.0' encoding='x'?><registers/>")
-    with pytest.raises(ParseError, match=r"registers.xml:1: not a knowledge base file: "
-                                         r"unknown encoding: x"):
+    with pytest.raises(ParseError, match=r"registers.xml:1: unknown encoding 'x' in the XML "
+                                         r"declaration"):
+        read_kb_file(str(bad), "registers")
+
+
+def test_a_knowledge_base_file_with_a_doctype_is_refused(tmp_path):
+    """The knowledge base goes through the one safe XML reader too."""
+    from libvirt_arm_cpu.errors import ParseError
+    from libvirt_arm_cpu.kb.load import read_kb_file
+    bad = tmp_path / "registers.xml"
+    bad.write_text('<!DOCTYPE r [<!ENTITY e "x">]><registers xmlns="urn:x-libvirt-arm-cpu:kb:1"/>')
+    with pytest.raises(ParseError, match=r"registers.xml:1: refused: a DOCTYPE"):
         read_kb_file(str(bad), "registers")

@@ -305,8 +305,8 @@ def test_the_loader_is_in_the_guest_when_the_checkout_has_it():
 
 @functools.lru_cache(maxsize=None)
 def _kb():
-    from libvirt_arm_cpu.kb import registers
-    return registers.load()
+    from libvirt_arm_cpu.kb import load as kb_load
+    return kb_load.registers()
 
 
 def _payload_module():

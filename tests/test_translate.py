@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from libvirt_arm_cpu.kb import dependencies, features, registers
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.formats.domain import Domain, cpu_from_element
 from libvirt_arm_cpu.formats.profile import read_profile
 from libvirt_arm_cpu.engine.translate import CpuMismatch, resolve
@@ -19,7 +19,7 @@ from .conftest import assert_one_line_error
 from .domains import (MAX73, N1_73, V1_73, custom_cpu, domain_xml, save_model, with_sysreg,
                       without_loader)
 
-KB = registers.load()
+KB = kb_load.registers()
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_disable_lowers_the_feature_and_its_dependents(run, env):
 
 
 def test_policies_follow_libvirt(env):
-    catalog, book = features.load(), dependencies.load()
+    catalog, book = kb_load.features(), kb_load.dependencies()
     host = read_profile(env.host)
     models = {}
 

@@ -13,7 +13,7 @@ then idles in a ``wfi`` loop (no interrupt is ever enabled, so the vCPU
 sleeps in KVM).  A ``system_reset`` starts it again from the top, which is how
 the migration rehearsal makes a migrated guest print its registers once more.
 
-The register list is the project's own (``libvirt_arm_cpu.kb.registers.load()``),
+The register list is the project's own (``libvirt_arm_cpu.kb.kb_load.registers()``),
 read with generic ``S<op0>_<op1>_C<n>_C<m>_<op2>`` names so the assembler need
 not know them.  An MRS that is UNDEFINED (e.g. GMID_EL1 without MTE, SMIDR_EL1
 without SME: KVM injects an undefined-instruction exception) is caught by a
@@ -57,8 +57,8 @@ def registers() -> list[tuple[str, tuple[int, int, int, int, int]]]:
     """(name, encoding) of every register the payload reads, in KB order."""
     if str(CHECKOUT) not in sys.path:
         sys.path.insert(0, str(CHECKOUT))
-    from libvirt_arm_cpu.kb import registers as kbmod
-    return [(r.name, r.encoding) for r in kbmod.load()]
+    from libvirt_arm_cpu.kb import load as kb_load
+    return [(r.name, r.encoding) for r in kb_load.registers()]
 
 
 def assembly(regs: list[tuple[str, tuple[int, int, int, int, int]]]) -> str:

@@ -8,7 +8,8 @@ import os
 import sys
 from typing import Any
 
-from libvirt_arm_cpu.kb import features, registers
+from libvirt_arm_cpu.kb import load as kb_load
+from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu import modelstore
 from libvirt_arm_cpu.engine.baseline import baseline, largest_compatible, pools
 from libvirt_arm_cpu.cli.base import Command
@@ -86,21 +87,21 @@ or bad data; 2 bad usage."""
                                 "list them (with --save, save each pool's model)")
 
     def run(self, args: argparse.Namespace) -> int:
-        kb = registers.load()
+        kb = kb_load.registers()
         inputs = load_inputs(args.profiles, kb)
         models = [m for _, m, _ in inputs]
         labels = [label for label, _, _ in inputs]
         if args.pools:
             return self._pools(args, models, labels, kb)
         if args.exclude_incompatible:
-            pool = largest_compatible(models, kb, labels)
+            pool = largest_compatible(models, kb, kb_load.dependencies(), labels)
             left_out = [labels[i] for i in range(len(labels)) if i not in set(pool.indices)]
             if left_out:
                 print(f"cpu-baseline: left out {len(left_out)} of {len(labels)} hosts: "
                       f"{' '.join(left_out)}", file=sys.stderr)
             result = pool.result
         else:
-            result = baseline(models, kb, labels)
+            result = baseline(models, kb, kb_load.dependencies(), labels)
         if not result.ok:
             print(f"libvirt-arm-cpu: error: no CPU model runs on all {len(inputs)} hosts: "
                   f"{len(result.conflicts)} field(s) conflict", file=sys.stderr)
@@ -129,7 +130,7 @@ or bad data; 2 bad usage."""
 
     def _pools(self, args: argparse.Namespace, models: list[CpuModel], labels: list[str],
                kb: registers.KnowledgeBase) -> int:
-        found = pools(models, kb, labels)
+        found = pools(models, kb, kb_load.dependencies(), labels)
         data: list[dict[str, Any]] = []
         for n, pool in enumerate(found, start=1):
             model = pool.result.model
@@ -183,11 +184,11 @@ exit codes (as virsh cpu-compare): 0 identical or superset; 1 incompatible
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     def run(self, args: argparse.Namespace) -> int:
-        kb = registers.load()
+        kb = kb_load.registers()
         source, model, source_profile = resolve_cpu(args.cpu, kb)
         data = read_input(args.profile) if args.profile else b""
         if args.profile and looks_like_host_cpu(data) and b"urn:x-libvirt-arm-cpu" not in data:
-            c = compare_features(model, host_cpu_from_xml(data, args.profile), features.load())
+            c = compare_features(model, host_cpu_from_xml(data, args.profile), kb_load.features())
         else:
             if args.profile:
                 _, host = load_input(data, args.profile, args.profile, kb)
@@ -245,7 +246,7 @@ examples:
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     def run(self, args: argparse.Namespace) -> int:
-        kb = registers.load()
+        kb = kb_load.registers()
         inputs = load_inputs(args.profiles, kb)
         if len(inputs) < 2:
             raise UsageError("diff needs at least two profiles")
@@ -311,7 +312,7 @@ examples:
         from libvirt_arm_cpu.formats.importer import all_known_masks, import_profile, parse_values
         from libvirt_arm_cpu.formats.profile import read_profile, write_profile
 
-        kb = registers.load()
+        kb = kb_load.registers()
         data = read_input(args.dump)
         values, kernel = parse_values(data, args.dump, kb)
         if not values:

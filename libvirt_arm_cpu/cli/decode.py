@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from libvirt_arm_cpu.kb import features, registers
+from libvirt_arm_cpu.kb import load as kb_load
+from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu.cli.base import Command
 from libvirt_arm_cpu.formats.dump import read_dump
 from libvirt_arm_cpu.errors import UsageError
@@ -40,7 +41,7 @@ examples:
                             help="list only fields whose value is not zero")
 
     def run(self, args: argparse.Namespace) -> int:
-        kb = registers.load()
+        kb = kb_load.registers()
         if args.file is not None:
             if args.register is not None:
                 raise UsageError("give either --file or REGISTER VALUE, not both")
@@ -50,7 +51,7 @@ examples:
                 raise UsageError("give REGISTER VALUE, or --file FILE")
             reg = kb.register(args.register)
             values = [reg.decode(registers.parse_u64(args.value, f"value of {reg.name}"))]
-        report = decode_registers(values, features.load())
+        report = decode_registers(values, kb_load.features())
         if args.nonzero:
             for reg_report in report["registers"]:
                 reg_report["fields"] = [f for f in reg_report["fields"] if f["value"]]

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.kb import features
 from libvirt_arm_cpu.cli.base import Command
 from libvirt_arm_cpu.kb.features import Feature
@@ -46,7 +47,7 @@ examples:
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     def run(self, args: argparse.Namespace) -> int:
-        catalog = features.load()
+        catalog = kb_load.features()
         if args.name:
             feat = catalog.feature(args.name)
             data = feature_data(feat, catalog)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from libvirt_arm_cpu.kb import features, registers
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.cli.base import Command
 from libvirt_arm_cpu.host.hostcache import DEFAULT_CACHE, cached_profile
 from libvirt_arm_cpu.kb.implementers import decode_midr
@@ -16,7 +16,7 @@ from libvirt_arm_cpu.cli.report import decode_registers, render_text
 
 
 def render_profile(p: HostProfile, all_registers: bool = False) -> str:
-    kb = registers.load()
+    kb = kb_load.registers()
     lines = [f"Host {p.hostname} ({p.machine}), Linux {p.kernel_release}, probed {p.probed_at} "
              f"by libvirt-arm-cpu {p.tool_version}"]
     q = p.qemu
@@ -32,7 +32,7 @@ def render_profile(p: HostProfile, all_registers: bool = False) -> str:
     for c in p.cpus:
         midrs.setdefault(c.midr, []).append(c.cpu)
     for midr, cpus in midrs.items():
-        name = str(decode_midr(midr)) if midr is not None else "MIDR unknown"
+        name = str(decode_midr(midr, kb_load.implementers(), kb_load.registers())) if midr is not None else "MIDR unknown"
         lines.append(f"CPUs {_ranges(cpus)}: {name}" + (f" (MIDR {midr:#010x})" if midr else ""))
     if p.heterogeneous:
         lines.append("warning: the CPUs differ (big.LITTLE): a guest sees the CPU its vCPU "
@@ -49,7 +49,7 @@ def render_profile(p: HostProfile, all_registers: bool = False) -> str:
             continue
         values.append(reg.decode(r.value))
         masks[reg.name] = r.writable
-    report = decode_registers(values, features.load(), masks)
+    report = decode_registers(values, kb_load.features(), masks)
     return "\n".join(lines) + "\n" + render_text(report)
 
 

@@ -8,6 +8,7 @@ import json
 import os
 from dataclasses import dataclass
 
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu.cli.base import Command
 from libvirt_arm_cpu.engine.compare import (INCOMPATIBLE, Comparison, compare, compare_passthrough, migration_reasons)
@@ -100,7 +101,7 @@ exit codes: 0 the guest migrates from SRC to DST (with --both: both ways);
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     def run(self, args: argparse.Namespace) -> int:
-        kb = registers.load()
+        kb = kb_load.registers()
         a_label, a = _profile(args.source, kb)
         b_label, b = _profile(args.dest, kb)
         model = resolve_model(args.model)[1] if args.model else None

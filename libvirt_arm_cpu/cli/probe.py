@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu.cli.base import Command
 from libvirt_arm_cpu.formats.dump import parse_dump
@@ -108,7 +109,7 @@ exit codes: 0 every value accepted; 1 some value rejected or changed;
                                  "KVM then refuses changes with EBUSY)")
 
     def run(self, args: argparse.Namespace) -> int:
-        kb = registers.load()
+        kb = kb_load.registers()
         wanted = _read_values(args.file, kb)
         check_machine()
         with open_kvm() as kvm:

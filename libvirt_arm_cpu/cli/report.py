@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.kb.features import FeatureCatalog
 from libvirt_arm_cpu.kb.implementers import decode_midr
 from libvirt_arm_cpu.kb.registers import RegisterValue
@@ -62,7 +63,7 @@ def decode_registers(values: Sequence[RegisterValue], catalog: FeatureCatalog,
             "warnings": _warnings(v),
         }
         if reg.name == "MIDR_EL1":
-            entry["implementation"] = str(decode_midr(v.raw))
+            entry["implementation"] = str(decode_midr(v.raw, kb_load.implementers(), kb_load.registers()))
         registers.append(entry)
     return {"registers": registers, "features": [f.key for f in present]}
 

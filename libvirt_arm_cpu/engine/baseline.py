@@ -40,7 +40,6 @@ from libvirt_arm_cpu.kb import firmware
 from libvirt_arm_cpu.engine.consistency import Consistency, make_consistent
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.kb.dependencies import RuleBook
-from libvirt_arm_cpu.kb.dependencies import load as load_rules
 from libvirt_arm_cpu.model import VCPU_FEATURES
 from libvirt_arm_cpu.kb.registers import U64_MAX as U64
 from libvirt_arm_cpu.kb.registers import (EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field, KnowledgeBase, Register)
@@ -186,13 +185,12 @@ def _combine_implementation(name: str, models: Sequence[CpuModel], labels: Seque
     return min(values), mask, []
 
 
-def baseline(models: Sequence[CpuModel], kb: KnowledgeBase,
-             labels: Sequence[str] | None = None, consistent: bool = True,
-             rules: RuleBook | None = None) -> BaselineResult:
+def baseline(models: Sequence[CpuModel], kb: KnowledgeBase, rules: RuleBook | None,
+             labels: Sequence[str] | None = None) -> BaselineResult:
     """The most capable model every input accepts, or the conflicts.
 
-    :param consistent: repair the combination with the dependency rules
-        (*rules*, default: the installed ones); False gives the plain
+    :param rules: the dependency rules the combination is repaired with
+        (:func:`libvirt_arm_cpu.kb.load.dependencies`); None gives the plain
         field-by-field combination.
 
     Identical inputs are combined once (fleets have few distinct CPUs), so
@@ -218,7 +216,7 @@ def baseline(models: Sequence[CpuModel], kb: KnowledgeBase,
                  if not m.can_switch_off(f)]
         if stuck:
             return BaselineResult(None, stuck)
-        result = _baseline(_switched(models, off), kb, labels, consistent, rules, off)
+        result = _baseline(_switched(models, off), kb, labels, rules, off)
         if result.ok:
             return result
         more = _features_resolving(result.conflicts, models, off, kb)
@@ -302,7 +300,7 @@ def _effects(model: CpuModel, uniq: Sequence[CpuModel], labels: Sequence[str],
 
 
 def _baseline(models: Sequence[CpuModel], kb: KnowledgeBase, labels: list[str],
-              consistent: bool, rules: RuleBook | None, off: set[str]) -> BaselineResult:
+              rules: RuleBook | None, off: set[str]) -> BaselineResult:
     # Models read from identical profiles share their dicts: group by identity
     # first (cheap), then by content.
     by_identity: dict[tuple, tuple[CpuModel, list[str]]] = {}
@@ -331,14 +329,15 @@ def _baseline(models: Sequence[CpuModel], kb: KnowledgeBase, labels: list[str],
     impls = tuple(sorted({i for m in uniq for i in m.implementations}))
     model = CpuModel(values, writable, all(m.imp_id_writable for m in uniq), hosts, impls,
                      vcpu_off=tuple(off))
-    if consistent:
-        repair = make_consistent(model, uniq, kb, rules or load_rules(), uniq_labels)
+    repair = None
+    if rules is not None:
+        repair = make_consistent(model, uniq, kb, rules, uniq_labels)
         model = repair.model
     lists = [m.reg_list for m in uniq if m.reg_list is not None]
     reg_list = frozenset.intersection(*lists) if len(lists) == len(uniq) else None
     model = replace(model, vcpu_effects=_effects(model, uniq, uniq_labels, kb),
                     firmware=_firmware(uniq), reg_list=reg_list, name="")
-    return BaselineResult(model, consistency=repair if consistent else None)
+    return BaselineResult(model, consistency=repair)
 
 
 def _firmware(models: Sequence[CpuModel]) -> dict[str, int | None]:
@@ -374,7 +373,7 @@ def _groups(models: Sequence[CpuModel]) -> list[list[int]]:
     return list(seen.values())
 
 
-def largest_compatible(models: Sequence[CpuModel], kb: KnowledgeBase,
+def largest_compatible(models: Sequence[CpuModel], kb: KnowledgeBase, rules: RuleBook | None,
                        labels: Sequence[str] | None = None) -> Pool:
     """The largest set of inputs (by number of hosts) that has a baseline:
     what ``--exclude-incompatible`` keeps.  Exact over the distinct kinds of
@@ -385,7 +384,7 @@ def largest_compatible(models: Sequence[CpuModel], kb: KnowledgeBase,
 
     def attempt(chosen: list[list[int]]) -> Pool:
         idx = sorted(i for g in chosen for i in g)
-        return Pool(idx, baseline([models[i] for i in idx], kb, [labels[i] for i in idx]))
+        return Pool(idx, baseline([models[i] for i in idx], kb, rules, [labels[i] for i in idx]))
 
     if len(groups) <= MAX_EXACT_GROUPS:
         import itertools
@@ -413,14 +412,14 @@ def largest_compatible(models: Sequence[CpuModel], kb: KnowledgeBase,
         chosen.pop(worst)
 
 
-def pools(models: Sequence[CpuModel], kb: KnowledgeBase,
+def pools(models: Sequence[CpuModel], kb: KnowledgeBase, rules: RuleBook | None,
           labels: Sequence[str] | None = None) -> list[Pool]:
     """Split the inputs into pools that each have a baseline, largest first."""
     labels = list(labels or ["+".join(m.hosts) or f"#{i}" for i, m in enumerate(models)])
     remaining = list(range(len(models)))
     out = []
     while remaining:
-        pool = largest_compatible([models[i] for i in remaining], kb,
+        pool = largest_compatible([models[i] for i in remaining], kb, rules,
                                   [labels[i] for i in remaining])
         taken = [remaining[i] for i in pool.indices]
         out.append(Pool(taken, pool.result))

@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from libvirt_arm_cpu.model import CpuModel
+from libvirt_arm_cpu.kb.features import FeatureCatalog
 from libvirt_arm_cpu.kb.dependencies import Always, Condition, Group, Not, Rule, RuleBook, Test
-from libvirt_arm_cpu.kb.features import load as load_features
 from libvirt_arm_cpu.kb.registers import Field, KnowledgeBase
 from libvirt_arm_cpu.kb.registers import U64_MAX as U64
 from libvirt_arm_cpu.engine.rules import covers, source_accepts
@@ -116,7 +116,7 @@ def make_consistent(model: CpuModel, sources: Sequence[CpuModel], kb: KnowledgeB
         if not broken:
             break
         rule = broken[0]
-        move = _best_move(rule, values, kb, feasible, rules)
+        move = _best_move(rule, values, kb, feasible, rules, book.catalog)
         if move is None:
             unresolved[rule.id] = Unresolved(rule, _blockers(rule, values, kb, sources, labels))
             continue
@@ -132,10 +132,10 @@ def make_consistent(model: CpuModel, sources: Sequence[CpuModel], kb: KnowledgeB
 
 
 def _best_move(rule: Rule, values: dict[str, int], kb: KnowledgeBase,
-               feasible: Callable[[Move], bool], others: Sequence[Rule]) -> Move | None:
+               feasible: Callable[[Move], bool], others: Sequence[Rule],
+               catalog: FeatureCatalog) -> Move | None:
     then_moves = _satisfy(Group("all", rule.then), values, kb, feasible)
     if_moves = _falsify(rule.when, values, kb, feasible)
-    catalog = load_features()
     before = {f.key for f in catalog.present(values)}
     broken_before = {r.id for r in others if r.violated(values)}
     for moves in (then_moves, if_moves):

@@ -41,7 +41,8 @@ from libvirt_arm_cpu.errors import KvmPermission, NoKvm, NotArm64
 from libvirt_arm_cpu.kb.firmware import FIRMWARE_REGISTERS
 from libvirt_arm_cpu.host.kvm import CAPS, KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES, Kvm, KvmError, VcpuFeatures
 from libvirt_arm_cpu.model import CpuIdentity, Fingerprint, HostProfile, LoaderInfo, ProfileRegister, QemuInfo, VcpuOffValues
-from libvirt_arm_cpu.kb.registers import KnowledgeBase, generic_name, kvm_reg_id, load, writable_mask_index
+from libvirt_arm_cpu.kb.registers import KnowledgeBase, generic_name, kvm_reg_id, writable_mask_index
+from libvirt_arm_cpu.kb.load import registers as load_kb
 
 from libvirt_arm_cpu.engine.loader import LOADER_PATH
 
@@ -349,7 +350,7 @@ def probe_host(emulator: str | None = None, dev: str = "/dev/kvm", sysfs: str = 
     """
     say = progress or (lambda _msg: None)
     machine = check_machine()
-    kb = kb or load()
+    kb = kb or load_kb()
     uname = os.uname()
     cpus = read_cpus(sysfs)
     say(f"{len(cpus)} CPUs, kernel {uname.release}")

@@ -13,19 +13,15 @@ sees for an ID register its kernel hides.
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Union
 
-from libvirt_arm_cpu.errors import ParseError, UnknownName
-from libvirt_arm_cpu.paths import kb_dir
-from libvirt_arm_cpu.kb.registers import NAMESPACE, Field, KnowledgeBase, read_kb_file
-from libvirt_arm_cpu.kb.registers import load as load_registers
+from libvirt_arm_cpu.errors import UnknownName
+from libvirt_arm_cpu.kb.features import FeatureCatalog
+from libvirt_arm_cpu.kb.registers import NAMESPACE, Field
 
-__all__ = ["Test", "Always", "Group", "Not", "Condition", "Rule", "RuleBook", "load",
-           "load_rules"]
+__all__ = ["Test", "Always", "Group", "Not", "Condition", "Rule", "RuleBook"]
 
 _NS = "{" + NAMESPACE + "}"
 _SYMBOL = {"eq": "==", "ne": "!=", "ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
@@ -156,8 +152,12 @@ def _tests(*conds: Condition) -> Iterator[Test]:
 
 
 class RuleBook:
-    def __init__(self, rules: list[Rule], path: str = "") -> None:
+    """The rules, with the feature catalog their repair ranks moves by (a
+    move that loses fewer features wins)."""
+
+    def __init__(self, rules: list[Rule], catalog: FeatureCatalog, path: str = "") -> None:
         self.rules = rules
+        self.catalog = catalog
         self.path = path
         self._by_id = {r.id: r for r in rules}
 
@@ -179,55 +179,3 @@ class RuleBook:
 
     def violations(self, values: Mapping[str, int], enforced_only: bool = True) -> list[Rule]:
         return [r for r in self.rules if (r.enforced or not enforced_only) and r.violated(values)]
-
-
-def _condition(elem, kb: KnowledgeBase, path: str) -> Condition:
-    tag = elem.tag[len(_NS):] if elem.tag.startswith(_NS) else elem.tag
-    if tag == "always":
-        return Always()
-    if tag in ("all", "any"):
-        return Group(tag, tuple(_condition(c, kb, path) for c in elem))
-    if tag == "not":
-        return Not(_condition(elem[0], kb, path))
-    if tag != "test":
-        raise ParseError(path, None, f"unexpected <{tag}> in a dependency rule")
-    reg = kb.register(elem.get("register", ""))
-    name = elem.get("field", "")
-    ref = None
-    if elem.get("ref-register"):
-        ref = kb.register(elem.get("ref-register", "")).field(elem.get("ref-field", ""))
-    value = elem.get("value")
-    return Test(reg.name, None if name == "*" else reg.field(name), elem.get("op", ""),
-                int(value) if value is not None else None, ref, elem.get("signed") == "true")
-
-
-def load_rules(path: str, kb: KnowledgeBase) -> RuleBook:
-    """Read dependencies.xml.
-
-    :raise ParseError: when the file is missing, malformed, or names a
-        register or field the knowledge base lacks.
-    """
-    root = read_kb_file(path, "dependencies")
-    rules = []
-    for elem in root.findall(_NS + "rule"):
-        rid = elem.get("id", "")
-        try:
-            when = _condition(elem.find(_NS + "if")[0], kb, path)   # type: ignore[index]
-            then = tuple(_condition(c, kb, path) for c in elem.find(_NS + "then"))  # type: ignore[union-attr]
-        except (UnknownName, TypeError, IndexError) as err:
-            raise ParseError(path, None, f"rule {rid}: {err}") from err
-        rules.append(Rule(
-            id=rid, kind=elem.get("kind", ""), subkind=elem.get("subkind", ""),
-            confidence=elem.get("confidence", ""), enforced=elem.get("enforced") == "true",
-            feat=elem.get("feat", ""), requires=elem.get("requires", ""), when=when, then=then,
-            origin=(elem.findtext(_NS + "origin") or "").strip(),
-            also=tuple((a.text or "").strip() for a in elem.findall(_NS + "also")),
-            note=(elem.findtext(_NS + "note") or "").strip()))
-    return RuleBook(rules, path)
-
-
-@functools.lru_cache(maxsize=None)
-def load(directory: str | None = None) -> RuleBook:
-    """The installed rules, read once per process."""
-    base = directory or kb_dir()
-    return load_rules(os.path.join(base, "dependencies.xml"), load_registers(directory))

@@ -17,17 +17,13 @@ three-valued: with only some registers known the answer may be ``None``.
 
 from __future__ import annotations
 
-import functools
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-import os
 
-from libvirt_arm_cpu.errors import ParseError, UnknownName
-from libvirt_arm_cpu.paths import kb_dir
-from libvirt_arm_cpu.kb.registers import NAMESPACE, Field, KnowledgeBase, load as load_registers, read_kb_file
+from libvirt_arm_cpu.errors import UnknownName
+from libvirt_arm_cpu.kb.registers import NAMESPACE, Field, KnowledgeBase
 
-__all__ = ["Feature", "FieldCondition", "Group", "FeatureRef", "FeatureCatalog", "load"]
+__all__ = ["Feature", "FieldCondition", "Group", "FeatureRef", "FeatureCatalog"]
 
 _NS = "{" + NAMESPACE + "}"
 
@@ -117,20 +113,20 @@ class Feature:
         """The name users type: ``aes``, ``aarch32:aes``, ``FEAT_AES``."""
         return f"aarch32:{self.name}" if self.kind == "aarch32-hwcap" else self.name
 
-    def holds(self, values: Values, catalog: FeatureCatalog | None = None) -> bool | None:
+    def holds(self, values: Values, catalog: FeatureCatalog) -> bool | None:
         if self.condition is None:
             return None
-        return self.condition.holds(values, catalog or load())
+        return self.condition.holds(values, catalog)
 
-    def fields(self, catalog: FeatureCatalog | None = None) -> list[Field]:
+    def fields(self, catalog: FeatureCatalog) -> list[Field]:
         """Every field the condition reads, following feature references."""
-        return self._walk(catalog or load(), None)
+        return self._walk(catalog, None)
 
-    def satisfied_by(self, values: Values, catalog: FeatureCatalog | None = None) -> list[Field]:
+    def satisfied_by(self, values: Values, catalog: FeatureCatalog) -> list[Field]:
         """The fields whose own condition holds within this feature's (expanded)
         condition: the fields that give it, when it is present.  For FEAT_Crypto
         (AES or SHA1 or ...) that is AES and SHA1, not a zero SM4."""
-        return self._walk(catalog or load(), values)
+        return self._walk(catalog, values)
 
     def _walk(self, catalog: FeatureCatalog, values: Values | None) -> list[Field]:
         """The fields of the expanded condition; with *values*, only the field
@@ -191,46 +187,3 @@ class FeatureCatalog:
 
     def present(self, values: Values) -> list[Feature]:
         return [f for f in self.features if f.holds(values, self) is True]
-
-
-def _condition(elem: ET.Element, kb: KnowledgeBase, path: str) -> Condition:
-    tag = elem.tag[len(_NS):]
-    if tag == "field":
-        fld = kb.field(elem.get("register", ""), elem.get("name", ""))
-        hi = elem.get("max")
-        return FieldCondition(fld, fld.order(int(elem.get("min", "0"))),
-                              None if hi is None else fld.order(int(hi)))
-    if tag == "feature":
-        return FeatureRef(elem.get("ref", ""))
-    if tag in ("all", "any"):
-        return Group(tag, tuple(_condition(c, kb, path) for c in elem))
-    raise ParseError(path, None, f"unexpected <{tag}> in a feature condition")
-
-
-def load_features(path: str, kb: KnowledgeBase) -> FeatureCatalog:
-    """Read features.xml.
-
-    :raise ParseError: when the file is missing, malformed, or names a field
-        the register knowledge base lacks.
-    """
-    root = read_kb_file(path, "features")
-    features = []
-    for elem in root.findall(_NS + "feature"):
-        children = list(elem)
-        unavailable = elem.find(_NS + "unavailable")
-        try:
-            cond = None if unavailable is not None else _condition(children[0], kb, path)
-        except UnknownName as err:
-            raise ParseError(path, None, f"feature {elem.get('name')}: {err}") from err
-        features.append(Feature(
-            name=elem.get("name", ""), kind=elem.get("kind", "feat"), condition=cond,
-            unavailable=None if unavailable is None else unavailable.get("reason"),
-            llvm=elem.get("llvm")))
-    return FeatureCatalog(features, kb)
-
-
-@functools.lru_cache(maxsize=None)
-def load(directory: str | None = None) -> FeatureCatalog:
-    """The installed feature catalog, read once per process."""
-    base = directory or kb_dir()
-    return load_features(os.path.join(base, "features.xml"), load_registers(directory))

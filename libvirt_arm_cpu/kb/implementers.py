@@ -8,14 +8,11 @@ Revision give the stepping (rNpM).  The tables are in
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-import os
 
-from libvirt_arm_cpu.paths import kb_dir
-from libvirt_arm_cpu.kb.registers import NAMESPACE, KnowledgeBase, load as load_registers, read_kb_file
+from libvirt_arm_cpu.kb.registers import NAMESPACE, KnowledgeBase
 
-__all__ = ["Midr", "decode_midr", "load"]
+__all__ = ["Midr", "decode_midr"]
 
 _NS = "{" + NAMESPACE + "}"
 
@@ -47,28 +44,8 @@ class Tables:
     parts: dict[tuple[int, int], str]
 
 
-def load_tables(path: str) -> Tables:
-    root = read_kb_file(path, "implementers")
-    implementers = {}
-    parts = {}
-    for imp in root.iter(_NS + "implementer"):
-        code = int(imp.get("code", "0"), 16)
-        implementers[code] = imp.get("name", "")
-        for part in imp.iter(_NS + "part"):
-            parts[(code, int(part.get("number", "0"), 16))] = part.get("name", "")
-    return Tables(implementers, parts)
-
-
-@functools.lru_cache(maxsize=None)
-def load(directory: str | None = None) -> Tables:
-    base = directory or kb_dir()
-    return load_tables(os.path.join(base, "implementers.xml"))
-
-
-def decode_midr(raw: int, tables: Tables | None = None,
-                kb: KnowledgeBase | None = None) -> Midr:
-    tables = tables or load()
-    midr = (kb or load_registers()).register("MIDR_EL1").decode(raw)
+def decode_midr(raw: int, tables: Tables, kb: KnowledgeBase) -> Midr:
+    midr = kb.register("MIDR_EL1").decode(raw)
     implementer, part = midr["Implementer"], midr["PartNum"]
     return Midr(raw, implementer, midr["Variant"], midr["Architecture"], part,
                 midr["Revision"], tables.implementers.get(implementer),

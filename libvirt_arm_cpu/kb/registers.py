@@ -11,30 +11,24 @@ feature policies) as Python objects:
 * :class:`RegisterValue` -- a 64-bit value of one register, decoded on
   demand and encoded back field by field.
 
-Loading is on the libvirt hook's path, so it uses the stdlib's expat-backed
-ElementTree (lxml alone costs more to import than our whole budget) and
-happens once per process (:func:`load`).
+Types only: :mod:`libvirt_arm_cpu.kb.load` reads ``xml/registers.xml`` into
+them (once per process), so the engine can use them without reading a file.
 """
 
 from __future__ import annotations
 
-import functools
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field as dc_field
-import os
 
-from libvirt_arm_cpu.errors import DataError, ParseError, UnknownName, UsageError
-from libvirt_arm_cpu.paths import kb_dir
+from libvirt_arm_cpu.errors import DataError, UnknownName, UsageError
 
 __all__ = [
     "KnowledgeBase", "Register", "Field", "Reserved", "RegisterValue", "FieldValue",
-    "load", "read_kb_file", "parse_u64", "kvm_reg_id", "encoding_of_kvm_id",
+    "parse_u64", "kvm_reg_id", "encoding_of_kvm_id",
     "writable_mask_index", "generic_name",
     "in_feature_id_space", "NAMESPACE",
-    "LOWER_SAFE", "HIGHER_SAFE", "HIGHER_OR_ZERO_SAFE", "EXACT", "MUST_MATCH", "ANY",
-]
+    "LOWER_SAFE", "HIGHER_SAFE", "HIGHER_OR_ZERO_SAFE", "EXACT", "MUST_MATCH", "ANY"]
 
 NAMESPACE = "urn:x-libvirt-arm-cpu:kb:1"
 _NS = "{" + NAMESPACE + "}"
@@ -457,91 +451,3 @@ class KnowledgeBase:
             reg = self.register(name)
             out[reg.name] = RegisterValue(reg, raw)
         return out
-
-
-# -- loading -----------------------------------------------------------------
-
-def _int(elem: ET.Element, attr: str, path: str) -> int:
-    text = elem.get(attr)
-    if text is None:
-        raise ParseError(path, None, f"<{_local(elem.tag)}> lacks attribute '{attr}'")
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise ParseError(path, None, f"<{_local(elem.tag)} {attr}='{text}'> is not a number") from None
-
-
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
-def read_kb_file(path: str, root_tag: str) -> ET.Element:
-    """Parse one knowledge-base file and check its root element.
-
-    :raise ParseError: when the file is missing, malformed or of another kind.
-    """
-    try:
-        root = ET.parse(path).getroot()
-    except OSError as err:
-        raise ParseError(path, None, f"cannot read the knowledge base: {err.strerror}. "
-                         f"Reinstall libvirt-arm-cpu or set LIBVIRT_ARM_CPU_XML_DIR") from err
-    except ET.ParseError as err:
-        raise ParseError(path, err.position[0], f"not well-formed XML: {err}") from err
-    except (LookupError, ValueError) as err:     # an encoding Python cannot decode
-        raise ParseError(path, 1, f"not a knowledge base file: {err}") from None
-    if root.tag != _NS + root_tag:
-        raise ParseError(path, None, f"root element is <{_local(root.tag)}>, "
-                         f"expected <{root_tag} xmlns='{NAMESPACE}'>")
-    return root
-
-
-def load_registers(path: str) -> KnowledgeBase:
-    """Read a registers.xml knowledge base.
-
-    The file is the project's own generated data; schema validation happens
-    where it is written (kbgen) and in the tests, not here, to keep this fast.
-
-    :raise ParseError: when the file is missing or not a knowledge base.
-    """
-    root = read_kb_file(path, "registers")
-    sources = [Source(s.get("id", ""), s.get("origin", ""), s.get("file"), s.get("sha256"))
-               for s in root.iter(_NS + "source")]
-    registers = []
-    for reg in root.iter(_NS + "register"):
-        name = reg.get("name", "")
-        fields = []
-        reserved = []
-        for child in reg:
-            tag = _local(child.tag)
-            if tag == "field":
-                safe = child.get("safe")
-                fields.append(Field(
-                    register=name,
-                    name=child.get("name", ""),
-                    msb=_int(child, "msb", path),
-                    lsb=_int(child, "lsb", path),
-                    kind=child.get("kind", "field"),
-                    signed=child.get("signed") == "true",
-                    policy=child.get("policy", MUST_MATCH),
-                    safe=int(safe, 0) if safe is not None else None,
-                    kvm_policy=child.get("kvm-policy"),
-                    values=tuple((int(v.get("value", "0"), 0), v.get("name", ""))
-                                 for v in child.iter(_NS + "value")),
-                    kvm_min=int(child.get("kvm-min", "0"), 0) if child.get("kvm-min") else None,
-                    kvm_zero_ok=child.get("kvm-zero-ok") == "true",
-                ))
-            elif tag == "reserved":
-                reserved.append(Reserved(child.get("kind", "res0"),
-                                         _int(child, "msb", path), _int(child, "lsb", path)))
-        registers.append(Register(
-            name, _int(reg, "op0", path), _int(reg, "op1", path), _int(reg, "crn", path),
-            _int(reg, "crm", path), _int(reg, "op2", path),
-            kind=reg.get("kind", "feature-id"), fields=tuple(fields), reserved=tuple(reserved)))
-    return KnowledgeBase(registers, sources, path)
-
-
-@functools.lru_cache(maxsize=None)
-def load(directory: str | None = None) -> KnowledgeBase:
-    """The installed knowledge base, read once per process."""
-    base = directory or kb_dir()
-    return load_registers(os.path.join(base, "registers.xml"))
