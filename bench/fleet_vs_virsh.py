@@ -213,20 +213,21 @@ def check(argv: list[str], out: Path, timeout: float, ok: tuple[int, ...] = (0,)
     return r
 
 
-def paired(ours: list[str], anchor: list[str] | None, reps: int, work: Path,
-           timeout: float, budget: float) -> tuple[list[Run], list[Run]]:
-    """Our command and its anchor back to back, *reps* times (the first run
-    of each is a check that it succeeds, and is not timed)."""
-    first = check(ours, work / "ours.out", timeout)
-    a_runs: list[Run] = []
-    if anchor:
-        check(anchor, work / "anchor.out", timeout)
-    if first.timed_out:
-        return [first], a_runs
+def paired(ours: list[str], anchor: list[str] | None, reps: int, work: Path, timeout: float,
+           budget: float, ok: tuple[int, ...] = (0,)) -> tuple[list[Run], list[Run]]:
+    """Our command and its anchor back to back, *reps* times.  A first run
+    of each checks that it succeeds (exit code in *ok*); it is a warm-up,
+    not timed, unless it alone took more than *budget* (then it is the one
+    sample) or was killed at *timeout*."""
+    first = check(ours, work / "ours.out", timeout, ok)
+    a_first = check(anchor, work / "anchor.out", timeout) if anchor else None
+    if first.timed_out or first.seconds > budget:
+        return [first], [a_first] if a_first else []
     o_runs: list[Run] = []
+    a_runs: list[Run] = []
     start = time.perf_counter()
     for _ in range(reps):
-        o_runs.append(check(ours, work / "ours.out", timeout))
+        o_runs.append(check(ours, work / "ours.out", timeout, ok))
         if anchor:
             a_runs.append(check(anchor, work / "anchor.out", timeout))
         if o_runs[-1].timed_out:
@@ -241,9 +242,13 @@ def med(runs: list[Run]) -> float:
     return statistics.median(r.seconds for r in runs)
 
 
+def timed_out(runs: list[Run]) -> bool:
+    return bool(runs) and runs[-1].timed_out
+
+
 def fmt_s(runs: list[Run], timeout: float) -> str:
-    if runs and runs[-1].timed_out:
-        return f">{timeout:.0f} s"
+    if timed_out(runs):
+        return f">{timeout:.0f} s (killed)"
     return f"{med(runs):.2f} s" if runs else "-"
 
 
@@ -251,24 +256,33 @@ class Table:
     def __init__(self) -> None:
         self.rows: list[tuple[str, ...]] = []
 
-    def add(self, work: str, n: int, ours: list[Run], anchor: list[Run] | None,
-            anchor_label: str, timeout: float, note: str = "") -> None:
+    def add(self, work: str, n: int, ours: list[Run], anchor: list[Run], anchor_label: str,
+            timeout: float, target: float | None = None, target_label: str = "",
+            note: str = "") -> None:
+        """*target*: the most our median may take (seconds)."""
         o = fmt_s(ours, timeout)
         a = fmt_s(anchor, timeout) if anchor else "-"
-        if ours and anchor and not ours[-1].timed_out:
+        if ours and anchor and not timed_out(ours):
             ratio = med(ours) / med(anchor)
             r = f"{ratio:.1f}x slower" if ratio >= 1 else f"{1 / ratio:.1f}x faster"
         elif ours and anchor:
             r = f">{timeout / med(anchor):.0f}x slower"
         else:
             r = "-"
+        t = "-"
+        if target is not None and ours:
+            met = not timed_out(ours) and med(ours) <= target
+            t = f"<= {target:.2f} s{target_label}: {'met' if met else 'NOT met'}"
         rss = f"{max(x.rss_mib for x in ours):.0f} MiB" if ours else "-"
-        self.rows.append((work, f"{n:,}", o, f"{anchor_label} {a}".strip(), r, rss,
+        if timed_out(ours):
+            rss = f">{rss}"
+        self.rows.append((work, f"{n:,}", o, f"{anchor_label} {a}".strip(), r, t, rss,
                           str(len(ours)), note))
         print(" | ".join(self.rows[-1]), flush=True)
 
     def markdown(self) -> str:
-        head = ("work", "N", "ours", "anchor", "ratio", "peak RSS (ours)", "runs", "note")
+        head = ("work", "N", "ours", "anchor", "ratio", "target", "peak RSS (ours)", "runs",
+                "note")
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(r) + " |" for r in self.rows]
         return "\n".join(lines)
@@ -276,17 +290,15 @@ class Table:
 
 LIBRARY_COMPARE = r"""
 import sys
-from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu import service
-try:
+try:                                   # the layout of issue 10
     from libvirt_arm_cpu.engine.compare import compare_many
-except ImportError:
+    from libvirt_arm_cpu.kb import load as kb_load
+    kb = kb_load.registers()
+except ImportError:                    # before it
     from libvirt_arm_cpu.compare import compare_many
-try:
-    from libvirt_arm_cpu.kb import registers
-except ImportError:
     from libvirt_arm_cpu import registers
-kb = kb_load.registers()
+    kb = registers.load()
 model = service.load_inputs([sys.argv[1]], kb)[0][1]
 profiles = [p for _, _, p in service.load_inputs([sys.argv[2]], kb)]
 verdicts = [c.result for c in compare_many(model, profiles, kb)]
@@ -332,15 +344,17 @@ def main() -> int:
     tmp.mkdir(parents=True, exist_ok=True)
     table = Table()
     t_all = time.perf_counter()
+    to, budget, reps = args.timeout, args.row_budget, args.n
     try:
         model = tmp / "model.xml"
         check(cli + ["cpu-baseline", "-o", str(model)]
-              + [str(Path(args.fixtures) / f) for f in N1], tmp / "model.out", args.timeout)
+              + [str(Path(args.fixtures) / f) for f in N1], tmp / "model.out", to)
         two = [fixtures[f] for f in N1]
         shapes = {
             "copies": lambda i: personalise(two[i % 2], i),
             "distinct": lambda i: distinct_variant(base, fields, i),
         }
+        plain: dict[tuple[str, int], tuple[list[Run], list[Run]]] = {}
         for n in sizes:
             for shape in ("copies", "distinct"):
                 if shape not in rows and "compare" not in rows:
@@ -348,47 +362,55 @@ def main() -> int:
                 d = write_fleet(tmp / f"{shape}-{n}", n, shapes[shape])
                 x86 = skylake_file(tmp / f"x86-{shape}-{n}.xml", n, shape == "distinct")
                 anchor = VIRSH + [str(x86)]
+                o, a = paired(cli + ["cpu-baseline", str(d)], anchor, reps, tmp, to, budget)
+                plain[shape, n] = o, a
                 if shape in rows:
-                    o, a = paired(cli + ["cpu-baseline", str(d)], anchor, args.n, tmp,
-                                  args.timeout, args.row_budget)
-                    table.add(f"cpu-baseline DIR, {shape}", n, o, a, "virsh", args.timeout)
+                    table.add(f"cpu-baseline DIR, {shape}", n, o, a, "virsh", to,
+                              med(a) / 2.5, " (virsh/2.5)")
                 if "compare" in rows:
-                    one = next(d.iterdir())
-                    o, a = paired(cli + ["cpu-compare", str(model), str(one)], None, args.n,
-                                  tmp, args.timeout, args.row_budget)
-                    per = med(o)
-                    ext = [Run(per * n, o[0].rss_mib, 0, False)]
-                    _, a = paired(anchor, None, args.n, tmp, args.timeout, args.row_budget)
-                    table.add(f"cpu-compare, {shape}: {per * 1000:.0f} ms/process x N", n,
-                              ext, a, "virsh baseline", args.timeout,
+                    one = d / "host000001.xml"
+                    c, _ = paired(cli + ["cpu-compare", str(model), str(one)], None, reps, tmp,
+                                  to, budget, ok=(0, 1))
+                    per = med(c)
+                    table.add(f"cpu-compare MODEL HOST, {shape}: {per * 1000:.0f} ms x N", n,
+                              [Run(per * n, max(x.rss_mib for x in c), 0, False)], a,
+                              "virsh baseline", to, med(a) / 2.5, " (virsh/2.5)",
                               "extrapolated: the CLI compares one host per process")
-                    lib = [args.python, "-c", LIBRARY_COMPARE, str(model), str(d)]
-                    try:
-                        o, a = paired(lib, anchor, args.n, tmp, args.timeout, args.row_budget)
-                    except SystemExit as err:
-                        print(f"# library compare_many not measured: {err}", flush=True)
+                    if timed_out(o):
+                        table.add(f"library compare_many, {shape} (one process)", n, [], a,
+                                  "virsh baseline", to, note="not run: reading these "
+                                  "profiles alone exceeds the timeout (baseline row)")
                     else:
-                        table.add(f"library compare_many, {shape} (one process)", n, o, a,
-                                  "virsh baseline", args.timeout, "not a CLI command")
+                        lib = [args.python, "-c", LIBRARY_COMPARE, str(model), str(d)]
+                        try:
+                            c, a2 = paired(lib, anchor, reps, tmp, to, budget)
+                        except SystemExit as err:
+                            print(f"# library compare_many not measured: {err}", flush=True)
+                        else:
+                            table.add(f"library compare_many, {shape} (one process)", n, c,
+                                      a2, "virsh baseline", to, med(a2) / 2.5, " (virsh/2.5)",
+                                      "no CLI command takes N hosts")
                 shutil.rmtree(d)
                 x86.unlink()
         if "kinds" in rows:
             n = args.kinds_n
             kinds = list(fixtures.values())
+            if ("copies", n) not in plain:
+                c = write_fleet(tmp / f"copies-{n}", n, shapes["copies"])
+                x86 = skylake_file(tmp / f"x86-copies-{n}.xml", n, False)
+                plain["copies", n] = paired(cli + ["cpu-baseline", str(c)], VIRSH + [str(x86)],
+                                            reps, tmp, to, budget)
+                shutil.rmtree(c)
+                table.add("cpu-baseline DIR, copies (reference)", n, *plain["copies", n],
+                          "virsh", to)
+            ref = med(plain["copies", n][0])
             d = write_fleet(tmp / f"kinds-{n}", n, lambda i: personalise(kinds[i % len(kinds)], i))
-            c = write_fleet(tmp / f"copies-{n}", n, lambda i: personalise(two[i % 2], i))
             x86 = skylake_file(tmp / f"x86-copies-{n}.xml", n, False)
-            plain, a = paired(cli + ["cpu-baseline", str(c)], VIRSH + [str(x86)], args.n, tmp,
-                              args.timeout, args.row_budget)
-            table.add("cpu-baseline DIR, copies (reference)", n, plain, a, "virsh",
-                      args.timeout)
             for opt in ("--exclude-incompatible", "--pools"):
-                o, a = paired(cli + ["cpu-baseline", opt, str(d)], VIRSH + [str(x86)], args.n,
-                              tmp, args.timeout, args.row_budget)
-                vs = ("" if o[-1].timed_out else
-                      f"{med(o) / med(plain):.1f}x our plain copies baseline")
-                table.add(f"cpu-baseline {opt} DIR, {len(kinds)} kinds", n, o, a, "virsh",
-                          args.timeout, vs)
+                o, a = paired(cli + ["cpu-baseline", opt, str(d)], VIRSH + [str(x86)], reps,
+                              tmp, to, budget)
+                table.add(f"cpu-baseline {opt} DIR, {len(kinds)} kinds", n, o, a, "virsh", to,
+                          2 * ref, " (2x our plain copies baseline)")
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)

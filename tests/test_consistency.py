@@ -214,3 +214,42 @@ def test_repair_of_a_real_host_lowering():
                     assert source_accepts(host.values, host.writable, low.register, lf, low.new)
                 applied += 1
     assert applied > 0
+
+
+def test_feature_conditions_in_the_rules_terms_mean_the_same():
+    """translate removes a feature with the repair's falsifier, through
+    feature_condition: for every feature and every bundled host, with one
+    field at a time set to each of its values, the rule form holds exactly
+    when the feature does."""
+    from libvirt_arm_cpu.engine.consistency import feature_condition
+    catalog = kb_load.features()
+    rnd = random.Random(7)
+    checked = 0
+    for model in MODELS.values():
+        for f in catalog.features:
+            if f.condition is None:
+                continue
+            cond = feature_condition(f.condition, catalog)
+            fields = sorted({(x.register, x.name) for x in f.fields(catalog)})
+            for reg, name in fields:
+                fld = KB.field(reg, name)
+                for v in rnd.sample(range(fld.max_value + 1), min(4, fld.max_value + 1)):
+                    values = dict(model.values)
+                    values[reg] = fld.put(values.get(reg, 0), v)
+                    assert cond.holds(values) == (f.holds(values, catalog) is True), (f.name, reg, name, v)
+                    checked += 1
+    assert checked > 1000
+
+
+def test_falsify_removes_a_feature_by_lowering_only():
+    from libvirt_arm_cpu.engine.consistency import falsify, feature_condition
+    catalog = kb_load.features()
+    values = dict(MODELS["neoverse-n1-qemu7.2-linux6.12"].values)
+    dotprod = catalog.feature("asimddp")
+    assert dotprod.holds(values, catalog) is True
+    moves = falsify(feature_condition(dotprod.condition, catalog), values, KB)
+    assert moves and all(KB.field(r, n).order(v) < KB.field(r, n).order(KB.field(r, n).get(values[r]))
+                         for (r, n), v in moves[0].items())
+    for (r, n), v in moves[0].items():
+        values[r] = KB.field(r, n).put(values[r], v)
+    assert dotprod.holds(values, catalog) is False

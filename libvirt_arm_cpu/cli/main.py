@@ -30,7 +30,10 @@ PROG = "libvirt-arm-cpu"
 def commands() -> list[Command]:
     from libvirt_arm_cpu.cli.decode import DecodeCommand
     from libvirt_arm_cpu.cli.features import FeaturesCommand
-    from libvirt_arm_cpu.cli.cpu import BaselineCommand, CompareCommand, DiffCommand, ImportCommand
+    from libvirt_arm_cpu.cli.cpu_baseline import BaselineCommand
+    from libvirt_arm_cpu.cli.cpu_compare import CompareCommand
+    from libvirt_arm_cpu.cli.diff import DiffCommand
+    from libvirt_arm_cpu.cli.import_dump import ImportCommand
     from libvirt_arm_cpu.cli.domain import DefineCommand, DumpxmlCommand, TranslateCommand, ValidateCommand
     from libvirt_arm_cpu.cli.hook import HookCommand
     from libvirt_arm_cpu.cli.host import HostCommand

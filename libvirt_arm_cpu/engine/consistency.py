@@ -30,9 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from libvirt_arm_cpu.model import CpuModel
-from libvirt_arm_cpu.kb.features import FeatureCatalog
+from libvirt_arm_cpu.kb.features import Condition as FeatureCondition
+from libvirt_arm_cpu.kb.features import FeatureCatalog, FeatureRef
+from libvirt_arm_cpu.kb.features import Group as FeatureGroup
 from libvirt_arm_cpu.kb.dependencies import Always, Condition, Group, Not, Rule, RuleBook, Test
-from libvirt_arm_cpu.kb.registers import Field, KnowledgeBase
+from libvirt_arm_cpu.kb.registers import Field, KnowledgeBase, sign_extend
 from libvirt_arm_cpu.kb.registers import U64_MAX as U64
 from libvirt_arm_cpu.engine.rules import covers, source_accepts
 
@@ -169,18 +171,35 @@ def _below(f: Field, v: int, signed: bool) -> list[int]:
     repair takes the first one every host accepts (an exact field, say,
     only accepts its safe value)."""
     def key(x: int) -> int:
-        return x - (1 << f.width) if signed and x >> (f.width - 1) else x
-    return sorted((x for x in _meaningful(f) if key(x) < key(v)), key=key, reverse=True)
+        return sign_extend(x, f.width) if signed else x
+    return sorted((x for x in f.meaningful_values() if key(x) < key(v)), key=key, reverse=True)
 
 
-def _meaningful(f: Field) -> list[int]:
-    """Values a repair may give the field: those the architecture names,
-    plus "not implemented" (0, or all ones for a signed field): never a
-    reserved encoding."""
-    named = {v for v, _ in f.values}
-    if not named:
-        return list(range(f.max_value + 1))
-    return sorted(named | {f.max_value if f.signed else 0})
+
+
+def feature_condition(cond: FeatureCondition, catalog: FeatureCatalog) -> Condition:
+    """A feature's condition (features.xml: field ranges, groups, references)
+    in the rules' terms, so one falsifier serves both: a field range
+    [lo, hi] is ``field >= lo and field <= hi`` compared as the field is
+    signed, a reference is the referenced feature's condition."""
+    if isinstance(cond, FeatureRef):
+        ref = catalog.feature(cond.name).condition
+        return feature_condition(ref, catalog) if ref is not None else Not(Always())
+    if isinstance(cond, FeatureGroup):
+        return Group(cond.op, tuple(feature_condition(c, catalog) for c in cond.terms))
+    f = cond.field
+    low = Test(f.register, f, "ge", f.from_order(cond.lo), signed=f.signed)
+    if cond.hi is None:
+        return low
+    return Group("all", (low, Test(f.register, f, "le", f.from_order(cond.hi), signed=f.signed)))
+
+
+def falsify(cond: Condition, values: dict[str, int], kb: KnowledgeBase,
+            feasible: Callable[[Move], bool] | None = None) -> list[Move]:
+    """Alternative moves (field -> lower value) that make *cond* fail,
+    the first one preferred; [{}] when it fails already, [] when lowering
+    cannot make it fail.  *feasible* filters moves (default: any)."""
+    return _falsify(cond, values, kb, feasible or (lambda m: True))
 
 
 def _satisfy(cond: Condition, values: dict[str, int], kb: KnowledgeBase,

@@ -33,12 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, Comparison, Reason, compare
-from libvirt_arm_cpu.engine.consistency import Lowering, Unresolved, make_consistent
+from libvirt_arm_cpu.engine.consistency import (Lowering, Unresolved, falsify, feature_condition,
+                                                make_consistent)
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.kb.dependencies import RuleBook
 from libvirt_arm_cpu.model import METHOD_LOADER, METHOD_NONE, METHOD_SYSREG, CpuFeature, DomainCpu, qemu_cpu_argument
 from libvirt_arm_cpu.errors import DataError, UsageError
-from libvirt_arm_cpu.kb.features import Feature, FeatureCatalog, FeatureRef, FieldCondition, Group
+from libvirt_arm_cpu.kb.features import Feature, FeatureCatalog
 from libvirt_arm_cpu.engine.loader import LOADER_PATH
 from libvirt_arm_cpu.engine.loader import environment as loader_env
 from libvirt_arm_cpu.engine.loader import hidden_registers
@@ -270,7 +271,7 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
                           + "; ".join(map(str, verdict.reasons[:4]))
                           + (f" (and {len(verdict.reasons) - 4} more)"
                              if len(verdict.reasons) > 4 else ""), verdict.reasons)
-    imp = _implementation_reasons(values, have)
+    imp = _implementation_reasons(values, have, kb)
     fw_changes = firmware_changes(fw, host)
     chosen = choose_method(host, method, verdict.result != IDENTICAL,
                            implementation=bool(imp) or fw_changes)
@@ -330,59 +331,26 @@ def _enable(values: dict[str, int], f: Feature, host: dict[str, int],
 
 def _disable(values: dict[str, int], f: Feature, catalog: FeatureCatalog,
              kb: KnowledgeBase) -> bool:
-    """Remove *f* by lowering fields; False when lowering cannot."""
-    if f.holds(values, catalog) is not True:
-        return True
-    moves = _falsify(f.condition, values, catalog)
-    if moves is None:
+    """Remove *f* by lowering fields; False when lowering cannot.  The
+    feature's condition is falsified by the dependency repair's own
+    falsifier (one way to lower fields until a condition fails)."""
+    if f.holds(values, catalog) is not True or f.condition is None:
+        return f.condition is not None
+    moves = falsify(feature_condition(f.condition, catalog), values, kb)
+    if not moves:
         return False
-    for fld, v in moves:
-        values[fld.register] = fld.put(values.get(fld.register, 0), v)
+    for (reg, name), v in moves[0].items():
+        fld = kb.field(reg, name)
+        values[reg] = fld.put(values.get(reg, 0), v)
     return f.holds(values, catalog) is not True
 
 
-def _falsify(cond, values: dict[str, int], catalog: FeatureCatalog):
-    if isinstance(cond, FeatureRef):
-        return _falsify(catalog.feature(cond.name).condition, values, catalog)
-    if isinstance(cond, FieldCondition):
-        if cond.holds(values, catalog) is not True:
-            return []
-        fld = cond.field
-        below = [v for v in _named(fld) if fld.order(v) < cond.lo]
-        if not below:
-            return None
-        return [(fld, max(below, key=fld.order))]
-    if isinstance(cond, Group):
-        if cond.op == "any":        # every true term must go
-            out = []
-            for t in cond.terms:
-                m = _falsify(t, values, catalog)
-                if m is None:
-                    return None
-                out.extend(m)
-            return out
-        for t in cond.terms:        # all: one false term is enough
-            m = _falsify(t, values, catalog)
-            if m is not None:
-                return m
-        return None
-    return None
-
-
-def _named(fld) -> list[int]:
-    named = {v for v, _ in fld.values}
-    return sorted(named | {fld.max_value if fld.signed else 0}) if named else \
-        list(range(fld.max_value + 1))
-
-
-IMPLEMENTATION_REGISTERS = ("MIDR_EL1", "REVIDR_EL1", "AIDR_EL1")
-
-
-def _implementation_reasons(values: dict[str, int], host: dict[str, int]) -> list[Reason]:
+def _implementation_reasons(values: dict[str, int], host: dict[str, int],
+                            kb: KnowledgeBase) -> list[Reason]:
     """MIDR/REVIDR/AIDR that differ: KVM may allow it (capability 239),
     but QEMU's SYSREG series has no property for them yet."""
     out = []
-    for reg in IMPLEMENTATION_REGISTERS:
+    for reg in (r.name for r in kb.of_kind("implementation-id")):
         if reg in values and values[reg] != host.get(reg, 0):
             out.append(Reason(reg, None, "qemu", host.get(reg, 0), values[reg],
                               f"{reg}: needs {values[reg]:#x}, host has {host.get(reg, 0):#x}; "
@@ -448,7 +416,7 @@ def validate(values: dict[str, int], cpu_arguments: list[str], host: HostProfile
         model = replace(model, vcpu_off=tuple(vcpu_off))
     c = compare(model, host, kb, check_qemu=True)
     chosen = METHOD_NONE
-    imp = _implementation_reasons(values, host.values(tuple(vcpu_off)))
+    imp = _implementation_reasons(values, host.values(tuple(vcpu_off)), kb)
     if c.result != INCOMPATIBLE:
         try:
             chosen = choose_method(host, method, c.result != IDENTICAL, prefer=current_method,

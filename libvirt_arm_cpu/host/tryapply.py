@@ -24,7 +24,6 @@ from libvirt_arm_cpu.kb.registers import KnowledgeBase, Register
 
 __all__ = ["Verdict", "TryApplyResult", "try_apply", "differing_fields"]
 
-IMPLEMENTATION_REGISTERS = ("MIDR_EL1", "REVIDR_EL1", "AIDR_EL1")
 
 
 @dataclass
@@ -94,7 +93,7 @@ def try_apply(kvm: Kvm, kb: KnowledgeBase, wanted: dict[str, int],
         features = VcpuFeatures(pmu=False, sve=features.sve, ptrauth=features.ptrauth)
     regs = sorted((kb.register(name) for name in wanted), key=lambda r: r.encoding)
     if enable_imp_id_regs is None:
-        enable_imp_id_regs = (any(r.name in IMPLEMENTATION_REGISTERS for r in regs)
+        enable_imp_id_regs = (any(r.kind == "implementation-id" for r in regs)
                               and kvm.check_extension(KVM_CAP_ARM_WRITABLE_IMP_ID_REGS) > 0)
     verdicts = []
     with kvm.create_vm() as vm:

@@ -19,7 +19,7 @@ from typing import Union
 
 from libvirt_arm_cpu.errors import UnknownName
 from libvirt_arm_cpu.kb.features import FeatureCatalog
-from libvirt_arm_cpu.kb.registers import NAMESPACE, Field
+from libvirt_arm_cpu.kb.registers import NAMESPACE, Field, sign_extend
 
 __all__ = ["Test", "Always", "Group", "Not", "Condition", "Rule", "RuleBook"]
 
@@ -48,8 +48,7 @@ class Test:
         """The comparison key: two's complement when the rule says signed."""
         if not self.signed:
             return v
-        width = f.width if f is not None else 64
-        return v - (1 << width) if v >> (width - 1) else v
+        return sign_extend(v, f.width if f is not None else 64)
 
     def holds(self, values: Mapping[str, int]) -> bool:
         left = self.key(self.field, self.read(values))

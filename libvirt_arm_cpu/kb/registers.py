@@ -26,7 +26,7 @@ from libvirt_arm_cpu.errors import DataError, UnknownName, UsageError
 __all__ = [
     "KnowledgeBase", "Register", "Field", "Reserved", "RegisterValue", "FieldValue",
     "parse_u64", "kvm_reg_id", "encoding_of_kvm_id",
-    "writable_mask_index", "generic_name",
+    "writable_mask_index", "generic_name", "sign_extend",
     "in_feature_id_space", "NAMESPACE",
     "LOWER_SAFE", "HIGHER_SAFE", "HIGHER_OR_ZERO_SAFE", "EXACT", "MUST_MATCH", "ANY"]
 
@@ -93,6 +93,12 @@ def writable_mask_index(op0: int, op1: int, crn: int, crm: int, op2: int) -> int
 def generic_name(op0: int, op1: int, crn: int, crm: int, op2: int) -> str:
     """The assembler's name for any system register: S3_0_C0_C6_0."""
     return f"S{op0}_{op1}_C{crn}_C{crm}_{op2}"
+
+
+def sign_extend(value: int, width: int) -> int:
+    """*value*, a *width*-bit field, as two's complement (Arm's SInt()):
+    0xF of a 4-bit field is -1."""
+    return value - (1 << width) if value >> (width - 1) else value
 
 
 _GENERIC = re.compile(r"S([0-3])_([0-7])_C([0-9]|1[0-5])_C([0-9]|1[0-5])_([0-7])")
@@ -180,13 +186,20 @@ class Field:
 
     def order(self, value: int) -> int:
         """Sort key: signed fields compare as two's complement (0xF = -1)."""
-        if self.signed and value >> (self.width - 1):
-            return value - (1 << self.width)
-        return value
+        return sign_extend(value, self.width) if self.signed else value
 
     def from_order(self, key: int) -> int:
         """Inverse of :meth:`order`."""
         return key & self.max_value
+
+    def meaningful_values(self) -> list[int]:
+        """The values a model may give the field: those the architecture
+        names, plus "not implemented" (0, or all ones for a signed field),
+        never a reserved encoding; every value of a field without names."""
+        named = {v for v, _ in self.values}
+        if not named:
+            return list(range(self.max_value + 1))
+        return sorted(named | {self.max_value if self.signed else 0})
 
     def meaning(self, value: int) -> str | None:
         """The enum name of *value*, if the architecture names it."""
@@ -400,6 +413,11 @@ class KnowledgeBase:
             if in_feature_id_space(op0, op1, crn, crm, op2):
                 return Register(key, op0, op1, crn, crm, op2, kind="unallocated", fields=())
         raise UnknownName("register", name, (r.name for r in self.registers))
+
+    def of_kind(self, kind: str) -> list[Register]:
+        """The registers of one kind (``feature-id``, ``implementation-id``
+        (MIDR, REVIDR, AIDR), ``affinity`` (MPIDR), ``unallocated``)."""
+        return [r for r in self if r.kind == kind]
 
     def by_encoding(self, op0: int, op1: int, crn: int, crm: int, op2: int) -> Register | None:
         return self._by_encoding.get((op0, op1, crn, crm, op2))
