@@ -106,3 +106,18 @@ def test_importing_the_engine_loads_no_xml_file_or_process_module():
                                "libvirt_arm_cpu.fileio", "libvirt_arm_cpu.service",
                                "libvirt_arm_cpu.cli"))]
     assert not banned, banned
+
+
+def test_xml_is_parsed_in_one_module():
+    """Every XML input goes through libvirt_arm_cpu.xmlsafe (no DOCTYPE, no
+    entities, depth and size limits, one-line errors); the rest of the
+    package builds and writes elements only."""
+    import re
+    parsing = re.compile(r"\b(ET\.parse|ET\.fromstring|ET\.XMLParser|ET\.iterparse|"
+                         r"ET\.XML\(|xml\.parsers\.expat|xml\.dom|xml\.sax|lxml)\b")
+    found = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}"
+             for p in sorted((ROOT / "libvirt_arm_cpu").rglob("*.py"))
+             if p.name != "xmlsafe.py"
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if parsing.search(line) and not line.lstrip().startswith("#")]
+    assert not found, "\n".join(found)

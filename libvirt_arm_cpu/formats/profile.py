@@ -9,8 +9,8 @@ every CPU's MIDR, and for each register of the feature-ID space its value and
 writable mask.
 
 The XML form (``xml/schemas/profile.xsd``, namespace
-``urn:x-libvirt-arm-cpu:host:1``) is handled here and only here, with the
-stdlib's ElementTree so the helper also runs where lxml is not installed.
+``urn:x-libvirt-arm-cpu:host:1``) is handled here and only here; it is read
+through the one safe reader (:mod:`libvirt_arm_cpu.xmlsafe`).
 Files are validated against the schema when written and, unless the caller
 is on a latency budget (the hook), when read.
 """
