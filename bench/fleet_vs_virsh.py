@@ -334,7 +334,8 @@ def main() -> int:
                                    text=True).stdout.strip()
     print(f"# {platform.machine()}, {os.cpu_count()} cores, {platform.node()}, "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"Python {platform.python_version()}, virsh {virsh_version}")
+          f"Python {platform.python_version()}, virsh {virsh_version}, load average "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     print(f"# distinct shape varies {len(fields)} fields: "
           + ", ".join(f"{r.removeprefix('ID_AA64').removesuffix('_EL1')}[{lsb}]"
                       for r, lsb, _, _ in fields[:12]) + ", ...")
@@ -416,7 +417,8 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     print()
     print(table.markdown())
-    print(f"\n# whole run {time.perf_counter() - t_all:.0f} s")
+    print(f"\n# whole run {time.perf_counter() - t_all:.0f} s; load average now "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     return 0
 
 

@@ -20,7 +20,7 @@ from libvirt_arm_cpu.fileio import MAX_INPUT_BYTES
 
 from .conftest import assert_one_line_error, run_installed
 from .domains import N1_73, domain_xml
-from .fuzz_targets import TARGETS, SEEDS
+from .fuzz_targets import HERE, SEEDS, TARGETS
 
 
 def nested(depth: int) -> str:
@@ -127,3 +127,51 @@ def test_the_seeds_themselves_parse():
 
 def test_json_seed_is_a_firecracker_dump():
     assert "reg_modifiers" in json.loads(SEEDS["firecracker"]())
+
+
+# -- the XML reader's two passes agree ----------------------------------------
+
+_XML_SEEDS = [HERE / "data" / "hosts" / "neoverse-n1-qemu7.2-linux7.3.xml",
+              HERE / "data" / "translate" / "custom-two-kernels-loader-out.xml"]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_the_fast_and_the_strict_xml_pass_build_the_same_tree(data):
+    """xmlsafe parses plain documents with ElementTree's C parser and
+    everything else with expat's refusing handlers: where the fast pass
+    takes a document, the strict pass must take it too and build the same
+    tree (so the fast pass never lets through what the strict one refuses)."""
+    import xml.etree.ElementTree as ET
+
+    from libvirt_arm_cpu.errors import ParseError
+    from libvirt_arm_cpu.xmlsafe import _fast, _strict
+    seed = data.draw(st.sampled_from(_XML_SEEDS)).read_bytes()
+    blob = data.draw(st.one_of(_mutations(seed), st.binary(max_size=512)), label="input")
+    fast = _fast(blob)
+    if fast is None:
+        return
+    try:
+        strict = _strict(blob, "x.xml")
+    except ParseError as err:
+        raise AssertionError(f"the fast pass took what the strict one refuses: {err}") from None
+    assert ET.tostring(fast) == ET.tostring(strict)
+
+
+@pytest.mark.parametrize("doc", [
+    b"<?xml version='1.0' encoding='utf-7'?>+ADw-!DOCTYPE a+AD4-<a/>",
+    "<?xml version='1.0' encoding='utf-16'?><!DOCTYPE a><a/>".encode("utf-16"),
+    b"<a>&x;</a>",
+    b"<!DOCTYPE a [<!ENTITY x 'y'>]><a>&x;</a>",
+    b"<a>" * 65 + b"</a>" * 65,
+])
+def test_documents_that_could_hide_a_declaration_take_the_strict_pass(doc):
+    from libvirt_arm_cpu.xmlsafe import _fast
+    assert _fast(doc) is None
+
+
+def test_plain_documents_take_the_fast_pass():
+    from libvirt_arm_cpu.xmlsafe import _fast
+    for path in _XML_SEEDS:
+        assert _fast(path.read_bytes()) is not None, path
