@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from libvirt_arm_cpu.kb import load as kb_load  # noqa: E402
 from libvirt_arm_cpu.model import CpuModel  # noqa: E402
 from libvirt_arm_cpu.formats.profile import read_profile  # noqa: E402
-from libvirt_arm_cpu.engine.translate import loader_environment  # noqa: E402
+from libvirt_arm_cpu.engine.validate import loader_environment  # noqa: E402
 from tests.kvm_hosts import FIXTURES  # noqa: E402
 from tests.testbed import run_in_guest  # noqa: E402
 

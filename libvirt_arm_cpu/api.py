@@ -38,8 +38,9 @@ from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.formats.domain import Domain, cpu_from_element
 from libvirt_arm_cpu.errors import UsageError
 from libvirt_arm_cpu.model import HostProfile
-from libvirt_arm_cpu.engine.translate import CpuMismatch, Validation, resolve
-from libvirt_arm_cpu.engine.translate import validate as validate_values
+from libvirt_arm_cpu.engine.translate import resolve
+from libvirt_arm_cpu.engine.validate import CpuMismatch, Validation
+from libvirt_arm_cpu.engine.validate import validate as validate_values
 from libvirt_arm_cpu.xmlsafe import parse_untrusted
 
 __all__ = ["CpuIncompatibleError", "define_domain", "translate_domain_xml", "validate_domain",

@@ -21,7 +21,6 @@ each; nothing else prints tracebacks.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 __all__ = ["Error", "UsageError", "UnknownName", "DataError", "ParseError",
@@ -107,5 +106,6 @@ class TimedOut(HostError):
 def closest(name: str, known: Iterable[str]) -> str | None:
     """The known name most like *name*, compared case-insensitively."""
     by_upper = {k.upper(): k for k in known}
+    import difflib      # only when a name is wrong: not on the hook's path
     hits = difflib.get_close_matches(name.upper(), list(by_upper), n=1, cutoff=0.6)
     return by_upper[hits[0]] if hits else None

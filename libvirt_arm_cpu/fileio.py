@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 from libvirt_arm_cpu.errors import DataError, ParseError
 
@@ -70,6 +69,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int | None = N
             keep = 0o644
     _remove_stale(directory, base)
     try:
+        import tempfile     # writers only: readers (the hook) do not pay for it
         fd, tmp = tempfile.mkstemp(prefix=f".{base}.{os.getpid()}.", suffix=".tmp",
                                    dir=directory)
     except OSError as err:

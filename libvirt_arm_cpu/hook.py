@@ -109,12 +109,15 @@ def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
 def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, bytes | None]:
     """(refusal message or None, rewritten XML or None)."""
     # imported here: a domain without our metadata never gets this far
+    # and only what checking needs: not the service layer, the feature
+    # catalog or the dependency rules (translating needs those)
     from libvirt_arm_cpu.engine.compare import IDENTICAL
-    from libvirt_arm_cpu.formats.domain import Domain
-    from libvirt_arm_cpu.model import METHOD_LOADER, Translation
-    from libvirt_arm_cpu.errors import UnknownName
     from libvirt_arm_cpu.engine.loader import ENV_PRELOAD, ENV_VALUES, LOADER_PATH, installed
-    from libvirt_arm_cpu.service import configured_profile, validate_translated
+    from libvirt_arm_cpu.engine.validate import validate_translation
+    from libvirt_arm_cpu.errors import UnknownName
+    from libvirt_arm_cpu.formats.domain import Domain
+    from libvirt_arm_cpu.host.hostcache import configured_profile
+    from libvirt_arm_cpu.model import METHOD_LOADER, Translation
 
     dom = Domain.parse(data, f"domain '{name}' XML")
     t = dom.translation
@@ -123,7 +126,7 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
     host = configured_profile(conf)
     kb = kb_load.registers()
     try:
-        v = validate_translated(dom, host)
+        v = validate_translation(t, dom.cpu_arguments(), dom.loader_env(), host, kb)
     except UnknownName as e:
         return f"domain '{name}': its CPU metadata names {e}", None
     where = f"host {host.hostname or '?'}"

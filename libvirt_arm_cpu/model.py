@@ -21,7 +21,6 @@ base loading.  The readers and writers of their file forms live in
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -113,6 +112,7 @@ class Fingerprint:
     @property
     def digest(self) -> str:
         text = "\n".join(f"{k}={v}" for k, v in sorted(self.components.items()))
+        import hashlib      # imported when a digest is asked for (not on every hook run)
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -253,11 +253,13 @@ class CpuModel:
         if self.vcpu_off:       # appended only then: older models keep their names
             text += ";vcpu-off=" + ",".join(self.vcpu_off)
         if self.reg_list is not None:
+            import hashlib
             text += ";list=" + hashlib.sha256(" ".join(
                 f"{i:x}" for i in sorted(self.reg_list)).encode()).hexdigest()[:16]
         if self.firmware:
             text += ";firmware=" + ",".join(f"{k}={'-' if v is None else f'{v:x}'}"
                                             for k, v in sorted(self.firmware.items()))
+        import hashlib
         return "arm64-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def can_switch_off(self, feature: str) -> bool:

@@ -26,7 +26,9 @@ from libvirt_arm_cpu.formats.fleet import check_identity, profile_key
 from libvirt_arm_cpu.formats.profile import from_xml as profile_from_xml, read_profile
 from libvirt_arm_cpu.model import HostProfile
 from libvirt_arm_cpu.formats.profile import validate as validate_profile
-from libvirt_arm_cpu.engine.translate import CpuMismatch, Resolution, Validation, resolve, validate
+from libvirt_arm_cpu.engine.translate import Resolution, resolve
+from libvirt_arm_cpu.engine.validate import CpuMismatch, Validation, validate_translation
+from libvirt_arm_cpu.host.hostcache import configured_profile
 
 __all__ = ["host_profile", "find_model", "load_inputs", "load_input", "check_against_kb",
            "resolve_model", "resolve_cpu", "model_features", "translate_domain",
@@ -40,16 +42,7 @@ def host_profile(path: str | None) -> HostProfile:
     probed again when stale, unless the settings say never)."""
     if path:
         return read_profile(path)
-    return configured_profile(settings_mod.load())
-
-
-def configured_profile(conf: settings_mod.Settings) -> HostProfile:
-    """The profile the settings name (the hook's way: the settings are read
-    once, a broken file falls back to the defaults)."""
-    if conf.refresh:
-        from libvirt_arm_cpu.host.hostcache import cached_profile
-        return cached_profile(conf.profile)[0]
-    return read_profile(conf.profile, validate_schema=False)
+    return configured_profile(settings_mod.load())   # host.hostcache
 
 
 def find_model(name: str) -> CpuModel:
@@ -189,8 +182,7 @@ def validate_translated(dom: Domain, host: HostProfile) -> Validation:
     """The hook's check of a translated domain against *host*."""
     t = dom.translation
     assert t is not None
-    return validate(t.values, dom.cpu_arguments(), host, kb_load.registers(),
-                    vcpu_off=t.vcpu_off, current_env=dom.loader_env(), current_method=t.method,
-                    firmware_values=t.firmware, reg_list=t.reg_list)
+    return validate_translation(t, dom.cpu_arguments(), dom.loader_env(), host,
+                                kb_load.registers())
 
 

@@ -16,7 +16,7 @@ from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.engine.compare import INCOMPATIBLE, compare
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.formats.profile import read_profile
-from libvirt_arm_cpu.engine.translate import loader_environment
+from libvirt_arm_cpu.engine.validate import loader_environment
 
 from .domains import FIXTURES
 from .idregs import parse_idregs
@@ -132,7 +132,7 @@ python3 - <<'PY'
 from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.formats.profile import read_profile
-from libvirt_arm_cpu.engine.translate import loader_environment
+from libvirt_arm_cpu.engine.validate import loader_environment
 kb = kb_load.registers()
 p = read_profile("/tmp/host.xml")
 host = CpuModel.from_profile(p, kb).values

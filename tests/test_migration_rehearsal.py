@@ -51,7 +51,7 @@ from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.formats.profile import read_profile
 from libvirt_arm_cpu.model import HostProfile
 from libvirt_arm_cpu.formats.profile import from_xml as profile_from_xml
-from libvirt_arm_cpu.engine.translate import loader_environment
+from libvirt_arm_cpu.engine.validate import loader_environment
 
 from .domains import FIXTURES
 from .idregs import blocks

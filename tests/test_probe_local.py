@@ -14,6 +14,7 @@ import shutil
 
 import pytest
 
+from libvirt_arm_cpu.host import fingerprint as fingerprint_mod
 from libvirt_arm_cpu.host import hostcache, probe
 from libvirt_arm_cpu.errors import NotArm64
 from libvirt_arm_cpu.model import CpuIdentity
@@ -70,26 +71,26 @@ def test_read_cpus_big_little(tmp_path):
         (ident / "midr_el1").write_text(midr + "\n")
         (ident / "revidr_el1").write_text("0x0000000000000000\n")
     (tmp_path / "devices/system/cpu/cpufreq").mkdir()
-    cpus = probe.read_cpus(str(tmp_path))
+    cpus = fingerprint_mod.read_cpus(str(tmp_path))
     assert [(c.cpu, c.midr) for c in cpus] == [(0, 0x410FD034), (1, 0x410FD034),
                                               (2, 0x410FD092), (3, 0x410FD092)]
 
 
 def test_fingerprint_changes_with_each_component():
     cpus = [CpuIdentity(0, 0x414FD0C1, 0)]
-    base = probe.fingerprint("6.12.1", cpus, None, "boot-a")
-    assert base.digest == probe.fingerprint("6.12.1", cpus, None, "boot-a").digest
-    assert base.digest != probe.fingerprint("6.12.2", cpus, None, "boot-a").digest
-    assert base.digest != probe.fingerprint("6.12.1", cpus, None, "boot-b").digest
-    assert base.digest != probe.fingerprint("6.12.1", [CpuIdentity(0, 0x414FD0C2, 0)], None,
+    base = fingerprint_mod.fingerprint("6.12.1", cpus, None, "boot-a")
+    assert base.digest == fingerprint_mod.fingerprint("6.12.1", cpus, None, "boot-a").digest
+    assert base.digest != fingerprint_mod.fingerprint("6.12.2", cpus, None, "boot-a").digest
+    assert base.digest != fingerprint_mod.fingerprint("6.12.1", cpus, None, "boot-b").digest
+    assert base.digest != fingerprint_mod.fingerprint("6.12.1", [CpuIdentity(0, 0x414FD0C2, 0)], None,
                                             "boot-a").digest
     qemu = shutil.which("qemu-system-aarch64")
-    assert base.digest != probe.fingerprint("6.12.1", cpus, qemu, "boot-a").digest
+    assert base.digest != fingerprint_mod.fingerprint("6.12.1", cpus, qemu, "boot-a").digest
 
 
 def test_current_fingerprint_is_stable():
-    assert probe.current_fingerprint().digest == probe.current_fingerprint().digest
-    assert probe.current_fingerprint().components["kernel-release"] == os.uname().release
+    assert fingerprint_mod.current_fingerprint().digest == fingerprint_mod.current_fingerprint().digest
+    assert fingerprint_mod.current_fingerprint().components["kernel-release"] == os.uname().release
 
 
 def test_qmp_conversation_with_real_qemu():
@@ -110,7 +111,7 @@ def test_cache_is_used_while_fresh_and_reprobed_when_stale(tmp_path):
 
     from .kvm_hosts import FIXTURES
     profile = from_xml((FIXTURES / "neoverse-n1-qemu7.2-linux6.12.xml").read_bytes())
-    profile = dataclasses.replace(profile, fingerprint=probe.current_fingerprint())
+    profile = dataclasses.replace(profile, fingerprint=fingerprint_mod.current_fingerprint())
     cache = tmp_path / "host.xml"
     write_profile(profile, str(cache))
     got, probed = hostcache.cached_profile(str(cache))

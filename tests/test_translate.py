@@ -13,7 +13,8 @@ import pytest
 from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.formats.domain import Domain, cpu_from_element
 from libvirt_arm_cpu.formats.profile import read_profile
-from libvirt_arm_cpu.engine.translate import CpuMismatch, resolve
+from libvirt_arm_cpu.engine.translate import resolve
+from libvirt_arm_cpu.engine.validate import CpuMismatch
 
 from .conftest import assert_one_line_error
 from .domains import (MAX73, N1_73, V1_73, custom_cpu, domain_xml, save_model, with_sysreg,

@@ -13,7 +13,8 @@ from libvirt_arm_cpu.formats.domain import PAUTH_LIBVIRT_VERSION, Domain
 from libvirt_arm_cpu.model import METHOD_LOADER
 from libvirt_arm_cpu.errors import DataError, UsageError
 from libvirt_arm_cpu.fileio import atomic_write, read_input
-from libvirt_arm_cpu.engine.translate import METHOD_CHOICES, Resolution
+from libvirt_arm_cpu.engine.translate import Resolution
+from libvirt_arm_cpu.engine.validate import METHOD_CHOICES
 
 DEFAULT_URI = "qemu:///system"
 

@@ -19,17 +19,20 @@ loader is not installed.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 from dataclasses import dataclass, field
 
 from libvirt_arm_cpu.kb import firmware
 from libvirt_arm_cpu.model import CpuModel
-from libvirt_arm_cpu.kb.features import FeatureCatalog
-from libvirt_arm_cpu.model import HostCpu
 from libvirt_arm_cpu.engine.loader import LOADER_PATH, hidden_registers
 from libvirt_arm_cpu.model import HostProfile
 from libvirt_arm_cpu.kb.registers import KnowledgeBase, encoding_of_kvm_id, generic_name
 from libvirt_arm_cpu.kb.registers import U64_MAX as U64
 from libvirt_arm_cpu.engine.rules import covers, field_accepts, register_refusal, taken_whole
+
+if TYPE_CHECKING:       # compare_features' types: not on the hook's path
+    from libvirt_arm_cpu.kb.features import FeatureCatalog
+    from libvirt_arm_cpu.model import HostCpu
 
 __all__ = ["IDENTICAL", "SUPERSET", "INCOMPATIBLE", "Reason", "Comparison", "compare",
            "compare_passthrough", "migration_reasons", "compare_many", "compare_features"]

@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 
 from libvirt_arm_cpu.errors import ParseError
-from libvirt_arm_cpu.host.probe import current_fingerprint, probe_host
 from libvirt_arm_cpu.formats.profile import read_profile, write_profile
+from libvirt_arm_cpu.host.fingerprint import current_fingerprint
 from libvirt_arm_cpu.model import HostProfile
+from libvirt_arm_cpu.settings import Settings
 
-__all__ = ["DEFAULT_CACHE", "cached_profile", "is_fresh"]
+__all__ = ["DEFAULT_CACHE", "cached_profile", "configured_profile", "is_fresh"]
 
 DEFAULT_CACHE = "/var/cache/libvirt-arm-cpu/host.xml"
 
@@ -39,7 +40,17 @@ def cached_profile(path: str = DEFAULT_CACHE, emulator: str | None = None,
             profile = None
         if profile is not None and is_fresh(profile, emulator):
             return profile, False
+    from libvirt_arm_cpu.host.probe import probe_host    # seconds of work; imported only then
     profile = probe_host(emulator, progress=progress)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     write_profile(profile, path)
     return profile, True
+
+
+def configured_profile(conf: Settings) -> HostProfile:
+    """The profile the settings name (the hook's way: the settings are read
+    once, a broken file falls back to the defaults): this host's cache,
+    probed again when stale, unless the settings say never."""
+    if conf.refresh:
+        return cached_profile(conf.profile)[0]
+    return read_profile(conf.profile, validate_schema=False)

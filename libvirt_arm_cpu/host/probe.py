@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import select
-import shutil
 import socket
 import subprocess
 import time
@@ -40,11 +39,13 @@ from libvirt_arm_cpu import __version__
 from libvirt_arm_cpu.errors import KvmPermission, NoKvm, NotArm64
 from libvirt_arm_cpu.kb.firmware import FIRMWARE_REGISTERS
 from libvirt_arm_cpu.host.kvm import CAPS, KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES, Kvm, KvmError, VcpuFeatures
-from libvirt_arm_cpu.model import CpuIdentity, Fingerprint, HostProfile, LoaderInfo, ProfileRegister, QemuInfo, VcpuOffValues
+from libvirt_arm_cpu.model import HostProfile, LoaderInfo, ProfileRegister, QemuInfo, VcpuOffValues
 from libvirt_arm_cpu.kb.registers import KnowledgeBase, generic_name, kvm_reg_id, writable_mask_index
 from libvirt_arm_cpu.kb.load import registers as load_kb
 
 from libvirt_arm_cpu.engine.loader import LOADER_PATH
+from libvirt_arm_cpu.host.fingerprint import (_read_text, find_qemu, fingerprint,
+                                              read_cpus)
 
 __all__ = ["probe_host", "probe_kvm", "vcpu_off_values", "probe_loader", "feature_id_space",
            "read_cpus", "find_qemu", "probe_qemu", "fingerprint", "check_machine", "open_kvm",
@@ -72,39 +73,6 @@ def check_machine(machine: str | None = None) -> str:
         raise NotArm64(f"this is an {machine} machine: the helper asks ARM64 KVM and must run "
                        f"on the aarch64 host itself")
     return machine
-
-
-def read_cpus(sysfs: str = "/sys") -> list[CpuIdentity]:
-    """Every CPU's MIDR_EL1 and REVIDR_EL1, as Linux exposes them per CPU."""
-    base = os.path.join(sysfs, "devices", "system", "cpu")
-    cpus = []
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return []
-    for name in names:
-        if not (name.startswith("cpu") and name[3:].isdigit()):
-            continue
-        ident = os.path.join(base, name, "regs", "identification")
-        cpus.append(CpuIdentity(int(name[3:]), _read_hex(os.path.join(ident, "midr_el1")),
-                                _read_hex(os.path.join(ident, "revidr_el1"))))
-    return sorted(cpus, key=lambda c: c.cpu)
-
-
-def _read_hex(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip(), 16)
-    except (OSError, ValueError):
-        return None
-
-
-def _read_text(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 # -- KVM ---------------------------------------------------------------------
@@ -223,12 +191,6 @@ def vcpu_off_values(kvm: Kvm, kb: KnowledgeBase, features: VcpuFeatures,
 
 # -- QEMU --------------------------------------------------------------------
 
-def find_qemu(emulator: str | None = None) -> str | None:
-    if emulator:
-        return emulator if os.path.exists(emulator) else None
-    return shutil.which("qemu-system-aarch64")
-
-
 def probe_qemu(emulator: str | None, timeout: float = QEMU_TIMEOUT) -> QemuInfo:
     """Version and SYSREG_* support of the emulator; never raises."""
     path = find_qemu(emulator)
@@ -318,26 +280,6 @@ def probe_loader(path: str = LOADER_PATH) -> LoaderInfo:
 
 
 # -- putting it together -----------------------------------------------------
-
-def fingerprint(kernel_release: str, cpus: list[CpuIdentity], qemu_path: str | None,
-                boot_id: str) -> Fingerprint:
-    """What makes a cached profile stale when it changes."""
-    qemu = "none"
-    if qemu_path:
-        try:
-            st = os.stat(qemu_path)
-            qemu = f"{qemu_path}:{st.st_size}:{int(st.st_mtime)}"
-        except OSError:
-            qemu = f"{qemu_path}:missing"
-    midrs = ",".join(f"{c.midr:#x}" if c.midr is not None else "?" for c in cpus) or "?"
-    return Fingerprint({"kernel-release": kernel_release, "boot-id": boot_id, "qemu": qemu,
-                        "midrs": midrs, "tool-version": __version__})
-
-
-def current_fingerprint(emulator: str | None = None, sysfs: str = "/sys") -> Fingerprint:
-    return fingerprint(os.uname().release, read_cpus(sysfs), find_qemu(emulator),
-                       _read_text("/proc/sys/kernel/random/boot_id"))
-
 
 def probe_host(emulator: str | None = None, dev: str = "/dev/kvm", sysfs: str = "/sys",
                kb: KnowledgeBase | None = None, qemu_timeout: float = QEMU_TIMEOUT,

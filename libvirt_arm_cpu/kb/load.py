@@ -16,13 +16,16 @@ from __future__ import annotations
 import functools
 import os
 import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
 
 from libvirt_arm_cpu.errors import ParseError, UnknownName
-from libvirt_arm_cpu.kb.dependencies import Always, Condition, Group, Not, Rule, RuleBook, Test
-from libvirt_arm_cpu.kb.features import (Feature, FeatureCatalog, FeatureRef, FieldCondition)
-from libvirt_arm_cpu.kb.features import Condition as FeatureCondition
-from libvirt_arm_cpu.kb.features import Group as FeatureGroup
-from libvirt_arm_cpu.kb.implementers import Tables
+# The catalogs' types are imported where they are read: the libvirt hook
+# reads registers.xml only, and importing the rest costs it milliseconds.
+if TYPE_CHECKING:
+    from libvirt_arm_cpu.kb.dependencies import Condition, RuleBook
+    from libvirt_arm_cpu.kb.features import Condition as FeatureCondition
+    from libvirt_arm_cpu.kb.features import FeatureCatalog
+    from libvirt_arm_cpu.kb.implementers import Tables
 from libvirt_arm_cpu.kb.registers import (MUST_MATCH, NAMESPACE, Field, KnowledgeBase, Register,
                                           Reserved, Source)
 from libvirt_arm_cpu.paths import kb_dir
@@ -139,6 +142,7 @@ def load_registers(path: str) -> KnowledgeBase:
 
 
 def _feature_condition(elem: ET.Element, kb: KnowledgeBase, path: str) -> FeatureCondition:
+    from libvirt_arm_cpu.kb.features import FeatureRef, FieldCondition, Group as FeatureGroup
     tag = elem.tag[len(_NS):]
     if tag == "field":
         fld = kb.field(elem.get("register", ""), elem.get("name", ""))
@@ -158,6 +162,7 @@ def load_features(path: str, kb: KnowledgeBase) -> FeatureCatalog:
     :raise ParseError: when the file is missing, malformed, or names a field
         the register knowledge base lacks.
     """
+    from libvirt_arm_cpu.kb.features import Feature, FeatureCatalog
     root = read_kb_file(path, "features")
     features = []
     for elem in root.findall(_NS + "feature"):
@@ -175,6 +180,7 @@ def load_features(path: str, kb: KnowledgeBase) -> FeatureCatalog:
 
 
 def _rule_condition(elem, kb: KnowledgeBase, path: str) -> Condition:
+    from libvirt_arm_cpu.kb.dependencies import Always, Group, Not, Test
     tag = elem.tag[len(_NS):] if elem.tag.startswith(_NS) else elem.tag
     if tag == "always":
         return Always()
@@ -200,6 +206,7 @@ def load_rules(path: str, kb: KnowledgeBase, catalog: FeatureCatalog) -> RuleBoo
     :raise ParseError: when the file is missing, malformed, or names a
         register or field the knowledge base lacks.
     """
+    from libvirt_arm_cpu.kb.dependencies import Rule, RuleBook
     root = read_kb_file(path, "dependencies")
     rules = []
     for elem in root.findall(_NS + "rule"):
@@ -220,6 +227,7 @@ def load_rules(path: str, kb: KnowledgeBase, catalog: FeatureCatalog) -> RuleBoo
 
 
 def load_tables(path: str) -> Tables:
+    from libvirt_arm_cpu.kb.implementers import Tables
     root = read_kb_file(path, "implementers")
     implementers = {}
     parts = {}
