@@ -26,7 +26,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.errors import Error
 
 __all__ = ["run", "CHECKED"]
@@ -116,15 +115,14 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
     from libvirt_arm_cpu.engine.validate import validate_translation
     from libvirt_arm_cpu.errors import UnknownName
     from libvirt_arm_cpu.formats.domain import Domain
-    from libvirt_arm_cpu.host.hostcache import configured_profile
+    from libvirt_arm_cpu.host.hostcache import hook_inputs
     from libvirt_arm_cpu.model import METHOD_LOADER, Translation
 
     dom = Domain.parse(data, f"domain '{name}' XML")
     t = dom.translation
     if t is None:               # the namespace appeared elsewhere: not ours to judge
         return None, None
-    host = configured_profile(conf)
-    kb = kb_load.registers()
+    host, kb = hook_inputs(conf)
     try:
         v = validate_translation(t, dom.cpu_arguments(), dom.loader_env(), host, kb)
     except UnknownName as e:

@@ -11,15 +11,24 @@ from __future__ import annotations
 
 import os
 
-from libvirt_arm_cpu.errors import ParseError
+from libvirt_arm_cpu.errors import Error, ParseError
+from libvirt_arm_cpu.fileio import atomic_write
+from libvirt_arm_cpu.formats import compact
 from libvirt_arm_cpu.formats.profile import read_profile, write_profile
 from libvirt_arm_cpu.host.fingerprint import current_fingerprint
+from libvirt_arm_cpu.kb import load as kb_load
+from libvirt_arm_cpu.kb.registers import KnowledgeBase
 from libvirt_arm_cpu.model import HostProfile
+from libvirt_arm_cpu.paths import kb_dir
 from libvirt_arm_cpu.settings import Settings
 
-__all__ = ["DEFAULT_CACHE", "cached_profile", "configured_profile", "is_fresh"]
+__all__ = ["DEFAULT_CACHE", "cached_profile", "configured_profile", "is_fresh", "hook_inputs",
+           "COMPACT_SUFFIX"]
 
 DEFAULT_CACHE = "/var/cache/libvirt-arm-cpu/host.xml"
+# the compact copy of a profile and the knowledge base (formats.compact) sits
+# next to the profile: host.xml -> host.xml.compact
+COMPACT_SUFFIX = ".compact"
 
 
 def is_fresh(profile: HostProfile, emulator: str | None = None) -> bool:
@@ -54,3 +63,48 @@ def configured_profile(conf: Settings) -> HostProfile:
     if conf.refresh:
         return cached_profile(conf.profile)[0]
     return read_profile(conf.profile, validate_schema=False)
+
+
+def hook_inputs(conf: Settings) -> tuple[HostProfile, KnowledgeBase]:
+    """The configured profile and the register knowledge base, as the hook
+    needs them on every domain start: from their compact copy when it was
+    made from exactly these two files (and the profile is still fresh,
+    when the settings refresh it), else from the XML, leaving a new copy
+    behind for the next start where the profile's folder is writable."""
+    kb_path = os.path.join(kb_dir(), "registers.xml")
+    copy = _read_compact(conf.profile, kb_path)
+    if copy is not None and (not conf.refresh or is_fresh(copy[0])):
+        return copy
+    try:
+        before = (compact.stamp(conf.profile), compact.stamp(kb_path))
+    except OSError:
+        before = None
+    profile = configured_profile(conf)
+    kb = kb_load.registers()
+    try:
+        after = (compact.stamp(conf.profile), compact.stamp(kb_path))
+    except OSError:
+        after = None
+    if before is not None and before == after:     # not replaced while we read it
+        try:
+            atomic_write(conf.profile + COMPACT_SUFFIX, compact.dumps(profile, kb, *after),
+                         mode=0o644)
+        except (OSError, Error):
+            pass            # a copy is an optimisation: a read-only folder is fine
+    return profile, kb
+
+
+def _read_compact(profile_path: str, kb_path: str
+                  ) -> tuple[HostProfile, KnowledgeBase] | None:
+    path = profile_path + COMPACT_SUFFIX
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            # trusted like the profile beside it, so held to its owner: ours,
+            # and writable by nobody else
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                return None
+            data = f.read()
+        return compact.loads(data, compact.stamp(profile_path), compact.stamp(kb_path))
+    except OSError:
+        return None

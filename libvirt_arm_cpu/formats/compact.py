@@ -1,0 +1,127 @@
+"""A compact, checked copy of what the libvirt hook reads on every domain
+start: this host's profile and the register knowledge base.
+
+Both exist as XML (``host.xml``, ``xml/registers.xml``); reading them costs
+the hook milliseconds a start.  This form is Python's ``marshal`` of plain
+values (tuples, lists, dicts, numbers, strings: marshal builds no objects
+of its own and runs no code), one tagged dict per value of
+:mod:`libvirt_arm_cpu.model` or :mod:`libvirt_arm_cpu.kb.registers`,
+rebuilt through their constructors, so the invariants they check hold.
+
+It is only ever a copy.  A header names the format, the package version
+and the size and modification time of both XML files it was made from;
+:func:`loads` returns None for a copy that does not match them (or that
+cannot be read back), and the caller reads the XML instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import marshal
+import os
+from typing import Any
+
+from libvirt_arm_cpu import __version__, model
+from libvirt_arm_cpu.kb import registers as kbreg
+
+__all__ = ["FORMAT", "stamp", "dumps", "loads"]
+
+FORMAT = 1
+_MAGIC = b"LACC"
+
+Stamp = tuple[str, int, int]      # path, size, mtime (ns)
+
+
+def stamp(path: str) -> Stamp:
+    """What identifies a version of a file here (:raise OSError:)."""
+    st = os.stat(path)
+    return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+# Each value type as a tuple of its fields in order.  The fields that hold
+# other value types are named here with their shape (one of them, a list,
+# a tuple); the rest are plain values marshal keeps as they are.
+_ONE, _LIST, _TUPLE = "one", "list", "tuple"
+_NESTED: dict[type, dict[str, tuple[str, type]]] = {
+    model.HostProfile: {"qemu": (_ONE, model.QemuInfo), "cpus": (_LIST, model.CpuIdentity),
+                        "registers": (_LIST, model.ProfileRegister),
+                        "fingerprint": (_ONE, model.Fingerprint),
+                        "vcpu_off": (_LIST, model.VcpuOffValues),
+                        "loader": (_ONE, model.LoaderInfo)},
+    kbreg.Register: {"fields": (_TUPLE, kbreg.Field), "reserved": (_TUPLE, kbreg.Reserved)},
+}
+_TYPES: tuple[type, ...] = (
+    model.QemuInfo, model.LoaderInfo, model.VcpuOffValues, model.CpuIdentity,
+    model.ProfileRegister, model.Fingerprint, model.HostProfile,
+    kbreg.Field, kbreg.Reserved, kbreg.Register, kbreg.Source)
+_PLAN: dict[type, list[tuple[str, tuple[str, type] | None]]] = {
+    cls: [(f.name, _NESTED.get(cls, {}).get(f.name))
+          for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+    for cls in _TYPES}
+
+
+def _encode(v: Any, cls: type) -> tuple:
+    out = []
+    for name, nested in _PLAN[cls]:
+        x = getattr(v, name)
+        if nested is not None and x is not None:
+            shape, sub = nested
+            if shape == _ONE:
+                x = _encode(x, sub)
+            else:
+                x = [_encode(y, sub) for y in x]
+        out.append(x)
+    return tuple(out)
+
+
+def _decode(t: tuple, cls: type) -> Any:
+    plan = _PLAN[cls]
+    if len(t) != len(plan):
+        raise ValueError(f"{cls.__name__}: {len(t)} values, expected {len(plan)}")
+    args = []
+    for (_name, nested), x in zip(plan, t):
+        if nested is not None and x is not None:
+            shape, sub = nested
+            if shape == _ONE:
+                x = _decode(x, sub)
+            elif shape == _LIST:
+                x = [_decode(y, sub) for y in x]
+            else:
+                x = tuple(_decode(y, sub) for y in x)
+        args.append(x)
+    return cls(*args)
+
+
+def _encode_kb(kb: kbreg.KnowledgeBase) -> tuple:
+    return ([_encode(r, kbreg.Register) for r in kb.registers],
+            [_encode(s, kbreg.Source) for s in kb.sources], kb.path)
+
+
+def _decode_kb(t: tuple) -> kbreg.KnowledgeBase:
+    regs, sources, path = t
+    return kbreg.KnowledgeBase([_decode(r, kbreg.Register) for r in regs],
+                               [_decode(s, kbreg.Source) for s in sources], path)
+
+
+def dumps(profile: model.HostProfile, kb: kbreg.KnowledgeBase, profile_stamp: Stamp,
+          kb_stamp: Stamp) -> bytes:
+    head = (FORMAT, __version__, profile_stamp, kb_stamp)
+    return _MAGIC + marshal.dumps((head, _encode(profile, model.HostProfile), _encode_kb(kb)))
+
+
+def loads(data: bytes, profile_stamp: Stamp, kb_stamp: Stamp
+          ) -> tuple[model.HostProfile, kbreg.KnowledgeBase] | None:
+    """The profile and knowledge base of a copy made from exactly these
+    files by this version; None otherwise (read the XML instead)."""
+    if not data.startswith(_MAGIC):
+        return None
+    try:
+        head, profile, kb = marshal.loads(data[len(_MAGIC):])
+        if tuple(head) != (FORMAT, __version__, profile_stamp, kb_stamp):
+            return None
+        p, k = _decode(profile, model.HostProfile), _decode_kb(kb)
+    except (ValueError, TypeError, EOFError, KeyError, IndexError, AttributeError):
+        return None
+    if not isinstance(p, model.HostProfile) or not isinstance(k, kbreg.KnowledgeBase):
+        return None
+    return p, k
