@@ -83,3 +83,4 @@ def test_the_hook_never_believes_a_copy_of_an_older_profile(bed):  # noqa: F811
     p = bed.call("g", "prepare", "begin", "-", stdin=xml)
     assert p.returncode == 1, p.stderr
     assert b"cannot start on host host-a" in p.stderr
+

@@ -14,6 +14,7 @@ Real KVM domains run in the arm64 test bed (test_libvirt_kvm.py).
 from __future__ import annotations
 
 import re
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def lab(tmp_path_factory, libvirt_conn):
     model = save_model(models, MAX73)
     hosts = {"a": with_sysreg(MAX73, tmp / "host-a.xml", "host-a"),
              "n1": with_sysreg(N1_73, tmp / "host-n1.xml", "host-n1"),
-             "v1": V1_73}
+             # a copy: the hook leaves its compact copy beside the profile
+             "v1": Path(shutil.copy(V1_73, tmp / "host-v1.xml"))}
     conf = tmp / "lac.conf"
 
     def use(host: str) -> None:
