@@ -10,6 +10,8 @@ each; nothing else prints tracebacks.
      |    +-- UnknownName     a register, field or feature name we do not know
      +-- DataError            exit code 1
      |    +-- ParseError      a file that does not parse (names file and line)
+     |         +-- WrongKind  exit code 2: a file of another kind than expected (a host
+     |                        profile where a CPU model goes...), saying what to run
      +-- HostError            this machine cannot answer (helper), exit codes 3-8:
           +-- NotArm64        3  not an aarch64 machine
           +-- NoKvm           4  no /dev/kvm (KVM off, or no EL2)
@@ -23,14 +25,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["Error", "UsageError", "UnknownName", "DataError", "ParseError",
+__all__ = ["Error", "UsageError", "UnknownName", "DataError", "ParseError", "WrongKind",
            "HostError", "NotArm64", "NoKvm", "KvmPermission", "TimedOut",
-           "EXIT_OK", "EXIT_DATA", "EXIT_USAGE", "EXIT_MASKS_UNKNOWN"]
+           "EXIT_OK", "EXIT_DATA", "EXIT_USAGE", "EXIT_MASKS_UNKNOWN", "STDIN", "path_label",
+           "closest"]
 
 EXIT_OK = 0
 EXIT_DATA = 1
 EXIT_USAGE = 2
 EXIT_MASKS_UNKNOWN = 6     # the helper wrote a profile, but the kernel cannot tell writable masks
+
+STDIN = "<stdin>"          # how every message names standard input ('-' on the command line)
+
+
+def path_label(path: str) -> str:
+    """*path* as a message names it: ``-`` (standard input) is ``<stdin>``."""
+    return STDIN if path == "-" else path
 
 
 class Error(Exception):
@@ -79,8 +89,31 @@ class ParseError(DataError):
         self.path = path
         self.line = line
         self.detail = message
-        where = f"{path}:{line}" if line is not None else path
+        label = path_label(path)
+        where = f"{label}:{line}" if line is not None else label
         super().__init__(f"{where}: {message}")
+
+
+class WrongKind(ParseError):
+    """A file of another kind than the one expected: a host profile or a
+    register dump where a CPU model goes, a dump or a model where a host
+    profile goes.  The command line names the wrong file, so it exits as a
+    usage error; it stays a :class:`ParseError` for callers that fall back
+    on a file they cannot use (the host cache is probed again).
+
+    :param found: what the file is ("a host profile")
+    :param expected: what was expected ("a CPU model")
+    :param hint: what to run instead
+    """
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: str, found: str, expected: str, hint: str) -> None:
+        super().__init__(path, None, f"{found}, not {expected}")
+        self.found = found
+        self.expected = expected
+        self.message = f"{path_label(path)} is {found}, not {expected}: {hint}"
+        self.args = (self.message,)
 
 
 class HostError(Error):

@@ -20,19 +20,26 @@ from libvirt_arm_cpu.formats.cpumodel import from_xml as model_from_xml
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.formats.domain import LOADER_ENV, Domain
 from libvirt_arm_cpu.model import Translation
-from libvirt_arm_cpu.errors import ParseError, UsageError
+from libvirt_arm_cpu.errors import STDIN, ParseError, UsageError, WrongKind, path_label
 from libvirt_arm_cpu.fileio import read_input
 from libvirt_arm_cpu.formats.fleet import check_identity, profile_key
 from libvirt_arm_cpu.formats.profile import from_xml as profile_from_xml, read_profile
 from libvirt_arm_cpu.model import HostProfile
 from libvirt_arm_cpu.formats.profile import validate as validate_profile
+from libvirt_arm_cpu.formats.kinds import CPU_MODEL, HOST_PROFILE, REGISTER_DUMP, kind_of, wrong_kind
 from libvirt_arm_cpu.engine.translate import Resolution, resolve
 from libvirt_arm_cpu.engine.validate import CpuMismatch, Validation, validate_translation
 from libvirt_arm_cpu.host.hostcache import configured_profile
 
 __all__ = ["host_profile", "find_model", "load_inputs", "load_input", "check_against_kb",
-           "resolve_model", "resolve_cpu", "model_features", "translate_domain",
-           "validate_translated"]
+           "resolve_model", "resolve_cpu", "model_features", "parse_domain", "translate_domain",
+           "validate_translated", "input_label"]
+
+
+def input_label(path: str) -> str:
+    """The name a host or model read from *path* goes by in messages: the
+    file's name without directory and extension, ``<stdin>`` for ``-``."""
+    return STDIN if path == "-" else os.path.splitext(os.path.basename(path))[0]
 
 
 # -- hosts and models ----------------------------------------------------------
@@ -70,7 +77,7 @@ def load_inputs(paths: list[str], kb: registers.KnowledgeBase) -> list[tuple[str
     seen: dict[bytes, tuple[CpuModel, HostProfile]] = {}
     out = []
     for path in expand_paths(paths):
-        label = "stdin" if path == "-" else os.path.splitext(os.path.basename(path))[0]
+        label = input_label(path)
         out.append((label, *load_input(read_input(path), path, label, kb, seen)))
     return out
 
@@ -82,6 +89,8 @@ def load_input(data: bytes, path: str, label: str, kb: registers.KnowledgeBase,
     the knowledge base; one already in *seen* only has its identity
     checked) or a saved model (profile None)."""
     if b"<hostprofile" not in data[:400]:
+        if kind_of(data) == REGISTER_DUMP:
+            raise wrong_kind(path, REGISTER_DUMP, f"{HOST_PROFILE} or {CPU_MODEL}")
         return model_from_xml(data, path, kb_load.features()), None
     key = profile_key(data)
     if seen is not None and key is not None and key in seen:
@@ -137,9 +146,10 @@ def resolve_cpu(spec: str, kb: registers.KnowledgeBase
     if os.path.exists(spec) or spec == "-":
         data = read_input(spec)
         if b"<hostprofile" in data[:400]:
-            label = "stdin" if spec == "-" else os.path.splitext(os.path.basename(spec))[0]
-            model, profile = load_input(data, spec, label, kb)
+            model, profile = load_input(data, spec, input_label(spec), kb)
             return spec, model, profile
+        if kind_of(data) == REGISTER_DUMP:
+            raise wrong_kind(spec, REGISTER_DUMP, f"{CPU_MODEL} or {HOST_PROFILE}")
         return spec, model_from_xml(data, spec, kb_load.features()), None
     source, model = resolve_model(spec)
     return source, model, None
@@ -152,24 +162,41 @@ def model_features(model: CpuModel, all_names: bool) -> list[str]:
 
 # -- domains -------------------------------------------------------------------
 
+def parse_domain(data: bytes, source: str) -> Domain:
+    """A domain XML; a host profile, CPU model or register dump given
+    instead is named as what it is.
+
+    :raise WrongKind: for those; :raise ParseError: when it is not a domain.
+    """
+    try:
+        return Domain.parse(data, source)
+    except ParseError:
+        found = kind_of(data)
+        if found is None:
+            raise
+        raise WrongKind(source, found, "a domain XML",
+                        "give a libvirt domain's XML ('virsh dumpxml NAME' prints one)") from None
+
+
 def translate_domain(data: bytes, source: str, host: HostProfile,
                      method: str = "auto") -> tuple[Domain, Resolution]:
-    dom = Domain.parse(data, source)
+    dom = parse_domain(data, source)
+    where = path_label(source)
     base = dom.original()
     cpu = base.cpu
     if cpu is None:
-        raise UsageError(f"{source}: the domain has no <cpu>: nothing to translate")
+        raise UsageError(f"{where}: the domain has no <cpu>: nothing to translate")
     if dom.arch and dom.arch != "aarch64":
-        raise UsageError(f"{source}: the domain is for {dom.arch}, not aarch64")
+        raise UsageError(f"{where}: the domain is for {dom.arch}, not aarch64")
     taken = sorted(set(base.qemu_env()) & set(LOADER_ENV))
     if taken:
-        raise UsageError(f"{source}: the domain already sets {taken[0]} in <qemu:commandline>: "
+        raise UsageError(f"{where}: the domain already sets {taken[0]} in <qemu:commandline>: "
                          f"the loader method needs it (remove it, or keep the domain "
                          f"untranslated)")
     r = resolve(cpu, host, kb_load.registers(), kb_load.features(), kb_load.dependencies(), find_model,
                 method)
     if base.pmu_off and "pmu" not in r.vcpu_off:
-        raise CpuMismatch(f"{source}: the domain switches the PMU off (<features><pmu "
+        raise CpuMismatch(f"{where}: the domain switches the PMU off (<features><pmu "
                           f"state='off'/>), but CPU model '{r.model}' has it: use a model "
                           f"with the PMU off, or remove <pmu state='off'/>")
     t = Translation("", r.values, r.properties, host.hostname, host.fingerprint.digest, r.model,

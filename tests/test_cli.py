@@ -96,7 +96,7 @@ def test_features_list_and_one(run):
     (["decode", "ID_AA64ISAR0_EL1"], 2, ["give REGISTER VALUE"]),
     (["decode", "--file", "x", "midr", "1"], 2, ["not both"]),
     (["decode", "--bogus"], 2, ["unrecognized arguments: --bogus"]),
-    (["nosuchcommand"], 2, ["invalid choice: 'nosuchcommand'"]),
+    (["nosuchcommand"], 2, ["libvirt-arm-cpu: error: unknown command 'nosuchcommand'"]),
     (["features", "atomic"], 2, ["unknown feature 'atomic'", "did you mean atomics?"]),
     (["decode", "--file", "/nonexistent/host.regs"], 1, ["/nonexistent/host.regs: cannot read"]),
 ])

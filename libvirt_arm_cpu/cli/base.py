@@ -5,21 +5,54 @@ import this; :mod:`libvirt_arm_cpu.cli.main` imports the commands (no cycle)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
-__all__ = ["Command", "ArgumentParser", "UsageExit"]
+from libvirt_arm_cpu.errors import NotArm64, UnknownName, closest
+
+__all__ = ["Command", "ArgumentParser", "UsageExit", "or_give_a_profile"]
 
 
 class UsageExit(Exception):
+    """A command line argparse refuses; :func:`~libvirt_arm_cpu.cli.main.run_main`
+    prints ``PROG: error: MESSAGE`` (one line) and exits 2."""
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line and goes through :func:`main`."""
+    """argparse, but a usage error is one line and goes through :func:`main`,
+    and a mistyped command or choice comes with the closest known one."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageExit(f"{self.prog}: {message} (see '{self.prog} --help')")
+        raise UsageExit(f"{message} (see '{self.prog} --help')")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is None or value in action.choices:
+            return
+        choices = [str(c) for c in action.choices]
+        if isinstance(action, argparse._SubParsersAction):
+            err = UnknownName("command", str(value), choices)
+            raise UsageExit(str(err) if err.suggestion else f"{err} (see '{self.prog} --help')")
+        suggestion = closest(str(value), choices)
+        hint = f" (did you mean {suggestion}?)" if suggestion else ""
+        name = "/".join(action.option_strings) or action.metavar or action.dest
+        raise UsageExit(f"argument {name}: invalid choice '{value}'{hint}; choose from "
+                        f"{', '.join(choices)}")
+
+
+@contextmanager
+def or_give_a_profile(option: str) -> Iterator[None]:
+    """Where a command falls back on this host's profile: on a machine that
+    is not aarch64 the helper cannot make one, so the error also names the
+    command's *option* that gives a profile instead ("--profile FILE")."""
+    try:
+        yield
+    except NotArm64 as err:
+        raise NotArm64(f"{err} (or give a host profile with {option})") from err
 
 
 class Command:

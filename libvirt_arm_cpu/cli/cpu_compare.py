@@ -6,10 +6,10 @@ import argparse
 import json
 
 from libvirt_arm_cpu.kb import load as kb_load
-from libvirt_arm_cpu.cli.base import Command
+from libvirt_arm_cpu.cli.base import Command, or_give_a_profile
 from libvirt_arm_cpu.service import load_input, resolve_cpu
 from libvirt_arm_cpu.engine.compare import (IDENTICAL, INCOMPATIBLE, SUPERSET, compare, compare_features, compare_passthrough)
-from libvirt_arm_cpu.errors import DataError, UsageError
+from libvirt_arm_cpu.errors import DataError, UsageError, path_label
 from libvirt_arm_cpu.fileio import read_input
 from libvirt_arm_cpu.host.hostcache import DEFAULT_CACHE, cached_profile
 from libvirt_arm_cpu.formats.hostcpu import from_xml as host_cpu_from_xml, looks_like_host_cpu
@@ -53,6 +53,7 @@ exit codes (as virsh cpu-compare): 0 identical or superset; 1 incompatible
     def run(self, args: argparse.Namespace) -> int:
         kb = kb_load.registers()
         source, model, source_profile = resolve_cpu(args.cpu, kb)
+        source = path_label(source)
         data = read_input(args.profile) if args.profile else b""
         if args.profile and looks_like_host_cpu(data) and b"urn:x-libvirt-arm-cpu" not in data:
             c = compare_features(model, host_cpu_from_xml(data, args.profile), kb_load.features())
@@ -60,9 +61,12 @@ exit codes (as virsh cpu-compare): 0 identical or superset; 1 incompatible
             if args.profile:
                 _, host = load_input(data, args.profile, args.profile, kb)
                 if host is None:
-                    raise UsageError(f"{args.profile} is a CPU model, not a host profile")
+                    raise UsageError(f"{path_label(args.profile)} is a CPU model, not a host "
+                                     f"profile: give the CPU first and a host profile second "
+                                     f"('libvirt-arm-cpu cpu-compare CPU PROFILE')")
             else:
-                host, _ = cached_profile(DEFAULT_CACHE)
+                with or_give_a_profile("'libvirt-arm-cpu cpu-compare CPU PROFILE'"):
+                    host, _ = cached_profile(DEFAULT_CACHE)
             if source_profile is not None:
                 # a host-passthrough guest of that host, carried by stock QEMU
                 c = compare_passthrough(source_profile, host, kb)
@@ -91,7 +95,7 @@ exit codes (as virsh cpu-compare): 0 identical or superset; 1 incompatible
             print(f"(CPU {source} is a host profile: a host-passthrough guest of that host, "
                   f"whose values this host's KVM must take from QEMU's migration stream)")
         if c.precision == "features":
-            print(f"(compared at feature level only: {args.profile} is a libvirt host CPU "
-                  f"description, which shows hwcaps but not every field nor what the host's "
-                  f"kernel lets change; a host profile is exact)")
+            print(f"(compared at feature level only: {path_label(args.profile)} is a libvirt "
+                  f"host CPU description, which shows hwcaps but not every field nor what the "
+                  f"host's kernel lets change; a host profile is exact)")
         return 1 if c.result == INCOMPATIBLE else 0

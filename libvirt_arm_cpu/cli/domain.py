@@ -7,11 +7,11 @@ import json
 import os
 import sys
 
-from libvirt_arm_cpu.cli.base import Command
-from libvirt_arm_cpu.service import host_profile, translate_domain, validate_translated
-from libvirt_arm_cpu.formats.domain import PAUTH_LIBVIRT_VERSION, Domain
-from libvirt_arm_cpu.model import METHOD_LOADER
-from libvirt_arm_cpu.errors import DataError, UsageError
+from libvirt_arm_cpu.cli.base import Command, or_give_a_profile
+from libvirt_arm_cpu.service import host_profile, parse_domain, translate_domain, validate_translated
+from libvirt_arm_cpu.formats.domain import PAUTH_LIBVIRT_VERSION
+from libvirt_arm_cpu.model import HostProfile, METHOD_LOADER
+from libvirt_arm_cpu.errors import DataError, UsageError, closest, path_label
 from libvirt_arm_cpu.fileio import atomic_write, read_input
 from libvirt_arm_cpu.engine.translate import Resolution
 from libvirt_arm_cpu.engine.validate import METHOD_CHOICES
@@ -33,20 +33,43 @@ def read_domain(spec: str, uri: str, inactive: bool = False) -> tuple[bytes, str
         try:
             dom = conn.lookupByName(spec)
         except libvirt.libvirtError as e:
-            raise UsageError(f"{spec}: no such file, and libvirt at {uri} says: "
-                             f"{e.get_error_message()}") from None
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                # as a missing file: the data (libvirt's domains), not the
+                # command line, lacks it (virsh exits 1 too)
+                near = _closest_domain(conn, spec)
+                raise DataError(f"{spec}: no such file, and no domain of that name in libvirt "
+                                f"at {uri}" + (f" (did you mean {near}?)" if near else "")) \
+                    from None
+            raise DataError(f"{spec}: no such file, and libvirt at {uri} says: "
+                            f"{e.get_error_message()}") from None
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
         return dom.XMLDesc(flags).encode(), f"domain '{spec}'"
     finally:
         conn.close()
 
 
+def _closest_domain(conn, name: str) -> str | None:
+    import libvirt
+    try:
+        names = [d.name() for d in conn.listAllDomains()]
+    except libvirt.libvirtError:
+        return None
+    return closest(name, names)
+
+
+def _quiet(_ctx: object, _err: object) -> None:
+    """libvirt's error callback: say nothing (each error is one line of ours)."""
+
+
 def connect(uri: str):
+    """A libvirt connection, with libvirt's default error handler (which
+    prints every error to stderr, before ours) silenced."""
     try:
         import libvirt
     except ImportError:
         raise DataError("libvirt-python is not installed (pip install libvirt-python, or "
                         "install libvirt-arm-cpu[libvirt])") from None
+    libvirt.registerErrorHandler(_quiet, None)
     try:
         return libvirt.open(uri)
     except libvirt.libvirtError as e:
@@ -68,6 +91,12 @@ def check_libvirt_version(conn, r: Resolution) -> None:
                         f"libvirt {v} has no element for it (<feature name='pauth'> needs "
                         f"libvirt 10.6): not defined (a second -cpu would drop libvirt's "
                         f"own options)")
+
+
+def _host(path: str | None) -> HostProfile:
+    """--host PROFILE, else this host's profile."""
+    with or_give_a_profile("--host PROFILE"):
+        return host_profile(path)
 
 
 def _notes(prog: str, r: Resolution) -> None:
@@ -160,8 +189,7 @@ profile could not be made (see libvirt-arm-cpu-helper)."""
 
     def run(self, args: argparse.Namespace) -> int:
         data = read_input(args.domain)
-        translated, r = translate_domain(data, args.domain, host_profile(args.host),
-                                         args.method)
+        translated, r = translate_domain(data, args.domain, _host(args.host), args.method)
         _notes("translate", r)
         xml = translated.tostring()
         if args.output:
@@ -202,7 +230,7 @@ exit codes: as translate; 1 also when libvirt refuses the definition."""
 
     def run(self, args: argparse.Namespace) -> int:
         translated, r = translate_domain(read_input(args.domain), args.domain,
-                                         host_profile(args.host), args.method)
+                                         _host(args.host), args.method)
         _notes("define", r)
         conn = connect(args.connect)
         try:
@@ -213,8 +241,8 @@ exit codes: as translate; 1 also when libvirt refuses the definition."""
             except libvirt.libvirtError as e:
                 raise DataError(f"libvirt refused the translated domain: "
                                 f"{e.get_error_message()}") from None
-            print(f"Domain '{dom.name()}' defined from {args.domain} (CPU model '{r.model}', "
-                  f"{method_summary(r)})")
+            print(f"Domain '{dom.name()}' defined from {path_label(args.domain)} (CPU model "
+                  f"'{r.model}', {method_summary(r)})")
         finally:
             conn.close()
         return 0
@@ -244,11 +272,12 @@ domain was not translated; 2 bad usage."""
 
     def run(self, args: argparse.Namespace) -> int:
         data, source = read_domain(args.domain, args.connect)
-        dom = Domain.parse(data, source)
+        dom = parse_domain(data, source)
         t = dom.translation
         if t is None:
-            raise DataError(f"{source} has no libvirt-arm-cpu metadata: translate it first")
-        host = host_profile(args.host)
+            raise DataError(f"{path_label(source)} has no libvirt-arm-cpu metadata: translate it "
+                            f"first")
+        host = _host(args.host)
         v = validate_translated(dom, host)
         if args.json:
             print(json.dumps({**v.comparison.as_dict(), "model": t.model,
@@ -257,13 +286,14 @@ domain was not translated; 2 bad usage."""
                               "needs_rewrite": v.needs_rewrite}, indent=2))
             return 0 if v.ok else 1
         if not v.ok:
-            print(f"{source}: CPU model '{t.model}' cannot run on host {host.hostname}")
+            print(f"{path_label(source)}: CPU model '{t.model}' cannot run on host "
+                  f"{host.hostname}")
             for reason in v.reasons:
                 print(f"  {reason}")
             return 1
         how = (f"loader, {len(v.env.get('LIBVIRT_ARM_CPU_ID_REGS', '').split())} registers"
                if v.method == METHOD_LOADER else f"-cpu {v.expected_argument or 'host'}")
-        print(f"{source}: CPU model '{t.model}' can run on host {host.hostname} "
+        print(f"{path_label(source)}: CPU model '{t.model}' can run on host {host.hostname} "
               f"({v.comparison.result}; {how})")
         if v.needs_rewrite:
             print(f"  its QEMU input ({t.method}) was made for host '{t.host}': the hook "
@@ -292,7 +322,7 @@ examples:
 
     def run(self, args: argparse.Namespace) -> int:
         data, source = read_domain(args.domain, args.connect, args.inactive)
-        dom = Domain.parse(data, source)
+        dom = parse_domain(data, source)
         if dom.translation is None:
             sys.stdout.write(data.decode())
             return 0

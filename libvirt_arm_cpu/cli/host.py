@@ -7,7 +7,7 @@ import json
 import sys
 
 from libvirt_arm_cpu.kb import load as kb_load
-from libvirt_arm_cpu.cli.base import Command
+from libvirt_arm_cpu.cli.base import Command, or_give_a_profile
 from libvirt_arm_cpu.host.hostcache import DEFAULT_CACHE, cached_profile
 from libvirt_arm_cpu.kb.implementers import decode_midr
 from libvirt_arm_cpu.formats.profile import read_profile, to_json
@@ -96,9 +96,10 @@ examples:
         if args.profile:
             profile = read_profile(args.profile)
         else:
-            profile, fresh = cached_profile(args.cache, args.emulator, args.refresh,
-                                            progress=lambda m: print(f"probe: {m}",
-                                                                     file=sys.stderr))
+            with or_give_a_profile("--profile FILE"):
+                profile, fresh = cached_profile(args.cache, args.emulator, args.refresh,
+                                                progress=lambda m: print(f"probe: {m}",
+                                                                         file=sys.stderr))
         if args.json:
             print(json.dumps(to_json(profile), indent=2))
         else:

@@ -8,8 +8,27 @@ import sys
 
 from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.cli.base import Command
-from libvirt_arm_cpu.errors import DataError
+from libvirt_arm_cpu.errors import STDIN, DataError, UsageError, closest, path_label
 from libvirt_arm_cpu.fileio import read_input
+
+WRITABLE_KEYWORDS = ("none", "all-known")
+
+
+def check_writable(value: str) -> None:
+    """--writable takes a keyword or a profile FILE: a value that is neither
+    an existing file nor a path, and is close to a keyword, is a mistyped
+    keyword, not a file name.
+
+    :raise UsageError: naming the keyword(s) it is close to."""
+    if value in WRITABLE_KEYWORDS or os.path.exists(value) or value == "-":
+        return
+    if os.sep in value or value.endswith((".xml", ".json")):
+        return          # meant as a file: reading it says it is missing
+    near = closest(value, WRITABLE_KEYWORDS)
+    if near is not None:
+        raise UsageError(f"--writable '{value}': no such file, and not a keyword (did you mean "
+                         f"{near}?); --writable takes {', '.join(WRITABLE_KEYWORDS)} or a host "
+                         f"profile FILE")
 
 
 class ImportCommand(Command):
@@ -42,11 +61,17 @@ examples:
         from libvirt_arm_cpu.formats.importer import all_known_masks, import_profile, parse_values
         from libvirt_arm_cpu.formats.profile import read_profile, write_profile
 
+        from libvirt_arm_cpu.formats.kinds import REGISTER_DUMP, kind_of, wrong_kind
+
+        check_writable(args.writable)
         kb = kb_load.registers()
         data = read_input(args.dump)
+        found = kind_of(data)
+        if found is not None and found != REGISTER_DUMP:
+            raise wrong_kind(args.dump, found, REGISTER_DUMP)
         values, kernel = parse_values(data, args.dump, kb)
         if not values:
-            raise DataError(f"{args.dump}: no ID register values found")
+            raise DataError(f"{path_label(args.dump)}: no ID register values found")
         if args.writable == "none":
             masks: dict[str, int | None] = {}
         elif args.writable == "all-known":
@@ -56,7 +81,7 @@ examples:
         else:
             source = read_profile(args.writable)
             masks = {r.name: r.writable for r in source.registers}
-        host = args.hostname or ("stdin" if args.dump == "-" else
+        host = args.hostname or (STDIN if args.dump == "-" else
                                  os.path.splitext(os.path.basename(args.dump))[0])
         profile = import_profile(values, kb, args.dump, data, masks, host, kernel)
         out = write_profile(profile, args.output)
@@ -64,7 +89,7 @@ examples:
             sys.stdout.write(out.decode())
         missing = sum(1 for r in profile.registers
                       if r.value is None and kb.by_encoding(*r.encoding) is not None)
-        print(f"import: {len(values)} registers from {args.dump}"
+        print(f"import: {len(values)} registers from {path_label(args.dump)}"
               + (f"; {missing} known registers not in the dump are recorded absent"
                  if missing else ""), file=sys.stderr)
         return 0

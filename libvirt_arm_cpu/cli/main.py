@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -57,6 +58,19 @@ def build_parser(prog: str, description: str, cmds: Sequence[Command]) -> Argume
     return parser
 
 
+# ElementTree's "{urn:...}name": a message shows the name (formats.kinds.element_name
+# and plain_names do it where the message is made; this catches the rest)
+_CLARK_ELEMENT = re.compile(r"<\{([^{}\s]+)\}([A-Za-z_][\w.-]*)")
+_CLARK = re.compile(r"\{[^{}\s]*:[^{}\s]*\}(?=[A-Za-z_])")
+
+
+def _one_line(message: str) -> str:
+    """*message* as the one line an error is: no Clark-notation names, no
+    line breaks."""
+    message = _CLARK_ELEMENT.sub(r"<\2 xmlns='\1'", message)
+    return " ".join(_CLARK.sub("", message).splitlines())
+
+
 def run_main(prog: str, description: str, cmds: Sequence[Command],
              argv: Sequence[str] | None) -> int:
     """Parse, dispatch, and map errors to exit codes (shared with the helper)."""
@@ -68,12 +82,12 @@ def run_main(prog: str, description: str, cmds: Sequence[Command],
             return EXIT_USAGE
         return args.handler.run(args)
     except UsageExit as err:
-        print(err.message, file=sys.stderr)
+        print(f"{prog}: error: {_one_line(err.message)}", file=sys.stderr)
         return EXIT_USAGE
     except Error as err:
         if os.environ.get("LIBVIRT_ARM_CPU_DEBUG"):
             raise
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(str(err))}", file=sys.stderr)
         return err.exit_code
     except BrokenPipeError:
         # `... | head`: the reader has gone; say nothing more.

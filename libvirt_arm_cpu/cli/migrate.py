@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 
 from libvirt_arm_cpu.kb import load as kb_load
@@ -13,10 +12,10 @@ from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu.cli.base import Command
 from libvirt_arm_cpu.engine.compare import (INCOMPATIBLE, Comparison, compare, compare_passthrough, migration_reasons)
 from libvirt_arm_cpu.model import CpuModel
-from libvirt_arm_cpu.errors import UsageError
+from libvirt_arm_cpu.errors import UsageError, path_label
 from libvirt_arm_cpu.fileio import read_input
 from libvirt_arm_cpu.model import HostProfile
-from libvirt_arm_cpu.service import load_input, resolve_model
+from libvirt_arm_cpu.service import input_label, load_input, resolve_model
 
 
 @dataclass(frozen=True)
@@ -56,11 +55,11 @@ def check_direction(source: HostProfile, dest: HostProfile, kb: registers.Knowle
 
 
 def _profile(path: str, kb: registers.KnowledgeBase) -> tuple[str, HostProfile]:
-    label = os.path.splitext(os.path.basename(path))[0] if path != "-" else "stdin"
+    label = input_label(path)
     _, profile = load_input(read_input(path), path, label, kb)
     if profile is None:
-        raise UsageError(f"{path} is a CPU model, not a host profile (give the model with "
-                         f"--model)")
+        raise UsageError(f"{path_label(path)} is a CPU model, not a host profile (give the "
+                         f"model with --model)")
     return label, profile
 
 

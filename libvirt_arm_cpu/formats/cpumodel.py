@@ -35,6 +35,8 @@ from libvirt_arm_cpu.kb.firmware import SETTABLE
 from libvirt_arm_cpu.fileio import read_input
 from libvirt_arm_cpu.model import VCPU_FEATURES, CpuModel
 from libvirt_arm_cpu.kb.registers import U64_MAX, format_ids, parse_ids
+from libvirt_arm_cpu.formats.kinds import (CPU_MODEL, HOST_PROFILE, REGISTER_DUMP, element_name,
+                                           kind_of, wrong_kind)
 from libvirt_arm_cpu.xmlsafe import parse_untrusted, shown
 
 __all__ = ["NAMESPACE", "to_xml", "from_xml", "read_model"]
@@ -120,12 +122,22 @@ def from_xml(data: bytes, path: str = "<cpu>", catalog: FeatureCatalog | None = 
     DOCTYPE, no entities).  With *catalog*, its ``<feature>`` names are
     checked against it (they are informative: the values are the model).
 
+    :raise WrongKind: for a host profile or a register dump (saying what
+        to run);
     :raise ParseError: when it is not a <cpu> with our <registers> element,
         an element lacks its name, or a value is not 64-bit hex.
     """
-    cpu = parse_untrusted(data, path)
+    try:
+        cpu = parse_untrusted(data, path)
+    except ParseError:
+        if kind_of(data) == REGISTER_DUMP:
+            raise wrong_kind(path, REGISTER_DUMP, CPU_MODEL) from None
+        raise
     if cpu.tag != "cpu":
-        raise ParseError(path, None, f"root element is <{shown(cpu.tag)}>, expected <cpu>")
+        if kind_of(data, cpu) == HOST_PROFILE:
+            raise wrong_kind(path, HOST_PROFILE, CPU_MODEL)
+        raise ParseError(path, None, f"root element is <{shown(element_name(cpu.tag))}>, "
+                         f"expected <cpu>")
     regs = cpu.find(_q("registers"))
     if regs is None:
         raise ParseError(path, None, f"<cpu> has no <registers xmlns='{NAMESPACE}'>: not a "

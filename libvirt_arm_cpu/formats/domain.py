@@ -37,7 +37,8 @@ from libvirt_arm_cpu.kb.firmware import SETTABLE as FIRMWARE_SETTABLE
 from libvirt_arm_cpu.kb.registers import format_ids, parse_ids
 from libvirt_arm_cpu.model import (METADATA_FORMAT, METHOD_LOADER, METHOD_SYSREG, METHODS, VCPU_FEATURES, CpuFeature,
                                    DomainCpu, Translation)
-from libvirt_arm_cpu.xmlsafe import parse_untrusted
+from libvirt_arm_cpu.formats.kinds import element_name
+from libvirt_arm_cpu.xmlsafe import parse_untrusted, shown
 
 __all__ = ["NAMESPACE", "QEMU_NAMESPACE", "FORMAT_VERSION", "POLICIES", "PAUTH_LIBVIRT_VERSION",
            "cpu_from_element", "translation_element", "translation_from_element",
@@ -323,7 +324,7 @@ class Domain:
     def parse(cls, data: bytes, path: str = "<domain>") -> Domain:
         root = parse_untrusted(data, path)
         if root.tag != "domain":
-            raise ParseError(path, None, f"root element is <{root.tag}>, expected <domain>")
+            raise ParseError(path, None, f"root element is <{shown(element_name(root.tag))}>, expected <domain>")
         return cls(root, path)
 
     @property

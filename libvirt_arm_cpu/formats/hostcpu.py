@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from libvirt_arm_cpu.errors import ParseError
 from libvirt_arm_cpu.model import HostCpu
+from libvirt_arm_cpu.formats.kinds import element_name
 from libvirt_arm_cpu.xmlsafe import parse_untrusted, shown
 
 __all__ = ["from_xml", "looks_like_host_cpu"]
@@ -36,7 +37,7 @@ def from_xml(data: bytes, path: str = "<host cpu>") -> HostCpu:
     elif root.tag == "cpu":
         cpu = root
     else:
-        raise ParseError(path, None, f"root element is <{root.tag}>, expected <capabilities> "
+        raise ParseError(path, None, f"root element is <{shown(element_name(root.tag))}>, expected <capabilities> "
                          f"or a host <cpu>")
     arch = (cpu.findtext("arch") or "").strip()
     if arch and arch != "aarch64":

@@ -22,6 +22,8 @@ import xml.etree.ElementTree as ET
 
 from libvirt_arm_cpu.kb.firmware import BY_NAME, FIRMWARE_REGISTERS
 from libvirt_arm_cpu.errors import DataError, ParseError
+from libvirt_arm_cpu.formats.kinds import (CPU_MODEL, HOST_PROFILE, REGISTER_DUMP, element_name,
+                                           kind_of, plain_names, wrong_kind)
 from libvirt_arm_cpu.fileio import atomic_write, read_input
 from libvirt_arm_cpu.paths import schema_path
 from libvirt_arm_cpu.kb.registers import U64_MAX, format_ids, parse_ids
@@ -149,11 +151,7 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
     :raise ParseError: naming *path* when it is not a host profile (or not
         XML the safe reader takes: no DOCTYPE, no entities).
     """
-    root = parse_untrusted(data, path)
-    if root.tag != _q("hostprofile"):
-        raise ParseError(path, None, f"not a host profile: root element is "
-                         f"<{root.tag.rsplit('}', 1)[-1]}>, expected <hostprofile "
-                         f"xmlns='{NAMESPACE}'>")
+    root = _root(data, path)
     _check_version(root, path)
     ident = root.find(_q("identity"))
     kernel = root.find(f"{_q('identity')}/{_q('kernel')}")
@@ -286,6 +284,31 @@ def _schema(path: str):
     return xmlschema.XMLSchema(path)
 
 
+def _root(data: bytes, path: str, strict: bool = True) -> ET.Element:
+    """The root of a profile's XML (not *strict*: any root but a CPU
+    model's, for the schema to judge).
+
+    :raise WrongKind: for a register dump or a CPU model;
+    :raise ParseError: when it is not XML the safe reader takes, or not a
+        host profile.
+    """
+    try:
+        root = parse_untrusted(data, path)
+    except ParseError:
+        if kind_of(data) == REGISTER_DUMP:
+            raise wrong_kind(path, REGISTER_DUMP, HOST_PROFILE) from None
+        raise
+    if root.tag != _q("hostprofile"):
+        if kind_of(data, root) == CPU_MODEL:
+            raise wrong_kind(path, CPU_MODEL, HOST_PROFILE)
+        if not strict:
+            return root
+        raise ParseError(path, None, f"not a host profile: root element is "
+                         f"<{element_name(root.tag)}>, expected <hostprofile "
+                         f"xmlns='{NAMESPACE}'>")
+    return root
+
+
 def _check_version(root: ET.Element, path: str) -> None:
     if root.tag != _q("hostprofile"):
         return
@@ -303,17 +326,19 @@ def validate(data: bytes, path: str) -> None:
     """
     import xmlschema  # ~190 ms to import: only where files are written, and on explicit reads
 
-    root = parse_untrusted(data, path)  # well-formed, no DOCTYPE: first, for the line number
+    root = _root(data, path, strict=False)  # well-formed, no DOCTYPE: first, for the line number
     _check_version(root, path)
     schema = _schema(schema_path("profile.xsd"))
     try:
         errors = schema.iter_errors(data.decode("utf-8", errors="replace"))
         for problem in errors:
             line = getattr(problem, "sourceline", None)
-            raise ParseError(path, line, f"not a valid host profile: {problem.reason} "
-                             f"(at {problem.path})")
+            raise ParseError(path, line, f"not a valid host profile: "
+                             f"{plain_names(str(problem.reason))} "
+                             f"(at {plain_names(str(problem.path))})")
     except xmlschema.XMLSchemaException as err:
-        raise ParseError(path, None, f"not a valid host profile: {err}") from err
+        raise ParseError(path, None, f"not a valid host profile: {plain_names(str(err))}") \
+            from err
 
 
 def write_profile(p: HostProfile, path: str) -> bytes:
