@@ -19,10 +19,13 @@ from __future__ import annotations
 import dataclasses
 import marshal
 import os
-from typing import Any
 
 from libvirt_arm_cpu import __version__, model
 from libvirt_arm_cpu.kb import registers as kbreg
+
+TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (on the hook's path)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["FORMAT", "stamp", "dumps", "loads"]
 

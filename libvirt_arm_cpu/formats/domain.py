@@ -27,7 +27,6 @@ DOCTYPEs and entities (:mod:`libvirt_arm_cpu.xmlsafe`).
 
 from __future__ import annotations
 
-import copy
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
@@ -188,7 +187,7 @@ class PassthroughCpu:
         if original is not None:
             for child in original:
                 if child.tag in _KEPT_CPU_CHILDREN:
-                    cpu.append(copy.deepcopy(child))
+                    cpu.append(_copy(child))
             cpu.text, cpu.tail = original.text, original.tail
         for name in sorted(self.off):
             if name in _LIBVIRT_CPU_FEATURE:
@@ -486,6 +485,7 @@ def _insert_in_order(root: ET.Element, elem: ET.Element) -> None:
 
 
 def _copy(elem: ET.Element) -> ET.Element:
+    import copy     # translating only: not on the hook's path
     return copy.deepcopy(elem)
 
 

@@ -16,20 +16,21 @@ from __future__ import annotations
 import functools
 import os
 import xml.etree.ElementTree as ET
-from typing import TYPE_CHECKING
 
 from libvirt_arm_cpu.errors import ParseError, UnknownName
+from libvirt_arm_cpu.kb.registers import (MUST_MATCH, NAMESPACE, Field, KnowledgeBase, Register,
+                                          Reserved, Source)
+from libvirt_arm_cpu.paths import kb_dir
+from libvirt_arm_cpu.xmlsafe import MAX_BYTES, parse_untrusted
+
 # The catalogs' types are imported where they are read: the libvirt hook
 # reads registers.xml only, and importing the rest costs it milliseconds.
+TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (3 ms a hook run)
 if TYPE_CHECKING:
     from libvirt_arm_cpu.kb.dependencies import Condition, RuleBook
     from libvirt_arm_cpu.kb.features import Condition as FeatureCondition
     from libvirt_arm_cpu.kb.features import FeatureCatalog
     from libvirt_arm_cpu.kb.implementers import Tables
-from libvirt_arm_cpu.kb.registers import (MUST_MATCH, NAMESPACE, Field, KnowledgeBase, Register,
-                                          Reserved, Source)
-from libvirt_arm_cpu.paths import kb_dir
-from libvirt_arm_cpu.xmlsafe import MAX_BYTES, parse_untrusted
 
 __all__ = ["registers", "features", "dependencies", "implementers", "read_kb_file",
            "load_registers", "load_features", "load_rules", "load_tables"]
