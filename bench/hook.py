@@ -8,11 +8,12 @@ XML on stdin, a clean environment), median of N runs:
 
   * python -c pass (interpreter start-up, the floor);
   * prepare, a domain without libvirt-arm-cpu metadata;
-  * prepare, a translated domain (parse, profile, compare), with the
-    compact copy of the profile and knowledge base the hook leaves behind,
-    and without it (removed before each run: the XML is read and a new
-    copy written, what the first start after a probe or upgrade pays);
-  * migrate, a translated domain (checked; its arguments fit: no output);
+  * prepare, a translated domain: the first check (nothing left behind: the
+    profile and knowledge base XML read, their compact copy and the verdict
+    written: what the first start after a probe or an upgrade pays), a
+    check with the compact copy (a domain not started before), and a start
+    like one allowed before (answered from the hook's memory);
+  * migrate, a translated domain allowed before;
   * translate in-process (resolve + dependency repair + serialise).
 
 usage: python bench/hook.py [-n RUNS]
@@ -79,16 +80,23 @@ def main() -> int:
         translate_domain(src.read_bytes(), "g.xml", prof)
         times.append(time.perf_counter() - t)
     copy = Path(str(host) + ".compact")
+    memo = Path(str(host) + ".verdicts")
 
-    def no_copy() -> None:
+    def nothing_left() -> None:
         copy.unlink(missing_ok=True)
+        memo.unlink(missing_ok=True)
+
+    def not_remembered() -> None:
+        memo.unlink(missing_ok=True)
 
     rows = [
         ("python -c pass", [sys.executable, "-c", "pass"], b"", None),
         ("prepare, no metadata", [hook, "g", "prepare", "begin", "-"], plain, None),
-        ("prepare, translated, XML read", [hook, "g", "prepare", "begin", "-"], xml, no_copy),
-        ("prepare, translated domain", [hook, "g", "prepare", "begin", "-"], xml, None),
-        ("migrate, translated (no rewrite)", [hook, "g", "migrate", "begin", "-"], xml, None),
+        ("prepare, first check", [hook, "g", "prepare", "begin", "-"], xml, nothing_left),
+        ("prepare, check (compact copy)", [hook, "g", "prepare", "begin", "-"], xml,
+         not_remembered),
+        ("prepare, allowed before", [hook, "g", "prepare", "begin", "-"], xml, None),
+        ("migrate, allowed before", [hook, "g", "migrate", "begin", "-"], xml, None),
     ]
     print(f"{len(xml)} bytes of translated domain XML; median of {args.n} runs")
     base = None

@@ -76,22 +76,32 @@ def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
     if conf.mode == "off":
         return 0
     log = _Log(conf.log)
+    # a start exactly like one allowed before is allowed again (host.verdicts)
+    from libvirt_arm_cpu.host import verdicts
+    memo_key = verdicts.key(name, op, data, conf)
+    known = verdicts.recall(conf, memo_key) if memo_key is not None else None
+    if known is not None:
+        if known[0]:
+            log("info", known[0] + " (as before)")
+        return 0
     if op == "reconnect":
         # libvirtd restarted with the guest running: never fail (that would
         # kill it), but say when its CPU no longer fits this host (a kernel
         # or QEMU upgrade under a running guest), so the operator knows it
         # cannot be restarted or migrated here as it is
         try:
-            refusal, _ = _check(name, op, data, conf, log)
+            refusal, _, allowed = _check(name, op, data, conf, log)
             if refusal:
                 log("warning", f"{refusal} (the running guest is left alone)")
+            elif allowed is not None and memo_key is not None:
+                verdicts.remember(conf, memo_key, *allowed)
         except BaseException as e:      # noqa: BLE001 - never fail a reconnect
             log("warning", f"domain '{name}': reconnect check failed: {e}")
         return 0
     try:
-        refusal, rewritten = _check(name, op, data, conf, log)
+        refusal, rewritten, allowed = _check(name, op, data, conf, log)
     except Error as e:
-        refusal, rewritten = f"domain '{name}': {e}", None
+        refusal, rewritten, allowed = f"domain '{name}': {e}", None, None
     if refusal:
         if conf.mode == "warn":
             log("warning", refusal + " (mode warn: allowed)")
@@ -102,11 +112,16 @@ def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
     if rewritten is not None:
         out.write(rewritten.decode())
         out.flush()
+    elif allowed is not None and memo_key is not None:
+        verdicts.remember(conf, memo_key, *allowed)
     return 0
 
 
-def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, bytes | None]:
-    """(refusal message or None, rewritten XML or None)."""
+def _check(name: str, op: str, data: bytes, conf, log
+           ) -> tuple[str | None, bytes | None, tuple[str, str] | None]:
+    """(refusal message or None, rewritten XML or None, what to remember of
+    an allowance that rewrote nothing: the line logged and the loader it
+    needs, or None)."""
     # imported here: a domain without our metadata never gets this far
     # and only what checking needs: not the service layer, the feature
     # catalog or the dependency rules (translating needs those)
@@ -121,12 +136,12 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
     dom = Domain.parse(data, f"domain '{name}' XML")
     t = dom.translation
     if t is None:               # the namespace appeared elsewhere: not ours to judge
-        return None, None
+        return None, None, None
     host, kb = hook_inputs(conf)
     try:
         v = validate_translation(t, dom.cpu_arguments(), dom.loader_env(), host, kb)
     except UnknownName as e:
-        return f"domain '{name}': its CPU metadata names {e}", None
+        return f"domain '{name}': its CPU metadata names {e}", None, None
     where = f"host {host.hostname or '?'}"
     verb = {"prepare": "start", "migrate": "migrate in", "restore": "restore",
             "reconnect": "run"}[op]
@@ -134,7 +149,7 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
         reasons = "; ".join(str(r) for r in v.reasons[:4])
         more = f" (and {len(v.reasons) - 4} more)" if len(v.reasons) > 4 else ""
         return (f"domain '{name}' cannot {verb} on {where} (CPU model '{t.model}'): "
-                f"{reasons}{more}"), None
+                f"{reasons}{more}"), None, None
     if v.method == METHOD_LOADER and op != "reconnect":
         # the profile may be older than an uninstall: QEMU would fail to
         # preload it (or, worse, start without it and refuse every KVM_RUN)
@@ -143,11 +158,13 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
             return (f"domain '{name}' cannot {verb} on {where} (CPU model '{t.model}'): "
                     f"it needs the ID register loader, and {path} is not installed "
                     f"(install libvirt-arm-cpu's loader, then 'libvirt-arm-cpu-helper probe')"
-                    ), None
+                    ), None, None
+    loader = v.env.get(ENV_PRELOAD, LOADER_PATH) if v.method == METHOD_LOADER else ""
+    checked = f"domain '{name}': CPU checked on {where}: {v.comparison.result}"
     if op in ("migrate", "restore"):
         if not v.needs_rewrite:
-            log("info", f"domain '{name}': CPU checked on {where}: {v.comparison.result}")
-            return None, None
+            log("info", checked)
+            return None, None, (checked, loader)
         new = Translation(t.original_cpu, t.values, v.properties, host.hostname,
                           host.fingerprint.digest, t.model, method=v.method,
                           vcpu_off=t.vcpu_off, original_pmu=t.original_pmu,
@@ -155,22 +172,24 @@ def _check(name: str, op: str, data: bytes, conf, log) -> tuple[str | None, byte
         how = (f"loader, {len(v.env.get(ENV_VALUES, '').split())} registers"
                if v.method == METHOD_LOADER else f"{len(v.properties)} SYSREG properties")
         log("info", f"domain '{name}': CPU input rewritten for {where} ({how})")
-        return None, dom.with_arguments(new, v.env).tostring()
+        return None, dom.with_arguments(new, v.env).tostring(), None
     if op == "prepare":
         if v.needs_rewrite:
             return (f"domain '{name}': its QEMU input ({t.method}) was made for host "
                     f"'{t.host}', not {where} (this host needs "
                     f"{v.describe_expected()}): translate it again here "
-                    f"(libvirt-arm-cpu define)"), None
+                    f"(libvirt-arm-cpu define)"), None, None
         if conf.try_apply and v.comparison.result != IDENTICAL and \
                 os.uname().machine == "aarch64" and os.path.exists("/dev/kvm"):
             have = host.values(t.vcpu_off)
             refusal = _try_apply({n: x for n, x in t.values.items() if x != have.get(n, 0)},
                                  kb, t.vcpu_off)
             if refusal:
-                return f"domain '{name}' cannot start on {where}: KVM refuses {refusal}", None
-        log("info", f"domain '{name}': CPU checked on {where}: {v.comparison.result}")
-    return None, None
+                return (f"domain '{name}' cannot start on {where}: KVM refuses {refusal}",
+                        None, None)
+        log("info", checked)
+        return None, None, (checked, loader)
+    return None, None, ("", loader)         # reconnect: allowed, nothing to say
 
 
 def _try_apply(values: dict[str, int], kb, off: tuple[str, ...] = ()) -> str | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["kb_dir", "schema_path", "hook_script"]
+__all__ = ["kb_dir", "schema_path", "hook_script", "readable_file"]
 
 _SOURCE_TREE_XML = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "xml")
@@ -41,3 +41,8 @@ def hook_script() -> str:
     if os.path.exists(in_tree):
         return in_tree
     return os.path.join(sys.prefix, "share", "libvirt-arm-cpu", "hooks", "libvirt-arm-cpu")
+
+
+def readable_file(path: str) -> bool:
+    """Is *path* a regular file this process can read (the loader, say)?"""
+    return os.path.isfile(path) and os.access(path, os.R_OK)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import configparser
 import os
-from dataclasses import dataclass
 
 from libvirt_arm_cpu.errors import ParseError
 
@@ -38,15 +37,36 @@ DEFAULT_PATH = "/etc/libvirt-arm-cpu.conf"
 MODES = ("enforce", "warn", "off")
 
 
-@dataclass(frozen=True)
 class Settings:
-    mode: str = "enforce"
-    profile: str = "/var/cache/libvirt-arm-cpu/host.xml"
-    refresh: bool = True
-    try_apply: bool = True
-    log: str = "auto"
-    models_dir: str = "/var/lib/libvirt-arm-cpu/models"
-    path: str = ""
+    """The settings, defaults where the file says nothing.
+
+    A plain class, not a dataclass like the rest: the hook reads it on every
+    domain start, and a start whose verdict it remembers (host.verdicts)
+    must not pay for importing dataclasses (6 ms).
+    """
+
+    __slots__ = ("mode", "profile", "refresh", "try_apply", "log", "models_dir", "path")
+
+    def __init__(self, mode: str = "enforce",
+                 profile: str = "/var/cache/libvirt-arm-cpu/host.xml", refresh: bool = True,
+                 try_apply: bool = True, log: str = "auto",
+                 models_dir: str = "/var/lib/libvirt-arm-cpu/models", path: str = "") -> None:
+        self.mode = mode
+        self.profile = profile
+        self.refresh = refresh
+        self.try_apply = try_apply
+        self.log = log
+        self.models_dir = models_dir
+        self.path = path
+
+    def as_dict(self) -> dict[str, str | bool]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Settings) and self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items()) + ")"
 
 
 def load(path: str | None = None) -> Settings:
@@ -60,7 +80,7 @@ def load(path: str | None = None) -> Settings:
     if models_env:
         defaults = Settings(models_dir=models_env)
     if not os.path.exists(path):
-        return Settings(**{**defaults.__dict__, "path": path})
+        return Settings(models_dir=defaults.models_dir, path=path)
     parser = configparser.ConfigParser(interpolation=None)
     try:
         with open(path, encoding="utf-8") as fh:

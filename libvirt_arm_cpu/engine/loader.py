@@ -19,9 +19,9 @@ checked without starting QEMU.
 
 from __future__ import annotations
 
-import os
 import re
 
+from libvirt_arm_cpu.paths import readable_file
 from libvirt_arm_cpu.kb import firmware
 from libvirt_arm_cpu.errors import DataError
 from libvirt_arm_cpu.kb.registers import (KnowledgeBase, Register, encoding_of_kvm_id, in_feature_id_space, kvm_reg_id)
@@ -171,4 +171,4 @@ def parse_entries(text: str, kb: KnowledgeBase, source: str = ENV_VALUES
 
 def installed(path: str = LOADER_PATH) -> bool:
     """Is the loader on this machine (a readable regular file)?"""
-    return os.path.isfile(path) and os.access(path, os.R_OK)
+    return readable_file(path)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
+from libvirt_arm_cpu import namespaces
 from libvirt_arm_cpu.errors import ParseError, UnknownName
 from libvirt_arm_cpu.kb.features import FeatureCatalog
 from libvirt_arm_cpu.kb.firmware import SETTABLE
@@ -41,7 +42,7 @@ from libvirt_arm_cpu.xmlsafe import parse_untrusted, shown
 
 __all__ = ["NAMESPACE", "to_xml", "from_xml", "read_model"]
 
-NAMESPACE = "urn:x-libvirt-arm-cpu:cpu:1"
+NAMESPACE = namespaces.CPU_MODEL
 _NS = "{" + NAMESPACE + "}"
 
 

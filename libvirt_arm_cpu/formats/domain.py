@@ -31,6 +31,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 
+from libvirt_arm_cpu import namespaces
 from libvirt_arm_cpu.errors import ParseError
 from libvirt_arm_cpu.kb.firmware import SETTABLE as FIRMWARE_SETTABLE
 from libvirt_arm_cpu.kb.registers import format_ids, parse_ids
@@ -43,8 +44,8 @@ __all__ = ["NAMESPACE", "QEMU_NAMESPACE", "FORMAT_VERSION", "POLICIES", "PAUTH_L
            "cpu_from_element", "translation_element", "translation_from_element",
            "PassthroughCpu", "Pmu", "QemuCommandline", "Domain"]
 
-NAMESPACE = "urn:x-libvirt-arm-cpu:domain:1"
-QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
+NAMESPACE = namespaces.DOMAIN_METADATA
+QEMU_NAMESPACE = namespaces.QEMU_COMMANDLINE
 FORMAT_VERSION = METADATA_FORMAT
 _NS = "{" + NAMESPACE + "}"
 _QNS = "{" + QEMU_NAMESPACE + "}"

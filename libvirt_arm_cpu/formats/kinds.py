@@ -14,13 +14,14 @@ import os
 import re
 import xml.etree.ElementTree as ET
 
+from libvirt_arm_cpu import namespaces
 from libvirt_arm_cpu.errors import WrongKind
 
 __all__ = ["HOST_PROFILE", "CPU_MODEL", "REGISTER_DUMP", "kind_of", "wrong_kind",
            "element_name", "plain_names"]
 
-_PROFILE_NAMESPACE = "urn:x-libvirt-arm-cpu:host:1"     # formats.profile.NAMESPACE
-_MODEL_NAMESPACE = "urn:x-libvirt-arm-cpu:cpu:1"       # formats.cpumodel.NAMESPACE
+_PROFILE_NAMESPACE = namespaces.HOST_PROFILE
+_MODEL_NAMESPACE = namespaces.CPU_MODEL
 
 
 # -- what a file is, when it is not what was expected --------------------------

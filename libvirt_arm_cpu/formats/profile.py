@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import xml.etree.ElementTree as ET
 
+from libvirt_arm_cpu import namespaces
 from libvirt_arm_cpu.kb.firmware import BY_NAME, FIRMWARE_REGISTERS
 from libvirt_arm_cpu.errors import DataError, ParseError
 from libvirt_arm_cpu.formats.kinds import (CPU_MODEL, HOST_PROFILE, REGISTER_DUMP, element_name,
@@ -34,7 +35,7 @@ from libvirt_arm_cpu.xmlsafe import parse_untrusted, shown
 __all__ = ["NAMESPACE", "FORMAT_VERSION", "to_xml", "from_xml", "read_profile", "write_profile",
            "validate", "to_json"]
 
-NAMESPACE = "urn:x-libvirt-arm-cpu:host:1"
+NAMESPACE = namespaces.HOST_PROFILE
 _NS = "{" + NAMESPACE + "}"
 FORMAT_VERSION = "1"
 

@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field as dc_field
 
+from libvirt_arm_cpu import namespaces
 from libvirt_arm_cpu.errors import DataError, UnknownName, UsageError
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
     "in_feature_id_space", "NAMESPACE",
     "LOWER_SAFE", "HIGHER_SAFE", "HIGHER_OR_ZERO_SAFE", "EXACT", "MUST_MATCH", "ANY"]
 
-NAMESPACE = "urn:x-libvirt-arm-cpu:kb:1"
+NAMESPACE = namespaces.KB
 _NS = "{" + NAMESPACE + "}"
 
 # Safety policies, as KVM applies them to a userspace write

@@ -1,0 +1,134 @@
+"""The hook's memory of allowed starts (host/verdicts.py): a start exactly
+like an allowed one is answered from it; any change of what the check
+reads is a new question; refusals are never remembered."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from libvirt_arm_cpu.host import verdicts
+from libvirt_arm_cpu.settings import Settings
+
+from .domains import MAX73, N1_73, custom_cpu, with_loader, with_sysreg
+from .test_hook import bed  # noqa: F401 - the installed hook
+
+
+def _as_before(p) -> bool:
+    return b"(as before)" in p.stderr
+
+
+def test_a_second_identical_start_is_answered_from_memory(bed):  # noqa: F811
+    xml = bed.translate(custom_cpu(bed.model, ("disable", "sve2")))
+    first = bed.call("g", "prepare", "begin", "-", stdin=xml)
+    assert first.returncode == 0 and not _as_before(first), first.stderr
+    again = bed.call("g", "prepare", "begin", "-", stdin=xml)
+    assert again.returncode == 0 and _as_before(again), again.stderr
+    assert b"CPU checked on host host-a: superset (as before)" in again.stderr
+    # another domain name, another operation: a new question
+    other = bed.call("h", "prepare", "begin", "-", stdin=xml)
+    assert not _as_before(other)
+    restore = bed.call("g", "restore", "begin", "-", stdin=xml)
+    assert restore.returncode == 0 and not _as_before(restore)
+
+
+def test_a_refusal_is_never_remembered(bed):  # noqa: F811
+    xml = bed.translate(custom_cpu(bed.model, ("disable", "sve2")))
+    n1 = with_sysreg(N1_73, bed.tmp / "n1.xml", "host-n1")
+    bed.settings(n1)
+    for _ in range(2):
+        p = bed.call("g", "prepare", "begin", "-", stdin=xml)
+        assert p.returncode == 1 and b"cannot start on host host-n1" in p.stderr
+    assert not Path(str(n1) + verdicts.SUFFIX).exists()
+
+
+def test_an_edited_domain_or_profile_is_checked_again(bed):  # noqa: F811
+    xml = bed.translate(custom_cpu(bed.model, ("disable", "sve2")))
+    assert bed.call("g", "prepare", "begin", "-", stdin=xml).returncode == 0
+    assert _as_before(bed.call("g", "prepare", "begin", "-", stdin=xml))
+    # the domain's metadata says another value: the check runs (and refuses:
+    # a value the host cannot present)
+    edited = xml.replace(b'name="ID_AA64ISAR0_EL1" value="0x', b'name="ID_AA64ISAR0_EL1" value="0xf', 1)
+    assert edited != xml
+    p = bed.call("g", "prepare", "begin", "-", stdin=edited)
+    assert not _as_before(p) and p.returncode == 1, p.stderr
+    # the profile is replaced by another host's: checked, refused
+    time.sleep(0.01)
+    with_sysreg(N1_73, bed.host_a, "host-a")
+    p = bed.call("g", "prepare", "begin", "-", stdin=xml)
+    assert p.returncode == 1 and not _as_before(p), p.stderr
+
+
+def test_a_remembered_loader_start_needs_the_loader_still_there(bed):  # noqa: F811
+    lib = bed.tmp / "lib" / "libvirt-arm-cpu-loader.so"
+    lib.parent.mkdir()
+    lib.write_bytes(b"\x7fELF")
+    host = with_loader(MAX73, bed.tmp / "l.xml", "host-l", lib)
+    xml = bed.translate(custom_cpu(bed.model, ("disable", "sve2")), host=host)
+    bed.settings(host)
+    assert bed.call("g", "prepare", "begin", "-", stdin=xml).returncode == 0
+    assert _as_before(bed.call("g", "prepare", "begin", "-", stdin=xml))
+    lib.unlink()
+    p = bed.call("g", "prepare", "begin", "-", stdin=xml)
+    assert p.returncode == 1 and b"it needs the ID register loader" in p.stderr
+
+
+def test_a_memory_others_can_write_is_not_believed(bed):  # noqa: F811
+    xml = bed.translate(custom_cpu(bed.model, ("disable", "sve2")))
+    assert bed.call("g", "prepare", "begin", "-", stdin=xml).returncode == 0
+    memo = Path(str(bed.host_a) + verdicts.SUFFIX)
+    assert memo.exists() and (memo.stat().st_mode & 0o777) == 0o644
+    memo.chmod(0o664)
+    assert not _as_before(bed.call("g", "prepare", "begin", "-", stdin=xml))
+
+
+def _conf(tmp_path: Path, **kw) -> Settings:
+    profile = tmp_path / "host.xml"
+    if not profile.exists():
+        shutil.copy(MAX73, profile)
+    return Settings(**{"profile": str(profile), "refresh": False, "try_apply": False, **kw})
+
+
+def test_the_key_changes_with_every_input(tmp_path, monkeypatch):
+    xml = (Path(__file__).parent / "data" / "translate" /
+           "custom-two-kernels-loader-out.xml").read_bytes()
+    conf = _conf(tmp_path)
+    base = verdicts.key("g", "prepare", xml, conf)
+    assert base is not None and base == verdicts.key("g", "prepare", xml, conf)
+    assert verdicts.key("g", "migrate", xml, conf) != base
+    assert verdicts.key("h", "prepare", xml, conf) != base
+    assert verdicts.key("g", "prepare", xml, _conf(tmp_path, try_apply=True)) != base
+    # the QEMU input (<qemu:commandline>) and the metadata are read
+    assert verdicts.key("g", "prepare", xml.replace(b"LD_PRELOAD", b"LD_PRELOAX"), conf) != base
+    assert verdicts.key("g", "prepare", xml.replace(b"<arm:register ", b"<arm:register x='1' ", 1),
+                        conf) != base
+    # what the check does not read is not in the key: the id libvirt gives
+    # each start, a comment
+    assert b' type="kvm">' in xml
+    assert verdicts.key("g", "prepare", xml.replace(b' type="kvm">', b' type="kvm" id="7">', 1),
+                        conf) == base
+    assert verdicts.key("g", "prepare", xml.replace(b"<name>", b"<!-- x --><name>", 1),
+                        conf) == base
+    # the profile touched, the knowledge base replaced
+    os.utime(conf.profile, ns=(1, 1))
+    assert verdicts.key("g", "prepare", xml, conf) != base
+    kb = tmp_path / "kb"
+    shutil.copytree(Path(__file__).parent.parent / "xml", kb)
+    monkeypatch.setenv("LIBVIRT_ARM_CPU_XML_DIR", str(kb))
+    touched = verdicts.key("g", "prepare", xml, conf)
+    os.utime(kb / "registers.xml", ns=(2, 2))
+    assert verdicts.key("g", "prepare", xml, conf) != touched
+    # not a translated domain: no key
+    assert verdicts.key("g", "prepare", b"<domain><name>x</name></domain>", conf) is None
+    assert verdicts.key("g", "prepare", b"<domain", conf) is None
+
+
+def test_the_memory_is_bounded(tmp_path):
+    conf = _conf(tmp_path)
+    for i in range(verdicts.MAX_ENTRIES + 20):
+        verdicts.remember(conf, i.to_bytes(32, "big"), f"m{i}")
+    assert verdicts.recall(conf, (0).to_bytes(32, "big")) is None           # the oldest went
+    last = verdicts.MAX_ENTRIES + 19
+    assert verdicts.recall(conf, last.to_bytes(32, "big")) == (f"m{last}", "")
