@@ -97,6 +97,16 @@ def test_policies_follow_libvirt(env):
     # a required feature the dependency repair would remove is an error
     with pytest.raises(CpuMismatch, match="feature sve2 is required, but the dependency rules"):
         resolved(("disable", "sve"), ("require", "sve2"))
+    # disabling a feature another one needs, where the repair cannot remove
+    # that one (VH is not writable): refused, naming the rule (was a warning)
+    vhe = catalog.feature("FEAT_VHE")
+    assert vhe.holds(plain.values, catalog) is True
+    assert not book.rule("arch.mrs.VHE->AA64EL2+Debugv8p1+LSE").violated(plain.values)
+    with pytest.raises(CpuMismatch, match=r"break a dependency rule that CPU model '.*' obeys, "
+                                          r"and lowering fields on host .* cannot repair it: "
+                                          r"arch.mrs.VHE->AA64EL2\+Debugv8p1\+LSE: FEAT_VHE "
+                                          r"needs FEAT_LSE .*ID_AA64MMFR1_EL1.VH is not writable"):
+        resolved(("disable", "FEAT_LSE"))
 
 
 def test_host_model_is_the_hosts_own_cpu(run, env):

@@ -146,6 +146,18 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
                           + "; ".join(errors))
     model = _model(values, host_model, host, off, fw)
     repair = make_consistent(model, [host_model], kb, rules, [host.hostname])
+    # A rule the model obeyed and the domain's own <feature> policies broke,
+    # which lowering cannot repair here: the guest would see a CPU no Arm
+    # core is (FEAT_VHE without FEAT_LSE, say).  The domain asked for it:
+    # refuse, naming the rule (a model's own unresolved rules, from its
+    # baseline, stay warnings).
+    caused = [u for u in repair.unresolved if not u.rule.violated(base.values)]
+    if caused:
+        raise CpuMismatch(
+            f"the domain's <feature> policies break a dependency rule that CPU model '{name}' "
+            f"obeys, and lowering fields on host {host.hostname} cannot repair it: "
+            + "; ".join(str(u) for u in caused[:3])
+            + " (disable the features that depend on it too, or keep it)")
     values = repair.model.values
     for f in wanted:
         if f.holds(values, catalog) is not True:
