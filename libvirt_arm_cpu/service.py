@@ -11,6 +11,7 @@ must not.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.kb import registers
@@ -69,22 +70,25 @@ def expand_paths(paths: list[str]) -> list[str]:
     return out
 
 
-def load_inputs(paths: list[str], kb: registers.KnowledgeBase) -> list[tuple[str, CpuModel,
-                                                                             HostProfile | None]]:
-    """Profiles (validated) and saved models, each with a label.  Profiles
-    with the same content (a fleet's many hosts of one CPU) are parsed and
-    validated once (see :mod:`libvirt_arm_cpu.formats.fleet`)."""
+def load_inputs(paths: list[str], kb: registers.KnowledgeBase, validate: bool = False
+                ) -> list[tuple[str, CpuModel, HostProfile | None]]:
+    """Profiles and saved models, each with a label.  Profiles with the same
+    content (a fleet's many hosts of one CPU) are parsed once (see
+    :mod:`libvirt_arm_cpu.formats.fleet`).  Every profile goes through the
+    reader's own checks (the safe XML reader, every value and name, the
+    knowledge base); *validate* adds the schema (``--validate``: 30 ms a
+    distinct profile, the probe validated each when it wrote it)."""
     seen: dict[bytes, tuple[CpuModel, HostProfile]] = {}
     out = []
     for path in expand_paths(paths):
         label = input_label(path)
-        out.append((label, *load_input(read_input(path), path, label, kb, seen)))
+        out.append((label, *load_input(read_input(path), path, label, kb, seen, validate)))
     return out
 
 
 def load_input(data: bytes, path: str, label: str, kb: registers.KnowledgeBase,
-               seen: dict[bytes, tuple[CpuModel, HostProfile]] | None = None
-               ) -> tuple[CpuModel, HostProfile | None]:
+               seen: dict[bytes, tuple[CpuModel, HostProfile]] | None = None,
+               validate: bool = True) -> tuple[CpuModel, HostProfile | None]:
     """One input already read: a host profile (validated, checked against
     the knowledge base; one already in *seen* only has its identity
     checked) or a saved model (profile None)."""
@@ -96,9 +100,11 @@ def load_input(data: bytes, path: str, label: str, kb: registers.KnowledgeBase,
     if seen is not None and key is not None and key in seen:
         check_identity(data, path)
         model, p = seen[key]
-        return CpuModel(model.values, model.writable, model.imp_id_writable, (label,),
-                        model.implementations, model.name), p
-    validate_profile(data, path)
+        # the same model under this host's name: every part shared (baseline
+        # groups inputs by identity first), none dropped
+        return replace(model, hosts=(label,)), p
+    if validate:
+        validate_profile(data, path)
     p = profile_from_xml(data, path)
     if p.machine not in ("aarch64", "arm64"):
         raise ParseError(path, None, f"profile of a {p.machine} machine, not aarch64")
