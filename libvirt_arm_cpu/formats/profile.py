@@ -173,9 +173,11 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
         kernel_version=kernel.get("version", ""),
         probed_at=ident.get("probed", ""),
         tool_version=ident.get("tool-version", ""),
-        qemu=QemuInfo(status=qemu.get("status", "missing"), path=qemu.get("path"),
-                      version=qemu.get("version"),
-                      sysreg=qemu.get("sysreg-properties", "unknown"), detail=qemu.text),
+        qemu=QemuInfo(status=_choice(qemu, "status", ("found", "missing", "error"), path),
+                      path=qemu.get("path"), version=qemu.get("version"),
+                      sysreg=_choice(qemu, "sysreg-properties", ("yes", "no", "unknown"), path,
+                                     "unknown"),
+                      detail=qemu.text),
         vcpu_features=offered,
         capabilities={c.get("name", ""): (_int(c, "number", path), _int(c, "value", path))
                       for c in root.iter(_q("capability"))},
@@ -189,7 +191,7 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
             value=_opt_int(r, "value", path, "absent", u64=True),
             writable=_opt_int(r, "writable", path, "unknown", u64=True))
             for r in regs.iter(_q("register"))],
-        masks_known=regs.get("writable-masks") == "known",
+        masks_known=_choice(regs, "writable-masks", ("known", "unknown"), path) == "known",
         fingerprint=Fingerprint(components),
         vcpu_off=_vcpu_off(feats, offered, path),
         firmware=_firmware(root.find(_q("firmware")), path),
@@ -209,8 +211,10 @@ def _printable(elem: ET.Element, attr: str, path: str) -> str:
     return text
 
 
-def _choice(elem: ET.Element, attr: str, allowed: tuple[str, ...], path: str) -> str:
-    text = elem.get(attr, "")
+def _choice(elem: ET.Element, attr: str, allowed: tuple[str, ...], path: str,
+            default: str = "") -> str:
+    """An attribute the schema enumerates: one of *allowed* (*default* when absent)."""
+    text = elem.get(attr, default)
     if text not in allowed:
         raise ParseError(path, None, f"<{elem.tag[len(_NS):]} {attr}='{shown(text)}'>: "
                          f"expected {' or '.join(allowed)}")
