@@ -197,11 +197,17 @@ json.dump(out, open("/out/fidelity.json", "w"), indent=1)
 """
 
 
-def guest_job(scenarios: bool = True, extra: str = "", host: Host | None = None) -> str:
-    """The busybox-sh job: probe into /out/host.xml (exit code in
-    /out/probe.rc, seconds in /out/probe.seconds), then the scenarios."""
-    job = """\
-set -u
+def guest_job(scenarios: bool = True, extra: str = "", host: Host | None = None,
+              name: str | None = None) -> str:
+    """The busybox-sh job: name the guest (*name*, or *host*'s id such as
+    neoverse-n1-qemu7.2-linux6.12, so that its profile says which host it
+    is; the test-bed guests have none), probe into /out/host.xml (exit code
+    in /out/probe.rc, seconds in /out/probe.seconds), then the scenarios."""
+    name = name or (host.id if host is not None else None)
+    job = "set -u\n"
+    if name is not None:
+        job += f"hostname {name}\n"
+    job += """\
 up() { cut -d' ' -f1 /proc/uptime; }
 t0=$(up)
 python3 -m libvirt_arm_cpu.helper probe --output /out/host.xml --quiet 2>/out/probe.stderr

@@ -283,7 +283,7 @@ def test_the_fleet_fast_path_checks_the_whole_file(documents):
         assert fleet.profile_key(bad) == key
         refused("fleet.check_identity", bad)
     # laid out otherwise but well-formed: read whole, and accepted
-    assert fleet.check_identity(data + b"<!-- a comment -->\n", PATH) == "(none)"
+    assert fleet.check_identity(data + b"<!-- a comment -->\n", PATH) == HOST.stem
 
 
 # -- through the command line: one line, exit code 1 ----------------------------------

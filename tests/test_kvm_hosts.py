@@ -4,7 +4,7 @@ Each boot probes the host and runs try-apply scenarios built from what it
 found (tests/kvm_guest_scenarios.py); the tests read the results.  The probe
 must still match the committed fixture (tests/data/hosts/), so a change in
 the helper, the kernels or QEMU that alters a profile is caught; refresh the
-fixtures on purpose with contrib/testbed/capture-fixtures.sh.
+fixtures on purpose with contrib/testbed/capture-fixtures.py.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def scenarios(host: Host) -> dict:
 def comparable(p: HostProfile) -> dict:
     """What must not drift between the fixture and a live probe."""
     return {
+        "hostname": p.hostname,             # guest_job names the guest after the host
         "kernel": ".".join(p.kernel_release.split(".")[:2]),
         "machine": p.machine,
         "vcpu_features": p.vcpu_features,
@@ -61,7 +62,7 @@ def test_probe_matches_fixture(host):
     assert res.files["probe.rc"] == b"0\n", res.files.get("probe.stderr", b"").decode()
     live = from_xml(res.files["host.xml"], "live")
     assert host.fixture.exists(), (f"no fixture {host.fixture.name}: run "
-                                   f"contrib/testbed/capture-fixtures.sh")
+                                   f"contrib/testbed/capture-fixtures.py")
     fixture = read_profile(str(host.fixture))
     assert comparable(live) == comparable(fixture)
 

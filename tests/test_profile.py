@@ -126,6 +126,16 @@ from .kvm_hosts import FIXTURES  # noqa: E402
 V1 = FIXTURES / "neoverse-v1-qemu10.0-linux7.3.xml"
 
 
+def test_captured_hosts_are_named_after_what_they_are():
+    """The test bed names each guest after its line of hosts.txt before the
+    probe (tests/kvm_hosts.py guest_job), so messages name the host, never
+    '(none)'."""
+    fixtures = sorted(FIXTURES.glob("*.xml"))
+    assert fixtures
+    for f in fixtures:
+        assert read_profile(str(f), validate_schema=False).hostname == f.stem, f.name
+
+
 def test_loader_and_vcpu_off_are_read_and_old_profiles_mean_unknown():
     p = read_profile(str(V1))
     assert p.loader.status == "found" and p.loader.path.endswith("libvirt-arm-cpu-loader.so")

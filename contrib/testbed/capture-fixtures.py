@@ -2,6 +2,7 @@
 """Capture the host-profile fixtures (tests/data/hosts/) from the test bed.
 
 Boots every emulated host of contrib/testbed/hosts.txt (one at a time),
+names the guest after the host (hostname <name>-qemu<qemu>-linux<kernel>),
 runs `libvirt-arm-cpu-helper probe` in it, and writes the profile to
 tests/data/hosts/<name>-qemu<qemu>-linux<kernel>.xml.  The kvm tests then
 check that live probes still match these files: re-capture only on purpose
@@ -35,9 +36,9 @@ def main(argv: list[str]) -> int:
     FIXTURES.mkdir(parents=True, exist_ok=True)
     failed = 0
     with tempfile.TemporaryDirectory(prefix="capture.") as tmp:
-        job = Path(tmp) / "job.sh"
-        job.write_text(guest_job(scenarios=False))
         for host in selected:
+            job = Path(tmp) / f"{host.id}.sh"
+            job.write_text(guest_job(scenarios=False, name=host.id))  # hostname = host.id
             out = Path(tmp) / host.id
             proc = subprocess.run(
                 [str(ROOT / "contrib/testbed/run-in-guest.sh"), "--kernel", host.kernel,
