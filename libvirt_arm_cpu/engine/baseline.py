@@ -43,7 +43,8 @@ from libvirt_arm_cpu.kb.dependencies import RuleBook
 from libvirt_arm_cpu.model import VCPU_FEATURES
 from libvirt_arm_cpu.kb.registers import U64_MAX as U64
 from libvirt_arm_cpu.kb.registers import (EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field, KnowledgeBase, Register)
-from libvirt_arm_cpu.engine.rules import covers, register_refusal, source_accepts, taken_whole
+from libvirt_arm_cpu.engine.rules import (covers, field_accepts, register_refusal, source_accepts,
+                                          taken_whole)
 
 __all__ = ["Conflict", "BaselineResult", "baseline", "Pool", "largest_compatible", "pools"]
 
@@ -92,15 +93,22 @@ def _pick(f: Field, accepted: list[int]) -> int:
     return max(accepted, key=f.order)
 
 
-def _combine_field(reg: str, f: Field, models: Sequence[CpuModel],
-                   labels: Sequence[str]) -> tuple[int | None, Conflict | None]:
-    own = [f.get(m.values.get(reg, 0)) for m in models]
-    candidates = set(own) | {0}
+def _combine_field(reg: str, f: Field, models: Sequence[CpuModel], labels: Sequence[str],
+                   pairs: set[tuple[int, int]]) -> tuple[int | None, Conflict | None]:
+    """The field's value in the baseline.  What a model accepts depends only
+    on its own value of the field and whether it may change it: judged over
+    the distinct (value, writable) *pairs* of the register, so 10,000 hosts
+    cost what their few kinds cost; the models are read again only to
+    explain a conflict."""
+    kinds = {(f.get(v), covers(w, f)) for v, w in pairs}
+    candidates = {own for own, _ in kinds} | {0}
     if f.safe is not None:
         candidates.add(f.safe)
-    accepted = [c for c in sorted(candidates) if all(_accepts(m, reg, f, c) for m in models)]
+    accepted = [c for c in sorted(candidates)
+                if all(c == own or (cov and field_accepts(f, c, own)) for own, cov in kinds)]
     if accepted:
         return _pick(f, accepted), None
+    own = [f.get(m.values.get(reg, 0)) for m in models]
     # Say why the natural choice (the policy's combination) fails, host by host.
     natural = min(own, key=f.order) if f.effective_policy in (LOWER_SAFE, EXACT) else \
         max(own, key=f.order)
@@ -134,8 +142,9 @@ def _combine_register(reg: Register | None, name: str, models: Sequence[CpuModel
         return _combine_whole(reg, name, models, labels, values, mask, kb)
     conflicts = []
     result = 0
+    pairs = set(zip(values, (m.writable.get(name, 0) for m in models)))
     for f in reg.fields:
-        value, conflict = _combine_field(name, f, models, labels)
+        value, conflict = _combine_field(name, f, models, labels, pairs)
         if conflict:
             conflicts.append(conflict)
         else:
@@ -286,7 +295,8 @@ def _effects(model: CpuModel, uniq: Sequence[CpuModel], labels: Sequence[str],
         ok = True
         for reg, name in sorted((r, n) for r, n in fields if n is not None):
             f = kb.register(reg).field(name)
-            value, conflict = _combine_field(reg, f, variants, labels)
+            pairs = {(m.values.get(reg, 0), m.writable.get(reg, 0)) for m in variants}
+            value, conflict = _combine_field(reg, f, variants, labels, pairs)
             if conflict is not None:
                 ok = False
                 break
