@@ -290,7 +290,10 @@ def _effects(model: CpuModel, uniq: Sequence[CpuModel], labels: Sequence[str],
         if feature in model.vcpu_off or not all(m.can_switch_off(feature) for m in uniq):
             continue
         fields = _switched_fields(uniq, feature, kb)
-        variants = [m.switched_off({feature}) for m in uniq]
+        # each input with the feature off, as values to combine (not named
+        # models: a model's name is a digest, costly by the thousand)
+        variants = [CpuModel({**m.values, **m.vcpu_effects[feature]}, m.writable, name="-")
+                    for m in uniq]
         effect: dict[str, int] = {}
         ok = True
         for reg, name in sorted((r, n) for r, n in fields if n is not None):
@@ -327,7 +330,7 @@ def _baseline(models: Sequence[CpuModel], kb: KnowledgeBase, labels: list[str],
         distinct.setdefault(key, (m, []))[1].extend(group)
     uniq = [m for m, _ in distinct.values()]
     uniq_labels = [_short(ls) for _, ls in distinct.values()]
-    regs = {n: kb.register(n) for m in uniq for n in m.values}
+    regs = {n: kb.register(n) for n in set().union(*(m.values.keys() for m in uniq))}
     values, writable, conflicts = {}, {}, []
     for name in sorted(regs, key=lambda n: (regs[n].encoding, n)):
         v, mask, c = _combine_register(regs[name], name, uniq, uniq_labels, kb)

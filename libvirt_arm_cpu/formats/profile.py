@@ -183,14 +183,7 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
                       for c in root.iter(_q("capability"))},
         cpus=[CpuIdentity(_int(c, "id", path), _opt_int(c, "midr", path, ""),
                           _opt_int(c, "revidr", path, "")) for c in root.iter(_q("cpu"))],
-        registers=[ProfileRegister(
-            name=r.get("name", ""),
-            encoding=tuple(_int(r, a, path) for a in ("op0", "op1", "crn", "crm", "op2")),  # type: ignore[arg-type]
-            kvm_id=_int(r, "kvm-id", path),
-            mask_index=_opt_int(r, "mask-index", path, ""),
-            value=_opt_int(r, "value", path, "absent", u64=True),
-            writable=_opt_int(r, "writable", path, "unknown", u64=True))
-            for r in regs.iter(_q("register"))],
+        registers=[_register(r, path) for r in regs.iter(_q("register"))],
         masks_known=_choice(regs, "writable-masks", ("known", "unknown"), path) == "known",
         fingerprint=Fingerprint(components),
         vcpu_off=_vcpu_off(feats, offered, path),
@@ -199,6 +192,32 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
         loader=LoaderInfo("missing") if loader is None else LoaderInfo(
             _choice(loader, "status", ("found", "missing"), path), loader.get("path")),
     )
+
+
+def _register(r: ET.Element, path: str) -> ProfileRegister:
+    """One ``<register>``: the common case read directly (cpu-baseline reads
+    thousands of profiles of 200 registers), anything unusual -- a missing
+    or malformed attribute, a value out of range -- by the checking readers,
+    which give the message."""
+    g = r.get
+    try:
+        enc = (int(g("op0"), 0), int(g("op1"), 0), int(g("crn"), 0),    # type: ignore[arg-type]
+               int(g("crm"), 0), int(g("op2"), 0))                        # type: ignore[arg-type]
+        kvm_id = int(g("kvm-id"), 0)                                        # type: ignore[arg-type]
+        index_text, value_text, mask_text = g("mask-index"), g("value"), g("writable")
+        index = None if index_text in (None, "") else int(index_text, 0)
+        value = None if value_text in (None, "absent") else int(value_text, 0)
+        mask = None if mask_text in (None, "unknown") else int(mask_text, 0)
+        if (value is not None and not 0 <= value <= U64_MAX) or \
+                (mask is not None and not 0 <= mask <= U64_MAX):
+            raise ValueError
+    except (TypeError, ValueError):
+        enc = tuple(_int(r, a, path) for a in ("op0", "op1", "crn", "crm", "op2"))  # type: ignore[assignment]
+        kvm_id = _int(r, "kvm-id", path)
+        index = _opt_int(r, "mask-index", path, "")
+        value = _opt_int(r, "value", path, "absent", u64=True)
+        mask = _opt_int(r, "writable", path, "unknown", u64=True)
+    return ProfileRegister(g("name", ""), enc, kvm_id, index, value, mask)
 
 
 def _printable(elem: ET.Element, attr: str, path: str) -> str:

@@ -17,6 +17,7 @@ them (once per process), so the engine can use them without reading a file.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field as dc_field
@@ -252,31 +253,31 @@ class Register:
     def __post_init__(self) -> None:
         self._by_name.update({f.name.upper(): f for f in self.fields})
 
-    @property
+    @functools.cached_property
     def encoding(self) -> tuple[int, int, int, int, int]:
         return (self.op0, self.op1, self.crn, self.crm, self.op2)
 
-    @property
+    @functools.cached_property
     def kvm_id(self) -> int:
         return kvm_reg_id(*self.encoding)
 
-    @property
+    @functools.cached_property
     def mask_index(self) -> int | None:
         return writable_mask_index(*self.encoding)
 
-    @property
+    @functools.cached_property
     def generic_name(self) -> str:
         return generic_name(*self.encoding)
 
-    @property
+    @functools.cached_property
     def res0_mask(self) -> int:
         return _or(r.mask for r in self.reserved if r.kind in ("res0", "raz"))
 
-    @property
+    @functools.cached_property
     def res1_mask(self) -> int:
         return _or(r.mask for r in self.reserved if r.kind == "res1")
 
-    @property
+    @functools.cached_property
     def field_mask(self) -> int:
         return _or(f.mask for f in self.fields)
 
