@@ -355,3 +355,22 @@ def test_baseline_with_a_model_that_has_sve_off_is_associative():
     outer = baseline([inner, models[2]], kb, kb_load.dependencies()).model
     assert whole.vcpu_off == outer.vcpu_off == ("ptrauth", "sve")
     assert whole.values == outer.values
+
+
+def test_the_repair_never_takes_a_page_size_away():
+    """Neoverse-V1 and `max` (Linux 7.3) both have 4K and 64K pages and EL2;
+    "EL2 and TGran4K need S2TGran4K" breaks in their combination.  The
+    repair must not remove a translation granule (no OS built for that page
+    size would boot): it gives up EL2 or leaves the rule unresolved."""
+    catalog = kb_load.features()
+    v1, mx = (CpuModel.from_profile(_fixture(n), KB, n) for n in
+              ("neoverse-v1-qemu10.0-linux7.3", "max-qemu10.0-linux7.3"))
+    granules = {"FEAT_TGran4K", "FEAT_TGran64K"}
+    for m in (v1, mx):
+        assert granules <= {f.key for f in catalog.present(m.values)}
+    r = baseline([v1, mx], KB, kb_load.dependencies())
+    assert r.ok
+    assert granules <= {f.key for f in catalog.present(r.model.values)}
+    lowered = {(x.register, x.field) for x in r.consistency.lowered}
+    assert not lowered & {("ID_AA64MMFR0_EL1", "TGRAN4"), ("ID_AA64MMFR0_EL1", "TGRAN64"),
+                          ("ID_AA64MMFR0_EL1", "TGRAN16")}

@@ -293,6 +293,13 @@ def test_cpu_baseline_bad_profiles(run, tmp_path):
     # the reader refuses it itself (the schema is not read for a fleet)
     assert_one_line_error(run("cpu-baseline", str(bad)), 1, str(bad),
                           "<registers writable-masks='perhaps'>: expected known or unknown")
+    # an element only the schema knows is wrong: --validate reads the schema
+    extra = tmp_path / "extra.xml"
+    extra.write_bytes(open(_fixture("a64fx-qemu7.2-linux6.12"), "rb").read().replace(
+        b"</hostprofile>", b"<bogus/></hostprofile>"))
+    assert run("cpu-baseline", str(extra)).code == 0
+    assert_one_line_error(run("cpu-baseline", "--validate", str(extra)), 1, str(extra),
+                          "not a valid host profile")
     x86 = tmp_path / "x86.xml"
     x86.write_bytes(open(_fixture("a64fx-qemu7.2-linux6.12"), "rb").read().replace(
         b'machine="aarch64"', b'machine="x86_64"'))

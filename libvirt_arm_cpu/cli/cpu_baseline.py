@@ -10,9 +10,10 @@ from typing import Any
 from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu import modelstore
-from libvirt_arm_cpu.engine.baseline import baseline, largest_compatible, pools
+from libvirt_arm_cpu.engine.baseline import BaselineResult, baseline, largest_compatible, pools
 from libvirt_arm_cpu.cli.base import Command
-from libvirt_arm_cpu.service import load_inputs, model_features
+from libvirt_arm_cpu.cli.hypervisor import read_baseline_inputs
+from libvirt_arm_cpu.service import model_features
 from libvirt_arm_cpu.engine.consistency import Consistency
 from libvirt_arm_cpu.formats.cpumodel import to_xml as model_to_xml
 from libvirt_arm_cpu.model import CpuModel
@@ -26,6 +27,16 @@ def model_data(model: CpuModel, feats: list[str]) -> dict[str, Any]:
             "registers": {n: {"value": f"0x{v:016x}",
                               "writable": f"0x{model.writable.get(n, 0):016x}"}
                           for n, v in sorted(model.values.items())}}
+
+
+def model_or_conflicts(result: BaselineResult, hosts: int) -> CpuModel | None:
+    """The baseline's model, or None after printing why there is none."""
+    if result.model is None:
+        print(f"libvirt-arm-cpu: error: no CPU model runs on all {hosts} hosts: "
+              f"{len(result.conflicts)} field(s) conflict", file=sys.stderr)
+        for c in result.conflicts:
+            print(f"  {c}", file=sys.stderr)
+    return result.model
 
 
 def report_consistency(c: Consistency | None, prog: str = "cpu-baseline") -> None:
@@ -48,12 +59,19 @@ take the lowest value, ...), with fields a host's kernel cannot change kept
 as that host has them.  Inputs are host profiles (from the helper), saved
 models, or directories of profiles; '-' reads stdin.  Prints a libvirt
 <cpu mode='custom' match='exact'> whose features are hwcap names and whose
-exact values sit in an <arm:registers> element, so it can be read back."""
+exact values sit in an <arm:registers> element, so it can be read back.
+
+As virsh cpu-baseline, a file may hold several <cpu> elements, and a domain
+XML whose <cpu> names a saved model counts as that model.  A libvirt <cpu>
+that lists hwcap names only (the host <cpu> of 'virsh capabilities' or
+'virsh domcapabilities', libvirt's own models) has too little for a model:
+it is refused, naming the file (probe that host with the helper instead)."""
     epilog = """\
 examples:
   libvirt-arm-cpu cpu-baseline host-a.xml host-b.xml
   libvirt-arm-cpu cpu-baseline /srv/profiles/ --save       # reuse as: cpu-compare NAME
   libvirt-arm-cpu cpu-baseline a.xml b.xml --json
+  libvirt-arm-cpu cpu-baseline a.xml b.xml --features --migratable   # virsh's options
 
 saved models go to the models folder ([models] dir in /etc/libvirt-arm-cpu.conf,
 or LIBVIRT_ARM_CPU_MODELS_DIR; default /var/lib/libvirt-arm-cpu/models).
@@ -63,6 +81,10 @@ every host accepts; each lowering and each rule that cannot be repaired is
 named on stderr (and under "consistency" in --json).  Rules a host breaks
 with its own values are not enforced.
 
+--migratable is accepted for virsh's sake and changes nothing: every model is
+migratable by construction (values every host's KVM accepts from userspace,
+nothing host-specific is passed through).
+
 exit codes: 0 a model; 1 no common model (every responsible field is listed)
 or bad data; 2 bad usage."""
 
@@ -70,7 +92,14 @@ or bad data; 2 bad usage."""
         parser.add_argument("profiles", nargs="+", metavar="PROFILE")
         parser.add_argument("--features", action="store_true",
                             help="list every feature (FEAT_* and AArch32 too), not just hwcaps")
+        parser.add_argument("--migratable", action="store_true",
+                            help="accepted (virsh's option): every model is migratable by "
+                                 "construction")
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+        parser.add_argument("--validate", action="store_true",
+                            help="check each profile against its schema too (the reader's own "
+                                 "checks always run; the schema costs ~30 ms a distinct "
+                                 "profile)")
         parser.add_argument("--save", action="store_true",
                             help="also save the model under its name in the models folder")
         parser.add_argument("--output", "-o", metavar="FILE", help="write the XML to FILE")
@@ -84,7 +113,7 @@ or bad data; 2 bad usage."""
 
     def run(self, args: argparse.Namespace) -> int:
         kb = kb_load.registers()
-        inputs = load_inputs(args.profiles, kb)
+        inputs = read_baseline_inputs(args.profiles, kb, args.validate)
         models = [m for _, m, _ in inputs]
         labels = [label for label, _, _ in inputs]
         if args.pools:
@@ -98,14 +127,9 @@ or bad data; 2 bad usage."""
             result = pool.result
         else:
             result = baseline(models, kb, kb_load.dependencies(), labels)
-        if not result.ok:
-            print(f"libvirt-arm-cpu: error: no CPU model runs on all {len(inputs)} hosts: "
-                  f"{len(result.conflicts)} field(s) conflict", file=sys.stderr)
-            for c in result.conflicts:
-                print(f"  {c}", file=sys.stderr)
+        model = model_or_conflicts(result, len(inputs))
+        if model is None:
             return 1
-        model = result.model
-        assert model is not None
         report_consistency(result.consistency)
         feats = model_features(model, args.features)
         data = model_to_xml(model, feats)

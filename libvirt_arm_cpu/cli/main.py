@@ -38,10 +38,12 @@ def commands() -> list[Command]:
     from libvirt_arm_cpu.cli.domain import DefineCommand, DumpxmlCommand, TranslateCommand, ValidateCommand
     from libvirt_arm_cpu.cli.hook import HookCommand
     from libvirt_arm_cpu.cli.host import HostCommand
+    from libvirt_arm_cpu.cli.hypervisor import HypervisorBaselineCommand, HypervisorCompareCommand
     from libvirt_arm_cpu.cli.migrate import MigrateCheckCommand
 
     return [DecodeCommand(), FeaturesCommand(), HostCommand(), BaselineCommand(),
-            CompareCommand(), MigrateCheckCommand(), DiffCommand(), ImportCommand(), TranslateCommand(),
+            CompareCommand(), HypervisorBaselineCommand(), HypervisorCompareCommand(),
+            MigrateCheckCommand(), DiffCommand(), ImportCommand(), TranslateCommand(),
             DefineCommand(), ValidateCommand(), DumpxmlCommand(), HookCommand()]
 
 

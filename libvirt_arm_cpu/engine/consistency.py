@@ -173,6 +173,17 @@ def make_consistent(model: CpuModel, sources: Sequence[CpuModel], kb: KnowledgeB
     return Consistency(result, lowered, list(unresolved.values()), exempt)
 
 
+# Features a repair never takes away: the translation granules.  An
+# operating system is built for one page size (Linux: CONFIG_ARM64_{4K,16K,
+# 64K}_PAGES, arch/arm64/Kconfig; Debian's arm64 kernels use 4K), so a guest
+# CPU without it does not boot at all.  A rule only removing one would
+# repair is left unresolved (a warning naming it) instead: found on a
+# Neoverse-V1 and `max` baseline, where "EL2 and TGran4K need S2TGran4K"
+# was repaired by removing 4K and 64K pages (KVM keeps EL2 and the stage-2
+# granule fields as they are, so nothing else repairs it).
+NEVER_REMOVED = frozenset({"FEAT_TGran4K", "FEAT_TGran16K", "FEAT_TGran64K"})
+
+
 def _best_move(rule: Rule, values: dict[str, int], kb: KnowledgeBase,
                feasible: Callable[[Move], bool], others: Sequence[Rule],
                catalog: FeatureCatalog) -> Move | None:
@@ -191,8 +202,10 @@ def _best_move(rule: Rule, values: dict[str, int], kb: KnowledgeBase,
                 continue
             newly_broken = sum(1 for r in others
                                if r.id not in broken_before and r.violated(trial))
-            lost = len(before - {f.key for f in catalog.present(trial)})
-            ranked.append(((newly_broken, lost, len(move), sorted(move.items())), move))
+            gone = before - {f.key for f in catalog.present(trial)}
+            if gone & NEVER_REMOVED:
+                continue
+            ranked.append(((newly_broken, len(gone), len(move), sorted(move.items())), move))
         if ranked:
             return min(ranked, key=lambda x: x[0])[1]
     return None
