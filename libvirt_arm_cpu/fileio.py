@@ -124,3 +124,23 @@ def _remove_stale(directory: str, base: str) -> None:
             os.unlink(os.path.join(directory, name))
         except OSError:
             pass
+
+
+def read_text(path: str) -> str:
+    """A small system file's text (/proc, /sys), stripped; "" when it cannot
+    be read."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def which(name: str) -> str | None:
+    """shutil.which for a plain name (shutil's import pulls in the
+    compression modules: milliseconds on the hook's path)."""
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(d or ".", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None

@@ -95,3 +95,14 @@ def custom_cpu(model: str, *features: tuple[str, str] | tuple[str, str, str],
     topo = "\n    <topology sockets='1' dies='1' cores='1' threads='1'/>" if topology else ""
     return (f"<cpu mode='custom' match='exact' check='partial'>\n"
             f"    <model fallback='forbid'>{model}</model>{feats}{topo}\n  </cpu>")
+
+
+def parity_lab(tmp: Path):
+    """A saved model of the max CPU and three hosts whose QEMU takes
+    SYSREG_* (the libvirt-parity tests of the API and the commands)."""
+    models = tmp / "models"
+    model = save_model(models, MAX73)
+    hosts = {"max": with_sysreg(MAX73, tmp / "host-max.xml", "host-max"),
+             "n1": with_sysreg(N1_73, tmp / "host-n1.xml", "host-n1"),
+             "v1": with_sysreg(V1_73, tmp / "host-v1.xml", "host-v1")}
+    return type("Lab", (), {"tmp": tmp, "models": models, "model": model, "hosts": hosts})

@@ -25,7 +25,7 @@ from libvirt_arm_cpu.formats.profile import read_profile
 from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.model import CpuModel
 
-from .domains import MAX73, N1_73, V1_73, custom_cpu, domain_xml, save_model, with_sysreg
+from .domains import parity_lab, MAX73, N1_73, V1_73, custom_cpu, domain_xml, with_sysreg
 from .libvirtd import libvirt_conn_fixture  # noqa: F401  (the libvirt_conn fixture)
 
 AARCH64 = "aarch64"
@@ -44,14 +44,7 @@ def conn():
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """A saved model of the max CPU, and hosts whose QEMU takes SYSREG_*."""
-    tmp = tmp_path_factory.mktemp("parity")
-    models = tmp / "models"
-    model = save_model(models, MAX73)
-    hosts = {"max": with_sysreg(MAX73, tmp / "host-max.xml", "host-max"),
-             "n1": with_sysreg(N1_73, tmp / "host-n1.xml", "host-n1"),
-             "v1": with_sysreg(V1_73, tmp / "host-v1.xml", "host-v1")}
-    return type("Lab", (), {"tmp": tmp, "models": models, "model": model, "hosts": hosts})
+    return parity_lab(tmp_path_factory.mktemp("parity"))
 
 
 @pytest.fixture(autouse=True)

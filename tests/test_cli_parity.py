@@ -23,7 +23,7 @@ from libvirt_arm_cpu import api
 from libvirt_arm_cpu.cli import cpu_compare, hypervisor
 
 from .conftest import assert_one_line_error, run_installed
-from .domains import MAX73, N1_73, V1_73, custom_cpu, domain_xml, save_model, with_sysreg
+from .domains import parity_lab, MAX73, custom_cpu, domain_xml
 from .test_api_parity import capabilities, hwcaps
 
 VIRSH = shutil.which("virsh")
@@ -31,13 +31,7 @@ VIRSH = shutil.which("virsh")
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cli-parity")
-    models = tmp / "models"
-    model = save_model(models, MAX73)
-    hosts = {"max": with_sysreg(MAX73, tmp / "host-max.xml", "host-max"),
-             "n1": with_sysreg(N1_73, tmp / "host-n1.xml", "host-n1"),
-             "v1": with_sysreg(V1_73, tmp / "host-v1.xml", "host-v1")}
-    return type("Lab", (), {"tmp": tmp, "models": models, "model": model, "hosts": hosts})
+    return parity_lab(tmp_path_factory.mktemp("cli-parity"))
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from libvirt_arm_cpu import __version__
+from libvirt_arm_cpu.fileio import read_text, which
 from libvirt_arm_cpu.model import CpuIdentity, Fingerprint
 
 __all__ = ["read_cpus", "find_qemu", "fingerprint", "current_fingerprint"]
@@ -39,28 +40,13 @@ def _read_hex(path: str) -> int | None:
         return None
 
 
-def _read_text(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def find_qemu(emulator: str | None = None) -> str | None:
     if emulator:
         return emulator if os.path.exists(emulator) else None
-    return _which("qemu-system-aarch64")
+    return which("qemu-system-aarch64")
 
-
-def _which(name: str) -> str | None:
-    """shutil.which for a plain name (shutil's import pulls in the
-    compression modules: milliseconds on the hook's path)."""
-    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        path = os.path.join(d or ".", name)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return None
 
 
 def fingerprint(kernel_release: str, cpus: list[CpuIdentity], qemu_path: str | None,
@@ -80,4 +66,4 @@ def fingerprint(kernel_release: str, cpus: list[CpuIdentity], qemu_path: str | N
 
 def current_fingerprint(emulator: str | None = None, sysfs: str = "/sys") -> Fingerprint:
     return fingerprint(os.uname().release, read_cpus(sysfs), find_qemu(emulator),
-                       _read_text("/proc/sys/kernel/random/boot_id"))
+                       read_text("/proc/sys/kernel/random/boot_id"))

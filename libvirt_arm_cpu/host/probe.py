@@ -44,7 +44,8 @@ from libvirt_arm_cpu.kb.registers import KnowledgeBase, generic_name, kvm_reg_id
 from libvirt_arm_cpu.kb.load import registers as load_kb
 
 from libvirt_arm_cpu.engine.loader import LOADER_PATH
-from libvirt_arm_cpu.host.fingerprint import (_read_text, find_qemu, fingerprint,
+from libvirt_arm_cpu.fileio import read_text
+from libvirt_arm_cpu.host.fingerprint import (find_qemu, fingerprint,
                                               read_cpus)
 
 __all__ = ["probe_host", "probe_kvm", "vcpu_off_values", "probe_loader", "feature_id_space",
@@ -316,4 +317,4 @@ def probe_host(emulator: str | None = None, dev: str = "/dev/kvm", sysfs: str = 
         registers=registers, masks_known=masks_known, vcpu_off=off or None, loader=probe_loader(),
         firmware=firmware, reg_list=reg_list,
         fingerprint=fingerprint(uname.release, cpus, find_qemu(emulator),
-                                _read_text("/proc/sys/kernel/random/boot_id")))
+                                read_text("/proc/sys/kernel/random/boot_id")))

@@ -37,7 +37,7 @@ import os
 
 from libvirt_arm_cpu import __version__, namespaces
 from libvirt_arm_cpu.errors import Error, ParseError
-from libvirt_arm_cpu.fileio import atomic_write
+from libvirt_arm_cpu.fileio import atomic_write, read_text, which
 from libvirt_arm_cpu.paths import kb_dir, readable_file
 from libvirt_arm_cpu.settings import Settings
 from libvirt_arm_cpu.xmlsafe import parse_untrusted
@@ -64,20 +64,11 @@ def _stat(path: str) -> str:
     return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def _qemu() -> str:
-    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        path = os.path.join(d or ".", "qemu-system-aarch64")
-        if os.path.isfile(path):
-            return _stat(path)
-    return "none"
+    path = which("qemu-system-aarch64")      # as host.fingerprint.find_qemu
+    return _stat(path) if path else "none"
 
 
 def _element(elem, out: list[str]) -> None:
@@ -103,7 +94,7 @@ def key(name: str, op: str, data: bytes, conf: Settings) -> bytes | None:
         parts = [str(FORMAT), __version__, op, name, conf.profile, str(conf.refresh),
                  str(conf.try_apply), _stat(conf.profile),
                  _stat(os.path.join(kb_dir(), "registers.xml")), os.uname().release,
-                 _read("/proc/sys/kernel/random/boot_id")]
+                 read_text("/proc/sys/kernel/random/boot_id")]
         if conf.refresh:
             parts.append(_qemu())
         _element(ours, parts)
