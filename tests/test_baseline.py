@@ -374,3 +374,26 @@ def test_the_repair_never_takes_a_page_size_away():
     lowered = {(x.register, x.field) for x in r.consistency.lowered}
     assert not lowered & {("ID_AA64MMFR0_EL1", "TGRAN4"), ("ID_AA64MMFR0_EL1", "TGRAN64"),
                           ("ID_AA64MMFR0_EL1", "TGRAN16")}
+
+
+def test_largest_compatible_is_the_largest_every_way():
+    """The search skips sets holding two kinds without a common model; what
+    it keeps must be what trying every set, largest first, keeps."""
+    import itertools
+    from libvirt_arm_cpu.engine.baseline import largest_compatible
+    rnd = random.Random(3)
+    names = sorted(MODELS)
+    for _ in range(6):
+        chosen = rnd.sample(names, 6)
+        fleet = [MODELS[n] for n in chosen]
+        got = largest_compatible(fleet, KB, None, chosen)
+        best = None
+        for r in range(len(fleet), 0, -1):
+            for combo in itertools.combinations(range(len(fleet)), r):
+                if baseline([fleet[i] for i in combo], KB, None).ok:
+                    best = combo
+                    break
+            if best:
+                break
+        assert best is not None and len(got.indices) == len(best), (chosen, got.indices, best)
+        assert got.result.ok
