@@ -321,3 +321,13 @@ def test_a_domain_naming_a_saved_model_is_that_model_to_baseline(run, lab, tmp_p
     assert_one_line_error(run("cpu-baseline", str(lab.hosts["n1"]), caps), 2,
                           "caps.xml is a libvirt host CPU (hwcap names, no ID register "
                           "values), not a host profile or a CPU model")
+
+
+def test_cpu_compare_reads_the_schema_of_a_profile_only_with_validate(run, tmp_path):
+    """The host profile goes through the reader's own checks; its schema
+    (30 ms, most of a cpu-compare) only with --validate, as cpu-baseline."""
+    extra = tmp_path / "extra.xml"
+    extra.write_bytes(MAX73.read_bytes().replace(b"</hostprofile>", b"<bogus/></hostprofile>"))
+    assert run("cpu-compare", str(MAX73), str(extra)).code == 0
+    r = run("cpu-compare", "--validate", str(MAX73), str(extra))
+    assert r.code == 1 and "not a valid host profile" in r.err, r.err

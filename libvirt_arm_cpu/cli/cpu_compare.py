@@ -58,8 +58,10 @@ schema refuses); 2 bad usage."""
         parser.add_argument("--error", action="store_true",
                             help="report an incompatible CPU as an error")
         parser.add_argument("--validate", action="store_true",
-                            help="validate the CPU's XML against libvirt's schema (cpu.rng, "
-                                 "with this project's <registers> and SYSREG_* features)")
+                            help="validate the XML against its schema: the CPU's against "
+                                 "libvirt's (cpu.rng, with this project's <registers> and "
+                                 "SYSREG_* features), a host profile's against profile.xsd "
+                                 "(the reader's own checks always run)")
         parser.add_argument("--kvm-only", action="store_true",
                             help="judge KVM alone, ignoring whether QEMU takes SYSREG_*")
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -78,7 +80,9 @@ schema refuses); 2 bad usage."""
                 c = compare_features(cpu.model, host_cpu, kb_load.features())
         else:
             if args.profile:
-                _, host = load_input(data, args.profile, args.profile, kb)
+                # the reader's own checks; the schema (30 ms) with --validate
+                _, host = load_input(data, args.profile, args.profile, kb,
+                                     validate=args.validate)
                 if host is None:
                     raise UsageError(f"{path_label(args.profile)} is a CPU model, not a host "
                                      f"profile: give the CPU first and a host profile second "

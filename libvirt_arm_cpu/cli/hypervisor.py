@@ -67,7 +67,7 @@ def read_cpu_arg(spec: str, kb: registers.KnowledgeBase, validate: bool = False)
     if kind == REGISTER_DUMP:
         raise wrong_kind(spec, REGISTER_DUMP, f"{CPU_MODEL} or {HOST_PROFILE}")
     if kind == HOST_PROFILE:
-        model, profile = load_input(data, spec, input_label(spec), kb)
+        model, profile = load_input(data, spec, input_label(spec), kb, validate=validate)
         return CpuArg(spec, model, profile)
     root, cpus = libvirt_cpus(data, spec)
     if validate:
