@@ -3,7 +3,6 @@ file or value is and what to run; the exit codes of the README's table."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -248,11 +247,6 @@ def test_stdin_is_named_stdin_in_output(files):
 
 # -- 5. libvirt: one line, and a missing domain exits 1 ------------------------
 
-needs_libvirt = pytest.mark.skipif(importlib.util.find_spec("libvirt") is None,
-                                   reason="libvirt-python is not installed")
-
-
-@needs_libvirt
 def test_missing_domain_is_one_line_exit_1_with_the_closest_name():
     """libvirt's test driver (no daemon) has a domain named 'test'; libvirt's
     default error handler would print a second line."""
@@ -264,7 +258,6 @@ def test_missing_domain_is_one_line_exit_1_with_the_closest_name():
                                 "of that name in libvirt at test:///default")
 
 
-@needs_libvirt
 def test_libvirt_connection_error_is_printed_once():
     r = run_installed("libvirt-arm-cpu", "dumpxml", "g", "-c", "nosuchdriver:///x")
     line = error_line(r, 1)
