@@ -78,7 +78,12 @@ def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
     log = _Log(conf.log)
     # a start exactly like one allowed before is allowed again (host.verdicts)
     from libvirt_arm_cpu.host import verdicts
-    memo_key = verdicts.key(name, op, data, conf)
+    from libvirt_arm_cpu.xmlsafe import parse_untrusted
+    try:
+        root = parse_untrusted(data, f"domain '{name}' XML")    # read once, for both
+    except Error:
+        root = None             # the check reads it again, and says what is wrong
+    memo_key = verdicts.key(name, op, root, conf) if root is not None else None
     known = verdicts.recall(conf, memo_key) if memo_key is not None else None
     if known is not None:
         if known[0]:
@@ -90,7 +95,7 @@ def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
         # or QEMU upgrade under a running guest), so the operator knows it
         # cannot be restarted or migrated here as it is
         try:
-            refusal, _, allowed = _check(name, op, data, conf, log)
+            refusal, _, allowed = _check(name, op, data, root, conf, log)
             if refusal:
                 log("warning", f"{refusal} (the running guest is left alone)")
             elif allowed is not None and memo_key is not None:
@@ -99,7 +104,7 @@ def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
             log("warning", f"domain '{name}': reconnect check failed: {e}")
         return 0
     try:
-        refusal, rewritten, allowed = _check(name, op, data, conf, log)
+        refusal, rewritten, allowed = _check(name, op, data, root, conf, log)
     except Error as e:
         refusal, rewritten, allowed = f"domain '{name}': {e}", None, None
     if refusal:
@@ -117,7 +122,7 @@ def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
     return 0
 
 
-def _check(name: str, op: str, data: bytes, conf, log
+def _check(name: str, op: str, data: bytes, root, conf, log
            ) -> tuple[str | None, bytes | None, tuple[str, str] | None]:
     """(refusal message or None, rewritten XML or None, what to remember of
     an allowance that rewrote nothing: the line logged and the loader it
@@ -133,7 +138,8 @@ def _check(name: str, op: str, data: bytes, conf, log
     from libvirt_arm_cpu.host.hostcache import hook_inputs
     from libvirt_arm_cpu.model import METHOD_LOADER, Translation
 
-    dom = Domain.parse(data, f"domain '{name}' XML")
+    source = f"domain '{name}' XML"
+    dom = Domain.from_root(root, source) if root is not None else Domain.parse(data, source)
     t = dom.translation
     if t is None:               # the namespace appeared elsewhere: not ours to judge
         return None, None, None

@@ -9,8 +9,12 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
+from libvirt_arm_cpu.errors import ParseError
 from libvirt_arm_cpu.host import verdicts
 from libvirt_arm_cpu.settings import Settings
+from libvirt_arm_cpu.xmlsafe import parse_untrusted
 
 from .domains import MAX73, N1_73, custom_cpu, with_loader, with_sysreg
 from .test_hook import bed  # noqa: F401 - the installed hook
@@ -91,38 +95,44 @@ def _conf(tmp_path: Path, **kw) -> Settings:
     return Settings(**{"profile": str(profile), "refresh": False, "try_apply": False, **kw})
 
 
+def _key(name: str, op: str, xml: bytes, conf: Settings) -> bytes | None:
+    """The key as the hook makes it: of the document it has read."""
+    return verdicts.key(name, op, parse_untrusted(xml, "domain"), conf)
+
+
 def test_the_key_changes_with_every_input(tmp_path, monkeypatch):
     xml = (Path(__file__).parent / "data" / "translate" /
            "custom-two-kernels-loader-out.xml").read_bytes()
     conf = _conf(tmp_path)
-    base = verdicts.key("g", "prepare", xml, conf)
-    assert base is not None and base == verdicts.key("g", "prepare", xml, conf)
-    assert verdicts.key("g", "migrate", xml, conf) != base
-    assert verdicts.key("h", "prepare", xml, conf) != base
-    assert verdicts.key("g", "prepare", xml, _conf(tmp_path, try_apply=True)) != base
+    base = _key("g", "prepare", xml, conf)
+    assert base is not None and base == _key("g", "prepare", xml, conf)
+    assert _key("g", "migrate", xml, conf) != base
+    assert _key("h", "prepare", xml, conf) != base
+    assert _key("g", "prepare", xml, _conf(tmp_path, try_apply=True)) != base
     # the QEMU input (<qemu:commandline>) and the metadata are read
-    assert verdicts.key("g", "prepare", xml.replace(b"LD_PRELOAD", b"LD_PRELOAX"), conf) != base
-    assert verdicts.key("g", "prepare", xml.replace(b"<arm:register ", b"<arm:register x='1' ", 1),
+    assert _key("g", "prepare", xml.replace(b"LD_PRELOAD", b"LD_PRELOAX"), conf) != base
+    assert _key("g", "prepare", xml.replace(b"<arm:register ", b"<arm:register x='1' ", 1),
                         conf) != base
     # what the check does not read is not in the key: the id libvirt gives
     # each start, a comment
     assert b' type="kvm">' in xml
-    assert verdicts.key("g", "prepare", xml.replace(b' type="kvm">', b' type="kvm" id="7">', 1),
+    assert _key("g", "prepare", xml.replace(b' type="kvm">', b' type="kvm" id="7">', 1),
                         conf) == base
-    assert verdicts.key("g", "prepare", xml.replace(b"<name>", b"<!-- x --><name>", 1),
+    assert _key("g", "prepare", xml.replace(b"<name>", b"<!-- x --><name>", 1),
                         conf) == base
     # the profile touched, the knowledge base replaced
     os.utime(conf.profile, ns=(1, 1))
-    assert verdicts.key("g", "prepare", xml, conf) != base
+    assert _key("g", "prepare", xml, conf) != base
     kb = tmp_path / "kb"
     shutil.copytree(Path(__file__).parent.parent / "xml", kb)
     monkeypatch.setenv("LIBVIRT_ARM_CPU_XML_DIR", str(kb))
-    touched = verdicts.key("g", "prepare", xml, conf)
+    touched = _key("g", "prepare", xml, conf)
     os.utime(kb / "registers.xml", ns=(2, 2))
-    assert verdicts.key("g", "prepare", xml, conf) != touched
+    assert _key("g", "prepare", xml, conf) != touched
     # not a translated domain: no key
-    assert verdicts.key("g", "prepare", b"<domain><name>x</name></domain>", conf) is None
-    assert verdicts.key("g", "prepare", b"<domain", conf) is None
+    assert _key("g", "prepare", b"<domain><name>x</name></domain>", conf) is None
+    with pytest.raises(ParseError):      # the hook does not ask for a key then
+        _key("g", "prepare", b"<domain", conf)
 
 
 def test_the_memory_is_bounded(tmp_path):

@@ -322,7 +322,11 @@ class Domain:
 
     @classmethod
     def parse(cls, data: bytes, path: str = "<domain>") -> Domain:
-        root = parse_untrusted(data, path)
+        return cls.from_root(parse_untrusted(data, path), path)
+
+    @classmethod
+    def from_root(cls, root: ET.Element, path: str = "<domain>") -> Domain:
+        """A document already read by :func:`libvirt_arm_cpu.xmlsafe.parse_untrusted`."""
         if root.tag != "domain":
             raise ParseError(path, None, f"root element is <{shown(element_name(root.tag))}>, expected <domain>")
         return cls(root, path)

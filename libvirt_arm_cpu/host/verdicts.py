@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import marshal
 import os
+import xml.etree.ElementTree as ET
 
 from libvirt_arm_cpu import __version__, namespaces
-from libvirt_arm_cpu.errors import Error, ParseError
+from libvirt_arm_cpu.errors import Error
 from libvirt_arm_cpu.fileio import atomic_write, read_text, which
 from libvirt_arm_cpu.paths import kb_dir, readable_file
 from libvirt_arm_cpu.settings import Settings
-from libvirt_arm_cpu.xmlsafe import parse_untrusted
 
 try:    # hashlib's blake2b itself; hashlib's import (OpenSSL) costs 3 ms a start
     from _blake2 import blake2b
@@ -82,11 +82,11 @@ def _element(elem, out: list[str]) -> None:
     out.append("]")
 
 
-def key(name: str, op: str, data: bytes, conf: Settings) -> bytes | None:
-    """The digest of everything the check of *data* reads; None when it
-    cannot be made (the full check will say what is wrong)."""
+def key(name: str, op: str, root: ET.Element, conf: Settings) -> bytes | None:
+    """The digest of everything the check of the domain *root* (read by
+    xmlsafe) reads; None when it cannot be made (the full check will say
+    what is wrong)."""
     try:
-        root = parse_untrusted(data, "domain")
         meta = root.find("metadata")
         ours = meta.find(_META) if meta is not None else None
         if root.tag != "domain" or ours is None:
@@ -101,7 +101,7 @@ def key(name: str, op: str, data: bytes, conf: Settings) -> bytes | None:
         cmd = root.find(_COMMANDLINE)
         if cmd is not None:
             _element(cmd, parts)
-    except (ParseError, OSError):
+    except OSError:
         return None
     return blake2b("\0".join(parts).encode("utf-8", "surrogateescape"), digest_size=32).digest()
 
