@@ -145,7 +145,8 @@ def _check(name: str, op: str, data: bytes, root, conf, log
         return None, None, None
     host, kb = hook_inputs(conf)
     try:
-        v = validate_translation(t, dom.cpu_arguments(), dom.loader_env(), host, kb)
+        v = validate_translation(t, dom.cpu_arguments(), dom.loader_env(), host, kb,
+                                 dom.gic_version)
     except UnknownName as e:
         return f"domain '{name}': its CPU metadata names {e}", None, None
     where = f"host {host.hostname or '?'}"
@@ -174,7 +175,7 @@ def _check(name: str, op: str, data: bytes, root, conf, log
         new = Translation(t.original_cpu, t.values, v.properties, host.hostname,
                           host.fingerprint.digest, t.model, method=v.method,
                           vcpu_off=t.vcpu_off, original_pmu=t.original_pmu,
-                          firmware=t.firmware, reg_list=t.reg_list)
+                          firmware=t.firmware, reg_list=t.reg_list, platform=t.platform)
         how = (f"loader, {len(v.env.get(ENV_VALUES, '').split())} registers"
                if v.method == METHOD_LOADER else f"{len(v.properties)} SYSREG properties")
         log("info", f"domain '{name}': CPU input rewritten for {where} ({how})")

@@ -31,9 +31,9 @@ if TYPE_CHECKING:
     from libvirt_arm_cpu.kb.registers import KnowledgeBase
 
 __all__ = ["VCPU_FEATURES", "METHOD_SYSREG", "METHOD_LOADER", "METHOD_NONE", "METHODS",
-           "METADATA_FORMAT", "QemuInfo", "LoaderInfo", "VcpuOffValues", "CpuIdentity",
+           "METADATA_FORMAT", "QemuInfo", "LoaderInfo", "Platform", "PLATFORM_FIELDS", "VcpuOffValues", "CpuIdentity",
            "ProfileRegister", "Fingerprint", "HostProfile", "CpuModel", "CpuFeature",
-           "DomainCpu", "Translation", "HostCpu", "vcpu_options", "qemu_cpu_argument"]
+           "DomainCpu", "Translation", "HostCpu", "vcpu_options", "sve_length_options", "qemu_cpu_argument"]
 
 # The optional vCPU features a KVM_ARM_VCPU_INIT takes and a model can
 # switch off, by KVM's names (as in host profiles), with QEMU's -cpu option
@@ -117,6 +117,63 @@ class Fingerprint:
 
 
 @dataclass(frozen=True)
+class Platform:
+    """What a guest is given beyond the ID registers that a migration must
+    find again on its destination: for a host, what its KVM offers; for a
+    CPU model, what a guest of the model may use.  None: not known (not
+    probed, or a profile written before the probe measured it).
+
+    Sources (Linux): arch/arm64/kvm/guest.c (KVM_REG_ARM64_SVE_VLS: a guest's
+    set must equal the host's up to its largest length), KVM_CAP_ARM_VM_IPA_SIZE,
+    KVM_CAP_ARM_MTE, KVM_CAP_ARM_EL2 (6.16), KVM_CAP_ARM_EL1_32BIT
+    (Documentation/virt/kvm/api.rst), arch/arm64/kvm/pmu-emul.c (PMCR_EL0.N,
+    lowered by userspace since 6.8), KVM_CREATE_DEVICE (GIC versions, ITS);
+    CNTFRQ_EL0 is not trapped: a guest reads the host's counter frequency.
+    """
+
+    sve_vls: frozenset[int] | None = None    # SVE vector lengths in bits (empty: no SVE)
+    ipa_bits: int | None = None              # largest guest physical address size
+    mte: bool | None = None                  # memory tagging for guests
+    pmu_counters: int | None = None          # PMCR_EL0.N of a vCPU with a PMU
+    pmu_counters_settable: bool | None = None   # can userspace lower PMCR_EL0.N?
+    gic: frozenset[int] | None = None        # GIC versions a VM can have (2, 3)
+    its: bool | None = None                  # a GICv3 ITS
+    el2: bool | None = None                  # nested virtualization (a vCPU with EL2)
+    aarch32_el1: bool | None = None          # 32-bit guests (aarch64=off)
+    cntfrq: int | None = None                # the generic timer's frequency, Hz
+
+    @property
+    def sve_max(self) -> int:
+        return max(self.sve_vls) if self.sve_vls else 0
+
+    def known(self) -> bool:
+        return any(getattr(self, f) is not None for f in PLATFORM_FIELDS)
+
+    def without(self, off: tuple[str, ...] | list[str] | set[str] | frozenset[str]) -> Platform:
+        """What a guest has with the vCPU features *off* switched off: no
+        SVE lengths without SVE, no PMU counters without a PMU."""
+        from dataclasses import replace
+        out = self
+        if "sve" in off and self.sve_vls is not None:
+            out = replace(out, sve_vls=frozenset())
+        if "pmu" in off and self.pmu_counters is not None:
+            out = replace(out, pmu_counters=0)
+        return out
+
+    def text(self) -> str:
+        """A stable one-line form (model names are digests of it)."""
+        def show(v: object) -> str:
+            if isinstance(v, frozenset):
+                return "+".join(str(x) for x in sorted(v))
+            return "-" if v is None else str(int(v) if isinstance(v, bool) else v)
+        return ",".join(f"{f}={show(getattr(self, f))}" for f in PLATFORM_FIELDS)
+
+
+PLATFORM_FIELDS = ("sve_vls", "ipa_bits", "mte", "pmu_counters", "pmu_counters_settable",
+                   "gic", "its", "el2", "aarch32_el1", "cntfrq")
+
+
+@dataclass(frozen=True)
 class HostProfile:
     hostname: str
     machine: str
@@ -142,6 +199,9 @@ class HostProfile:
     # (QEMU migrates those by other means): every register QEMU's migration
     # stream carries for it.  None: not probed (older profile)
     reg_list: frozenset[int] | None = None
+    # beyond the ID registers (SVE lengths, IPA size, GIC, ...); an empty
+    # Platform: not probed (older profile)
+    platform: Platform = field(default_factory=Platform)
 
     @property
     def heterogeneous(self) -> bool:
@@ -238,6 +298,9 @@ class CpuModel:
     # migration stream never carries one a host of the model lacks.  None:
     # not managed (the guest has each host's list)
     reg_list: frozenset[int] | None = None
+    # what a guest of the model may use beyond the ID registers (the meet of
+    # its hosts' platforms, engine.platform); empty: not managed
+    platform: Platform = field(default_factory=Platform)
 
     def __post_init__(self) -> None:
         # frozen: the normal forms are set once, here
@@ -259,6 +322,8 @@ class CpuModel:
         if self.firmware:
             text += ";firmware=" + ",".join(f"{k}={'-' if v is None else f'{v:x}'}"
                                             for k, v in sorted(self.firmware.items()))
+        if self.platform.known():
+            text += ";platform=" + self.platform.text()
         import hashlib
         return "arm64-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -281,7 +346,7 @@ class CpuModel:
         return CpuModel(values, self.writable, self.imp_id_writable, self.hosts,
                         self.implementations, vcpu_off=tuple(set(self.vcpu_off) | set(new)),
                         vcpu_effects=effects, firmware=dict(self.firmware),
-                        reg_list=self.reg_list)
+                        reg_list=self.reg_list, platform=self.platform.without(new))
 
     @classmethod
     def from_profile(cls, p: HostProfile, kb: KnowledgeBase, label: str | None = None,
@@ -313,21 +378,33 @@ class CpuModel:
         firmware = {n: v for n, v in (p.firmware or {}).items() if n in SETTABLE}
         return cls(values, writable, p.capability("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS") > 0,
                    (label or p.hostname,), midrs, vcpu_off=tuple(off), vcpu_effects=effects,
-                   firmware=firmware, reg_list=p.reg_ids(off))
+                   firmware=firmware, reg_list=p.reg_ids(off), platform=p.platform.without(off))
 
 
 # -- domain -------------------------------------------------------------------
 
-def vcpu_options(off: tuple[str, ...] | list[str]) -> list[str]:
-    """QEMU -cpu options for the vCPU features switched off, in QEMU's names."""
-    return [f"{_QEMU_OPTION[name]}=off" for name in sorted(off)]
+def sve_length_options(lengths: frozenset[int] | None) -> list[str]:
+    """QEMU's -cpu options giving a guest exactly the SVE vector *lengths*
+    (bits): naming some lengths switches every other off
+    (docs/system/arm/cpu-features.rst, "SVE CPU Properties"); none for
+    None or an empty set (no SVE, or not managed)."""
+    return [f"sve{v}=on" for v in sorted(lengths or ())]
 
 
-def qemu_cpu_argument(properties: list[tuple[str, int]], off: tuple[str, ...] = ()) -> str:
+def vcpu_options(off: tuple[str, ...] | list[str],
+                 sve_lengths: frozenset[int] | None = None) -> list[str]:
+    """QEMU -cpu options for the vCPU features switched off, in QEMU's
+    names, and the SVE vector lengths (when SVE stays on)."""
+    return [f"{_QEMU_OPTION[name]}=off" for name in sorted(off)] + \
+        ([] if "sve" in off else sve_length_options(sve_lengths))
+
+
+def qemu_cpu_argument(properties: list[tuple[str, int]], off: tuple[str, ...] = (),
+                      sve_lengths: frozenset[int] | None = None) -> str:
     """The value of the SYSREG method's second -cpu: the vCPU options libvirt
     writes into its own -cpu (the second replaces the first, so they are
     repeated here), then the properties."""
-    return "host" + "".join("," + o for o in vcpu_options(off)) + \
+    return "host" + "".join("," + o for o in vcpu_options(off, sve_lengths)) + \
         "".join(f",{name}={value:#x}" for name, value in properties)
 
 
@@ -366,13 +443,16 @@ class Translation:
     firmware: dict[str, int | None] = field(default_factory=dict)
     # the registers the guest's vCPU may have (KVM ids); None: not managed
     reg_list: frozenset[int] | None = None
+    # what the guest may use beyond the ID registers (its model's); empty:
+    # not managed (translated before it was)
+    platform: Platform = field(default_factory=Platform)
 
     @property
     def qemu_cpu(self) -> str | None:
         """The SYSREG method's second -cpu value, None when there is none."""
         if self.method != METHOD_SYSREG or not self.properties:
             return None
-        return qemu_cpu_argument(self.properties, self.vcpu_off)
+        return qemu_cpu_argument(self.properties, self.vcpu_off, self.platform.sve_vls)
 
 
 # -- libvirt's host CPU --------------------------------------------------------

@@ -207,7 +207,7 @@ def translate_domain(data: bytes, source: str, host: HostProfile,
                           f"with the PMU off, or remove <pmu state='off'/>")
     t = Translation("", r.values, r.properties, host.hostname, host.fingerprint.digest, r.model,
                     method=r.method, vcpu_off=r.vcpu_off,
-                    firmware=r.firmware, reg_list=r.reg_list)
+                    firmware=r.firmware, reg_list=r.reg_list, platform=r.platform)
     return base.translated(t, r.env), r
 
 
@@ -216,6 +216,6 @@ def validate_translated(dom: Domain, host: HostProfile) -> Validation:
     t = dom.translation
     assert t is not None
     return validate_translation(t, dom.cpu_arguments(), dom.loader_env(), host,
-                                kb_load.registers())
+                                kb_load.registers(), dom.gic_version)
 
 

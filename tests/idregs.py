@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["IdregsError", "blocks", "parse_idregs", "undefined", "PAYLOAD", "TOOL"]
+__all__ = ["IdregsError", "blocks", "parse_idregs", "undefined", "platform_values", "PAYLOAD",
+           "TOOL"]
 
 PAYLOAD = "/testbed/idregs-aarch64.bin"      # in the guest
 TOOL = "testbed-run-idregs"                   # guest/run-idregs, on the guest's PATH
@@ -70,3 +71,23 @@ def parse_idregs(text: str, which: int = -1) -> dict[str, int]:
 def undefined(text: str, which: int = -1) -> set[str]:
     """The registers whose MRS was UNDEFINED in block ``which``."""
     return {k for k, v in _block(text, which).items() if v is None}
+
+
+def platform_values(text: str) -> dict[str, int | None]:
+    """The last complete ``PLATFORM BEGIN`` .. ``END`` block after the ID
+    registers (contrib/testbed/idregs_payload.py PLATFORM_READS): CNTFRQ_EL0,
+    PMCR_EL0 and SVE_VL_BYTES; None for 'undef'."""
+    out: dict[str, int | None] | None = None
+    current: dict[str, int | None] | None = None
+    for line in text.replace("\r", "").splitlines():
+        if line == "PLATFORM BEGIN":
+            current = {}
+        elif line == "PLATFORM END" and current is not None:
+            out, current = current, None
+        elif current is not None:
+            m = _LINE.match(line)
+            if m:
+                current[m.group(1)] = None if m.group(2) == "undef" else int(m.group(2), 16)
+    if out is None:
+        raise IdregsError("no complete 'PLATFORM BEGIN' .. 'PLATFORM END' block in the output")
+    return out

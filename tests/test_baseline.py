@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -11,7 +12,7 @@ from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.engine.baseline import baseline
 from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, SUPERSET, compare
 from libvirt_arm_cpu.formats.cpumodel import from_xml, to_xml
-from libvirt_arm_cpu.model import CpuModel
+from libvirt_arm_cpu.model import CpuModel, Platform
 from libvirt_arm_cpu.formats.profile import read_profile
 from libvirt_arm_cpu.kb.registers import LOWER_SAFE
 from libvirt_arm_cpu.engine.rules import covers
@@ -363,8 +364,11 @@ def test_the_repair_never_takes_a_page_size_away():
     repair must not remove a translation granule (no OS built for that page
     size would boot): it gives up EL2 or leaves the rule unresolved."""
     catalog = kb_load.features()
-    v1, mx = (CpuModel.from_profile(_fixture(n), KB, n) for n in
-              ("neoverse-v1-qemu10.0-linux7.3", "max-qemu10.0-linux7.3"))
+    # their timers differ (62.5 MHz, 1 GHz): a migration blocker of its own
+    # (tests/test_platform.py), left out here, where the rule repair is tested
+    v1, mx = (dataclasses.replace(CpuModel.from_profile(_fixture(n), KB, n), platform=Platform(),
+                                  name="")
+              for n in ("neoverse-v1-qemu10.0-linux7.3", "max-qemu10.0-linux7.3"))
     granules = {"FEAT_TGran4K", "FEAT_TGran64K"}
     for m in (v1, mx):
         assert granules <= {f.key for f in catalog.present(m.values)}

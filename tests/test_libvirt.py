@@ -25,9 +25,12 @@ from libvirt_arm_cpu import api
 from libvirt_arm_cpu.formats.domain import Domain
 from libvirt_arm_cpu.formats.profile import read_profile
 
-from .domains import MAX73, N1_73, V1_73, custom_cpu, save_model, with_sysreg
+from .domains import FIXTURES, MAX73, N1_73, V1_73, custom_cpu, save_model, with_sysreg
 from .libvirtd import domain, domain_name, tcg_domain_xml, virsh, wait_state
 from .libvirtd import libvirt_conn_fixture  # noqa: F401  (the libvirt_conn fixture)
+
+PAUTH = FIXTURES / "max-pauth-impdef-qemu7.2-linux6.12.xml"
+NO_PAUTH = FIXTURES / "max-pauth-off-qemu7.2-linux6.12.xml"
 
 HOOK = "50-lac-test-libvirt-arm-cpu"
 TCG_CPU = "<cpu mode='custom' match='exact'><model fallback='forbid'>cortex-a57</model></cpu>"
@@ -182,7 +185,9 @@ def test_define_command_and_dumpxml_by_name(lab, libvirt_conn, run, monkeypatch)
         live = Domain.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode(), name)
         assert live.root.find("cpu").get("mode") == "host-passthrough"
         (arg,) = live.cpu_arguments()
-        assert arg.startswith("host,SYSREG_") and "SYSREG_ID_AA64ZFR0_EL1_SVEver=0x0" in arg
+        # the vCPU options (here the model's SVE lengths) libvirt's -cpu had, then SYSREG_*
+        assert arg.startswith("host,sve128=on,") and ",SYSREG_" in arg and \
+            "SYSREG_ID_AA64ZFR0_EL1_SVEver=0x0" in arg
         r = run("dumpxml", name)
         assert r.code == 0
         back = ET.fromstring(r.out).find("cpu")
@@ -221,12 +226,18 @@ def test_python_api_with_a_real_connection(lab, libvirt_conn, monkeypatch):
     assert isinstance(err.value, api.CpuIncompatibleError)
     assert err.value.get_error_code() == libvirt.VIR_ERR_CPU_INCOMPATIBLE
     assert any(r.field for r in err.value.reasons)
-    # max and Neoverse-V1 differ in pointer authentication (ID_AA64ISAR1_EL1.API,
-    # not writable): the common CPU switches the vCPU feature off instead
+    # QEMU 7.2's max with and without pointer authentication differ in fields
+    # KVM does not let change (ID_AA64ISAR1_EL1.API...): the common CPU
+    # switches the vCPU feature off instead
     pool = api.baseline_hypervisor_cpu(libvirt_conn, None, "aarch64", "virt", "kvm",
-                                       [Path(MAX73).read_text(), Path(V1_73).read_text()])
+                                       [Path(PAUTH).read_text(), Path(NO_PAUTH).read_text()])
     regs = ET.fromstring(pool).find("{urn:x-libvirt-arm-cpu:cpu:1}registers")
     assert regs.get("vcpu-off") == "ptrauth"
+    # max (QEMU 10.0) and Neoverse-V1 run their timers at 1 GHz and 62.5 MHz:
+    # no model for both, named by the register
+    with pytest.raises(api.CpuIncompatibleError, match="CNTFRQ_EL0"):
+        api.baseline_hypervisor_cpu(libvirt_conn, None, "aarch64", "virt", "kvm",
+                                    [Path(MAX73).read_text(), Path(V1_73).read_text()])
     # a pool no vCPU feature reconciles still fails with the fields: on 7.3
     # Neoverse-N1 and -V1 differ in fields KVM does not let change
     with pytest.raises(api.CpuIncompatibleError) as err:

@@ -8,8 +8,14 @@ MRS and prints it on the virt machine's PL011 UART:
     ...
     CCSIDR2_EL1=undef            (the MRS was UNDEFINED: no FEAT_CCIDX)
     IDREGS END
+    PLATFORM BEGIN
+    CNTFRQ_EL0=0x000000003b9aca00
+    PMCR_EL0=0x0000000041013000
+    SVE_VL_BYTES=0x0000000000000100     (undef: no SVE)
+    PLATFORM END
 
-then idles in a ``wfi`` loop (no interrupt is ever enabled, so the vCPU
+(the second block: what the guest has beyond the ID registers, as
+PLATFORM_READS reads it), then idles in a ``wfi`` loop (no interrupt is ever enabled, so the vCPU
 sleeps in KVM).  A ``system_reset`` starts it again from the top, which is how
 the migration rehearsal makes a migrated guest print its registers once more.
 
@@ -53,6 +59,20 @@ EC_UNKNOWN = 0
 EC_SYS64 = 0x18
 
 
+# After the ID registers, a PLATFORM BEGIN .. END block: each line's
+# instructions leave the value in x0 (an UNDEFINED one prints "undef").
+PLATFORM_READS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("CNTFRQ_EL0", ("mrs\tx0, cntfrq_el0",)),
+    ("PMCR_EL0", ("mrs\tx0, pmcr_el0",)),
+    # CPACR_EL1.ZEN and FPEN on; ZCR_EL1 (S3_0_C1_C2_0).LEN = 15 asks for
+    # 2048 bits; RDVL X0, #1 (0x04bf5020) reads the length the vCPU gives
+    ("SVE_VL_BYTES", ("mrs\tx1, cpacr_el1", "orr\tx1, x1, #0x30000",
+                      "orr\tx1, x1, #0x300000", "msr\tcpacr_el1, x1", "isb",
+                      "mov\tx1, #15", "msr\ts3_0_c1_c2_0, x1", "isb",
+                      ".inst\t0x04bf5020")),
+)
+
+
 def registers() -> list[tuple[str, tuple[int, int, int, int, int]]]:
     """(name, encoding) of every register the payload reads, in KB order."""
     if str(CHECKOUT) not in sys.path:
@@ -94,6 +114,20 @@ def assembly(regs: list[tuple[str, tuple[int, int, int, int, int]]]) -> str:
         ]
     out += [
         "\tadr\tx0, s_end",
+        "\tbl\tputs",
+        # what the guest has beyond the ID registers: the timer's frequency,
+        # the PMU's counters and the largest SVE vector length (RDVL with
+        # ZCR_EL1.LEN at its maximum gives the largest length the vCPU has)
+        "\tadr\tx0, s_pbegin",
+        "\tbl\tputs",
+    ]
+    for i, (_label, body) in enumerate(PLATFORM_READS):
+        out += [f"\tadr\tx0, s_p{i}", "\tbl\tputs", "\tmov\tx26, #0", "\tmov\tx27, #1",
+                *(f"\t{line}" for line in body),
+                "\tmov\tx27, #0", "\tcbnz\tx26, 1f", "\tbl\tputhex", "\tb\t2f",
+                "1:\tadr\tx0, s_undef", "\tbl\tputs", "2:"]
+    out += [
+        "\tadr\tx0, s_pend",
         "\tbl\tputs",
         "idle:\twfi",
         "\tb\tidle",
@@ -169,6 +203,9 @@ def assembly(regs: list[tuple[str, tuple[int, int, int, int, int]]]) -> str:
         's_begin:\t.asciz\t"IDREGS BEGIN\\n"',
         's_end:\t.asciz\t"IDREGS END\\n"',
         's_undef:\t.asciz\t"undef\\n"',
+        's_pbegin:\t.asciz\t"PLATFORM BEGIN\\n"',
+        's_pend:\t.asciz\t"PLATFORM END\\n"',
+        *(f's_p{i}:\t.asciz\t"{label}="' for i, (label, _) in enumerate(PLATFORM_READS)),
         's_fault:\t.asciz\t"IDREGS FAULT ESR="',
     ]
     for i, (name, _enc) in enumerate(regs):

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from libvirt_arm_cpu.kb import firmware
+from libvirt_arm_cpu.engine import platform
 from libvirt_arm_cpu.engine.consistency import Consistency, make_consistent
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.kb.dependencies import RuleBook
@@ -56,10 +57,12 @@ class Conflict:
     field: str | None                   # None: bits outside fields, or a whole register
     values: dict[str, int]              # host -> its value of the field (or register)
     reason: str
+    decimal: bool = False               # values are counts or frequencies, not bits
 
     def __str__(self) -> str:
         what = f"{self.register}.{self.field}" if self.field else self.register
-        vals = ", ".join(f"{h}={v:#x}" for h, v in self.values.items())
+        vals = ", ".join(f"{h}={v}" if self.decimal else f"{h}={v:#x}"
+                         for h, v in self.values.items())
         return f"{what}: {self.reason} ({vals})"
 
 
@@ -319,14 +322,14 @@ def _baseline(models: Sequence[CpuModel], kb: KnowledgeBase, labels: list[str],
     by_identity: dict[tuple, tuple[CpuModel, list[str]]] = {}
     for m, label in zip(models, labels):
         by_identity.setdefault((id(m.values), id(m.writable), m.imp_id_writable,
-                                id(m.vcpu_effects), id(m.firmware), id(m.reg_list)),
+                                id(m.vcpu_effects), id(m.firmware), id(m.reg_list), m.platform),
                                (m, []))[1].append(label)
     distinct: dict[tuple, tuple[CpuModel, list[str]]] = {}
     for m, group in by_identity.values():
         key = (tuple(sorted(m.values.items())), tuple(sorted(m.writable.items())),
                m.imp_id_writable, tuple(sorted((f, tuple(sorted(e.items())))
                                                for f, e in m.vcpu_effects.items())),
-               tuple(sorted(m.firmware.items(), key=lambda kv: kv[0])), m.reg_list)
+               tuple(sorted(m.firmware.items(), key=lambda kv: kv[0])), m.reg_list, m.platform)
         distinct.setdefault(key, (m, []))[1].extend(group)
     uniq = [m for m, _ in distinct.values()]
     uniq_labels = [_short(ls) for _, ls in distinct.values()]
@@ -336,6 +339,9 @@ def _baseline(models: Sequence[CpuModel], kb: KnowledgeBase, labels: list[str],
         v, mask, c = _combine_register(regs[name], name, uniq, uniq_labels, kb)
         conflicts.extend(c)
         values[name], writable[name] = v, mask
+    common, issues = platform.meet([m.platform for m in uniq], uniq_labels)
+    conflicts += [Conflict(i.name, None, i.values or {}, i.message, decimal=True)
+                  for i in issues]
     if conflicts:
         return BaselineResult(None, conflicts)
     hosts = tuple(h for m in models for h in m.hosts)
@@ -349,7 +355,7 @@ def _baseline(models: Sequence[CpuModel], kb: KnowledgeBase, labels: list[str],
     lists = [m.reg_list for m in uniq if m.reg_list is not None]
     reg_list = frozenset.intersection(*lists) if len(lists) == len(uniq) else None
     model = replace(model, vcpu_effects=_effects(model, uniq, uniq_labels, kb),
-                    firmware=_firmware(uniq), reg_list=reg_list, name="")
+                    firmware=_firmware(uniq), reg_list=reg_list, platform=common, name="")
     return BaselineResult(model, consistency=repair)
 
 
@@ -381,7 +387,7 @@ def _groups(models: Sequence[CpuModel]) -> list[list[int]]:
     seen: dict[tuple, list[int]] = {}
     for i, m in enumerate(models):
         key = (tuple(sorted(m.values.items())), tuple(sorted(m.writable.items())),
-               m.imp_id_writable)
+               m.imp_id_writable, m.platform)
         seen.setdefault(key, []).append(i)
     return list(seen.values())
 

@@ -22,6 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from libvirt_arm_cpu.kb import firmware
+from libvirt_arm_cpu.engine import platform
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.engine.loader import LOADER_PATH, hidden_registers
 from libvirt_arm_cpu.model import HostProfile
@@ -72,7 +73,8 @@ class Comparison:
 
 
 def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
-            check_qemu: bool = True, *, qemu_writes: bool = False) -> Comparison:
+            check_qemu: bool = True, *, qemu_writes: bool = False,
+            gic_version: int | None = None) -> Comparison:
     """The verdict for running *model* on *host*.
 
     :param check_qemu: also require that the host's QEMU takes SYSREG_*
@@ -82,6 +84,7 @@ def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
         register writes (an incoming migration of a host-passthrough guest):
         nothing else is needed, and capability 239 counts as off, since QEMU
         never enables it.
+    :param gic_version: the GIC the guest has (its domain's), when known.
     """
     host_regs = {r.name: r for r in host.registers}
     cap239 = host.capability("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS") > 0 and not qemu_writes
@@ -152,6 +155,14 @@ def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
             reasons.append(Reason(name, None, "outside-fields", have, wanted,
                                   f"{name}: bits {stray:#x} outside every known field differ"))
     notes: list[str] = []
+    host_platform = host.platform.without(model.vcpu_off)
+    issues, platform_notes = platform.judge(model.platform, host_platform, gic_version)
+    reasons += [Reason(i.name, None, "platform", None, None, i.message) for i in issues]
+    notes += platform_notes
+    if model.platform.sve_vls and host_platform.sve_max > model.platform.sve_max:
+        # libvirt's sveNNN features, not a register write: after the QEMU check
+        vcpu_changes.append(f"SVE vector lengths up to {model.platform.sve_max} bits "
+                            f"(this host: {host_platform.sve_max})")
     fw_changes = _firmware(model, host, reasons, notes)
     # QEMU is told the values either through SYSREG_* properties or through
     # the loader (libvirt_arm_cpu.engine.loader); without both nothing can change

@@ -40,7 +40,7 @@ from libvirt_arm_cpu.kb.dependencies import RuleBook
 from libvirt_arm_cpu.model import METHOD_LOADER, METHOD_SYSREG, CpuFeature, DomainCpu, qemu_cpu_argument
 from libvirt_arm_cpu.errors import UsageError
 from libvirt_arm_cpu.kb.features import Feature, FeatureCatalog
-from libvirt_arm_cpu.model import HostProfile
+from libvirt_arm_cpu.model import HostProfile, Platform
 from libvirt_arm_cpu.engine.validate import (CpuMismatch, choose_method, firmware_changes,
                                              implementation_reasons, loader_environment,
                                              properties_for)
@@ -65,6 +65,7 @@ class Resolution:
     vcpu_off: tuple[str, ...] = ()              # vCPU features switched off
     firmware: dict[str, int | None] = field(default_factory=dict)   # the model's (loader)
     reg_list: frozenset[int] | None = None      # the model's register list (loader)
+    platform: Platform = field(default_factory=Platform)    # the model's, beyond ID registers
 
     @property
     def identical(self) -> bool:
@@ -76,7 +77,7 @@ class Resolution:
         """The SYSREG method's second -cpu value (None: no second -cpu)."""
         if self.method != METHOD_SYSREG or not self.properties:
             return None
-        return qemu_cpu_argument(self.properties, self.vcpu_off)
+        return qemu_cpu_argument(self.properties, self.vcpu_off, self.platform.sve_vls)
 
 
 def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: FeatureCatalog,
@@ -144,7 +145,8 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
     if errors:
         raise CpuMismatch(f"the domain's CPU cannot run on host {host.hostname}: "
                           + "; ".join(errors))
-    model = _model(values, host_model, host, off, fw)
+    plat = base.platform
+    model = _model(values, host_model, host, off, fw, plat)
     repair = make_consistent(model, [host_model], kb, rules, [host.hostname])
     # A rule the model obeyed and the domain's own <feature> policies broke,
     # which lowering cannot repair here: the guest would see a CPU no Arm
@@ -164,7 +166,7 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
             why = [str(low) for low in repair.lowered]
             raise CpuMismatch(f"feature {f.key} is required, but the dependency rules remove "
                               f"it: {'; '.join(why[:3])}")
-    result = _model(values, host_model, host, off, fw)
+    result = _model(values, host_model, host, off, fw, plat)
     verdict = compare(result, host, kb, check_qemu=True)
     if verdict.result == INCOMPATIBLE:
         raise CpuMismatch(f"CPU model '{name}' cannot run on host {host.hostname}: "
@@ -187,15 +189,17 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
     env = loader_environment(values, host, kb, fw, reg_list, off) \
         if chosen == METHOD_LOADER else {}
     return Resolution(name, values, props, verdict, repair.lowered, repair.unresolved, notes,
-                      chosen, env, off, fw, reg_list)
+                      chosen, env, off, fw, reg_list, plat)
 
 
 def _model(values: dict[str, int], host_model: CpuModel, host: HostProfile,
-           off: tuple[str, ...], fw: dict[str, int | None] | None = None) -> CpuModel:
+           off: tuple[str, ...], fw: dict[str, int | None] | None = None,
+           platform: Platform | None = None) -> CpuModel:
     """The guest CPU as a model of this host (its masks), with the vCPU
     features *off* switched off where the model type knows them."""
     m = CpuModel(values, dict(host_model.writable), host_model.imp_id_writable,
-                 (host.hostname,), host_model.implementations, firmware=dict(fw or {}))
+                 (host.hostname,), host_model.implementations, firmware=dict(fw or {}),
+                 platform=platform or Platform())
     return replace(m, vcpu_off=off) if off else m
 
 

@@ -19,7 +19,7 @@ from libvirt_arm_cpu.engine.loader import environment as loader_env
 from libvirt_arm_cpu.errors import DataError, UsageError
 from libvirt_arm_cpu.kb.registers import KnowledgeBase
 from libvirt_arm_cpu.model import (METHOD_LOADER, METHOD_NONE, METHOD_SYSREG, CpuModel, HostProfile,
-                                   Translation, qemu_cpu_argument)
+                                   Platform, Translation, qemu_cpu_argument)
 
 __all__ = ["CpuMismatch", "METHOD_CHOICES", "Validation", "validate", "choose_method",
            "loader_found", "loader_environment", "firmware_changes", "properties_for",
@@ -162,6 +162,7 @@ class Validation:
     current_env: dict[str, str] = field(default_factory=dict)  # the loader env the domain has
     current_method: str = METHOD_SYSREG     # the method the domain was translated with
     vcpu_off: tuple[str, ...] = ()
+    sve_lengths: frozenset[int] | None = None   # the guest's SVE vector lengths (its model's)
 
     @property
     def ok(self) -> bool:
@@ -175,7 +176,7 @@ class Validation:
     def expected_argument(self) -> str | None:
         if self.method != METHOD_SYSREG or not self.properties:
             return None
-        return qemu_cpu_argument(self.properties, self.vcpu_off)
+        return qemu_cpu_argument(self.properties, self.vcpu_off, self.sve_lengths)
 
     @property
     def needs_rewrite(self) -> bool:
@@ -199,15 +200,17 @@ def validate(values: dict[str, int], cpu_arguments: list[str], host: HostProfile
              kb: KnowledgeBase, *, vcpu_off: tuple[str, ...] = (),
              current_env: dict[str, str] | None = None, current_method: str = METHOD_SYSREG,
              method: str = "auto", firmware_values: dict[str, int | None] | None = None,
-             reg_list: frozenset[int] | None = None) -> Validation:
+             reg_list: frozenset[int] | None = None, platform: Platform | None = None,
+             gic_version: int | None = None) -> Validation:
     """Can *host* present the guest CPU *values* (from a translated domain's
     metadata), with which method, and with which QEMU input?  *method* auto
     keeps the domain's *current_method* where it works on this host."""
     # named: the compare needs no digest of it (and the hook no hashlib)
-    model = CpuModel(dict(values), {}, name="guest", firmware=dict(firmware_values or {}))
+    model = CpuModel(dict(values), {}, name="guest", firmware=dict(firmware_values or {}),
+                     platform=platform or Platform())
     if vcpu_off:
         model = replace(model, vcpu_off=tuple(vcpu_off))
-    c = compare(model, host, kb, check_qemu=True)
+    c = compare(model, host, kb, check_qemu=True, gic_version=gic_version)
     chosen = METHOD_NONE
     imp = implementation_reasons(values, host.values(tuple(vcpu_off)), kb)
     if c.result != INCOMPATIBLE:
@@ -227,13 +230,15 @@ def validate(values: dict[str, int], cpu_arguments: list[str], host: HostProfile
     env = loader_environment(values, host, kb, firmware_values, reg_list, tuple(vcpu_off)) \
         if ok and chosen == METHOD_LOADER else {}
     return Validation(c, props, list(cpu_arguments), chosen, env, dict(current_env or {}),
-                      current_method, tuple(vcpu_off))
+                      current_method, tuple(vcpu_off), (platform or Platform()).sve_vls)
 
 
 def validate_translation(t: Translation, cpu_arguments: list[str], current_env: dict[str, str],
-                         host: HostProfile, kb: KnowledgeBase) -> Validation:
+                         host: HostProfile, kb: KnowledgeBase,
+                         gic_version: int | None = None) -> Validation:
     """:func:`validate` for a translated domain: its metadata *t* and the
     QEMU input it carries now (*cpu_arguments*, the loader's *current_env*)."""
     return validate(t.values, cpu_arguments, host, kb, vcpu_off=t.vcpu_off,
                     current_env=current_env, current_method=t.method,
-                    firmware_values=t.firmware, reg_list=t.reg_list)
+                    firmware_values=t.firmware, reg_list=t.reg_list, platform=t.platform,
+                    gic_version=gic_version)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMAT", "stamp", "dumps", "loads"]
 
-FORMAT = 1
+FORMAT = 2          # 2: the host's platform (model.Platform)
 _MAGIC = b"LACC"
 
 Stamp = tuple[str, int, int]      # path, size, mtime (ns)
@@ -50,12 +50,13 @@ _NESTED: dict[type, dict[str, tuple[str, type]]] = {
                         "registers": (_LIST, model.ProfileRegister),
                         "fingerprint": (_ONE, model.Fingerprint),
                         "vcpu_off": (_LIST, model.VcpuOffValues),
-                        "loader": (_ONE, model.LoaderInfo)},
+                        "loader": (_ONE, model.LoaderInfo),
+                        "platform": (_ONE, model.Platform)},
     kbreg.Register: {"fields": (_TUPLE, kbreg.Field), "reserved": (_TUPLE, kbreg.Reserved)},
 }
 _TYPES: tuple[type, ...] = (
     model.QemuInfo, model.LoaderInfo, model.VcpuOffValues, model.CpuIdentity,
-    model.ProfileRegister, model.Fingerprint, model.HostProfile,
+    model.ProfileRegister, model.Fingerprint, model.Platform, model.HostProfile,
     kbreg.Field, kbreg.Reserved, kbreg.Register, kbreg.Source)
 _PLAN: dict[type, list[tuple[str, tuple[str, type] | None]]] = {
     cls: [(f.name, _NESTED.get(cls, {}).get(f.name))

@@ -21,7 +21,9 @@ Its XML form is a libvirt ``<cpu mode='custom' match='exact'>`` whose
 sve"`` on it (absent: none), and one ``<switch feature="pmu">`` per
 effect, holding ``<value register= value=>`` children; one ``<firmware
 name= value=>`` per firmware pseudo-register the model sets (value
-``absent``: kept out of the guest's register list).
+``absent``: kept out of the guest's register list); a ``<platform>``
+(:mod:`libvirt_arm_cpu.formats.platform`) with what a guest of the model may
+use beyond the ID registers.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from libvirt_arm_cpu.kb.firmware import SETTABLE
 from libvirt_arm_cpu.fileio import read_input
 from libvirt_arm_cpu.model import VCPU_FEATURES, CpuModel
 from libvirt_arm_cpu.kb.registers import U64_MAX, format_ids, parse_ids
+from libvirt_arm_cpu.formats import platform as platform_xml
 from libvirt_arm_cpu.formats.kinds import (CPU_MODEL, HOST_PROFILE, REGISTER_DUMP, element_name,
                                            kind_of, wrong_kind)
 from libvirt_arm_cpu.xmlsafe import parse_untrusted, shown
@@ -74,6 +77,7 @@ def to_xml(model: CpuModel, features: list[str]) -> bytes:
                                              "value": "absent" if fw is None else f"{fw:#x}"})
     if model.reg_list is not None:
         ET.SubElement(regs, _q("register-list")).text = format_ids(model.reg_list)
+    platform_xml.to_element(regs, model.platform, _NS)
     for name in sorted(model.values):
         ET.SubElement(regs, _q("register"), {"name": name,
                                              "value": f"0x{model.values[name]:016x}",
@@ -197,7 +201,8 @@ def from_xml(data: bytes, path: str = "<cpu>", catalog: FeatureCatalog | None = 
     model = cpu.find("model")
     return CpuModel(values, writable, regs.get("imp-id-writable") == "yes", hosts, midrs,
                     name=(model.text or "").strip() if model is not None else "",
-                    vcpu_off=off, vcpu_effects=effects, firmware=firmware, reg_list=reg_list)
+                    vcpu_off=off, vcpu_effects=effects, firmware=firmware, reg_list=reg_list,
+                    platform=platform_xml.from_element(regs.find(_q("platform")), path, _NS))
 
 
 def read_model(path: str, catalog: FeatureCatalog | None = None) -> CpuModel:

@@ -37,6 +37,7 @@ from libvirt_arm_cpu.kb.firmware import SETTABLE as FIRMWARE_SETTABLE
 from libvirt_arm_cpu.kb.registers import format_ids, parse_ids
 from libvirt_arm_cpu.model import (METADATA_FORMAT, METHOD_LOADER, METHOD_SYSREG, METHODS, VCPU_FEATURES, CpuFeature,
                                    DomainCpu, Translation)
+from libvirt_arm_cpu.formats import platform as platform_xml
 from libvirt_arm_cpu.formats.kinds import element_name
 from libvirt_arm_cpu.xmlsafe import parse_untrusted, shown
 
@@ -87,7 +88,7 @@ def translation_element(t: Translation) -> ET.Element:
     # format 1 where a reader of format 1 understands it (sysreg, no vCPU
     # feature off), so hooks not yet upgraded still check such domains
     plain = (t.method == METHOD_SYSREG and not t.vcpu_off and not t.original_pmu
-             and not t.firmware and t.reg_list is None)
+             and not t.firmware and t.reg_list is None and not t.platform.known())
     attrs = {"version": "1" if plain else str(FORMAT_VERSION), "model": t.model}
     if not plain:
         attrs["method"] = t.method
@@ -106,6 +107,7 @@ def translation_element(t: Translation) -> ET.Element:
                       {"name": name, "value": "absent" if fw is None else f"{fw:#x}"})
     if t.reg_list is not None:
         ET.SubElement(root, _NS + "register-list").text = format_ids(t.reg_list)
+    platform_xml.to_element(root, t.platform, _NS)
     for name, value in t.properties:
         ET.SubElement(root, _NS + "property", {"name": name, "value": f"{value:#x}"})
     return root
@@ -171,7 +173,8 @@ def translation_from_element(elem: ET.Element, path: str) -> Translation:
                host.get("name", "") if host is not None else "",
                host.get("fingerprint", "") if host is not None else "",
                elem.get("model", ""), version, method, tuple(sorted(off)),
-               elem.findtext(_NS + "original-pmu") or "", fw, reg_list)
+               elem.findtext(_NS + "original-pmu") or "", fw, reg_list,
+               platform_xml.from_element(elem.find(_NS + "platform"), path, _NS))
 
 
 
@@ -180,8 +183,11 @@ class PassthroughCpu:
     original that host-passthrough takes too, and one ``<feature
     policy='disable'>`` per vCPU feature libvirt switches with a CPU feature."""
 
-    def __init__(self, off: tuple[str, ...]) -> None:
+    def __init__(self, off: tuple[str, ...], sve_lengths: frozenset[int] | None = None) -> None:
         self.off = off
+        # libvirt's sveNNN features (QEMU's -cpu host,sveNNN=on): naming the
+        # guest's lengths switches the host's others off
+        self.sve_lengths = frozenset() if "sve" in off else frozenset(sve_lengths or ())
 
     def element(self, original: ET.Element | None) -> ET.Element:
         cpu = ET.Element("cpu", {"mode": "host-passthrough", "check": "none"})
@@ -195,6 +201,8 @@ class PassthroughCpu:
                 # libvirt's schema puts <feature> after <topology> etc. in any order
                 ET.SubElement(cpu, "feature", {"policy": "disable",
                                                "name": _LIBVIRT_CPU_FEATURE[name]})
+        for length in sorted(self.sve_lengths):
+            ET.SubElement(cpu, "feature", {"policy": "require", "name": f"sve{length}"})
         return cpu
 
 
@@ -350,6 +358,14 @@ class Domain:
         return cpu_from_element(elem, self.path) if elem is not None else None
 
     @property
+    def gic_version(self) -> int | None:
+        """The GIC the domain asks for (``<features><gic version='3'/>``);
+        None for none, 'host' or a version this does not know."""
+        gic = self.root.find("features/gic")
+        version = gic.get("version", "") if gic is not None else ""
+        return int(version) if version in ("2", "3", "4", "5") else None
+
+    @property
     def pmu_off(self) -> bool:
         """Does the domain switch the PMU off itself (<features><pmu state='off'/>)?"""
         return Pmu.switched_off(self.root)
@@ -414,7 +430,7 @@ class Domain:
         root = _copy(base.root)
         cpu = root.find("cpu")
         t = replace(t, original_cpu=_serialize(cpu) if cpu is not None else "")
-        new_cpu = PassthroughCpu(t.vcpu_off).element(cpu)
+        new_cpu = PassthroughCpu(t.vcpu_off, t.platform.sve_vls).element(cpu)
         if cpu is not None:
             root[list(root).index(cpu)] = new_cpu
         else:

@@ -23,6 +23,7 @@ import xml.etree.ElementTree as ET
 from libvirt_arm_cpu import namespaces
 from libvirt_arm_cpu.kb.firmware import BY_NAME, FIRMWARE_REGISTERS
 from libvirt_arm_cpu.errors import DataError, ParseError
+from libvirt_arm_cpu.formats import platform as platform_xml
 from libvirt_arm_cpu.formats.kinds import (CPU_MODEL, HOST_PROFILE, REGISTER_DUMP, element_name,
                                            kind_of, plain_names, wrong_kind)
 from libvirt_arm_cpu.fileio import atomic_write, read_input
@@ -102,6 +103,7 @@ def to_xml(p: HostProfile) -> bytes:
                      value="absent" if fw_value is None else _hex(fw_value))
     if p.reg_list is not None:
         _sub(root, "register-list", format_ids(p.reg_list), count=len(p.reg_list))
+    platform_xml.to_element(root, p.platform, _NS)
     regs = _sub(root, "registers", writable_masks="known" if p.masks_known else "unknown")
     for r in p.registers:
         _sub(regs, "register", name=r.name, op0=r.encoding[0], op1=r.encoding[1],
@@ -189,6 +191,7 @@ def from_xml(data: bytes, path: str = "<profile>") -> HostProfile:
         vcpu_off=_vcpu_off(feats, offered, path),
         firmware=_firmware(root.find(_q("firmware")), path),
         reg_list=_reg_list(root.find(_q("register-list")), path),
+        platform=platform_xml.from_element(root.find(_q("platform")), path, _NS),
         loader=LoaderInfo("missing") if loader is None else LoaderInfo(
             _choice(loader, "status", ("found", "missing"), path), loader.get("path")),
     )
@@ -410,6 +413,7 @@ def to_json(p: HostProfile) -> dict:
         "register_list": None if p.reg_list is None else format_ids(p.reg_list).split(),
         "firmware": None if p.firmware is None else {
             k: None if v is None else _hex(v) for k, v in p.firmware.items()},
+        "platform": platform_xml.to_json(p.platform),
         "capabilities": {k: v for k, (_, v) in p.capabilities.items()},
         "cpus": [{"cpu": c.cpu, "midr": None if c.midr is None else f"{c.midr:#010x}",
                   "revidr": None if c.revidr is None else f"{c.revidr:#x}"} for c in p.cpus],

@@ -41,13 +41,19 @@ KVM_ARM_PREFERRED_TARGET = 0x8020AEAF
 KVM_ARM_GET_REG_WRITABLE_MASKS = 0x8040AEB6
 KVM_ARM_VCPU_FINALIZE = 0x4004AEC2       # _IOW(KVMIO, 0xc2, int)
 KVM_GET_REG_LIST = 0xC008AEB0            # _IOWR(KVMIO, 0xb0, struct kvm_reg_list)
+KVM_CREATE_DEVICE = 0xC00CAEE0           # _IOWR(KVMIO, 0xe0, struct kvm_create_device)
 
+KVM_CAP_ARM_EL1_32BIT = 93
 KVM_CAP_ARM_PMU_V3 = 126
+KVM_CAP_ARM_VM_IPA_SIZE = 165
 KVM_CAP_ARM_SVE = 170
 KVM_CAP_ARM_PTRAUTH_ADDRESS = 171
 KVM_CAP_ARM_PTRAUTH_GENERIC = 172
 KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES = 230
+KVM_CAP_ARM_MTE = 205
 KVM_CAP_ARM_WRITABLE_IMP_ID_REGS = 239
+KVM_CAP_ARM_EL2 = 240                    # Linux 6.16: nested virtualization (a vCPU with EL2)
+KVM_CAP_ARM_EL2_E2H0 = 241
 
 # The capabilities a host profile records, by name.
 CAPS = {
@@ -57,7 +63,18 @@ CAPS = {
     "KVM_CAP_ARM_PTRAUTH_GENERIC": KVM_CAP_ARM_PTRAUTH_GENERIC,
     "KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES": KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES,
     "KVM_CAP_ARM_WRITABLE_IMP_ID_REGS": KVM_CAP_ARM_WRITABLE_IMP_ID_REGS,
+    "KVM_CAP_ARM_EL1_32BIT": KVM_CAP_ARM_EL1_32BIT,
+    "KVM_CAP_ARM_VM_IPA_SIZE": KVM_CAP_ARM_VM_IPA_SIZE,
+    "KVM_CAP_ARM_MTE": KVM_CAP_ARM_MTE,
+    "KVM_CAP_ARM_EL2": KVM_CAP_ARM_EL2,
+    "KVM_CAP_ARM_EL2_E2H0": KVM_CAP_ARM_EL2_E2H0,
 }
+
+# KVM_CREATE_DEVICE types (enum kvm_device_type) and its test-only flag
+KVM_CREATE_DEVICE_TEST = 1
+KVM_DEV_TYPE_ARM_VGIC_V2 = 5
+KVM_DEV_TYPE_ARM_VGIC_V3 = 7
+KVM_DEV_TYPE_ARM_VGIC_ITS = 8
 
 # kvm_vcpu_init.features[0] bits (arch/arm64/include/uapi/asm/kvm.h)
 KVM_ARM_VCPU_PSCI_0_2 = 2
@@ -71,13 +88,19 @@ KVM_ARM_FEATURE_ID_RANGE_SIZE = 3 * 8 * 8
 KVM_REG_ARM64 = 0x6000000000000000
 KVM_REG_SIZE_U64 = 0x0030000000000000
 KVM_REG_ARM_CORE = 0x0010 << 16
+KVM_REG_SIZE_U512 = 0x0060000000000000
+KVM_REG_ARM64_SVE = 0x0015 << 16
+# the vector lengths a vCPU may use: 8 words, bit vq-1 for a length of
+# vq * 128 bits (readable once the vCPU is initialised with SVE)
+KVM_REG_ARM64_SVE_VLS = KVM_REG_ARM64 | KVM_REG_ARM64_SVE | KVM_REG_SIZE_U512 | 0xFFFF
 KVM_EXIT_MMIO = 6
 
 IOCTL_NAMES = {globals()[n]: n for n in (
     "KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_CHECK_EXTENSION", "KVM_GET_VCPU_MMAP_SIZE",
     "KVM_CREATE_VCPU", "KVM_SET_USER_MEMORY_REGION", "KVM_RUN", "KVM_ENABLE_CAP",
     "KVM_GET_ONE_REG", "KVM_SET_ONE_REG", "KVM_ARM_VCPU_INIT", "KVM_ARM_PREFERRED_TARGET",
-    "KVM_ARM_GET_REG_WRITABLE_MASKS", "KVM_ARM_VCPU_FINALIZE", "KVM_GET_REG_LIST")}
+    "KVM_ARM_GET_REG_WRITABLE_MASKS", "KVM_ARM_VCPU_FINALIZE", "KVM_GET_REG_LIST",
+    "KVM_CREATE_DEVICE")}
 
 
 class KvmError(Error):
@@ -204,6 +227,19 @@ class Vm:
         """KVM_ENABLE_CAP without arguments (e.g. 239, before any vCPU exists)."""
         _ioctl(self.fd, KVM_ENABLE_CAP, struct.pack("II4Q64x", cap, 0, 0, 0, 0, 0))
 
+    def can_create_device(self, dev_type: int) -> bool:
+        """KVM_CREATE_DEVICE with KVM_CREATE_DEVICE_TEST: does this kernel
+        offer the device (a GIC version, the ITS) to a VM here?  Creates
+        nothing."""
+        try:
+            _ioctl(self.fd, KVM_CREATE_DEVICE,
+                   bytearray(struct.pack("III", dev_type, 0, KVM_CREATE_DEVICE_TEST)))
+        except KvmError as err:
+            if err.errno in (errno.ENODEV, errno.ENOTSUP, errno.EINVAL):
+                return False
+            raise
+        return True
+
     def writable_masks(self) -> list[int]:
         """KVM_ARM_GET_REG_WRITABLE_MASKS: 192 masks, indexed like
         KVM_ARM_FEATURE_ID_RANGE_IDX."""
@@ -250,6 +286,12 @@ class Vcpu:
         buf = array.array("Q", [value])
         _ioctl(self.fd, KVM_SET_ONE_REG, struct.pack("QQ", reg_id, buf.buffer_info()[0]), name)
 
+    def get_words(self, reg_id: int, words: int, name: str | None = None) -> list[int]:
+        """A register wider than 64 bits (KVM_REG_SIZE_U512: 8 words)."""
+        buf = array.array("Q", [0] * words)
+        _ioctl(self.fd, KVM_GET_ONE_REG, struct.pack("QQ", reg_id, buf.buffer_info()[0]), name)
+        return list(buf)
+
     def reg_list(self) -> list[int]:
         """KVM_GET_REG_LIST: the ids of every register this vCPU has, which
         QEMU reads, writes back and migrates (first call: n = 0, E2BIG with
@@ -270,17 +312,37 @@ class Vcpu:
         """Run the vCPU until its first exit: it loads from an unmapped
         address, so KVM returns at once with an MMIO exit.  Afterwards KVM
         treats the VM as started (ID registers become read-only)."""
+        self.run_code([0xF9400020])                     # ldr x0, [x1]
+
+    def run_code(self, instructions: list[int]) -> int | None:
+        """Run *instructions* (A64 words; MMU off, x1 = an address outside
+        guest memory) until the first exit; the value of an MMIO store
+        there (``str x0, [x1]``), None for any other exit.  Afterwards KVM
+        treats the VM as started."""
         page = 4096
         backing = array.array("B", bytes(3 * page))
         base = backing.buffer_info()[0]
         aligned = (base + page - 1) & ~(page - 1)
         off = aligned - base
-        code = struct.pack("<II", 0xF9400020, 0x14000000)   # ldr x0, [x1] ; b .
+        code = struct.pack(f"<{len(instructions) + 1}I", *instructions, 0x14000000)   # ... ; b .
         backing[off:off + len(code)] = array.array("B", code)
         guest = 0x40000000
         self.vm.set_memory(0, guest, 2 * page, aligned)
         core = KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_CORE
         self.set(core | 64, guest, "PC")       # offsetof(struct user_pt_regs, pc) / 4
         self.set(core | 2, 0x1000, "X1")       # an address outside guest memory
-        _ioctl(self.fd, KVM_RUN, 0)
+        import mmap
+        run = mmap.mmap(self.fd, self.vm.kvm.vcpu_mmap_size(), mmap.MAP_SHARED,
+                        mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            _ioctl(self.fd, KVM_RUN, 0)
+            # struct kvm_run: exit_reason at 8; the mmio exit at 32:
+            # phys_addr u64, data[8], len u32, is_write u8
+            reason = struct.unpack_from("I", run, 8)[0]
+            _, data, length, is_write = struct.unpack_from("<Q8sIB", run, 32)
+        finally:
+            run.close()
         self._keep = backing                   # the guest's memory must outlive the VM
+        if reason != KVM_EXIT_MMIO or not is_write:
+            return None
+        return int.from_bytes(data[:length], "little")

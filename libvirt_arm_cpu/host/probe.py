@@ -38,8 +38,10 @@ import time
 from libvirt_arm_cpu import __version__
 from libvirt_arm_cpu.errors import KvmPermission, NoKvm, NotArm64
 from libvirt_arm_cpu.kb.firmware import FIRMWARE_REGISTERS
+from libvirt_arm_cpu.host import kvm as K
 from libvirt_arm_cpu.host.kvm import CAPS, KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES, Kvm, KvmError, VcpuFeatures
-from libvirt_arm_cpu.model import HostProfile, LoaderInfo, ProfileRegister, QemuInfo, VcpuOffValues
+from libvirt_arm_cpu.model import (HostProfile, LoaderInfo, Platform, ProfileRegister, QemuInfo,
+                                   VcpuOffValues)
 from libvirt_arm_cpu.kb.registers import KnowledgeBase, generic_name, kvm_reg_id, writable_mask_index
 from libvirt_arm_cpu.kb.load import registers as load_kb
 
@@ -48,7 +50,7 @@ from libvirt_arm_cpu.fileio import read_text
 from libvirt_arm_cpu.host.fingerprint import (find_qemu, fingerprint,
                                               read_cpus)
 
-__all__ = ["probe_host", "probe_kvm", "vcpu_off_values", "probe_loader", "feature_id_space",
+__all__ = ["probe_host", "probe_kvm", "probe_platform", "vcpu_off_values", "probe_loader", "feature_id_space",
            "read_cpus", "find_qemu", "probe_qemu", "fingerprint", "check_machine", "open_kvm",
            "LOADER_PATH"]
 
@@ -190,6 +192,60 @@ def vcpu_off_values(kvm: Kvm, kb: KnowledgeBase, features: VcpuFeatures,
     return out
 
 
+# -- beyond the ID registers ------------------------------------------------
+
+PMCR_EL0 = kvm_reg_id(3, 3, 9, 12, 0)
+_MRS_X0_CNTFRQ_EL0 = 0xD53BE000
+_STR_X0_X1 = 0xF9000020
+
+
+def probe_platform(kvm: Kvm, features: VcpuFeatures) -> Platform:
+    """What a guest here is given beyond the ID registers, each read the way
+    a VMM meets it: capabilities, a test-only KVM_CREATE_DEVICE per GIC
+    version, the SVE lengths and PMCR_EL0 of a scratch vCPU with the
+    default features, and CNTFRQ_EL0 as a scratch guest reads it."""
+    ipa = kvm.check_extension(K.KVM_CAP_ARM_VM_IPA_SIZE)
+    with kvm.create_vm() as vm:
+        gic = frozenset(v for v, t in ((2, K.KVM_DEV_TYPE_ARM_VGIC_V2),
+                                       (3, K.KVM_DEV_TYPE_ARM_VGIC_V3))
+                        if vm.can_create_device(t))
+        its = vm.can_create_device(K.KVM_DEV_TYPE_ARM_VGIC_ITS)
+        mte = vm.check_extension(K.KVM_CAP_ARM_MTE) > 0
+        vcpu = vm.create_vcpu(features)
+        sve: frozenset[int] = frozenset()
+        if features.sve:
+            words = vcpu.get_words(K.KVM_REG_ARM64_SVE_VLS, 8, "KVM_REG_ARM64_SVE_VLS")
+            sve = frozenset(128 * (64 * w + b + 1) for w, word in enumerate(words)
+                            for b in range(64) if word >> b & 1)
+        counters = settable = None
+        if features.pmu:
+            pmcr = vcpu.get(PMCR_EL0, "PMCR_EL0")
+            counters = pmcr >> 11 & 0x1F
+            settable = False
+            if counters:
+                # lower N by one on this scratch vCPU: kernels before 6.8
+                # keep N whatever userspace writes
+                lowered = pmcr & ~(0x1F << 11) | (counters - 1) << 11
+                try:
+                    vcpu.set(PMCR_EL0, lowered, "PMCR_EL0")
+                    settable = vcpu.get(PMCR_EL0, "PMCR_EL0") >> 11 & 0x1F == counters - 1
+                except KvmError:
+                    settable = False
+    cntfrq = None
+    # a vCPU without optional features: one with a PMU would need its PMU
+    # device set up before KVM_RUN
+    with kvm.create_vm() as vm:
+        try:
+            cntfrq = vm.create_vcpu(VcpuFeatures()).run_code([_MRS_X0_CNTFRQ_EL0, _STR_X0_X1])
+        except KvmError:
+            pass        # not measured: None
+    return Platform(sve_vls=sve, ipa_bits=ipa or 40, mte=mte, pmu_counters=counters,
+                    pmu_counters_settable=settable, gic=gic, its=its,
+                    el2=kvm.check_extension(K.KVM_CAP_ARM_EL2) > 0,
+                    aarch32_el1=kvm.check_extension(K.KVM_CAP_ARM_EL1_32BIT) > 0,
+                    cntfrq=cntfrq)
+
+
 # -- QEMU --------------------------------------------------------------------
 
 def probe_qemu(emulator: str | None, timeout: float = QEMU_TIMEOUT) -> QemuInfo:
@@ -300,6 +356,7 @@ def probe_host(emulator: str | None = None, dev: str = "/dev/kvm", sysfs: str = 
     with open_kvm(dev) as kvm:
         t0 = time.monotonic()
         caps, features, registers, masks_known, off, firmware, reg_list = probe_kvm(kvm, kb)
+        platform = probe_platform(kvm, kvm.default_features())
         took = time.monotonic() - t0
     say(f"KVM: {sum(r.value is not None for r in registers)} ID registers read, writable "
         f"masks {'known' if masks_known else 'unknown'}, vCPU features "
@@ -315,6 +372,6 @@ def probe_host(emulator: str | None = None, dev: str = "/dev/kvm", sysfs: str = 
         probed_at=now.isoformat().replace("+00:00", "Z"), tool_version=__version__,
         qemu=qemu, vcpu_features=features, capabilities=caps, cpus=cpus,
         registers=registers, masks_known=masks_known, vcpu_off=off or None, loader=probe_loader(),
-        firmware=firmware, reg_list=reg_list,
+        firmware=firmware, reg_list=reg_list, platform=platform,
         fingerprint=fingerprint(uname.release, cpus, find_qemu(emulator),
                                 read_text("/proc/sys/kernel/random/boot_id")))
