@@ -8,6 +8,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 sh "$ROOT/contrib/setup.sh"
 "$ROOT/contrib/testbed/prepare.sh"
 sh "$ROOT/contrib/libvirt/start-libvirtd.sh"
+# sshd for tests/test_collect.py, which starts its own on a free port (not the system's)
+sh "$ROOT/contrib/apt-install-missing.sh" test openssh-server openssh-client
 VENV=${LIBVIRT_ARM_CPU_VENV:-$ROOT/.venv}
 cd "$ROOT"
 exec "$VENV/bin/python" -m pytest "$@"

@@ -5,6 +5,14 @@ or ``LIBVIRT_ARM_CPU_MODELS_DIR``; see :mod:`libvirt_arm_cpu.settings`), so
 ``cpu-baseline --save``, ``cpu-compare NAME``, ``translate`` and the Python
 API all find the same models.  A model's name is a name, never a path: a
 ``<model>`` in a domain cannot reach a file outside the folder.
+
+Where no saved model has a name, :func:`find` resolves a **named model**
+(``xml/models.xml``: ``neoverse-v1-v1``, or ``neoverse-v1`` for its latest
+version; :func:`libvirt_arm_cpu.kb.load.named_models`).  A named model fixes
+every value it has; as an input of baseline it may be lowered in every
+field (its writable mask covers every field: it has no host whose kernel
+could refuse), so its baseline with a host is the most of it that host
+runs (``cpu-baseline`` itself takes files, not names, today).
 """
 
 from __future__ import annotations
@@ -17,9 +25,11 @@ from libvirt_arm_cpu import settings
 from libvirt_arm_cpu.formats.cpumodel import from_xml, to_xml
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.errors import UnknownName, UsageError
+from libvirt_arm_cpu.kb.named import NamedModel
 from libvirt_arm_cpu.fileio import atomic_write, read_input
 
-__all__ = ["directory", "check_name", "path_of", "find", "save", "names"]
+__all__ = ["directory", "check_name", "path_of", "find", "save", "names", "catalog",
+           "named_model", "from_named"]
 
 # letters, digits and . _ + - (not first): what cpu-baseline names models
 # (arm64-<hash>) and what an operator would call one; no '/', no '..'
@@ -53,18 +63,52 @@ def names() -> list[str]:
     return sorted(n[:-4] for n in os.listdir(where) if n.endswith(".xml"))
 
 
-def find(name: str) -> CpuModel:
-    """The saved model *name*.
+def catalog() -> list[str]:
+    """Every name :func:`find` resolves: the saved models, then the named
+    models (each unversioned name, for its latest version, and each
+    version's name), saved names first where they are the same."""
+    saved = names()
+    return saved + [n for n in kb_load.named_models().all_names() if n not in saved]
 
-    :raise UsageError: a bad name, or no such model (with the closest
-        saved one).
+
+def from_named(m: NamedModel) -> CpuModel:
+    """The CpuModel of a named model's version: its values, named
+    ``<name>-v<N>``; every field may be lowered (see the module's doc)."""
+    kb = kb_load.registers()
+    values = m.values
+    writable = {r: kb.register(r).field_mask for r in values}
+    return CpuModel(values, writable, hosts=(m.versioned,), name=m.versioned,
+                    vcpu_off=m.vcpu_off)
+
+
+def named_model(name: str) -> NamedModel | None:
+    """The named model *name* (latest version without ``-v<N>``), None when
+    there is none of that name.
+
+    :raise UsageError: the model exists but not that version.
+    """
+    try:
+        return kb_load.named_models().find(name)
+    except LookupError as err:
+        raise UsageError(str(err)) from None
+
+
+def find(name: str) -> CpuModel:
+    """The saved model *name*, else the named model *name*.
+
+    :raise UsageError: a bad name, a named model's version that does not
+        exist, or no such model (with the closest saved or named one).
     """
     path = path_of(name)
     if os.path.exists(path):
         return from_xml(read_input(path), path, kb_load.features())
-    err = UnknownName("CPU model", name, names())
+    named = named_model(name)
+    if named is not None:
+        return from_named(named)
+    err = UnknownName("CPU model", name, catalog())
     raise UsageError(f"{err} (saved CPU models are in {directory()}; make one with "
-                     f"'libvirt-arm-cpu cpu-baseline --save')")
+                     f"'libvirt-arm-cpu cpu-baseline --save'; 'libvirt-arm-cpu cpu-models' "
+                     f"lists the named ones)")
 
 
 def save(model: CpuModel, features: list[str], data: bytes | None = None) -> str:

@@ -30,9 +30,11 @@ PROG = "libvirt-arm-cpu"
 
 def commands() -> list[Command]:
     from libvirt_arm_cpu.cli.decode import DecodeCommand
+    from libvirt_arm_cpu.cli.export import ExportCommand
     from libvirt_arm_cpu.cli.features import FeaturesCommand
     from libvirt_arm_cpu.cli.cpu_baseline import BaselineCommand
     from libvirt_arm_cpu.cli.cpu_compare import CompareCommand
+    from libvirt_arm_cpu.cli.cpu_models import CpuModelsCommand
     from libvirt_arm_cpu.cli.diff import DiffCommand
     from libvirt_arm_cpu.cli.import_dump import ImportCommand
     from libvirt_arm_cpu.cli.domain import DefineCommand, DumpxmlCommand, TranslateCommand, ValidateCommand
@@ -40,11 +42,14 @@ def commands() -> list[Command]:
     from libvirt_arm_cpu.cli.host import HostCommand
     from libvirt_arm_cpu.cli.hypervisor import HypervisorBaselineCommand, HypervisorCompareCommand
     from libvirt_arm_cpu.cli.migrate import MigrateCheckCommand
+    from libvirt_arm_cpu.cli.collect import CollectCommand
+    from libvirt_arm_cpu.cli.inventory import InventoryCommand
 
     return [DecodeCommand(), FeaturesCommand(), HostCommand(), BaselineCommand(),
-            CompareCommand(), HypervisorBaselineCommand(), HypervisorCompareCommand(),
+            CompareCommand(), CpuModelsCommand(), HypervisorBaselineCommand(), HypervisorCompareCommand(),
             MigrateCheckCommand(), DiffCommand(), ImportCommand(), TranslateCommand(),
-            DefineCommand(), ValidateCommand(), DumpxmlCommand(), HookCommand()]
+            DefineCommand(), ValidateCommand(), DumpxmlCommand(), HookCommand(),
+            CollectCommand(), InventoryCommand(), ExportCommand()]
 
 
 def build_parser(prog: str, description: str, cmds: Sequence[Command]) -> ArgumentParser:

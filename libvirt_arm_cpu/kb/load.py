@@ -31,9 +31,11 @@ if TYPE_CHECKING:
     from libvirt_arm_cpu.kb.features import Condition as FeatureCondition
     from libvirt_arm_cpu.kb.features import FeatureCatalog
     from libvirt_arm_cpu.kb.implementers import Tables
+    from libvirt_arm_cpu.kb.named import NamedModels
 
-__all__ = ["registers", "features", "dependencies", "implementers", "read_kb_file",
-           "load_registers", "load_features", "load_rules", "load_tables"]
+__all__ = ["registers", "features", "dependencies", "implementers", "named_models",
+           "read_kb_file", "load_registers", "load_features", "load_rules", "load_tables",
+           "load_named"]
 
 _NS = "{" + NAMESPACE + "}"
 
@@ -62,6 +64,12 @@ def dependencies(directory: str | None = None) -> RuleBook:
 def implementers(directory: str | None = None) -> Tables:
     """The MIDR implementer and part tables (installed, or in *directory*)."""
     return load_tables(os.path.join(directory or kb_dir(), "implementers.xml"))
+
+
+@functools.lru_cache(maxsize=None)
+def named_models(directory: str | None = None) -> NamedModels:
+    """The named, versioned CPU models (installed, or in *directory*)."""
+    return load_named(os.path.join(directory or kb_dir(), "models.xml"))
 
 
 def _int(elem: ET.Element, attr: str, path: str) -> int:
@@ -238,3 +246,32 @@ def load_tables(path: str) -> Tables:
         for part in imp.iter(_NS + "part"):
             parts[(code, int(part.get("number", "0"), 16))] = part.get("name", "")
     return Tables(implementers, parts)
+
+
+def load_named(path: str) -> NamedModels:
+    """Read models.xml (every released version of every named model).
+
+    :raise ParseError: when the file is missing, not a models file, or of a
+        newer format than this version reads.
+    """
+    from libvirt_arm_cpu.kb.named import (FORMAT, NamedModel, NamedModels, RegisterOrigin,
+                                          Source as ModelSource)
+    root = read_kb_file(path, "models")
+    fmt = _int(root, "format", path)
+    if fmt > FORMAT:
+        raise ParseError(path, None, f"named CPU models of format {fmt}, newer than the "
+                         f"{FORMAT} this libvirt-arm-cpu reads: upgrade libvirt-arm-cpu")
+    sources = [ModelSource(s.get("id", ""), s.get("origin", ""), s.get("file"), s.get("sha256"))
+               for s in root.findall(_NS + "source")]
+    models = []
+    for m in root.findall(_NS + "model"):
+        for v in m.findall(_NS + "version"):
+            regs = tuple(RegisterOrigin(r.get("name", ""), _int(r, "value", path),
+                                        r.get("origin", ""), r.get("fields", ""))
+                         for r in v.findall(_NS + "register"))
+            models.append(NamedModel(
+                m.get("name", ""), _int(v, "number", path), m.get("kind", ""),
+                v.get("title", ""), v.get("source", ""), regs, v.get("digest", ""),
+                tuple((n.text or "").strip() for n in v.findall(_NS + "note")),
+                tuple((v.get("vcpu-off") or "").split())))
+    return NamedModels(models, sources, path)
