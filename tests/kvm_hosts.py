@@ -27,6 +27,17 @@ class Host:
         return f"{self.name}-qemu{self.qemu}-linux{self.kernel}"
 
 
+def fixture_path(name: str) -> str:
+    """tests/data/hosts/NAME.xml (NAME: a test-bed host, e.g. max-qemu10.0-linux7.3)."""
+    return str(FIXTURES / f"{name}.xml")
+
+
+def fixture_profile(name: str):
+    """That fixture's host profile (the reader's checks, not the schema's)."""
+    from libvirt_arm_cpu.formats.profile import read_profile
+    return read_profile(fixture_path(name), validate_schema=False)
+
+
 def hosts() -> list[Host]:
     out = []
     for line in HOSTS_FILE.read_text().splitlines():

@@ -17,22 +17,14 @@ from libvirt_arm_cpu.formats.profile import read_profile
 from libvirt_arm_cpu.model import CpuModel
 
 from .conftest import assert_one_line_error
-from .kvm_hosts import FIXTURES, Host
+from .kvm_hosts import FIXTURES, Host, fixture_path, fixture_profile
 
 MAX, MAX_NO_LPA2 = "max-qemu10.0-linux7.3", "max-lpa2-off-qemu10.0-linux7.3"
 N1_612, N1_73 = "neoverse-n1-qemu7.2-linux6.12", "neoverse-n1-qemu7.2-linux7.3"
 
 
-def _path(name: str) -> str:
-    return str(FIXTURES / f"{name}.xml")
-
-
-def _profile(name: str):
-    return read_profile(_path(name), validate_schema=False)
-
-
 def _model(kb, name: str, label: str) -> CpuModel:
-    return replace(CpuModel.from_profile(_profile(name), kb, label), name=label)
+    return replace(CpuModel.from_profile(fixture_profile(name), kb, label), name=label)
 
 
 @pytest.fixture
@@ -50,7 +42,7 @@ def models_dir(tmp_path, monkeypatch, kb):
 def test_lpa2_off_loses_the_lpa2_model_and_says_which_fields(kb, catalog):
     models = {"max-lpa2": _model(kb, MAX, "max-lpa2"),
               "max-no-lpa2": _model(kb, MAX_NO_LPA2, "max-no-lpa2")}
-    d = drift.check(_profile(MAX), _profile(MAX_NO_LPA2), models, kb, catalog)
+    d = drift.check(fixture_profile(MAX), fixture_profile(MAX_NO_LPA2), models, kb, catalog)
     assert [c.name for c in d.lost] == ["max-lpa2"]
     assert [c.name for c in d.gained] == ["max-no-lpa2"]
     assert d.runnable == ["max-no-lpa2"] and d.not_runnable == ["max-lpa2"]
@@ -69,7 +61,7 @@ def test_kernel_upgrade_keeps_the_fleet_model(kb, catalog):
     """6.12 -> 7.3 on a Neoverse-N1: the 6.12 host's exact CPU still runs,
     the 7.3 one did not before; the profile says what the kernel changed."""
     models = {"n1-6.12": _model(kb, N1_612, "n1-6.12"), "n1-7.3": _model(kb, N1_73, "n1-7.3")}
-    d = drift.check(_profile(N1_612), _profile(N1_73), models, kb, catalog)
+    d = drift.check(fixture_profile(N1_612), fixture_profile(N1_73), models, kb, catalog)
     assert not d.lost and [c.name for c in d.gained] == ["n1-7.3"]
     assert d.exit_code == drift.EXIT_NO_LOSS
     assert any(x.startswith("kernel: 6.12.") and "-> 7.3." in x for x in d.host_changes)
@@ -77,12 +69,12 @@ def test_kernel_upgrade_keeps_the_fleet_model(kb, catalog):
     assert any(x.startswith("now writable (") and "MIDR_EL1.PartNum" in x
                for x in d.host_changes)
     # nothing changed, nothing to say
-    same = drift.check(_profile(N1_73), _profile(N1_73), models, kb, catalog)
+    same = drift.check(fixture_profile(N1_73), fixture_profile(N1_73), models, kb, catalog)
     assert not same.lost and not same.gained and not same.host_changes
 
 
 def test_check_two_profile_files(run, models_dir):
-    r = run("host", "--check", "--previous", _path(MAX), "--profile", _path(MAX_NO_LPA2))
+    r = run("host", "--check", "--previous", fixture_path(MAX), "--profile", fixture_path(MAX_NO_LPA2))
     assert r.code == 1, r.err
     lines = r.out.splitlines()
     assert lines[1] == "no longer runs 1 CPU model:"
@@ -91,14 +83,14 @@ def test_check_two_profile_files(run, models_dir):
     assert any(re.fullmatch(r"runs \d+ of \d+ CPU models: (.*, )?max-no-lpa2(, .*)?", x)
                for x in lines)
     assert "--accept" not in r.out          # two files: nothing to accept
-    r = run("host", "--check", "--previous", _path(MAX_NO_LPA2), "--profile", _path(MAX_NO_LPA2),
+    r = run("host", "--check", "--previous", fixture_path(MAX_NO_LPA2), "--profile", fixture_path(MAX_NO_LPA2),
             "--json")
     assert r.code == 0
     data = json.loads(r.out)
     assert data["lost"] == [] and data["gained"] == [] and data["host_changes"] == []
     # the saved models (the named ones come with the package)
     assert "max-no-lpa2" in data["runnable"] and {"max-lpa2", "n1"} <= set(data["not_runnable"])
-    r = run("host", "--check", "--previous", _path(MAX), "--profile", _path(MAX_NO_LPA2),
+    r = run("host", "--check", "--previous", fixture_path(MAX), "--profile", fixture_path(MAX_NO_LPA2),
             "--json")
     data = json.loads(r.out)
     assert r.code == 1 and [x["model"] for x in data["lost"]] == ["max-lpa2"]
@@ -111,7 +103,7 @@ def test_check_this_host_records_then_keeps_the_reference(run, models_dir, tmp_p
     import libvirt_arm_cpu.cli.host as host_cli
     cache = tmp_path / "host.xml"
     cache.write_bytes((FIXTURES / f"{MAX}.xml").read_bytes())     # as probed before the upgrade
-    now = {"profile": _profile(MAX_NO_LPA2)}
+    now = {"profile": fixture_profile(MAX_NO_LPA2)}
     monkeypatch.setattr(host_cli, "cached_profile", lambda *a, **k: (now["profile"], True))
     reference = tmp_path / "host.xml.previous"
     r = run("host", "--check", "--cache", str(cache))
@@ -144,13 +136,13 @@ def test_check_bad_usage(run, argv, needle):
 
 def test_check_missing_reference_file(run, tmp_path):
     r = run("host", "--check", "--previous", str(tmp_path / "none.xml"), "--profile",
-            _path(MAX))
+            fixture_path(MAX))
     assert_one_line_error(r, 2, "no such file")
 
 
 def test_broken_model_is_a_warning_not_a_failure(run, models_dir):
     (models_dir / "broken.xml").write_text("<cpu>")
-    r = run("host", "--check", "--previous", _path(MAX), "--profile", _path(MAX))
+    r = run("host", "--check", "--previous", fixture_path(MAX), "--profile", fixture_path(MAX))
     assert r.code == 0 and "max-lpa2" in r.out.splitlines()[2]
     assert r.err.startswith("warning: CPU model not read: broken:")
 

@@ -14,22 +14,13 @@ from libvirt_arm_cpu.engine.compare import INCOMPATIBLE, compare
 from libvirt_arm_cpu.errors import DataError
 from libvirt_arm_cpu.formats import firecracker, nfd, traits
 from libvirt_arm_cpu.formats.cpumodel import to_xml
-from libvirt_arm_cpu.formats.profile import read_profile
 from libvirt_arm_cpu.model import CpuModel
 
 from .conftest import assert_one_line_error
-from .kvm_hosts import FIXTURES
+from .kvm_hosts import fixture_path, fixture_profile
 
 MAX, MAX_NO_LPA2 = "max-qemu10.0-linux7.3", "max-lpa2-off-qemu10.0-linux7.3"
 N1, N1_73 = "neoverse-n1-qemu7.2-linux6.12", "neoverse-n1-qemu7.2-linux7.3"
-
-
-def _path(name: str) -> str:
-    return str(FIXTURES / f"{name}.xml")
-
-
-def _profile(name: str):
-    return read_profile(_path(name), validate_schema=False)
 
 
 @pytest.fixture
@@ -39,7 +30,7 @@ def models_dir(tmp_path, monkeypatch, kb):
     monkeypatch.setenv("LIBVIRT_ARM_CPU_MODELS_DIR", str(where))
     monkeypatch.setenv("LIBVIRT_ARM_CPU_CONFIG", str(tmp_path / "none.conf"))
     for fixture, label in ((MAX, "max-lpa2"), (MAX_NO_LPA2, "max-no-lpa2"), (N1, "n1")):
-        model = replace(CpuModel.from_profile(_profile(fixture), kb, label), name=label)
+        model = replace(CpuModel.from_profile(fixture_profile(fixture), kb, label), name=label)
         (where / f"{label}.xml").write_bytes(to_xml(model, []))
     return where
 
@@ -91,7 +82,7 @@ def _nfd_labels(text: str) -> dict[str, str]:
 
 
 def test_export_nfd_from_a_profile(run, models_dir, catalog):
-    r = run("export", "nfd", "--profile", _path(MAX_NO_LPA2))
+    r = run("export", "nfd", "--profile", fixture_path(MAX_NO_LPA2))
     assert r.code == 0, r.err
     labels = _nfd_labels(r.out)
     assert all(nfd.label_problem(k, v) is None for k, v in labels.items())
@@ -105,7 +96,7 @@ def test_export_nfd_from_a_profile(run, models_dir, catalog):
                         r.out.splitlines()[1])
     # KubeVirt-style labels by prefix; to a file
     out = models_dir.parent / "features"
-    r = run("export", "nfd", "--profile", _path(MAX), "--model-prefix",
+    r = run("export", "nfd", "--profile", fixture_path(MAX), "--model-prefix",
             "cpu-model.node.kubevirt.io/", "-o", str(out))
     assert r.code == 0 and r.out == ""
     assert "cpu-model.node.kubevirt.io/max-lpa2" in _nfd_labels(out.read_text())
@@ -125,7 +116,7 @@ def test_trait_names():
 
 
 def test_export_traits_every_name_is_valid(run, models_dir):
-    r = run("export", "traits", "--profile", _path(MAX))
+    r = run("export", "traits", "--profile", fixture_path(MAX))
     assert r.code == 0, r.err
     names = r.out.split()
     assert "CUSTOM_ARM_CPU_MODEL_MAX_LPA2" in names and len(set(names)) == len(names)
@@ -138,7 +129,7 @@ def test_export_traits_every_name_is_valid(run, models_dir):
             assert re.fullmatch(r"^CUSTOM_[A-Z0-9_]+$", name), name
     assert {"HW_CPU_AARCH64_SVE", "HW_CPU_AARCH64_ATOMICS", "CUSTOM_ARM_CPU_HWCAP_SVE2"} \
         <= set(names)
-    data = json.loads(run("export", "traits", "--profile", _path(MAX), "--format",
+    data = json.loads(run("export", "traits", "--profile", fixture_path(MAX), "--format",
                           "json").out)
     assert data["traits"] == names
     assert data["models"]["max-lpa2"] == "CUSTOM_ARM_CPU_MODEL_MAX_LPA2"
@@ -146,7 +137,7 @@ def test_export_traits_every_name_is_valid(run, models_dir):
 
 
 def test_nova_provider_config(run, models_dir):
-    r = run("export", "traits", "--profile", _path(MAX), "--format", "provider-yaml")
+    r = run("export", "traits", "--profile", fixture_path(MAX), "--format", "provider-yaml")
     assert r.code == 0, r.err
     body = [line for line in r.out.splitlines() if not line.startswith("#")]
     assert body[:7] == ["meta:", "  schema_version: '1.0'", "providers:", "  - identification:",
@@ -160,7 +151,7 @@ def test_nova_provider_config(run, models_dir):
                                  provider="5213b75d-9260-42a6-b236-f39b0fd10561")
     assert "      uuid: '5213b75d-9260-42a6-b236-f39b0fd10561'\n" in empty
     assert empty.endswith("      additional: []\n")
-    r = run("export", "traits", "--profile", _path(MAX), "--format", "provider-yaml",
+    r = run("export", "traits", "--profile", fixture_path(MAX), "--format", "provider-yaml",
             "--provider-uuid", "nope")
     assert_one_line_error(r, 1, "not a resource provider UUID")
 
@@ -193,7 +184,7 @@ def _apply(bitmap: str, value: int) -> int:
 def test_firecracker_template_gives_a_host_the_model(kb):
     """A model with DotProd lowered, on the host it came from: applying the
     template to the host's values gives every register of the model."""
-    host = _profile(N1)
+    host = fixture_profile(N1)
     model = CpuModel.from_profile(host, kb)
     dp = kb.field("ID_AA64ISAR0_EL1", "DP")
     model.values["ID_AA64ISAR0_EL1"] = dp.put(model.values["ID_AA64ISAR0_EL1"], 0)
@@ -214,14 +205,14 @@ def test_firecracker_template_gives_a_host_the_model(kb):
         assert got == want, name
     assert kb.register("MIDR_EL1").kvm_id not in by_addr     # Linux 6.12: the host's MIDR
     # Linux 7.3 (KVM capability 239): the model's MIDR too
-    data, _ = firecracker.template(CpuModel.from_profile(_profile(N1_73), kb), kb)
+    data, _ = firecracker.template(CpuModel.from_profile(fixture_profile(N1_73), kb), kb)
     midr = next(m["bitmap"] for m in data["reg_modifiers"]
                 if int(m["addr"], 16) == kb.register("MIDR_EL1").kvm_id)
     assert int(midr[2:].replace("x", "0"), 2) == 0x414FD0C1
 
 
 def test_firecracker_template_switches_vcpu_features_off(kb):
-    model = CpuModel.from_profile(_profile(MAX), kb, off=("sve",))
+    model = CpuModel.from_profile(fixture_profile(MAX), kb, off=("sve",))
     data, _ = firecracker.template(model, kb)
     _valid_template(data, kb)
     assert data["vcpu_features"] == [{"index": 0, "bitmap": "0b0xxxx"}]   # KVM_ARM_VCPU_SVE = 4
@@ -229,11 +220,11 @@ def test_firecracker_template_switches_vcpu_features_off(kb):
 
 
 def test_export_firecracker(run, models_dir, kb):
-    r = run("export", "firecracker", "n1", "--profile", _path(N1))
+    r = run("export", "firecracker", "n1", "--profile", fixture_path(N1))
     assert r.code == 0, r.err
     _valid_template(json.loads(r.out), kb)
     assert "note: firmware pseudo-registers" in r.err
-    r = run("export", "firecracker", "max-lpa2", "--profile", _path(N1))
+    r = run("export", "firecracker", "max-lpa2", "--profile", fixture_path(N1))
     assert_one_line_error(r, 1, "cannot run CPU model max-lpa2", "more)")
     assert_one_line_error(run("export", "firecracker"), 2, "needs the CPU MODEL")
     assert_one_line_error(run("export", "nfd", "n1"), 2, "takes no MODEL")

@@ -14,6 +14,7 @@ recorded.
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -37,15 +38,18 @@ out = {}
 def sh(*argv):
     p = subprocess.run(list(argv), capture_output=True, text=True, timeout=300)
     return {"rc": p.returncode, "out": p.stdout, "err": p.stderr}
-template = open("/tmp/template.xml").read()
+templates = json.load(open("/tmp/templates.json"))
 HOST = "/var/cache/libvirt-arm-cpu/host.xml"
-for key, inputs in (("pair", [HOST, "/in/sve256.xml"]), ("own", [HOST])):
-    base = sh(*CLI, "cpu-baseline", *inputs, "--save", "--json")
-    out[f"baseline_{key}"] = base
-    if base["rc"] != 0:
-        continue
-    model = json.loads(base["out"])["name"]
+for key, inputs in (("pair", [HOST, "/in/sve256.xml"]), ("own", [HOST]), ("trim", None)):
+    model = ""
+    if inputs:
+        base = sh(*CLI, "cpu-baseline", *inputs, "--save", "--json")
+        out[f"baseline_{key}"] = base
+        if base["rc"] != 0:
+            continue
+        model = json.loads(base["out"])["name"]
     name = f"lac-test-sve-{key}"
+    template = templates["trim" if key == "trim" else "model"]
     open(f"/tmp/{name}.xml", "w").write(template.replace("__MODEL__", model)
                                         .replace("lac-test-sve", name))
     out[f"define_{key}"] = sh(*CLI, "define", f"/tmp/{name}.xml")
@@ -69,15 +73,20 @@ json.dump(out, open("/out/result.json", "w"), indent=1)
 
 @pytest.fixture(scope="module")
 def guest():
-    template = kvm_domain_xml("lac-test-sve", kernel=PAYLOAD, cpu=custom_cpu("__MODEL__"))
+    templates = {
+        "model": kvm_domain_xml("lac-test-sve", kernel=PAYLOAD, cpu=custom_cpu("__MODEL__")),
+        # QEMU's legacy property as libvirt passes it: no length from 512 bits up
+        "trim": kvm_domain_xml("lac-test-sve", kernel=PAYLOAD, cpu=(
+            "<cpu mode='host-model'><feature policy='disable' name='sve512'/></cpu>")),
+    }
     job = f"""set -u
 {CLI} host > /out/host.txt 2> /out/host.err; echo $? > /out/host.rc
 cp /var/cache/libvirt-arm-cpu/host.xml /out/host.xml
 {CLI} hook install > /out/install.txt 2>&1
 i=0; until virsh -c qemu:///system list >/dev/null 2>&1 || [ $i -ge 100 ]; do sleep 0.2; i=$((i+1)); done
-cat > /tmp/template.xml <<'TEMPLATE_EOF'
-{template}
-TEMPLATE_EOF
+cat > /tmp/templates.json <<'TEMPLATES_EOF'
+{json.dumps(templates)}
+TEMPLATES_EOF
 cat > /tmp/job.py <<'JOB_EOF'
 {GUEST_PY}
 JOB_EOF
@@ -123,3 +132,15 @@ def test_the_model_of_this_host_alone_keeps_2048_bits(guest):
     assert seen["CNTFRQ_EL0"] == host.platform.cntfrq
     assert seen["PMCR_EL0"] is not None and seen["PMCR_EL0"] >> 11 & 0x1F == \
         host.platform.pmu_counters
+
+
+def test_disabling_a_length_as_libvirt_writes_it_reaches_the_guest(guest):
+    """<feature policy='disable' name='sve512'/> (host-model): the guest's
+    largest vector length is 384 bits."""
+    _, out = guest
+    assert out["define_trim"]["rc"] == 0, out["define_trim"]["err"]
+    assert out["start_trim"]["rc"] == 0, out["start_trim"]["err"]
+    names = [f.get("name") for f in ET.fromstring(out["xml_trim"]).findall("cpu/feature")]
+    # (libvirt adds 'sve' itself: the lengths need it)
+    assert [n for n in names if n != "sve"] == ["sve128", "sve256", "sve384"], names
+    assert platform_values(out["serial_trim"])["SVE_VL_BYTES"] == 384 // 8

@@ -81,7 +81,7 @@ def test_policies_follow_libvirt(env):
 
     plain = resolved()
     assert plain.identical and plain.comparison.result == "identical"
-    with pytest.raises(CpuMismatch, match="feature mte .*policy 'require', but the host CPU "
+    with pytest.raises(CpuMismatch, match="feature mte.*policy 'require', but the host CPU "
                                           "does not have it"):
         resolved(("require", "mte"))
     with pytest.raises(CpuMismatch, match="feature sve: policy 'forbid', but the host CPU has it"):
@@ -94,9 +94,13 @@ def test_policies_follow_libvirt(env):
     assert low.properties == [("SYSREG_ID_AA64ISAR0_EL1_TS", 1)]
     with pytest.raises(CpuMismatch, match="ID_AA64ISAR0_EL1.TS: needs 3, host has 2"):
         resolved(("require", "SYSREG_ID_AA64ISAR0_EL1_TS", "0x3"))
+    # disabling sve switches the vCPU feature off: no SVE2 either
+    with pytest.raises(CpuMismatch, match="feature sve2 .*policy 'require', but the host CPU "
+                                          "does not have it"):
+        resolved(("disable", "sve"), ("require", "sve2"))
     # a required feature the dependency repair would remove is an error
     with pytest.raises(CpuMismatch, match="feature sve2 is required, but the dependency rules"):
-        resolved(("disable", "sve"), ("require", "sve2"))
+        resolved(("disable", "FEAT_SVE"), ("require", "sve2"))
     # disabling a feature another one needs, where the repair cannot remove
     # that one (VH is not writable): refused, naming the rule (was a warning)
     vhe = catalog.feature("FEAT_VHE")

@@ -15,7 +15,7 @@ from libvirt_arm_cpu.errors import Error, UsageError
 from libvirt_arm_cpu.host.hostcache import DEFAULT_CACHE, cached_profile
 from libvirt_arm_cpu.kb.implementers import decode_midr
 from libvirt_arm_cpu.formats.profile import read_profile, to_json, write_profile
-from libvirt_arm_cpu.model import HostProfile
+from libvirt_arm_cpu.model import HostProfile, Platform
 from libvirt_arm_cpu.cli.report import decode_registers, render_text
 
 # host --check's reference profile sits next to the cache: host.xml -> host.xml.previous
@@ -32,7 +32,10 @@ def render_profile(p: HostProfile, all_registers: bool = False) -> str:
                      + (f" ({q.detail})" if q.detail else ""))
     else:
         lines.append(f"QEMU: {q.status}" + (f" ({q.detail})" if q.detail else ""))
+    lines.append(f"ID register loader: {p.loader.status}"
+                 + (f" ({p.loader.path})" if p.loader.path else ""))
     lines.append("vCPU features: " + (", ".join(p.vcpu_features) or "none"))
+    lines.append("beyond the ID registers: " + describe_platform(p.platform))
     lines.append("KVM capabilities: " + ", ".join(f"{k}={v}" for k, (_, v)
                                                    in p.capabilities.items()))
     midrs: dict[int | None, list[int]] = {}
@@ -58,6 +61,32 @@ def render_profile(p: HostProfile, all_registers: bool = False) -> str:
         masks[reg.name] = r.writable
     report = decode_registers(values, kb_load.features(), masks)
     return "\n".join(lines) + "\n" + render_text(report)
+
+
+def describe_platform(pl: Platform) -> str:
+    """One line: what a guest here is given beyond the ID registers."""
+    if not pl.known():
+        return "not recorded (probed by an older libvirt-arm-cpu: probe again)"
+
+    def yn(v: bool | None) -> str:
+        return "unknown" if v is None else "yes" if v else "no"
+
+    parts = []
+    if pl.sve_vls is not None:
+        parts.append(f"SVE {min(pl.sve_vls)}-{pl.sve_max} bits ({len(pl.sve_vls)} lengths)"
+                     if pl.sve_vls else "SVE none")
+    if pl.ipa_bits is not None:
+        parts.append(f"IPA {pl.ipa_bits} bits")
+    if pl.pmu_counters is not None:
+        parts.append(f"PMU {pl.pmu_counters} counters"
+                     + (" (KVM can lower the number)" if pl.pmu_counters_settable else ""))
+    if pl.gic is not None:
+        parts.append("GIC " + (", ".join(f"v{v}" for v in sorted(pl.gic)) or "none")
+                     + (f", ITS {yn(pl.its)}" if pl.its is not None else ""))
+    parts += [f"MTE {yn(pl.mte)}", f"EL2 {yn(pl.el2)}", f"AArch32 EL1 {yn(pl.aarch32_el1)}"]
+    if pl.cntfrq is not None:
+        parts.append(f"timer {pl.cntfrq / 1e6:g} MHz")
+    return "; ".join(parts)
 
 
 def _ranges(nums: list[int]) -> str:

@@ -95,7 +95,7 @@ def meet(platforms: Sequence[Platform], labels: Sequence[str]
     freqs = {p.cntfrq for p in platforms if p.cntfrq is not None}
     if len(freqs) > 1:
         issues.append(PlatformIssue(
-            "timer", "the generic timer's frequency (CNTFRQ_EL0) differs: a guest's clock would "
+            "timer", "the generic timer runs at different frequencies: a guest's clock would "
             "run fast or slow after a migration, and no VMM setting changes it",
             {lb: p.cntfrq for p, lb in zip(platforms, labels) if p.cntfrq is not None}))
     cntfrq = freqs.pop() if len(freqs) == 1 and all(p.cntfrq is not None for p in platforms) \

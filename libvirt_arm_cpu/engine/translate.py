@@ -7,7 +7,10 @@ a host profile and the data, returns a :class:`Resolution` or raises
 * ``mode='custom'``: ``<model>`` names a saved CPU model (a cpu-baseline
   result); ``mode='host-model'``: the host's own CPU.
 * ``<feature>`` names are hwcaps (``sve2``), ``FEAT_*`` names, or
-  ``SYSREG_<REG>_<FIELD>`` with a ``value``.  Policies follow libvirt:
+  ``SYSREG_<REG>_<FIELD>`` with a ``value``; QEMU's legacy properties
+  ``sve``, ``pauth`` and ``pmu`` (disabled: the vCPU feature is switched
+  off), ``sveNNN`` (the SVE vector lengths) and ``mte`` mean what QEMU
+  means by them.  Policies follow libvirt:
   ``require`` and ``force`` give the guest the feature (an error if the
   host lacks it), ``optional`` gives it if the host has it and removes it
   otherwise, ``disable`` removes it, ``forbid`` removes it and is an error
@@ -29,6 +32,7 @@ a host profile and the data, returns a :class:`Resolution` or raises
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -106,6 +110,7 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
         raise UsageError(f"<cpu mode='{cpu.mode}'> is not translated (only custom and "
                          f"host-model are; host-passthrough and maximum are the host's CPU "
                          f"already)")
+    base, plat, legacy_notes = _legacy_properties(cpu.features, base, name, host)
     values = {r: v for r, v in base.values.items() if kb.register(r).kind != "affinity"}
     fw = dict(base.firmware)
     reg_list = base.reg_list
@@ -114,10 +119,12 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
         # the host as a guest with those vCPU features off sees it
         host_model = CpuModel.from_profile(host, kb, host.hostname, off=off)
     have = host_model.values
-    notes: list[str] = []
+    notes: list[str] = list(legacy_notes)
     wanted: list[Feature] = []
     errors: list[str] = []
     for feat in cpu.features:
+        if is_legacy_property(feat.name):
+            continue
         if feat.name.upper().startswith("SYSREG_"):
             _apply_sysreg(values, feat, kb)
             continue
@@ -145,7 +152,6 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
     if errors:
         raise CpuMismatch(f"the domain's CPU cannot run on host {host.hostname}: "
                           + "; ".join(errors))
-    plat = base.platform
     model = _model(values, host_model, host, off, fw, plat)
     repair = make_consistent(model, [host_model], kb, rules, [host.hostname])
     # A rule the model obeyed and the domain's own <feature> policies broke,
@@ -201,6 +207,106 @@ def _model(values: dict[str, int], host_model: CpuModel, host: HostProfile,
                  (host.hostname,), host_model.implementations, firmware=dict(fw or {}),
                  platform=platform or Platform())
     return replace(m, vcpu_off=off) if off else m
+
+
+# QEMU's -cpu properties for what is not an ID register field, which libvirt
+# passes on as <feature> names (QEMU docs/system/arm/cpu-features.rst; libvirt
+# src/cpu_map/arm_features.xml: sve, sveNNN, pauth): each switches a vCPU
+# feature (KVM_ARM_VCPU_INIT) or limits the SVE vector lengths, so they are
+# given that meaning, not lowered as fields (KVM refuses writes to SVE,
+# PAuth and PMUVer).  mte: the guest may have MTE (the VM capability).
+_VCPU_PROPERTY = {"sve": "sve", "pauth": "ptrauth", "pmu": "pmu"}
+# sve128 ... sve2048 (not sve2, sve2p1...: hwcaps)
+_SVE_LENGTH = re.compile(r"sve(" + "|".join(str(n) for n in range(128, 2049, 128)) + ")")
+
+
+def is_legacy_property(name: str) -> bool:
+    return name in _VCPU_PROPERTY or name == "mte" or bool(_SVE_LENGTH.fullmatch(name))
+
+
+def _legacy_properties(features: list[CpuFeature], base: CpuModel, name: str,
+                       host: HostProfile) -> tuple[CpuModel, Platform, list[str]]:
+    """*base* with the domain's legacy properties applied: the vCPU features
+    ``disable``/``forbid`` switch off, the SVE lengths ``sveNNN`` allow, MTE.
+
+    :raise CpuMismatch: a property the model or host cannot honour.
+    """
+    notes: list[str] = []
+    errors: list[str] = []
+    legacy = [f for f in features if is_legacy_property(f.name)]
+    off: set[str] = set()
+    for f in legacy:
+        feature = _VCPU_PROPERTY.get(f.name)
+        if feature is None:
+            continue
+        offered = feature in host.vcpu_features and feature not in base.vcpu_off
+        if f.policy in ("disable", "forbid"):
+            if f.policy == "forbid" and offered:
+                errors.append(f"feature {f.name}: policy 'forbid', but the host CPU has it")
+            off.add(feature)
+        elif f.policy == "optional" and not offered:
+            # the guest has it where the host offers it, as libvirt's optional
+            if feature not in base.vcpu_off:
+                notes.append(f"optional feature {f.name} left out: the host CPU lacks it")
+        elif f.policy in ("require", "force") and not offered:
+            where = (f"CPU model '{name}' runs with it off" if feature in base.vcpu_off else
+                     f"host {host.hostname}'s KVM does not offer it")
+            errors.append(f"feature {f.name}: policy '{f.policy}', but {where}")
+    new = off - set(base.vcpu_off)
+    unknown = sorted(f for f in new if not base.can_switch_off(f))
+    if unknown:
+        errors.append(f"feature {unknown[0]}: switching it off is not recorded for CPU model "
+                      f"'{name}' (its profiles come from an older probe: probe them again)")
+    elif new:
+        base = base.switched_off(new)
+    plat = base.platform
+    lengths = [f for f in legacy if _SVE_LENGTH.fullmatch(f.name)]
+    if lengths and "sve" in base.vcpu_off:
+        errors.append(f"feature {lengths[0].name}: the guest runs without SVE (its model or "
+                      f"<feature policy='disable' name='sve'/>)")
+    elif lengths and plat.sve_vls is None:
+        errors.append(f"feature {lengths[0].name}: the SVE vector lengths of CPU model "
+                      f"'{name}' are not recorded (its profiles come from an older probe)")
+    elif lengths:
+        vls = set(plat.sve_vls or ())
+        # every disable first: a required length they remove is an error
+        for f in sorted(lengths, key=lambda f: f.policy not in ("disable", "forbid")):
+            n = int(_SVE_LENGTH.fullmatch(f.name).group(1))      # type: ignore[union-attr]
+            if f.policy in ("disable", "forbid"):
+                # KVM takes only a prefix of the host's lengths: no longer one
+                vls = {v for v in vls if v < n}
+            elif f.policy in ("require", "force"):
+                if n not in vls:
+                    errors.append(f"feature {f.name}: the guest's SVE vector lengths "
+                                  f"({', '.join(map(str, sorted(vls))) or 'none'} bits) do not "
+                                  f"include {n}")
+                vls = {v for v in vls if v <= n}
+        if not vls and not errors:
+            errors.append("the <feature> sveNNN policies leave the guest no SVE vector "
+                          "length (disable 'sve' instead)")
+        plat = replace(plat, sve_vls=frozenset(vls))
+        if plat.sve_vls != base.platform.sve_vls:
+            notes.append(f"SVE vector lengths up to {plat.sve_max} bits "
+                         f"(<feature> sveNNN policies)")
+    for f in legacy:
+        if f.name != "mte":
+            continue
+        if f.policy == "forbid" and plat.mte:
+            errors.append("feature mte: policy 'forbid', but the host CPU has it")
+        elif f.policy in ("disable", "forbid"):
+            plat = replace(plat, mte=False)
+        elif f.policy == "optional" and not plat.mte:
+            plat = replace(plat, mte=False)
+            notes.append("optional feature mte left out: the host CPU lacks it")
+        elif f.policy in ("require", "force") and plat.mte is not True:
+            errors.append(f"feature mte: policy '{f.policy}', but "
+                          + (f"its support is not recorded for CPU model '{name}'"
+                             if plat.mte is None else "the host CPU does not have it (KVM "
+                             "offers MTE to no guest of the model's hosts)"))
+    if errors:
+        raise CpuMismatch(f"the domain's CPU cannot run on host {host.hostname}: "
+                          + "; ".join(errors))
+    return base, plat, notes
 
 
 def _apply_sysreg(values: dict[str, int], feat: CpuFeature, kb: KnowledgeBase) -> None:

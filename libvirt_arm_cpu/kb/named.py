@@ -39,7 +39,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from libvirt_arm_cpu.kb.registers import NAMESPACE, Field, KnowledgeBase
+from libvirt_arm_cpu.kb.registers import NAMESPACE, Field, KnowledgeBase, Source
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -94,14 +94,6 @@ class NamedModel:
     @property
     def values(self) -> dict[str, int]:
         return {r.register: r.value for r in self.registers}
-
-
-@dataclass(frozen=True)
-class Source:
-    id: str
-    origin: str
-    file: str | None = None
-    sha256: str | None = None
 
 
 @dataclass
