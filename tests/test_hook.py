@@ -15,8 +15,8 @@ import pytest
 from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.formats.domain import Domain
 
-from .domains import (MAX73, N1_73, V1_73, custom_cpu, domain_xml, save_model, with_loader,
-                      with_sysreg, without_loader)
+from .domains import (FIXTURES, MAX73, N1_73, V1_73, custom_cpu, domain_xml, save_model,
+                      with_loader, with_sysreg, without_loader)
 
 LIBVIRT_ENV = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
 
@@ -92,6 +92,27 @@ def test_prepare_refuses_with_the_fields(bed):
     bed.settings(bed.tmp / "n1.xml", mode="off")
     p = bed.call("lac-test-g1", "prepare", "begin", "-", stdin=xml)
     assert (p.returncode, p.stderr) == (0, b"")
+
+
+def test_a_host_with_fewer_sve_lengths_or_another_gic_is_refused(bed):
+    """Beyond the ID registers (tests/test_platform.py): the same CPU with
+    SVE only up to 256 bits cannot take a guest of 2048, at a start or a
+    migration; a domain asking for GICv2 cannot start where KVM offers v3."""
+    xml = bed.translate(custom_cpu(bed.model))
+    bed.settings(with_sysreg(FIXTURES / "max-sve256-qemu10.0-linux7.3.xml",
+                             bed.tmp / "sve256.xml", "host-sve256"))
+    for op, verb in (("prepare", "start"), ("migrate", "migrate in")):
+        p = bed.call("lac-test-g1", op, "begin", "-", stdin=xml)
+        assert p.returncode == 1, p.stderr
+        assert f"domain 'lac-test-g1' cannot {verb} on host host-sve256".encode() in p.stderr
+        assert b"SVE vector lengths: the guest has 128, 256, 384" in p.stderr
+        assert b"this host offers 128, 256 bits up to 2048 bits" in p.stderr
+    bed.settings(bed.host_a)
+    gic2 = xml.replace(b"</os>", b"</os>\n  <features><gic version='2'/></features>", 1)
+    p = bed.call("lac-test-g1", "prepare", "begin", "-", stdin=gic2)
+    assert p.returncode == 1 and b"GIC version v2: this host offers v3" in p.stderr, p.stderr
+    p = bed.call("lac-test-g1", "prepare", "begin", "-", stdin=xml)
+    assert p.returncode == 0, p.stderr
 
 
 def test_a_host_without_sysreg_or_loader_is_named(bed):
