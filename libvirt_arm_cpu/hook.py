@@ -146,7 +146,7 @@ def _check(name: str, op: str, data: bytes, root, conf, log
     host, kb = hook_inputs(conf)
     try:
         v = validate_translation(t, dom.cpu_arguments(), dom.loader_env(), host, kb,
-                                 dom.gic_version)
+                                 dom.gic_version, dom.sve_lengths)
     except UnknownName as e:
         return f"domain '{name}': its CPU metadata names {e}", None, None
     where = f"host {host.hostname or '?'}"

@@ -216,6 +216,6 @@ def validate_translated(dom: Domain, host: HostProfile) -> Validation:
     t = dom.translation
     assert t is not None
     return validate_translation(t, dom.cpu_arguments(), dom.loader_env(), host,
-                                kb_load.registers(), dom.gic_version)
+                                kb_load.registers(), dom.gic_version, dom.sve_lengths)
 
 

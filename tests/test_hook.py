@@ -108,6 +108,12 @@ def test_a_host_with_fewer_sve_lengths_or_another_gic_is_refused(bed):
         assert b"SVE vector lengths: the guest has 128, 256, 384" in p.stderr
         assert b"this host offers 128, 256 bits up to 2048 bits" in p.stderr
     bed.settings(bed.host_a)
+    # the <cpu> is what QEMU gets: one edited since translate is refused
+    edited = xml.replace(b'<feature policy="require" name="sve2048" />', b"", 1)
+    assert edited != xml
+    p = bed.call("lac-test-g1", "prepare", "begin", "-", stdin=edited)
+    assert p.returncode == 1 and b"the domain's <cpu> gives the guest SVE lengths 128, " \
+        b"256" in p.stderr and b"translate it again" in p.stderr, p.stderr
     gic2 = xml.replace(b"</os>", b"</os>\n  <features><gic version='2'/></features>", 1)
     p = bed.call("lac-test-g1", "prepare", "begin", "-", stdin=gic2)
     assert p.returncode == 1 and b"GIC version v2: this host offers v3" in p.stderr, p.stderr

@@ -7,7 +7,8 @@ settings file naming a captured test-bed host profile (this x86 machine has
 no arm64 KVM to probe).  What the hook checks is the guest CPU in the
 domain's metadata against that profile.  TCG cannot run `host-passthrough`
 or `-cpu host`, so the translated domains started here get a cortex-a57
-<cpu> back after translation (``for_tcg``); their metadata is untouched.
+<cpu> back after translation, or QEMU's max with the same SVE lengths
+(``for_tcg``); their metadata is untouched.
 Real KVM domains run in the arm64 test bed (test_libvirt_kvm.py).
 """
 
@@ -37,11 +38,17 @@ TCG_CPU = "<cpu mode='custom' match='exact'><model fallback='forbid'>cortex-a57<
 
 
 def for_tcg(xml: str) -> str:
-    """The translated domain with a CPU TCG can run (see the module doc)."""
+    """The translated domain with a CPU TCG can run (see the module doc).
+    Its SVE lengths stay (the hook checks them against the model's): on
+    QEMU's max, which has them all."""
     root = Domain.parse(xml.encode(), "translated").root
     assert root.find("cpu").get("mode") == "host-passthrough"
+    lengths = "".join(f"<feature policy='require' name='{f.get('name')}'/>"
+                      for f in root.findall("cpu/feature")
+                      if re.fullmatch(r"sve[0-9]{3,4}", f.get("name", "")))
+    cpu = f"<cpu mode='maximum' check='none'>{lengths}</cpu>" if lengths else TCG_CPU
     text = Domain(root, "").tostring().decode()
-    return re.sub(r"<cpu mode=\"host-passthrough\"[^>]*?(/>|>.*?</cpu>)", TCG_CPU, text,
+    return re.sub(r"<cpu mode=\"host-passthrough\"[^>]*?(/>|>.*?</cpu>)", cpu, text,
                   count=1, flags=re.S)
 
 

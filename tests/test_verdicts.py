@@ -113,6 +113,16 @@ def test_the_key_changes_with_every_input(tmp_path, monkeypatch):
     assert _key("g", "prepare", xml.replace(b"LD_PRELOAD", b"LD_PRELOAX"), conf) != base
     assert _key("g", "prepare", xml.replace(b"<arm:register ", b"<arm:register x='1' ", 1),
                         conf) != base
+    # ... and the <cpu> (its SVE lengths: what QEMU gets) and the GIC
+    sve = (Path(__file__).parent / "data" / "translate" /
+           "custom-disable-sve2-loader-out.xml").read_bytes()
+    assert b'name="sve256"' in sve
+    assert _key("g", "prepare", sve.replace(b'name="sve256"', b'name="sve2560"', 1),
+                conf) != _key("g", "prepare", sve, conf)
+    gic3 = xml.replace(b"</os>", b"</os><features><gic version='3'/></features>", 1)
+    assert _key("g", "prepare", gic3, conf) != base
+    assert _key("g", "prepare", gic3.replace(b"version='3'", b"version='2'"), conf) != \
+        _key("g", "prepare", gic3, conf)
     # what the check does not read is not in the key: the id libvirt gives
     # each start, a comment
     assert b' type="kvm">' in xml

@@ -201,7 +201,8 @@ def validate(values: dict[str, int], cpu_arguments: list[str], host: HostProfile
              current_env: dict[str, str] | None = None, current_method: str = METHOD_SYSREG,
              method: str = "auto", firmware_values: dict[str, int | None] | None = None,
              reg_list: frozenset[int] | None = None, platform: Platform | None = None,
-             gic_version: int | None = None) -> Validation:
+             gic_version: int | None = None,
+             sve_lengths: frozenset[int] | None = None) -> Validation:
     """Can *host* present the guest CPU *values* (from a translated domain's
     metadata), with which method, and with which QEMU input?  *method* auto
     keeps the domain's *current_method* where it works on this host."""
@@ -211,6 +212,15 @@ def validate(values: dict[str, int], cpu_arguments: list[str], host: HostProfile
     if vcpu_off:
         model = replace(model, vcpu_off=tuple(vcpu_off))
     c = compare(model, host, kb, check_qemu=True, gic_version=gic_version)
+    wanted = model.platform.sve_vls
+    if sve_lengths is not None and wanted and "sve" not in vcpu_off and sve_lengths != wanted:
+        # the domain's <cpu> is what QEMU gets: edited since translate?
+        c = Comparison(INCOMPATIBLE, c.reasons + [Reason(
+            "SVE vector lengths", None, "platform", None, None,
+            f"the domain's <cpu> gives the guest SVE lengths "
+            f"{', '.join(map(str, sorted(sve_lengths))) or 'of the host'}, not its model's "
+            f"({', '.join(map(str, sorted(wanted)))} bits): translate it again "
+            f"(libvirt-arm-cpu define)")], c.changes, notes=c.notes)
     chosen = METHOD_NONE
     imp = implementation_reasons(values, host.values(tuple(vcpu_off)), kb)
     if c.result != INCOMPATIBLE:
@@ -235,10 +245,11 @@ def validate(values: dict[str, int], cpu_arguments: list[str], host: HostProfile
 
 def validate_translation(t: Translation, cpu_arguments: list[str], current_env: dict[str, str],
                          host: HostProfile, kb: KnowledgeBase,
-                         gic_version: int | None = None) -> Validation:
+                         gic_version: int | None = None,
+                         sve_lengths: frozenset[int] | None = None) -> Validation:
     """:func:`validate` for a translated domain: its metadata *t* and the
     QEMU input it carries now (*cpu_arguments*, the loader's *current_env*)."""
     return validate(t.values, cpu_arguments, host, kb, vcpu_off=t.vcpu_off,
                     current_env=current_env, current_method=t.method,
                     firmware_values=t.firmware, reg_list=t.reg_list, platform=t.platform,
-                    gic_version=gic_version)
+                    gic_version=gic_version, sve_lengths=sve_lengths)

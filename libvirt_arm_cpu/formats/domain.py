@@ -358,6 +358,18 @@ class Domain:
         return cpu_from_element(elem, self.path) if elem is not None else None
 
     @property
+    def sve_lengths(self) -> frozenset[int]:
+        """The SVE vector lengths its ``<cpu>`` gives the guest (libvirt's
+        ``sveNNN`` features, required or forced; QEMU switches the rest off)."""
+        cpu = self.root.find("cpu")
+        out = set()
+        for f in cpu.findall("feature") if cpu is not None else ():
+            m = re.fullmatch(r"sve([0-9]{3,4})", f.get("name") or "")
+            if m and f.get("policy", "require") in ("require", "force"):
+                out.add(int(m.group(1)))
+        return frozenset(out)
+
+    @property
     def gic_version(self) -> int | None:
         """The GIC the domain asks for (``<features><gic version='3'/>``);
         None for none, 'host' or a version this does not know."""

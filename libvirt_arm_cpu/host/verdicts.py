@@ -12,8 +12,9 @@ costs the hook most is Python importing its code, not the check.
 The key holds:
 
 * the operation and the domain's name (they are in the messages);
-* the domain's ``<metadata>`` element of this project and its
-  ``<qemu:commandline>``, element by element (tags, attributes, text): the
+* the domain's ``<metadata>`` element of this project, its
+  ``<qemu:commandline>``, its ``<cpu>`` (the SVE lengths) and its
+  ``<features><gic>``, element by element (tags, attributes, text): the
   only parts of the domain XML the check reads;
 * the profile's and the knowledge base's path, size and modification time,
   the settings' profile, refresh and try-apply, the package's version;
@@ -51,7 +52,7 @@ __all__ = ["SUFFIX", "MAX_ENTRIES", "FORMAT", "key", "recall", "remember"]
 
 SUFFIX = ".verdicts"
 MAX_ENTRIES = 512
-FORMAT = 1
+FORMAT = 2          # 2: the key holds <cpu> and the GIC too
 _MAGIC = b"LACV"
 _META = "{%s}cpu" % namespaces.DOMAIN_METADATA
 _COMMANDLINE = "{%s}commandline" % namespaces.QEMU_COMMANDLINE
@@ -98,9 +99,11 @@ def key(name: str, op: str, root: ET.Element, conf: Settings) -> bytes | None:
         if conf.refresh:
             parts.append(_qemu())
         _element(ours, parts)
-        cmd = root.find(_COMMANDLINE)
-        if cmd is not None:
-            _element(cmd, parts)
+        # and what else the check reads: the <cpu> (its SVE lengths) and the GIC
+        for elem in (root.find(_COMMANDLINE), root.find("cpu"), root.find("features/gic")):
+            parts.append("-" if elem is None else "+")
+            if elem is not None:
+                _element(elem, parts)
     except OSError:
         return None
     return blake2b("\0".join(parts).encode("utf-8", "surrogateescape"), digest_size=32).digest()
