@@ -53,7 +53,10 @@ def render(template: str, config: str | None) -> str:
     """The hook with this interpreter and this package's location filled in."""
     package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     package_dir = os.path.dirname(package_dir)
-    text = re.sub(r"\A#![^\n]*", f"#!{sys.executable}", template, count=1)
+    # -S: no site module.  The hook imports only this package (PACKAGE_DIR)
+    # and the standard library, and site's work (.pth files, an editable
+    # install's finder) is what costs most of an interpreter's start-up
+    text = re.sub(r"\A#![^\n]*", f"#!{sys.executable} -S", template, count=1)
     text = text.replace("PACKAGE_DIR = None", f"PACKAGE_DIR = {package_dir!r}", 1)
     if config:
         text = text.replace("CONFIG = None", f"CONFIG = {os.path.abspath(config)!r}", 1)
