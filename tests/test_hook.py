@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,8 @@ def bed(tmp_path, run, monkeypatch):
     assert r.code == 0, r.err
     hook = tmp_path / "hooks" / "qemu.d" / "50-libvirt-arm-cpu"
     assert os.access(hook, os.X_OK)
+    # no site module: the package's path is baked in (start-up is the hook's cost)
+    assert hook.read_text().startswith(f"#!{sys.executable} -S\n")
 
     def translate(cpu: str, host: Path = host_a, name_: str = "g.xml") -> bytes:
         src = tmp_path / name_
