@@ -51,7 +51,14 @@ class PlatformIssue:
 
 
 def describe_lengths(lengths: frozenset[int]) -> str:
-    return ", ".join(str(v) for v in sorted(lengths)) + " bits" if lengths else "none"
+    """'128, 256 bits'; a run of more than three multiples of 128 from 128
+    up as '128 to 2048 bits (every multiple of 128)'."""
+    if not lengths:
+        return "none"
+    top = max(lengths)
+    if len(lengths) > 3 and lengths == frozenset(range(128, top + 1, 128)):
+        return f"128 to {top} bits (every multiple of 128)"
+    return ", ".join(str(v) for v in sorted(lengths)) + " bits"
 
 
 def sve_common(sets: Sequence[frozenset[int]]) -> frozenset[int]:
