@@ -92,3 +92,26 @@ def assert_one_line_error(result: Result, code: int, *needles: str) -> None:
     assert "Traceback" not in result.err
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch, kb):
+    """A models folder (LIBVIRT_ARM_CPU_MODELS_DIR) with the exact CPU of three
+    captured hosts, saved as max-lpa2 (max, Linux 7.3), max-no-lpa2 (its
+    lpa2=off twin) and n1 (Neoverse-N1, Linux 6.12)."""
+    from dataclasses import replace
+
+    from libvirt_arm_cpu.formats.cpumodel import to_xml
+    from libvirt_arm_cpu.model import CpuModel
+
+    from .kvm_hosts import fixture_profile
+    where = tmp_path / "models"
+    where.mkdir()
+    monkeypatch.setenv("LIBVIRT_ARM_CPU_MODELS_DIR", str(where))
+    monkeypatch.setenv("LIBVIRT_ARM_CPU_CONFIG", str(tmp_path / "none.conf"))
+    for fixture, label in (("max-qemu10.0-linux7.3", "max-lpa2"),
+                           ("max-lpa2-off-qemu10.0-linux7.3", "max-no-lpa2"),
+                           ("neoverse-n1-qemu7.2-linux6.12", "n1")):
+        model = replace(CpuModel.from_profile(fixture_profile(fixture), kb, label), name=label)
+        (where / f"{label}.xml").write_bytes(to_xml(model, []))
+    return where

@@ -27,18 +27,6 @@ def _model(kb, name: str, label: str) -> CpuModel:
     return replace(CpuModel.from_profile(fixture_profile(name), kb, label), name=label)
 
 
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch, kb):
-    """A models folder with the exact CPU of three captured hosts."""
-    where = tmp_path / "models"
-    where.mkdir()
-    monkeypatch.setenv("LIBVIRT_ARM_CPU_MODELS_DIR", str(where))
-    monkeypatch.setenv("LIBVIRT_ARM_CPU_CONFIG", str(tmp_path / "none.conf"))
-    for fixture, label in ((MAX, "max-lpa2"), (MAX_NO_LPA2, "max-no-lpa2"), (N1_612, "n1")):
-        (where / f"{label}.xml").write_bytes(to_xml(_model(kb, fixture, label), []))
-    return where
-
-
 def test_lpa2_off_loses_the_lpa2_model_and_says_which_fields(kb, catalog):
     models = {"max-lpa2": _model(kb, MAX, "max-lpa2"),
               "max-no-lpa2": _model(kb, MAX_NO_LPA2, "max-no-lpa2")}

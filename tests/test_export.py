@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 
 import pytest
 
 from libvirt_arm_cpu.engine.compare import INCOMPATIBLE, compare
 from libvirt_arm_cpu.errors import DataError
 from libvirt_arm_cpu.formats import firecracker, nfd, traits
-from libvirt_arm_cpu.formats.cpumodel import to_xml
 from libvirt_arm_cpu.model import CpuModel
 
 from .conftest import assert_one_line_error
@@ -21,18 +19,6 @@ from .kvm_hosts import fixture_path, fixture_profile
 
 MAX, MAX_NO_LPA2 = "max-qemu10.0-linux7.3", "max-lpa2-off-qemu10.0-linux7.3"
 N1, N1_73 = "neoverse-n1-qemu7.2-linux6.12", "neoverse-n1-qemu7.2-linux7.3"
-
-
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch, kb):
-    where = tmp_path / "models"
-    where.mkdir()
-    monkeypatch.setenv("LIBVIRT_ARM_CPU_MODELS_DIR", str(where))
-    monkeypatch.setenv("LIBVIRT_ARM_CPU_CONFIG", str(tmp_path / "none.conf"))
-    for fixture, label in ((MAX, "max-lpa2"), (MAX_NO_LPA2, "max-no-lpa2"), (N1, "n1")):
-        model = replace(CpuModel.from_profile(fixture_profile(fixture), kb, label), name=label)
-        (where / f"{label}.xml").write_bytes(to_xml(model, []))
-    return where
 
 
 # -- node-feature-discovery ------------------------------------------------------
