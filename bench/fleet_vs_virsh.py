@@ -22,6 +22,12 @@ Rows (N = 1,000 and 10,000; 100,000 with --big):
             times N (extrapolated: an operator's shell loop); and, where
             the package exposes it, the library's compare_many over the N
             profiles in one Python process (reading included);
+  cache     each cpu-baseline row twice (--cache both, the default): "no
+            cache", every profile read as before; "cache warm", the
+            profile cache (LIBVIRT_ARM_CPU_CACHE_DIR, in the run's own
+            directory) filled by an untimed run once the files are older
+            than its 2 s racy window, as on a fleet whose profiles change
+            now and then;
   kinds     cpu-baseline --exclude-incompatible DIR and --pools DIR on
             10,000 hosts of the fixtures' 18 kinds, cycled, each with its
             own identity; against our plain copies baseline of the same N
@@ -45,6 +51,7 @@ run takes about 4-5 minutes on a 2-core machine.
 
 usage: python bench/fleet_vs_virsh.py [-n RUNS] [--big] [--sizes 1000,10000]
            [--rows copies,distinct,compare,kinds] [--timeout S] [--row-budget S]
+           [--cache both|cold|warm]
            [--pythonpath DIR]     # measure an export of one commit:
                                   # git archive COMMIT | tar -x -C DIR
 """
@@ -114,7 +121,7 @@ def lowerable_fields(cli: list[str], text: str) -> list[tuple[str, int, int, int
     in_off = {n for block in off for n in re.findall(r'name="(\w+)"', block)}
     dump = "\n".join(f"{n}={v:#x}" for n, (v, _) in regs.items())
     out = subprocess.run(cli + ["decode", "--file", "-", "--json"], input=dump.encode(),
-                         capture_output=True, check=True, env=CHILD_ENV)
+                         capture_output=True, check=True, env=CHILD_ENV, cwd=CHILD_CWD)
     per_reg: list[list[tuple[str, int, int, int]]] = []
     for reg in json.loads(out.stdout)["registers"]:
         name = reg["name"]
@@ -157,6 +164,16 @@ def distinct_variant(text: str, fields: list[tuple[str, int, int, int]], i: int)
         text = re.sub(rf'(<register name="{name}" op0="[^>]*?value=")0x[0-9a-f]+"',
                       rf'\g<1>0x{v:016x}"', text, count=1)
     return personalise(text, i)
+
+
+CACHE_ENV = "LIBVIRT_ARM_CPU_CACHE_DIR"     # libvirt_arm_cpu.formats.modelcache
+MODE_LABEL = {"cold": ", no cache", "warm": ", cache warm"}
+RACY_SECONDS = 2.0          # the cache does not store a file changed more recently
+
+
+def settle() -> None:
+    """Let the files just written age past the cache's racy window."""
+    time.sleep(RACY_SECONDS + 0.2)
 
 
 VIRSH_MAX_FILE = 10 * 1024 * 1024      # virsh refuses larger files (VSH_MAX_XML_FILE)
@@ -207,6 +224,9 @@ class Run:
 
 
 CHILD_ENV = dict(os.environ)       # --pythonpath adds PYTHONPATH
+# ... and runs the children in "/": "python -m" puts the working directory
+# first on sys.path, so from a checkout it would measure the checkout
+CHILD_CWD: str | None = None
 
 
 def run(argv: list[str], out: Path, timeout: float, stdin: bytes | None = None) -> Run:
@@ -215,7 +235,7 @@ def run(argv: list[str], out: Path, timeout: float, stdin: bytes | None = None) 
         t = time.perf_counter()
         p = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else
                              subprocess.DEVNULL, stdout=fout, stderr=ferr,
-                             start_new_session=True, env=CHILD_ENV)
+                             start_new_session=True, env=CHILD_ENV, cwd=CHILD_CWD)
         killed = threading.Event()
 
         def kill() -> None:
@@ -364,9 +384,17 @@ def main() -> int:
     ap.add_argument("--row-budget", type=float, default=15.0,
                     help="stop repeating a row after this many seconds")
     ap.add_argument("--keep", metavar="DIR", help="generate into DIR and keep it")
+    ap.add_argument("--cache", choices=("both", "cold", "warm"), default="both",
+                    help="cpu-baseline rows without the profile cache (cold), with it filled "
+                         "by the untimed first run (warm), or both (default)")
     args = ap.parse_args()
     if args.pythonpath:
+        global CHILD_CWD
         CHILD_ENV["PYTHONPATH"] = str(Path(args.pythonpath).resolve())
+        CHILD_CWD = "/"
+    args.fixtures = str(Path(args.fixtures).resolve())
+    if args.keep:
+        args.keep = str(Path(args.keep).resolve())
     cli = (shlex.split(args.cli) if args.cli else
            [args.python, "-m", "libvirt_arm_cpu.cli"] if args.pythonpath else
            [str(ROOT / ".venv" / "bin" / "libvirt-arm-cpu")])
@@ -393,6 +421,20 @@ def main() -> int:
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lac-fleet."))
     tmp.mkdir(parents=True, exist_ok=True)
     table = Table()
+    # cold: every profile read (the cache off); warm: the untimed first run
+    # of each row fills the cache (in this run's own directory), the timed
+    # runs answer from it.  A package without the cache ignores the variable.
+    modes = ["cold", "warm"] if args.cache == "both" else [args.cache]
+    cache_env = {"cold": ["env", f"{CACHE_ENV}=none"],
+                 "warm": ["env", f"{CACHE_ENV}={tmp / 'cache'}"]}
+
+    def prime(d: Path) -> None:
+        """Fill the cache for the profiles of *d* (untimed), once they are
+        old enough to be stored."""
+        settle()
+        check(cache_env["warm"] + cli + ["cpu-baseline", str(d)], tmp / "prime.out",
+              args.timeout, ok=(0, 1))
+
     t_all = time.perf_counter()
     to, budget, reps = args.timeout, args.row_budget, args.n
     try:
@@ -404,7 +446,7 @@ def main() -> int:
             "copies": lambda i: personalise(two[i % 2], i),
             "distinct": lambda i: distinct_variant(base, fields, i),
         }
-        plain: dict[tuple[str, int], tuple[list[Run], list[Run]]] = {}
+        plain: dict[tuple[str, int, str], tuple[list[Run], list[Run]]] = {}
         per_process: dict[str, list[Run]] = {}
         for n in sizes:
             for shape in ("copies", "distinct"):
@@ -413,11 +455,16 @@ def main() -> int:
                 d = write_fleet(tmp / f"{shape}-{n}", n, shapes[shape])
                 x86 = skylake_file(tmp / f"x86-{shape}-{n}.xml", n, shape == "distinct")
                 anchor, alabel = anchor_command(x86, args.python)
-                o, a = paired(cli + ["cpu-baseline", str(d)], anchor, reps, tmp, to, budget)
-                plain[shape, n] = o, a
-                if shape in rows:
-                    table.add(f"cpu-baseline DIR, {shape}", n, o, a, alabel, to,
-                              med(a) / 2.5, " (anchor/2.5)")
+                for mode in modes:
+                    if mode == "warm":
+                        prime(d)
+                    o, a = paired(cache_env[mode] + cli + ["cpu-baseline", str(d)], anchor,
+                                  reps, tmp, to, budget)
+                    plain[shape, n, mode] = o, a
+                    if shape in rows:
+                        table.add(f"cpu-baseline DIR, {shape}{MODE_LABEL[mode]}", n, o, a,
+                                  alabel, to, med(a) / 2.5, " (anchor/2.5)")
+                o, a = plain[shape, n, modes[0]]
                 if "compare" in rows:
                     if shape not in per_process:       # the same for every N
                         one = d / "host000001.xml"
@@ -451,19 +498,27 @@ def main() -> int:
             kinds = list(fixtures.values())
             x86 = skylake_file(tmp / f"x86-copies-{n}.xml", n, False)
             anchor, alabel = anchor_command(x86, args.python)
-            if ("copies", n) not in plain:
-                c = write_fleet(tmp / f"copies-{n}", n, shapes["copies"])
-                plain["copies", n] = paired(cli + ["cpu-baseline", str(c)], anchor, reps, tmp,
-                                            to, budget)
-                shutil.rmtree(c)
-                table.add("cpu-baseline DIR, copies (reference)", n, *plain["copies", n],
-                          alabel, to)
-            ref = med(plain["copies", n][0])
             d = write_fleet(tmp / f"kinds-{n}", n, lambda i: personalise(kinds[i % len(kinds)], i))
-            for opt in ("--exclude-incompatible", "--pools"):
-                o, a = paired(cli + ["cpu-baseline", opt, str(d)], anchor, reps, tmp, to, budget)
-                table.add(f"cpu-baseline {opt} DIR, {len(kinds)} kinds", n, o, a, alabel, to,
-                          2 * ref, " (2x our plain copies baseline)")
+            for mode in modes:
+                if ("copies", n, mode) not in plain:
+                    c = write_fleet(tmp / f"copies-{n}", n, shapes["copies"])
+                    if mode == "warm":
+                        prime(c)
+                    plain["copies", n, mode] = paired(
+                        cache_env[mode] + cli + ["cpu-baseline", str(c)], anchor, reps, tmp,
+                        to, budget)
+                    shutil.rmtree(c)
+                    table.add(f"cpu-baseline DIR, copies (reference){MODE_LABEL[mode]}", n,
+                              *plain["copies", n, mode], alabel, to)
+                ref = med(plain["copies", n, mode][0])
+                if mode == "warm":
+                    prime(d)
+                for opt in ("--exclude-incompatible", "--pools"):
+                    o, a = paired(cache_env[mode] + cli + ["cpu-baseline", opt, str(d)], anchor,
+                                  reps, tmp, to, budget)
+                    table.add(f"cpu-baseline {opt} DIR, {len(kinds)} kinds{MODE_LABEL[mode]}",
+                              n, o, a, alabel, to, 2 * ref,
+                              " (2x our plain copies baseline)")
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)

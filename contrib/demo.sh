@@ -54,7 +54,7 @@ echo
 say "Every \$ line runs as printed from $ROOT after these two; the demo's"
 say "files stay in $DEMO for you to try them."
 run 0 "export PATH=\"$BIN:\$PATH\""
-run 0 "export LIBVIRT_ARM_CPU_MODELS_DIR=$DEMO/models LIBVIRT_ARM_CPU_CONFIG=/dev/null"
+run 0 "export LIBVIRT_ARM_CPU_MODELS_DIR=$DEMO/models LIBVIRT_ARM_CPU_CACHE_DIR=$DEMO/cache LIBVIRT_ARM_CPU_CONFIG=/dev/null"
 
 step "1. one ID register of a Neoverse-N1, decoded"
 say "its value from contrib/examples/qemu-neoverse-n1.regs; 'decode --file' decodes the whole dump"

@@ -23,9 +23,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp="$VENV/.libvirt-arm-cpu-installed"
-if [ ! -f "$stamp" ] || [ "$ROOT/setup.cfg" -nt "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+# the stamp names the checkout the editable install points to: a virtualenv
+# shared by two checkouts (LIBVIRT_ARM_CPU_VENV) is pointed at this one again
+if [ ! -f "$stamp" ] || [ "$ROOT/setup.cfg" -nt "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] \
+   || [ "$(cat "$stamp")" != "$ROOT" ]; then
     say "installing libvirt-arm-cpu and its dependencies into $VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "$ROOT[test,libvirt]"
-    touch "$stamp"
+    printf '%s\n' "$ROOT" > "$stamp"
 fi
 say "ready: $VENV/bin/libvirt-arm-cpu"

@@ -115,3 +115,11 @@ def models_dir(tmp_path, monkeypatch, kb):
         model = replace(CpuModel.from_profile(fixture_profile(fixture), kb, label), name=label)
         (where / f"{label}.xml").write_bytes(to_xml(model, []))
     return where
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _model_cache_dir(tmp_path_factory) -> None:
+    """cpu-baseline's profile cache (formats/modelcache.py) in a folder of
+    this run's, not under /var/cache: the tests write nothing outside their
+    own folders (test_modelcache sets its own)."""
+    os.environ["LIBVIRT_ARM_CPU_CACHE_DIR"] = str(tmp_path_factory.mktemp("modelcache"))

@@ -12,12 +12,23 @@ from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu import modelstore
 from libvirt_arm_cpu.engine.baseline import BaselineResult, baseline, largest_compatible, pools
 from libvirt_arm_cpu.cli.base import Command
-from libvirt_arm_cpu.cli.hypervisor import read_baseline_inputs
-from libvirt_arm_cpu.service import model_features
+from libvirt_arm_cpu.cpuinputs import baseline_inputs
+from libvirt_arm_cpu.service import load_inputs, model_cache, model_features
 from libvirt_arm_cpu.engine.consistency import Consistency
 from libvirt_arm_cpu.formats.cpumodel import to_xml as model_to_xml
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.fileio import atomic_write
+
+
+def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="keep what each host profile gives here, by file identity, "
+                             "so an unchanged profile is not read again (default: "
+                             "LIBVIRT_ARM_CPU_CACHE_DIR, else profiles/ beside the settings' "
+                             "host profile, /var/cache/libvirt-arm-cpu/profiles; a directory "
+                             "that cannot be written means no cache)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="read every profile, neither using nor writing the cache")
 
 
 def model_data(model: CpuModel, feats: list[str]) -> dict[str, Any]:
@@ -102,6 +113,7 @@ or bad data; 2 bad usage."""
                                  "profile)")
         parser.add_argument("--save", action="store_true",
                             help="also save the model under its name in the models folder")
+        add_cache_arguments(parser)
         parser.add_argument("--output", "-o", metavar="FILE", help="write the XML to FILE")
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--exclude-incompatible", action="store_true",
@@ -113,7 +125,10 @@ or bad data; 2 bad usage."""
 
     def run(self, args: argparse.Namespace) -> int:
         kb = kb_load.registers()
-        inputs = read_baseline_inputs(args.profiles, kb, args.validate)
+        # as cli.hypervisor.read_baseline_inputs, through the profile cache
+        inputs = load_inputs(args.profiles, kb, args.validate,
+                             model_cache(kb, args.cache_dir, not args.no_cache),
+                             other=baseline_inputs, profiles=False, jobs=None)
         models = [m for _, m, _ in inputs]
         labels = [label for label, _, _ in inputs]
         if args.pools:

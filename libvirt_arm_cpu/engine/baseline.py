@@ -231,10 +231,17 @@ def baseline(models: Sequence[CpuModel], kb: KnowledgeBase, rules: RuleBook | No
         result = _baseline(_switched(models, off), kb, labels, rules, off)
         if result.ok:
             return result
-        more = _features_resolving(result.conflicts, models, off, kb)
+        more = _features_resolving(result.conflicts, _distinct(models), off, kb)
         if not more:
             return result
         off |= more
+
+
+def _distinct(models: Sequence[CpuModel]) -> list[CpuModel]:
+    """One model of each set sharing their dicts (read from identical
+    profiles): what the vCPU-feature search needs to look at once."""
+    return list({(id(m.values), id(m.writable), id(m.vcpu_effects), m.vcpu_off): m
+                 for m in models}.values())
 
 
 def _switched(models: Sequence[CpuModel], off: set[str]) -> list[CpuModel]:
@@ -385,9 +392,14 @@ MAX_EXACT_GROUPS = 12
 def _groups(models: Sequence[CpuModel]) -> list[list[int]]:
     """Input positions grouped by identical content (same CPU, kernel)."""
     seen: dict[tuple, list[int]] = {}
+    keys: dict[tuple, tuple] = {}       # models sharing their dicts share a key
     for i, m in enumerate(models):
-        key = (tuple(sorted(m.values.items())), tuple(sorted(m.writable.items())),
-               m.imp_id_writable, m.platform)
+        ident = (id(m.values), id(m.writable), m.imp_id_writable, m.platform)
+        key = keys.get(ident)
+        if key is None:
+            key = keys[ident] = (tuple(sorted(m.values.items())),
+                                 tuple(sorted(m.writable.items())), m.imp_id_writable,
+                                 m.platform)
         seen.setdefault(key, []).append(i)
     return list(seen.values())
 
