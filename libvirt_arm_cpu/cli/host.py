@@ -168,13 +168,7 @@ The reference is {DEFAULT_CACHE}{PREVIOUS_SUFFIX} by default."""
             return self._check(args)
         if args.previous or args.accept or args.kvm_only:
             raise UsageError("--previous, --accept and --kvm-only go with --check")
-        if args.profile:
-            profile = read_profile(args.profile)
-        else:
-            with or_give_a_profile("--profile FILE"):
-                profile, fresh = cached_profile(args.cache, args.emulator, args.refresh,
-                                                progress=lambda m: print(f"probe: {m}",
-                                                                         file=sys.stderr))
+        profile = _this_host(args, "--profile FILE")
         if args.json:
             print(json.dumps(to_json(profile), indent=2))
         else:
@@ -201,13 +195,7 @@ The reference is {DEFAULT_CACHE}{PREVIOUS_SUFFIX} by default."""
                     previous = read_profile(args.cache, validate_schema=False)
                 except Error:
                     previous = None     # a broken cache is probed again below
-        if args.profile:
-            current = read_profile(args.profile)
-        else:
-            with or_give_a_profile("--profile FILE --previous FILE"):
-                current, _ = cached_profile(args.cache, args.emulator, args.refresh,
-                                            progress=lambda m: print(f"probe: {m}",
-                                                                     file=sys.stderr))
+        current = _this_host(args, "--profile FILE --previous FILE")
         first = previous is None
         if previous is None:
             previous = current
@@ -226,6 +214,17 @@ The reference is {DEFAULT_CACHE}{PREVIOUS_SUFFIX} by default."""
         else:
             print(render_drift(d, reference, first, args.accept, local=not args.profile), end="")
         return d.exit_code
+
+
+def _this_host(args: argparse.Namespace, instead: str) -> HostProfile:
+    """--profile FILE, else this host's cached profile (probed again when
+    stale); *instead*: what to give on a machine that cannot probe."""
+    if args.profile:
+        return read_profile(args.profile)
+    with or_give_a_profile(instead):
+        profile, _ = cached_profile(args.cache, args.emulator, args.refresh,
+                                    progress=lambda m: print(f"probe: {m}", file=sys.stderr))
+    return profile
 
 
 def render_drift(d: drift.Drift, reference: str, first: bool, accepted: bool,
