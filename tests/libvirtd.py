@@ -20,6 +20,7 @@ For libvirt inside the arm64 KVM test bed (real KVM, libvirt 11.3), see
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import re
 import shutil
@@ -278,6 +279,31 @@ def kvm_domain_xml(name: str, extra_devices: str = "", metadata: str = "",
                        extra_devices=extra_devices, metadata=metadata,
                        qemu_commandline=qemu_commandline, memory_mib=memory_mib,
                        features=f"<gic version='{gic_version}'/>" if gic_version else "")
+
+
+def operator_job(templates: dict[str, str], guest_py: str, between: str = "",
+                 after: str = "") -> str:
+    """The job for the test bed's libvirt image that sets a host up as an
+    operator would -- `libvirt-arm-cpu host` probes it into the cache (copied
+    to /out/host.xml), `hook install` -- waits for libvirtd, runs *between*
+    (shell), then *guest_py* (Python, with the domain *templates* in
+    /tmp/templates.json), then *after*.  /out/job.rc is its exit code."""
+    cli = "python3 -m libvirt_arm_cpu.cli"
+    return f"""set -u
+{cli} host > /out/host.txt 2> /out/host.err; echo $? > /out/host.rc
+cp /var/cache/libvirt-arm-cpu/host.xml /out/host.xml
+{cli} hook install > /out/install.txt 2>&1; echo $? > /out/install.rc
+i=0; until virsh -c qemu:///system list >/dev/null 2>&1 || [ $i -ge 100 ]; do sleep 0.2; i=$((i+1)); done
+{between}
+cat > /tmp/templates.json <<'TEMPLATES_EOF'
+{json.dumps(templates)}
+TEMPLATES_EOF
+cat > /tmp/job.py <<'JOB_EOF'
+{guest_py}
+JOB_EOF
+python3 /tmp/job.py > /out/job.out 2> /out/job.err; echo $? > /out/job.rc
+{after}
+"""
 
 
 _UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE

@@ -26,7 +26,7 @@ from libvirt_arm_cpu.formats.profile import from_xml as profile_from_xml
 
 from .domains import custom_cpu
 from .idregs import PAYLOAD, parse_idregs
-from .libvirtd import kvm_domain_xml
+from .libvirtd import kvm_domain_xml, operator_job
 from .testbed import run_in_guest
 
 pytestmark = pytest.mark.kvm
@@ -168,21 +168,10 @@ def guest():
         "nofp": kvm_domain_xml("lac-test-nofp", cpu=custom_cpu(
             "__MODEL__", ("require", "SYSREG_ID_AA64PFR0_EL1_FP", "0xf"))),
     }
-    job = f"""set -u
-{CLI} host > /out/host.txt 2> /out/host.err; echo $? > /out/host.rc
-cp /var/cache/libvirt-arm-cpu/host.xml /out/host.xml
-{CLI} hook install > /out/install.txt 2>&1; echo $? > /out/install.rc
-i=0; until virsh -c qemu:///system list >/dev/null 2>&1 || [ $i -ge 100 ]; do sleep 0.2; i=$((i+1)); done
-virsh -c qemu:///system capabilities > /out/caps.xml 2>/out/caps.err
-cat > /tmp/templates.json <<'TEMPLATES_EOF'
-{json.dumps(templates)}
-TEMPLATES_EOF
-cat > /tmp/job.py <<'JOB_EOF'
-{GUEST_PY}
-JOB_EOF
-python3 /tmp/job.py > /out/job.out 2> /out/job.err; echo $? > /out/job.rc
-tail -n 60 /var/log/libvirt/libvirtd.log > /out/libvirtd.log 2>/dev/null
-"""
+    job = operator_job(
+        templates, GUEST_PY,
+        between="virsh -c qemu:///system capabilities > /out/caps.xml 2>/out/caps.err",
+        after="tail -n 60 /var/log/libvirt/libvirtd.log > /out/libvirtd.log 2>/dev/null")
     res = run_in_guest(kernel="7.3", qemu="10.0", cpu="neoverse-n1", image="libvirt",
                        script=job, timeout=600)
     assert res.files.get("job.rc") == b"0\n", (res.files.get("job.err", b"").decode()[-3000:],

@@ -23,7 +23,7 @@ from libvirt_arm_cpu.formats.profile import from_xml as profile_from_xml
 from .domains import custom_cpu
 from .idregs import PAYLOAD, platform_values
 from .kvm_hosts import FIXTURES
-from .libvirtd import kvm_domain_xml
+from .libvirtd import kvm_domain_xml, operator_job
 from .testbed import run_in_guest
 
 pytestmark = pytest.mark.kvm
@@ -79,19 +79,7 @@ def guest():
         "trim": kvm_domain_xml("lac-test-sve", kernel=PAYLOAD, cpu=(
             "<cpu mode='host-model'><feature policy='disable' name='sve512'/></cpu>")),
     }
-    job = f"""set -u
-{CLI} host > /out/host.txt 2> /out/host.err; echo $? > /out/host.rc
-cp /var/cache/libvirt-arm-cpu/host.xml /out/host.xml
-{CLI} hook install > /out/install.txt 2>&1
-i=0; until virsh -c qemu:///system list >/dev/null 2>&1 || [ $i -ge 100 ]; do sleep 0.2; i=$((i+1)); done
-cat > /tmp/templates.json <<'TEMPLATES_EOF'
-{json.dumps(templates)}
-TEMPLATES_EOF
-cat > /tmp/job.py <<'JOB_EOF'
-{GUEST_PY}
-JOB_EOF
-python3 /tmp/job.py > /out/job.out 2> /out/job.err; echo $? > /out/job.rc
-"""
+    job = operator_job(templates, GUEST_PY)
     res = run_in_guest(kernel="7.3", qemu="10.0", cpu="max", image="libvirt", script=job,
                        files={"sve256.xml": SVE256.read_bytes()}, timeout=400)
     assert res.files.get("job.rc") == b"0\n", res.files.get("job.err", b"").decode()[-3000:]
