@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["VCPU_FEATURES", "METHOD_SYSREG", "METHOD_LOADER", "METHOD_NONE", "METHODS",
            "METADATA_FORMAT", "QemuInfo", "LoaderInfo", "Platform", "PLATFORM_FIELDS", "VcpuOffValues", "CpuIdentity",
            "ProfileRegister", "Fingerprint", "HostProfile", "CpuModel", "CpuFeature",
-           "DomainCpu", "Translation", "HostCpu", "vcpu_options", "sve_length_options", "qemu_cpu_argument"]
+           "DomainCpu", "Translation", "HostCpu", "vcpu_options", "SVE_LENGTHS", "sve_length_feature", "sve_length_options",
+           "qemu_cpu_argument"]
 
 # The optional vCPU features a KVM_ARM_VCPU_INIT takes and a model can
 # switch off, by KVM's names (as in host profiles), with QEMU's -cpu option
@@ -382,6 +383,18 @@ class CpuModel:
 
 
 # -- domain -------------------------------------------------------------------
+
+# SVE vector lengths: multiples of 128 bits up to 2048 (Arm ARM, ZCR_ELx.LEN)
+SVE_LENGTHS = frozenset(range(128, 2049, 128))
+
+
+def sve_length_feature(name: str) -> int | None:
+    """The length QEMU's and libvirt's ``sveNNN`` names (``sve256`` -> 256);
+    None for any other name (``sve``, ``sve2``, ``sve2p1``: not lengths)."""
+    if name.startswith("sve") and name[3:].isdigit() and int(name[3:]) in SVE_LENGTHS:
+        return int(name[3:])
+    return None
+
 
 def sve_length_options(lengths: frozenset[int] | None) -> list[str]:
     """QEMU's -cpu options giving a guest exactly the SVE vector *lengths*

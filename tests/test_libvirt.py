@@ -25,6 +25,7 @@ import pytest
 from libvirt_arm_cpu import api
 from libvirt_arm_cpu.formats.domain import Domain
 from libvirt_arm_cpu.formats.profile import read_profile
+from libvirt_arm_cpu.model import sve_length_feature
 
 from .domains import FIXTURES, MAX73, N1_73, V1_73, custom_cpu, save_model, with_sysreg
 from .libvirtd import domain, domain_name, tcg_domain_xml, virsh, wait_state
@@ -45,7 +46,7 @@ def for_tcg(xml: str) -> str:
     assert root.find("cpu").get("mode") == "host-passthrough"
     lengths = "".join(f"<feature policy='require' name='{f.get('name')}'/>"
                       for f in root.findall("cpu/feature")
-                      if re.fullmatch(r"sve[0-9]{3,4}", f.get("name", "")))
+                      if sve_length_feature(f.get("name", "")))
     cpu = f"<cpu mode='maximum' check='none'>{lengths}</cpu>" if lengths else TCG_CPU
     text = Domain(root, "").tostring().decode()
     return re.sub(r"<cpu mode=\"host-passthrough\"[^>]*?(/>|>.*?</cpu>)", cpu, text,

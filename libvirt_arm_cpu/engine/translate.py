@@ -32,7 +32,6 @@ a host profile and the data, returns a :class:`Resolution` or raises
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -44,7 +43,7 @@ from libvirt_arm_cpu.kb.dependencies import RuleBook
 from libvirt_arm_cpu.model import METHOD_LOADER, METHOD_SYSREG, CpuFeature, DomainCpu, qemu_cpu_argument
 from libvirt_arm_cpu.errors import UsageError
 from libvirt_arm_cpu.kb.features import Feature, FeatureCatalog
-from libvirt_arm_cpu.model import HostProfile, Platform
+from libvirt_arm_cpu.model import HostProfile, Platform, sve_length_feature
 from libvirt_arm_cpu.engine.validate import (CpuMismatch, choose_method, firmware_changes,
                                              implementation_reasons, loader_environment,
                                              properties_for)
@@ -216,12 +215,8 @@ def _model(values: dict[str, int], host_model: CpuModel, host: HostProfile,
 # given that meaning, not lowered as fields (KVM refuses writes to SVE,
 # PAuth and PMUVer).  mte: the guest may have MTE (the VM capability).
 _VCPU_PROPERTY = {"sve": "sve", "pauth": "ptrauth", "pmu": "pmu"}
-# sve128 ... sve2048 (not sve2, sve2p1...: hwcaps)
-_SVE_LENGTH = re.compile(r"sve(" + "|".join(str(n) for n in range(128, 2049, 128)) + ")")
-
-
 def is_legacy_property(name: str) -> bool:
-    return name in _VCPU_PROPERTY or name == "mte" or bool(_SVE_LENGTH.fullmatch(name))
+    return name in _VCPU_PROPERTY or name == "mte" or sve_length_feature(name) is not None
 
 
 def _legacy_properties(features: list[CpuFeature], base: CpuModel, name: str,
@@ -260,7 +255,7 @@ def _legacy_properties(features: list[CpuFeature], base: CpuModel, name: str,
     elif new:
         base = base.switched_off(new)
     plat = base.platform
-    lengths = [f for f in legacy if _SVE_LENGTH.fullmatch(f.name)]
+    lengths = [f for f in legacy if sve_length_feature(f.name) is not None]
     if lengths and "sve" in base.vcpu_off:
         errors.append(f"feature {lengths[0].name}: the guest runs without SVE (its model or "
                       f"<feature policy='disable' name='sve'/>)")
@@ -271,7 +266,7 @@ def _legacy_properties(features: list[CpuFeature], base: CpuModel, name: str,
         vls = set(plat.sve_vls or ())
         # every disable first: a required length they remove is an error
         for f in sorted(lengths, key=lambda f: f.policy not in ("disable", "forbid")):
-            n = int(_SVE_LENGTH.fullmatch(f.name).group(1))      # type: ignore[union-attr]
+            n = sve_length_feature(f.name) or 0
             if f.policy in ("disable", "forbid"):
                 # KVM takes only a prefix of the host's lengths: no longer one
                 vls = {v for v in vls if v < n}

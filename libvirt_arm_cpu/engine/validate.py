@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from libvirt_arm_cpu.engine.platform import NAMES as PLATFORM_NAMES
 from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, Comparison, Reason, compare
 from libvirt_arm_cpu.engine.loader import LOADER_PATH, hidden_registers
 from libvirt_arm_cpu.engine.loader import environment as loader_env
@@ -216,7 +217,7 @@ def validate(values: dict[str, int], cpu_arguments: list[str], host: HostProfile
     if sve_lengths is not None and wanted and "sve" not in vcpu_off and sve_lengths != wanted:
         # the domain's <cpu> is what QEMU gets: edited since translate?
         c = Comparison(INCOMPATIBLE, c.reasons + [Reason(
-            "SVE vector lengths", None, "platform", None, None,
+            PLATFORM_NAMES["sve"], None, "platform", None, None,
             f"the domain's <cpu> gives the guest SVE lengths "
             f"{', '.join(map(str, sorted(sve_lengths))) or 'of the host'}, not its model's "
             f"({', '.join(map(str, sorted(wanted)))} bits): translate it again "

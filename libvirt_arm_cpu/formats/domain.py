@@ -35,7 +35,7 @@ from libvirt_arm_cpu import namespaces
 from libvirt_arm_cpu.errors import ParseError
 from libvirt_arm_cpu.kb.firmware import SETTABLE as FIRMWARE_SETTABLE
 from libvirt_arm_cpu.kb.registers import format_ids, parse_ids
-from libvirt_arm_cpu.model import (METADATA_FORMAT, METHOD_LOADER, METHOD_SYSREG, METHODS, VCPU_FEATURES, CpuFeature,
+from libvirt_arm_cpu.model import (METADATA_FORMAT, sve_length_feature, METHOD_LOADER, METHOD_SYSREG, METHODS, VCPU_FEATURES, CpuFeature,
                                    DomainCpu, Translation)
 from libvirt_arm_cpu.formats import platform as platform_xml
 from libvirt_arm_cpu.formats.kinds import element_name
@@ -364,9 +364,9 @@ class Domain:
         cpu = self.root.find("cpu")
         out = set()
         for f in cpu.findall("feature") if cpu is not None else ():
-            m = re.fullmatch(r"sve([0-9]{3,4})", f.get("name") or "")
-            if m and f.get("policy", "require") in ("require", "force"):
-                out.add(int(m.group(1)))
+            length = sve_length_feature(f.get("name") or "")
+            if length and f.get("policy", "require") in ("require", "force"):
+                out.add(length)
         return frozenset(out)
 
     @property

@@ -24,14 +24,12 @@ import re
 import xml.etree.ElementTree as ET
 
 from libvirt_arm_cpu.errors import ParseError
-from libvirt_arm_cpu.model import Platform
+from libvirt_arm_cpu.model import SVE_LENGTHS, Platform
 from libvirt_arm_cpu.xmlsafe import shown
 
 __all__ = ["to_element", "from_element", "to_json"]
 
 _YES_NO = {"yes": True, "no": False}
-# SVE vector lengths are multiples of 128 bits up to 2048 (Arm ARM: ZCR_ELx.LEN)
-_SVE_LENGTHS = frozenset(range(128, 2049, 128))
 
 
 def _yn(v: bool) -> str:
@@ -117,7 +115,7 @@ def from_element(elem: ET.Element | None, path: str, ns: str) -> Platform:
         return frozenset(int(w) for w in words)
 
     return Platform(
-        sve_vls=numbers("sve", "lengths", _SVE_LENGTHS,
+        sve_vls=numbers("sve", "lengths", SVE_LENGTHS,
                         "vector lengths in bits, multiples of 128 up to 2048"),
         ipa_bits=number("ipa", "bits", 32, 52),
         mte=flag("mte"),
