@@ -302,6 +302,10 @@ class CpuModel:
     # what a guest of the model may use beyond the ID registers (the meet of
     # its hosts' platforms, engine.platform); empty: not managed
     platform: Platform = field(default_factory=Platform)
+    # register -> fields whose value is the host's, at least the one in
+    # *values* (an architecture level's fields KVM does not let userspace
+    # lower: kb.named); resolved against a host by engine.compare.on_host
+    host_fields: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # frozen: the normal forms are set once, here
@@ -325,6 +329,9 @@ class CpuModel:
                                             for k, v in sorted(self.firmware.items()))
         if self.platform.known():
             text += ";platform=" + self.platform.text()
+        if self.host_fields:
+            text += ";host=" + ",".join(f"{r}.{f}" for r, fs in sorted(self.host_fields.items())
+                                        for f in fs)
         import hashlib
         return "arm64-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -347,7 +354,8 @@ class CpuModel:
         return CpuModel(values, self.writable, self.imp_id_writable, self.hosts,
                         self.implementations, vcpu_off=tuple(set(self.vcpu_off) | set(new)),
                         vcpu_effects=effects, firmware=dict(self.firmware),
-                        reg_list=self.reg_list, platform=self.platform.without(new))
+                        reg_list=self.reg_list, platform=self.platform.without(new),
+                        host_fields=self.host_fields)
 
     @classmethod
     def from_profile(cls, p: HostProfile, kb: KnowledgeBase, label: str | None = None,

@@ -73,12 +73,15 @@ def catalog() -> list[str]:
 
 def from_named(m: NamedModel) -> CpuModel:
     """The CpuModel of a named model's version: its values, named
-    ``<name>-v<N>``; every field may be lowered (see the module's doc)."""
+    ``<name>-v<N>``; every field may be lowered (see the module's doc).
+    An architecture level's fields that are the host's stay
+    :attr:`CpuModel.host_fields` (compare and translate resolve them on a
+    host)."""
     kb = kb_load.registers()
     values = m.values
     writable = {r: kb.register(r).field_mask for r in values}
     return CpuModel(values, writable, hosts=(m.versioned,), name=m.versioned,
-                    vcpu_off=m.vcpu_off)
+                    vcpu_off=m.vcpu_off, host_fields=m.host_fields)
 
 
 def named_model(name: str) -> NamedModel | None:

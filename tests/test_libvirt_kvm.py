@@ -59,6 +59,22 @@ def domain_file(key):
 conn = libvirt.open("qemu:///system")
 libvirt.registerErrorHandler(lambda *a: None, None)
 
+def serial_of(name):
+    """What the ID-register payload of domain *name* printed (it is done
+    at IDREGS END)."""
+    serial = f"/tmp/{name}.serial"
+    for _ in range(600):
+        try:
+            if "IDREGS END" in open(serial, errors="replace").read():
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    try:
+        return open(serial, errors="replace").read()
+    except OSError as e:
+        return f"(no serial output: {e})"
+
 # A: the host's own CPU as a saved model: define, start, dumpxml, destroy
 out["define_a"] = sh(*CLI, "define", domain_file("same"))
 out["start_a"] = sh("virsh", "-c", "qemu:///system", "start", "lac-test-same")
@@ -77,18 +93,7 @@ out["translate_b"] = sh(*CLI, "translate", domain_file("lowered"), "-o", "/tmp/l
 out["translated_b"] = open("/tmp/lowered-loader.xml").read() if out["translate_b"]["rc"] == 0 else ""
 out["define_b"] = sh("virsh", "-c", "qemu:///system", "define", "/tmp/lowered-loader.xml")
 out["start_b"] = sh("virsh", "-c", "qemu:///system", "start", "lac-test-lowered")
-serial = "/tmp/lac-test-lowered.serial"
-for _ in range(600):
-    try:
-        if "IDREGS END" in open(serial, errors="replace").read():
-            break
-    except OSError:
-        pass
-    time.sleep(0.1)
-try:
-    out["b_serial"] = open(serial, errors="replace").read()
-except OSError as e:
-    out["b_serial"] = f"(no serial output: {e})"
+out["b_serial"] = serial_of("lac-test-lowered")
 b = conn.lookupByName("lac-test-lowered")
 out["b_active"] = b.isActive()
 if b.isActive():
@@ -132,6 +137,15 @@ try:
 except libvirt.libvirtError as e:
     out["libvirt_own_compare"] = e.get_error_message()
 
+# H: a named architecture level: define translates armv8.0-a on this host,
+# virsh starts it through the loader, the payload prints what the guest reads
+out["define_h"] = sh(*CLI, "define", domain_file("level"))
+out["start_h"] = sh("virsh", "-c", "qemu:///system", "start", "lac-test-level")
+out["h_serial"] = serial_of("lac-test-level")
+h = conn.lookupByName("lac-test-level")
+if h.isActive():
+    h.destroy()
+
 # F, G: the hook's last line of defence, KVM itself (try-apply).  The cached
 # profile is edited as a host with a SYSREG-capable QEMU would have it, so
 # compare lets the domain through and the hook asks KVM.
@@ -163,6 +177,7 @@ def guest():
         "lowered": kvm_domain_xml("lac-test-lowered", kernel=PAYLOAD,
                                   cpu=custom_cpu("__MODEL__", ("disable", "asimddp"))),
         "hostmodel": kvm_domain_xml("lac-test-hostmodel", cpu="<cpu mode='host-model'/>"),
+        "level": kvm_domain_xml("lac-test-level", kernel=PAYLOAD, cpu=custom_cpu("armv8.0-a")),
         "lowered_f": kvm_domain_xml("lac-test-lowered-f",
                                     cpu=custom_cpu("__MODEL__", ("disable", "asimddp"))),
         "nofp": kvm_domain_xml("lac-test-nofp", cpu=custom_cpu(
@@ -223,6 +238,33 @@ def test_a_lowered_cpu_reaches_the_guest_through_the_loader_and_virsh_start(gues
             if seen.get(n) is not None]
     assert len(same) == 4 and all(seen[n] == host[n] for n in same), \
         {n: (hex(seen[n]), hex(host[n])) for n in same}
+
+
+def test_a_named_architecture_level_reaches_the_guest(guest):
+    """<model>armv8.0-a</model> on the emulated Neoverse-N1: what the level
+    fixes, the guest reads (no LSE, no DotProd, AArch64-only EL0); what it
+    takes from its host (FP16 in FP/AdvSIMD, RAS), the host's values."""
+    res, out = guest
+    assert out["define_h"]["rc"] == 0, out["define_h"]["err"]
+    assert out["start_h"]["rc"] == 0, out["start_h"]["err"]
+    seen = parse_idregs(out["h_serial"])
+    host = profile_from_xml(res.files["host.xml"]).values()
+    kb = kb_load.registers()
+    level = kb_load.named_models().find("armv8.0-a")
+    atomic = kb.field("ID_AA64ISAR0_EL1", "ATOMIC")
+    assert atomic.get(host["ID_AA64ISAR0_EL1"]) == 2 and atomic.get(seen["ID_AA64ISAR0_EL1"]) == 0
+    checked = 0
+    for name, value in level.values.items():
+        if name not in seen:
+            continue
+        taken = level.host_fields.get(name, ())
+        for f in kb.register(name).fields:
+            want = f.get(host[name]) if f.name in taken else f.get(value)
+            assert f.get(seen[name]) == want, (f"{name}.{f.name}", hex(seen[name]))
+            checked += 1
+    assert checked > 100
+    fp = kb.field("ID_AA64PFR0_EL1", "FP")
+    assert fp.get(seen["ID_AA64PFR0_EL1"]) == fp.get(host["ID_AA64PFR0_EL1"]) == 1
 
 
 def test_a_domain_translated_for_another_method_is_refused_saying_what_to_do(guest):

@@ -21,7 +21,10 @@ class CpuModelsCommand(Command):
     description = """\
 List the named CPU models, each version a fixed set of ID register values
 that never changes once released (xml/models.xml): cores (neoverse-v1,
-cortex-a72, a64fx...) as a KVM guest of that core reads them.  A domain's
+cortex-a72, a64fx...) as a KVM guest of that core reads them, and Arm
+architecture levels (armv8.0-a ... armv9.6-a), which take from the host
+the fields KVM does not let userspace lower, each at least the level's
+value (--json lists them as host_fields).  A domain's
 <cpu mode='custom'><model> takes a name: 'neoverse-v1-v1' (that version),
 or 'neoverse-v1' (the latest version, resolved when the domain is
 translated).  Saved models (cpu-baseline --save) of the same name come first.
@@ -35,6 +38,7 @@ examples:
   libvirt-arm-cpu cpu-models
   libvirt-arm-cpu cpu-models --all-versions
   libvirt-arm-cpu cpu-models --host tests/data/hosts/neoverse-n1-qemu7.2-linux7.3.xml
+  libvirt-arm-cpu cpu-models --json armv8.2-a     # what the level takes from its host
   libvirt-arm-cpu cpu-models --host - --json < host.xml
 
 exit codes: 0 listed; 1 bad data; 2 bad usage."""
@@ -89,6 +93,8 @@ exit codes: 0 listed; 1 bad data; 2 bad usage."""
                          "digest": m.digest}
             if m.vcpu_off:
                 row["vcpu_off"] = list(m.vcpu_off)
+            if m.host_fields:
+                row["host_fields"] = [f"{r}.{f}" for r, fs in m.host_fields.items() for f in fs]
             if host is not None:
                 c = compare(modelstore.from_named(m), host, kb, check_qemu=not args.kvm_only)
                 row["usable"] = c.result != INCOMPATIBLE

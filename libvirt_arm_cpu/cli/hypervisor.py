@@ -293,6 +293,11 @@ or bad data; 2 bad usage."""
         if args.model:
             inputs: list[tuple[str, CpuModel, HostProfile | None]] = [
                 (args.model, find_model(args.model), None)]
+            taken = [f"{r}.{f}" for r, fs in inputs[0][1].host_fields.items() for f in fs]
+            if taken:
+                raise UsageError(f"CPU model {args.model} takes {len(taken)} fields from the "
+                                 f"host it runs on ({', '.join(taken[:3])}...), so it has no "
+                                 f"baseline of its own: compare or translate it for a host")
         else:
             inputs = read_baseline_inputs(paths, kb)
         labels = [label for label, _, _ in inputs]

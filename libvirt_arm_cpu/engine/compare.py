@@ -72,6 +72,29 @@ class Comparison:
                             for r in self.reasons]}
 
 
+def on_host(model: CpuModel, host: HostProfile, kb: KnowledgeBase) -> CpuModel:
+    """*model* as it is on *host*: each field it takes from the host
+    (:attr:`CpuModel.host_fields`) has the host's value where that is at
+    least the model's; below it keeps the model's, which compare then
+    refuses by KVM's own rules.  A model without such fields is itself."""
+    if not model.host_fields:
+        return model
+    switch = [f for f in model.vcpu_off if f in host.vcpu_features and host.can_switch_off(f)]
+    have = host.values(switch)
+    values = dict(model.values)
+    for name, fields in model.host_fields.items():
+        if name not in have or name not in values:
+            continue
+        value = values[name]
+        for fname in fields:
+            f = kb.field(name, fname)
+            h = f.get(have[name])
+            if f.order(h) >= f.order(f.get(value)):
+                value = f.put(value, h)
+        values[name] = value
+    return dataclasses.replace(model, values=values, host_fields={})
+
+
 def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
             check_qemu: bool = True, *, qemu_writes: bool = False,
             gic_version: int | None = None) -> Comparison:
@@ -86,6 +109,7 @@ def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
         never enables it.
     :param gic_version: the GIC the guest has (its domain's), when known.
     """
+    model = on_host(model, host, kb)
     host_regs = {r.name: r for r in host.registers}
     cap239 = host.capability("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS") > 0 and not qemu_writes
     if qemu_writes:

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, Comparison, compare
+from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, Comparison, compare, on_host
 from libvirt_arm_cpu.engine.consistency import (Lowering, Unresolved, falsify, feature_condition,
                                                 make_consistent)
 from libvirt_arm_cpu.model import CpuModel
@@ -101,7 +101,7 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
         if not cpu.model:
             raise UsageError("<cpu mode='custom'> has no <model>: name a saved CPU model "
                              "(libvirt-arm-cpu cpu-baseline --save)")
-        base, name = find_model(cpu.model), cpu.model
+        base, name = on_host(find_model(cpu.model), host, kb), cpu.model
     elif not cpu.mode:
         raise UsageError("the domain's <cpu> has neither a mode nor a <model>: nothing to "
                          "translate")
@@ -130,20 +130,20 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
         f = catalog.feature(feat.name)
         if f.condition is None:
             raise UsageError(f"feature {feat.name}: {f.requires()}")
-        on_host = f.holds(have, catalog) is True
+        host_has = f.holds(have, catalog) is True
         if feat.policy in ("require", "force"):
-            if not on_host:
+            if not host_has:
                 errors.append(f"feature {f.key} ({f.requires()}): policy '{feat.policy}', "
                               f"but the host CPU does not have it")
                 continue
             _enable(values, f, have, catalog)
             wanted.append(f)
         elif feat.policy == "optional":
-            if on_host:
+            if host_has:
                 _enable(values, f, have, catalog)
             elif _disable(values, f, catalog, kb):
                 notes.append(f"optional feature {f.key} left out: the host CPU lacks it")
-        elif feat.policy == "forbid" and on_host:
+        elif feat.policy == "forbid" and host_has:
             errors.append(f"feature {f.key}: policy 'forbid', but the host CPU has it")
         elif not _disable(values, f, catalog, kb):
             errors.append(f"feature {f.key} ({f.requires()}): cannot be removed by lowering "

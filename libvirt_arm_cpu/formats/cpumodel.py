@@ -54,7 +54,15 @@ def _q(tag: str) -> str:
 
 
 def to_xml(model: CpuModel, features: list[str]) -> bytes:
-    """libvirt's <cpu> with the model's exact values in our namespace."""
+    """libvirt's <cpu> with the model's exact values in our namespace.
+
+    :raise UsageError: the model takes fields from its host (an
+        architecture level): it has no exact values to write.
+    """
+    if model.host_fields:
+        from libvirt_arm_cpu.errors import UsageError
+        raise UsageError(f"CPU model {model.name} takes fields from the host it runs on, so "
+                         f"it cannot be written as exact values: translate it for a host")
     ET.register_namespace("arm", NAMESPACE)
     cpu = ET.Element("cpu", {"mode": "custom", "match": "exact"})
     ET.SubElement(cpu, "model", {"fallback": "forbid"}).text = model.name

@@ -14,7 +14,8 @@ takes a JSON template on ``PUT /cpu-config``; on aarch64:
 The template sets the fields the model may change (those every host it
 was made from lets userspace write, as :func:`libvirt_arm_cpu.engine.compare.
 compare` lowers them) to the model's values and keeps every other bit as
-the host has it, as Firecracker's own static V1N1 template does; a host
+the host has it, as Firecracker's own static V1N1 template does (so do the
+fields an architecture level takes from its host); a host
 whose other fields differ from the model cannot run it, which
 ``cpu-compare MODEL PROFILE --kvm-only`` (or ``export firecracker MODEL
 --profile PROFILE``) tells before.  vCPU features the model runs with off
@@ -61,14 +62,20 @@ def template(model: CpuModel, kb: KnowledgeBase) -> tuple[dict[str, Any], list[s
                              f"239 on every host of the model")
             continue
         mask = 0
+        hosts = model.host_fields.get(reg.name, ())
         for f in reg.fields:
-            if (writable & f.mask) == f.mask:
+            if (writable & f.mask) == f.mask and f.name not in hosts:
                 mask |= f.mask
         if not reg.fields and reg.kind == "implementation-id":
             mask = writable
         if mask:
             modifiers.append({"addr": f"{reg.kvm_id:#018x}",
                               "bitmap": bitmap(model.values[reg.name], mask)})
+    if model.host_fields:
+        notes.append("the fields the model takes from its host are kept as the host has them "
+                     "(x): " + " ".join(f"{r}.{f}" for r, fs in sorted(model.host_fields.items())
+                                        for f in fs) + "; a host with less than the model "
+                     "there cannot run it (export firecracker MODEL --profile PROFILE checks)")
     out: dict[str, Any] = {}
     off = 0
     for feature in model.vcpu_off:

@@ -267,7 +267,8 @@ def load_named(path: str) -> NamedModels:
     for m in root.findall(_NS + "model"):
         for v in m.findall(_NS + "version"):
             regs = tuple(RegisterOrigin(r.get("name", ""), _int(r, "value", path),
-                                        r.get("origin", ""), r.get("fields", ""))
+                                        r.get("origin", ""), r.get("fields", ""),
+                                        r.get("host", ""))
                          for r in v.findall(_NS + "register"))
             models.append(NamedModel(
                 m.get("name", ""), _int(v, "number", path), m.get("kind", ""),

@@ -24,8 +24,11 @@ its SHA-256):
 * ``architecture``: an Arm architecture level, from ``arch_profiles.json``
   (LLVM's model of each level): every field at the lowest value that gives
   the level's features (``features.xml``), on :data:`ARCH_BASE`, the fields
-  a guest needs whatever the level; no AArch32; PAuth off.  Not released
-  yet (:data:`ARCH_LEVELS_RELEASED`): see the note there.
+  a guest needs whatever the level; no AArch32; PAuth off, and SVE off
+  below the levels that have it.  The fields KVM does not let userspace
+  lower (``kvm_writable.json``) are the host's, each at least the level's
+  value (:func:`kvm_unwritable`, the ``host`` fields of a register): a
+  level fixes what it can and is explicit about what it cannot.
 
 The generator is :func:`generate` (``python -m libvirt_arm_cpu.kb.named``;
 ``python -m libvirt_arm_cpu.kb.gen`` runs it too).  The reader is
@@ -50,18 +53,24 @@ if TYPE_CHECKING:
 __all__ = ["FORMAT", "CORE", "ARCHITECTURE", "NamedModel", "NamedModels", "digest_of",
            "split_version", "generate", "main"]
 
-FORMAT = 1                      # the models.xml format this version reads and writes
+FORMAT = 2                      # the models.xml format this version reads and writes
+# 2: a register may name fields taken from the host (an older reader would
+# take their least values as exact)
 CORE, ARCHITECTURE = "core", "architecture"
 OUTPUT = "models.xml"
 
 
-def digest_of(values: dict[str, int], vcpu_off: tuple[str, ...] = ()) -> str:
+def digest_of(values: dict[str, int], vcpu_off: tuple[str, ...] = (),
+              host_fields: dict[str, tuple[str, ...]] | None = None) -> str:
     """The SHA-256 of a version's values (and the vCPU features it runs
-    with off): what must never change."""
+    with off, and the fields it takes from the host): what must never change."""
     import hashlib
     text = ";".join(f"{name}=0x{value:016x}" for name, value in sorted(values.items()))
     if vcpu_off:
         text += ";vcpu-off=" + ",".join(sorted(vcpu_off))
+    if host_fields:     # appended only then: the core models keep their digests
+        text += ";host=" + ",".join(f"{r}.{f}" for r, fs in sorted(host_fields.items())
+                                    for f in sorted(fs))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -71,6 +80,9 @@ class RegisterOrigin:
     value: int
     origin: str                 # data, guest-view, absent, derived, level, base
     fields: str = ""            # the fields guest-view/level/base set (space-separated)
+    # fields whose value is the host's, at least the one in *value* (a
+    # level's fields KVM does not let userspace lower: see ARCH_HOST_FIELDS)
+    host: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,12 @@ class NamedModel:
     @property
     def values(self) -> dict[str, int]:
         return {r.register: r.value for r in self.registers}
+
+    @property
+    def host_fields(self) -> dict[str, tuple[str, ...]]:
+        """register -> the fields a guest of the model reads from its host
+        (each at least the model's value there)."""
+        return {r.register: tuple(r.host.split()) for r in self.registers if r.host}
 
 
 @dataclass
@@ -224,11 +242,34 @@ def _clidr_for(ctr: int) -> int:
 
 # (register, field) -> value every architecture-level model has, and why:
 # what a guest needs whatever the level, chosen to run on every core of the
-# data that has the level.
+# data that has the level.  A level feature needing more of one of these
+# fields is left out, as one KVM does not give guests is.
 ARCH_BASE: dict[tuple[str, str], tuple[int, str]] = {
     ("ID_AA64PFR0_EL1", "EL0"): (1, "AArch64 only"),
     ("ID_AA64PFR0_EL1", "EL1"): (1, "AArch64 only"),
     ("ID_AA64PFR0_EL1", "GIC"): (1, "a GICv3 vGIC"),
+    ("ID_AA64PFR0_EL1", "SEL2"): (0, "a KVM guest has no Secure state (no EL3), so Secure EL2 "
+                                     "is not its to use; KVM lets the field be lowered"),
+}
+# Features LLVM's model puts in a level earlier than the Arm architecture
+# does: (feature) -> (the first level that has it, why).  LLVM's one "ras"
+# extension record names FEAT_RAS and FEAT_RASv1p1 together
+# (AArch64Features.td), so arch_profiles.json lists FEAT_RASv1p1 from
+# Armv8.2; the Arm ARM (DDI 0487, A2: the feature lists of each extension)
+# makes it OPTIONAL in Armv8.2 and mandatory from Armv8.4 (Neoverse N1, an
+# Armv8.2 core, has RAS 1 and RAS_frac 0).
+ARCH_FEATURE_FROM: dict[str, tuple[str, str]] = {
+    "FEAT_RASv1p1": ("v8.4a", "OPTIONAL in Armv8.2, mandatory from Armv8.4 (Arm ARM DDI "
+                              "0487, A2); LLVM's 'ras' record names it with FEAT_RAS"),
+}
+# Features the data tells by part of what they are: (feature) -> (the
+# feature of the catalog that tells the rest, why).  The data gives
+# FEAT_I8MM as ID_AA64ZFR0_EL1.I8MM only (arm_spec_via_lelegard in
+# feat_map.json), its SVE instructions; its AdvSIMD ones are Linux's hwcap
+# i8mm, ID_AA64ISAR1_EL1.I8MM (hwcaps.json), which a level without SVE needs.
+ARCH_FEATURE_ALSO: dict[str, tuple[str, str]] = {
+    "FEAT_I8MM": ("i8mm", "its AdvSIMD instructions (hwcap i8mm, ID_AA64ISAR1_EL1.I8MM); "
+                          "the data tells it by ID_AA64ZFR0_EL1.I8MM, its SVE ones"),
 }
 # Registers an architecture level does not fix: their fields are the
 # implementation's sizes (physical address size, ASID bits, granules,
@@ -237,16 +278,23 @@ ARCH_BASE: dict[tuple[str, str], tuple[int, str]] = {
 ARCH_HOST_REGISTERS = ("ID_AA64MMFR0_EL1", "ID_AA64DFR0_EL1")
 # vCPU features an architecture-level guest runs with off: the PAuth
 # algorithm (APA/API/APA3) is the implementation's choice and KVM does not
-# let it change, so no level can fix it.
+# let it change, so no level can fix it.  A level without FEAT_SVE also
+# runs with SVE off (ID_AA64PFR0_EL1.SVE follows the vCPU feature only).
 ARCH_VCPU_OFF = ("ptrauth",)
 ARCH_OFF_FIELDS = {("ID_AA64ISAR1_EL1", n) for n in ("APA", "API", "GPA", "GPI")} | \
     {("ID_AA64ISAR2_EL1", n) for n in ("APA3", "GPA3", "PAC_frac")}
-# Not released yet: the levels built here do not yet run on the test bed's
-# cores of each level (FP/AdvSIMD for FEAT_FP16, MMFR1.XNX/VMIDBits and
-# MMFR2.EVT/FWB/IDS, which KVM does not let change, must be left to the
-# host or set per level; RAS and RAS_frac; SVE needs vcpu-off sve below
-# v9).  A released version never changes, so none is written until they do.
-ARCH_LEVELS_RELEASED = False
+# Fields of a level that are its host's (ARCH_HOST_FIELDS): those some
+# kernel of kvm_writable.json (Linux arch/arm64/kvm/sys_regs.c, 6.12 to
+# 2026) does not let userspace write, or whose KVM rule refuses the level's
+# value on a host that has more (FP/AdvSIMD with FP16, MMFR1.XNX/VH/VMIDBits,
+# MMFR2.EVT/FWB/IDS, RAS, SVE, ...).  Each keeps the level's value as its
+# least: a host with less cannot run the level, one with more gives its own
+# value, which translate writes into the domain, so a guest still never
+# migrates to a host that differs there.  Fixed per version at generation.
+KVM_WRITABLE = "kvm_writable.json"
+# GUEST_VIEW fields only newer kernels fix: older ones show the host's and
+# do not let it change, so a level takes them from the host
+ARCH_HOST_BEFORE = {("ID_AA64MMFR2_EL1", "NV")}
 ARCH_REGISTERS = ("ID_AA64PFR0_EL1", "ID_AA64PFR1_EL1", "ID_AA64PFR2_EL1", "ID_AA64ZFR0_EL1",
                   "ID_AA64SMFR0_EL1", "ID_AA64FPFR0_EL1", "ID_AA64DFR1_EL1",
                   "ID_AA64AFR0_EL1", "ID_AA64AFR1_EL1", "ID_AA64ISAR0_EL1", "ID_AA64ISAR1_EL1",
@@ -260,15 +308,44 @@ def _arch_name(key: str) -> str:
     return f"armv{ver if '.' in ver else ver + '.0'}-a"
 
 
-def _least(cond: Condition, catalog: FeatureCatalog, into: dict[Field, int], seen: set[str]) -> bool:
+def _level(key: str) -> tuple[int, int]:
+    """arch_profiles.json's ``v8.2a`` -> (8, 2); ``v9a`` -> (9, 0)."""
+    major, _, minor = key[1:-1].partition(".")
+    return int(major), int(minor or 0)
+
+
+def _has_level(key: str, first: str) -> bool:
+    """Does level *key* include what level *first* added?  (Armv9.N-A
+    includes Armv8.(N+5)-A: the data's own note.)"""
+    (km, kn), (fm, fn) = _level(key), _level(first)
+    if fm == 8:
+        return kn + (5 if km == 9 else 0) >= fn
+    return km == 9 and kn >= fn
+
+
+def _fixed(f: Field) -> int | None:
+    """The most a level may give field *f* (in field order), where a KVM
+    guest or every level fixes it; None where it is free."""
+    key = (f.register, f.name)
+    for table in (GUEST_VIEW, GUEST_CAP, ARCH_BASE):
+        if key in table:
+            return f.order(table[key][0])
+    return None
+
+
+def _least(cond: Condition, catalog: FeatureCatalog, into: dict[Field, int], seen: set[str],
+           sve: bool = True) -> bool:
     """Raise the fields in *into* to the least values that satisfy *cond*
-    (an ``any`` takes its first term); False if it reads a field
-    :data:`GUEST_VIEW` fixes otherwise (a feature a guest cannot have)."""
+    (an ``any`` takes its first term); False if it needs more of a field a
+    KVM guest or every level fixes lower (a feature a guest cannot have),
+    or, without *sve*, any of ID_AA64ZFR0_EL1 (zero with SVE off)."""
     from libvirt_arm_cpu.kb.features import FeatureRef, FieldCondition, Group
     if isinstance(cond, FieldCondition):
         f = cond.field
-        fixed = GUEST_VIEW.get((f.register, f.name))
-        if fixed is not None and f.order(fixed[0]) < cond.lo:
+        most = _fixed(f)
+        if most is not None and most < cond.lo:
+            return False
+        if not sve and f.register == "ID_AA64ZFR0_EL1":
             return False
         if f.register not in ARCH_REGISTERS or (f.register, f.name) in ARCH_OFF_FIELDS:
             return False
@@ -276,14 +353,53 @@ def _least(cond: Condition, catalog: FeatureCatalog, into: dict[Field, int], see
         return True
     if isinstance(cond, Group):
         terms = cond.terms if cond.op == "all" else cond.terms[:1]
-        return all(_least(t, catalog, into, seen) for t in terms)
+        return all(_least(t, catalog, into, seen, sve) for t in terms)
     if isinstance(cond, FeatureRef):
         if cond.name in seen:
             return True
         seen.add(cond.name)
         ref = catalog.feature(cond.name).condition
-        return ref is None or _least(ref, catalog, into, seen)
+        return ref is None or _least(ref, catalog, into, seen, sve)
     return False
+
+
+# kvm_writable.json's kinds of a register a guest reads as zero whatever
+# its host (RAZ): nothing of the host's to take
+_RAZ_KINDS = ("ID_HIDDEN", "ID_UNALLOCATED")
+
+
+def kvm_unwritable(data: dict, kb: KnowledgeBase) -> tuple[set[tuple[str, str]],
+                                                         set[tuple[str, str]]]:
+    """Two sets of (register, field)s of :data:`ARCH_REGISTERS`, from
+    kvm_writable.json: those some kernel does not let userspace write (a
+    register a kernel does not list counts as not writable), and those a
+    guest reads as 0 whatever its host (of a register every kernel hides,
+    or a field cpufeature.c does not describe in a register it does:
+    read_sanitised_ftr_reg()), which a level can fix at 0."""
+    unwritable, zero = set(), set()
+    for name in ARCH_REGISTERS:
+        register = kb.register(name)
+        described = any(f.safe is not None for f in register.fields)
+        entries = [v["registers"].get(name, {}) for v in data["versions"]]
+        hidden = all(e.get("kind") in _RAZ_KINDS for e in entries)
+        for f in register.fields:
+            if hidden or (described and f.safe is None):
+                zero.add((name, f.name))
+            elif any(f.mask & ~int(e.get("writable_mask") or "0", 16) for e in entries):
+                unwritable.add((name, f.name))
+    return unwritable, zero
+
+
+def _lowerable(f: Field, value: int) -> bool:
+    """Does KVM's rule for field *f* (its cpufeature.c policy) let userspace
+    set *value* on every host that has more?  The per-host form of the
+    rule is engine.rules.field_accepts; here only its policy matters."""
+    from libvirt_arm_cpu.kb.registers import ANY, EXACT, HIGHER_OR_ZERO_SAFE, LOWER_SAFE
+    if f.kvm_min is not None and value < f.kvm_min and not (value == 0 and f.kvm_zero_ok):
+        return False
+    policy = f.effective_policy
+    return (policy in (LOWER_SAFE, ANY) or (policy == HIGHER_OR_ZERO_SAFE and value == 0)
+            or (policy == EXACT and value == f.safe))
 
 
 # -- generation ---------------------------------------------------------------------
@@ -386,14 +502,21 @@ def _aarch32(out: list[RegisterOrigin], regs: dict[str, int], file: str, kb: Kno
     return out, notes
 
 
-def _arch_model(key: str, entry: dict, catalog: FeatureCatalog, kb: KnowledgeBase
-                ) -> tuple[list[RegisterOrigin], list[str]]:
+def _arch_model(key: str, entry: dict, catalog: FeatureCatalog, kb: KnowledgeBase,
+                kvm: tuple[set[tuple[str, str]], set[tuple[str, str]]], kvm_source: str
+                ) -> tuple[list[RegisterOrigin], list[str], tuple[str, ...]]:
+    """A level's registers, notes and the vCPU features it runs with off."""
     feats = sorted({f for f in (*entry.get("cumulative_implied_FEAT", []),
                                 *entry.get("cumulative_default_FEAT", []))
                     if f.startswith("FEAT_")})
+    later = [f for f in feats if f in ARCH_FEATURE_FROM
+             and not _has_level(key, ARCH_FEATURE_FROM[f][0])]
+    feats = [f for f in feats if f not in later]
     least: dict[Field, int] = {}
     missing, guestless = [], []
-    for name in feats:
+    has_sve = "FEAT_SVE" in feats
+    also = [ARCH_FEATURE_ALSO[f][0] for f in feats if f in ARCH_FEATURE_ALSO]
+    for name in [*feats, *also]:
         try:
             feat = catalog.feature(name)
         except Exception:       # UnknownName: no ID register field tells it
@@ -403,17 +526,24 @@ def _arch_model(key: str, entry: dict, catalog: FeatureCatalog, kb: KnowledgeBas
             missing.append(name)
             continue
         trial = dict(least)
-        if _least(feat.condition, catalog, trial, set()):
+        if _least(feat.condition, catalog, trial, set(), has_sve):
             least = trial
         else:
             guestless.append(name)
     for (reg, fname), (value, _why) in ARCH_BASE.items():
         f = kb.field(reg, fname)
         least[f] = max(least.get(f, f.order(value)), f.order(value))
+    sve = kb.field("ID_AA64PFR0_EL1", "SVE")
+    off = ARCH_VCPU_OFF if least.get(sve, 0) > 0 else tuple(sorted((*ARCH_VCPU_OFF, "sve")))
+    unwritable, zero = kvm
+    exact = {*GUEST_VIEW, *GUEST_CAP, *ARCH_BASE, *ARCH_OFF_FIELDS, *zero} - ARCH_HOST_BEFORE
+    if "sve" in off:
+        exact.add((sve.register, sve.name))
     out = []
+    taken = []
     for reg_name in ARCH_REGISTERS:
         register = kb.register(reg_name)
-        value, origin, set_fields = 0, "level", []
+        value, origin, set_fields, host = 0, "level", [], []
         for r in register.reserved:
             if r.kind == "res1":
                 value |= r.mask
@@ -421,16 +551,30 @@ def _arch_model(key: str, entry: dict, catalog: FeatureCatalog, kb: KnowledgeBas
             if f in least:
                 value = f.put(value, f.from_order(least[f]))
                 set_fields.append(f.name)
+            if (reg_name, f.name) not in exact and (
+                    (reg_name, f.name) in unwritable or not _lowerable(f, f.get(value))):
+                host.append(f.name)
+        taken += [f"{reg_name}.{n}" for n in host]
         out.append(RegisterOrigin(reg_name, value, origin if set_fields else "absent",
-                                  " ".join(set_fields)))
+                                  " ".join(set_fields), " ".join(host)))
     notes = [f"features of the level ({len(feats)}): {' '.join(feats)}"]
+    if later:
+        notes.append("in LLVM's model of the level but later in the Arm architecture, so left "
+                     "out: " + "; ".join(f"{f} ({ARCH_FEATURE_FROM[f][1]})" for f in later))
+    if also:
+        notes.append("with them: " + "; ".join(f"{ARCH_FEATURE_ALSO[f][0]} for {f} "
+                                               f"({ARCH_FEATURE_ALSO[f][1]})"
+                                               for f in feats if f in ARCH_FEATURE_ALSO))
     if missing:
         notes.append(f"not told by ID registers, so not in the values: {' '.join(missing)}")
     if guestless:
-        notes.append(f"not given to KVM guests, or not fixed by a level (PAuth: the "
-                     f"algorithm is the implementation's), so left out: {' '.join(guestless)}")
+        notes.append(f"not given to KVM guests, not fixed by a level (PAuth: the "
+                     f"algorithm is the implementation's), or SVE's in a level without SVE, "
+                     f"so left out: {' '.join(guestless)}")
     notes.append(f"{', '.join(ARCH_HOST_REGISTERS)}: the host's (implementation sizes)")
-    return out, notes
+    notes.append(f"the host's, at least the level's value (KVM does not let userspace lower "
+                 f"them on every kernel of {kvm_source}): {' '.join(taken)}")
+    return out, notes, off
 
 
 Found = tuple[str, str, str, str, list[RegisterOrigin], list[str], tuple[str, ...]]
@@ -450,11 +594,14 @@ def _compute(data_dir: Path, kb: KnowledgeBase, catalog: FeatureCatalog
     arch = json.loads(raw)
     sources.append(Source("arch", arch["source"], "arch_profiles.json",
                           hashlib.sha256(raw).hexdigest()))
-    for key, entry in arch["architectures"].items() if ARCH_LEVELS_RELEASED else ():
-        regs, notes = _arch_model(key, entry, catalog, kb)
+    raw = (data_dir / KVM_WRITABLE).read_bytes()
+    kvm = kvm_unwritable(json.loads(raw), kb)
+    cited = f"{KVM_WRITABLE}, sha256 {hashlib.sha256(raw).hexdigest()[:16]}"
+    for key, entry in arch["architectures"].items():
+        regs, notes, off = _arch_model(key, entry, catalog, kb, kvm, cited)
         name = _arch_name(key)
         found.append((name, ARCHITECTURE, f"Arm{name[3:].replace('-a', '-A')} (LLVM's model "
-                      f"of the level)", "arch", regs, notes, ARCH_VCPU_OFF))
+                      f"of the level)", "arch", regs, notes, off))
     cores: dict[str, Path] = {}
     for path in sorted((data_dir / "cpus").glob("*.json")):
         prefix, _, core = path.stem.partition("-")
@@ -487,7 +634,8 @@ def merge(history: NamedModels | None,
     today = {s.id: s for s in sources}
     for name, kind, title, sid, regs, notes, off in found:
         values = {r.register: r.value for r in regs}
-        digest = digest_of(values, off)
+        digest = digest_of(values, off, {r.register: tuple(r.host.split()) for r in regs
+                                         if r.host})
         have = [m for m in models if m.name == name]
         latest = max(have, key=lambda m: m.version) if have else None
         if latest is not None and latest.digest == digest:
@@ -540,6 +688,8 @@ def serialize(ms: NamedModels) -> bytes:
                 attrs = {"name": r.register, "value": f"0x{r.value:016x}", "origin": r.origin}
                 if r.fields:
                     attrs["fields"] = r.fields
+                if r.host:
+                    attrs["host"] = r.host
                 ET.SubElement(ve, _q("register"), attrs)
     ET.indent(root, space="  ")
     return (b"<?xml version='1.0' encoding='UTF-8'?>\n"
