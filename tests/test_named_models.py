@@ -357,3 +357,29 @@ def test_cpu_models_lists_levels_and_judges_them_on_a_host(capsys):
     out = capsys.readouterr().out
     assert "armv8.2-a-v1  yes" in out
     assert "armv8.3-a-v1  no" in out and "ID_AA64ISAR1_EL1.JSCVT: needs 1, host has 0" in out
+
+
+def test_a_named_model_gives_the_guest_the_hosts_platform_and_records_it(tmp_path, capsys):
+    """A named model fixes no SVE vector lengths (nor the rest of what a
+    guest has beyond its ID registers): translating it records the host's,
+    so a guest is not moved to a host with fewer; sveNNN policies work on
+    them as on a baseline's."""
+    from .domains import MAX73, custom_cpu, domain_xml, with_sysreg
+    big = with_sysreg(MAX73, tmp_path / "max.xml")
+    small = with_sysreg(HOSTS / "max-sve256-qemu10.0-linux7.3.xml", tmp_path / "sve256.xml")
+    dom = tmp_path / "guest.xml"
+    dom.write_text(domain_xml(cpu=custom_cpu("armv9.0-a", topology=False)))
+    out = tmp_path / "translated.xml"
+    assert main(["translate", str(dom), "--host", str(big), "-o", str(out)]) == 0, \
+        capsys.readouterr().err
+    assert 'name="sve2048"' in out.read_text()
+    assert main(["validate", str(out), "--host", str(big)]) == 0
+    assert main(["validate", str(out), "--host", str(small)]) == 1
+    assert "SVE" in capsys.readouterr().out
+    dom.write_text(domain_xml(cpu=custom_cpu("armv9.0-a", ("disable", "sve512"),
+                                             topology=False)))
+    assert main(["translate", str(dom), "--host", str(big), "-o", str(out)]) == 0
+    import xml.etree.ElementTree as ET
+    required = {f.get("name") for f in ET.parse(out).getroot().findall("cpu/feature")
+                if f.get("policy") == "require"}
+    assert "sve384" in required and "sve512" not in required

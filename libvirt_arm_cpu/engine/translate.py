@@ -102,6 +102,12 @@ def resolve(cpu: DomainCpu, host: HostProfile, kb: KnowledgeBase, catalog: Featu
             raise UsageError("<cpu mode='custom'> has no <model>: name a saved CPU model "
                              "(libvirt-arm-cpu cpu-baseline --save)")
         base, name = on_host(find_model(cpu.model), host, kb), cpu.model
+        if not base.platform.known():
+            # a model that does not fix what a guest has beyond its ID
+            # registers (a named model, or one saved before those were
+            # recorded) gives it this host's: the translation records them,
+            # so the hook judges them where the guest starts or migrates
+            base = replace(base, platform=host.platform.without(base.vcpu_off))
     elif not cpu.mode:
         raise UsageError("the domain's <cpu> has neither a mode nor a <model>: nothing to "
                          "translate")
