@@ -22,11 +22,15 @@ It never calls back into libvirt (that deadlocks).  Settings:
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
-from collections.abc import Sequence
 
 from libvirt_arm_cpu.errors import Error
+
+TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["run", "CHECKED"]
 
@@ -65,6 +69,20 @@ def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
     name, op, subop = argv[0], argv[1], argv[2]
     if (op, subop) not in CHECKED:
         return 0
+    # No cyclic garbage collection while the hook runs: importing the engine
+    # and building the profile make tens of thousands of objects, and the
+    # collector passes over them all several times (milliseconds of a run
+    # that lasts tens of them, and leaves nothing behind)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(name, op, data, out, err)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _run(name: str, op: str, data: bytes, out, err) -> int:
     from libvirt_arm_cpu import settings as settings_mod
     try:
         conf = settings_mod.load()

@@ -57,8 +57,14 @@ METADATA_FORMAT = 2
 
 # -- host profile -------------------------------------------------------------
 
+# Every value type has a docstring: dataclasses makes one for a class without
+# it from inspect.signature, which costs each libvirt hook run that imports
+# these types a fraction of a millisecond a class.
+
 @dataclass(frozen=True)
 class QemuInfo:
+    """The QEMU a host runs guests with, as the probe found it."""
+
     status: str                      # found, missing, error
     path: str | None = None
     version: str | None = None
@@ -89,6 +95,8 @@ class VcpuOffValues:
 
 @dataclass(frozen=True)
 class CpuIdentity:
+    """One host CPU's identity registers (None: not readable)."""
+
     cpu: int
     midr: int | None
     revidr: int | None
@@ -96,6 +104,9 @@ class CpuIdentity:
 
 @dataclass(frozen=True)
 class ProfileRegister:
+    """One ID register of a host profile: its value and what KVM lets
+    userspace change."""
+
     name: str
     encoding: tuple[int, int, int, int, int]
     kvm_id: int
@@ -176,6 +187,8 @@ PLATFORM_FIELDS = ("sve_vls", "ipa_bits", "mte", "pmu_counters", "pmu_counters_s
 
 @dataclass(frozen=True)
 class HostProfile:
+    """What one host's KVM can present to a guest, as the probe measured it."""
+
     hostname: str
     machine: str
     kernel_release: str
@@ -280,6 +293,8 @@ class HostProfile:
 
 @dataclass(frozen=True)
 class CpuModel:
+    """The ID register values a guest is given, and what may still change."""
+
     values: dict[str, int]                      # register -> value
     writable: dict[str, int]                    # register -> bits every source may change
     imp_id_writable: bool = False               # every source has KVM capability 239
@@ -431,6 +446,8 @@ def qemu_cpu_argument(properties: list[tuple[str, int]], off: tuple[str, ...] = 
 
 @dataclass(frozen=True)
 class CpuFeature:
+    """A ``<feature>`` of a domain's ``<cpu>``."""
+
     policy: str
     name: str
     value: str | None = None       # SYSREG_<REG>_<FIELD> features carry a value
@@ -438,6 +455,8 @@ class CpuFeature:
 
 @dataclass(frozen=True)
 class DomainCpu:
+    """A domain's ``<cpu>``."""
+
     mode: str
     match: str | None
     model: str | None
@@ -480,6 +499,8 @@ class Translation:
 
 @dataclass(frozen=True)
 class HostCpu:
+    """libvirt's description of a host CPU: model name and hwcaps."""
+
     arch: str
     model: str
     vendor: str

@@ -26,7 +26,6 @@ bakes one into the hook).  A missing file means the defaults.
 
 from __future__ import annotations
 
-import configparser
 import os
 
 from libvirt_arm_cpu.errors import ParseError
@@ -81,18 +80,15 @@ def load(path: str | None = None) -> Settings:
         defaults = Settings(models_dir=models_env)
     if not os.path.exists(path):
         return Settings(models_dir=defaults.models_dir, path=path)
-    parser = configparser.ConfigParser(interpolation=None)
     try:
         with open(path, encoding="utf-8") as fh:
-            parser.read_file(fh)
-    except (OSError, UnicodeDecodeError) as err:
-        raise ParseError(path, None, f"cannot read: {err}") from None
-    except configparser.Error as err:
-        line = getattr(err, "lineno", None)
-        raise ParseError(path, line, f"not a valid settings file: "
-                         f"{str(err).splitlines()[0]}") from None
-    hook = parser["hook"] if parser.has_section("hook") else {}
-    models = parser["models"] if parser.has_section("models") else {}
+            sections = _plain_sections(fh.read())
+    except (OSError, UnicodeDecodeError):
+        sections = None         # configparser's reading below says what is wrong
+    if sections is None:
+        sections = _configparser_sections(path)
+    hook = sections.get("hook", {})
+    models = sections.get("models", {})
 
     def choice(key: str, allowed: tuple[str, ...], default: str) -> str:
         value = hook.get(key, default).strip().lower()
@@ -109,3 +105,55 @@ def load(path: str | None = None) -> Settings:
         log=choice("log", ("auto", "syslog", "stderr"), defaults.log),
         models_dir=models.get("dir", defaults.models_dir).strip(),
         path=path)
+
+
+def _configparser_sections(path: str) -> dict[str, dict[str, str]]:
+    """The file's sections as :mod:`configparser` reads them (what the
+    settings file is defined by), its DEFAULT section merged into each.
+
+    :raise ParseError: a file that cannot be read or does not parse.
+    """
+    import configparser
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ParseError(path, None, f"cannot read: {err}") from None
+    except configparser.Error as err:
+        line = getattr(err, "lineno", None)
+        raise ParseError(path, line, f"not a valid settings file: "
+                         f"{str(err).splitlines()[0]}") from None
+    return {name: dict(parser[name]) for name in parser.sections()}
+
+
+def _plain_sections(text: str) -> dict[str, dict[str, str]] | None:
+    """The sections of a settings file in the plain form (``[section]``
+    headers, ``key = value`` lines, comments and blank lines, nothing
+    indented, no name twice, no DEFAULT section), exactly as configparser
+    reads them; None for anything else, which configparser then reads (and
+    reports).  The hook reads the settings on every domain start, and
+    importing configparser costs it about a millisecond."""
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in text.split("\n"):      # text mode: every line ending is \n
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue                    # blank, or a comment (configparser: wherever it starts)
+        if line[0].isspace():
+            return None                 # a continuation line, or an indented name
+        if stripped[0] == "[":
+            # configparser: "[" name "]", the name up to the last "]"
+            end = stripped.rfind("]")
+            name = stripped[1:end]
+            if end != len(stripped) - 1 or not name or name in sections or name == "DEFAULT":
+                return None
+            current = sections[name] = {}
+            continue
+        # "name = value" or "name: value", split at the first of either
+        cut = min((i for i in (stripped.find("="), stripped.find(":")) if i >= 0), default=-1)
+        key = stripped[:cut].rstrip().lower()
+        if current is None or cut < 0 or not key or key in current:
+            return None
+        current[key] = stripped[cut + 1:].strip()
+    return sections

@@ -1,17 +1,21 @@
 """What every subcommand is: a small class (name, help, arguments, ``run``),
-and the argument parser whose usage errors are one line.  The commands
-import this; :mod:`libvirt_arm_cpu.cli.main` imports the commands (no cycle)."""
+a reference to one that imports it only when it runs, and the argument
+parser whose usage errors are one line.  The commands import this;
+:mod:`libvirt_arm_cpu.cli.main` imports the commands (no cycle)."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from libvirt_arm_cpu.errors import NotArm64, UnknownName, closest
 
-__all__ = ["Command", "ArgumentParser", "UsageExit", "or_give_a_profile"]
+TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (2 ms a run)
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["Command", "CommandRef", "ArgumentParser", "UsageExit", "or_give_a_profile"]
 
 
 class UsageExit(Exception):
@@ -68,3 +72,25 @@ class Command:
 
     def run(self, args: argparse.Namespace) -> int:
         raise NotImplementedError
+
+
+class CommandRef:
+    """A subcommand by its name and help, and where its class is: the
+    parser lists it and recognises it without importing its module, which
+    :meth:`load` imports when it is the command run."""
+
+    __slots__ = ("name", "help", "module", "attr")
+
+    def __init__(self, name: str, help: str, module: str, attr: str) -> None:
+        self.name = name
+        self.help = help
+        self.module = module        # e.g. libvirt_arm_cpu.cli.decode
+        self.attr = attr            # its Command subclass there
+
+    def load(self) -> Command:
+        import importlib
+        cls: type[Command] = getattr(importlib.import_module(self.module), self.attr)
+        return cls()
+
+    def __repr__(self) -> str:
+        return f"CommandRef({self.name!r}, {self.module}.{self.attr})"

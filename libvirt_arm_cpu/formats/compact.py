@@ -78,21 +78,30 @@ def _encode(v: Any, cls: type) -> tuple:
     return tuple(out)
 
 
+# For decoding: where each type's fields of other value types sit.  A type
+# with none (a register's fields: hundreds a copy) is rebuilt straight from
+# its tuple.
+_NESTED_AT: dict[type, list[tuple[int, str, type]]] = {
+    cls: [(i, *nested) for i, (_name, nested) in enumerate(plan) if nested is not None]
+    for cls, plan in _PLAN.items()}
+
+
 def _decode(t: tuple, cls: type) -> Any:
-    plan = _PLAN[cls]
-    if len(t) != len(plan):
-        raise ValueError(f"{cls.__name__}: {len(t)} values, expected {len(plan)}")
-    args = []
-    for (_name, nested), x in zip(plan, t):
-        if nested is not None and x is not None:
-            shape, sub = nested
+    if len(t) != len(_PLAN[cls]):
+        raise ValueError(f"{cls.__name__}: {len(t)} values, expected {len(_PLAN[cls])}")
+    nested = _NESTED_AT[cls]
+    if not nested:
+        return cls(*t)
+    args = list(t)
+    for i, shape, sub in nested:
+        x = args[i]
+        if x is not None:
             if shape == _ONE:
-                x = _decode(x, sub)
+                args[i] = _decode(x, sub)
             elif shape == _LIST:
-                x = [_decode(y, sub) for y in x]
+                args[i] = [_decode(y, sub) for y in x]
             else:
-                x = tuple(_decode(y, sub) for y in x)
-        args.append(x)
+                args[i] = tuple([_decode(y, sub) for y in x])
     return cls(*args)
 
 

@@ -36,6 +36,8 @@ _FW_FEAT_BMAP = 0x0016 << 16        # KVM_REG_ARM_FW_FEAT_BMAP
 
 @dataclass(frozen=True)
 class FirmwareRegister:
+    """One of KVM's firmware pseudo-registers."""
+
     name: str
     kvm_id: int
     kind: str           # psci-version | workaround | workaround-2 | bitmap
@@ -83,6 +85,8 @@ def _wa2_class(value: int) -> int:
 
 @dataclass(frozen=True)
 class Refusal:
+    """A firmware value a destination's KVM refuses, and why."""
+
     register: str
     source: int | None
     dest: int | None
