@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,7 +37,8 @@ from libvirt_arm_cpu.engine.translate import Resolution, resolve
 from libvirt_arm_cpu.engine.validate import CpuMismatch, Validation, validate_translation
 from libvirt_arm_cpu.host.hostcache import configured_profile
 
-__all__ = ["host_profile", "find_model", "load_inputs", "load_input", "check_against_kb",
+__all__ = ["host_profile", "find_model", "load_inputs", "load_hosts", "load_input",
+           "check_against_kb",
            "model_cache",
            "resolve_model", "resolve_cpu", "model_features", "parse_domain", "translate_domain",
            "validate_translated", "input_label"]
@@ -109,20 +110,40 @@ def load_inputs(paths: list[str], kb: registers.KnowledgeBase, validate: bool = 
     distinct profile, the probe validated each when it wrote it).
 
     *profiles* False: the caller uses the models only, and every input's
-    profile is given as None; then *cache*
-    (:mod:`libvirt_arm_cpu.formats.modelcache`, which holds models only) is
-    used: a profile file unchanged since a run stored it is not read again,
-    and the answer is the same as reading it.  *other*: how an input that
+    profile is given as None.  *cache*
+    (:mod:`libvirt_arm_cpu.formats.modelcache`, the model and the profile
+    each file gives): a profile file unchanged since a run stored it is not
+    read again, and the answer is the same as reading it.  *other*: how an input that
     is not a host profile or register dump is read (cpu-baseline's libvirt
     ``<cpu>`` inputs, :func:`libvirt_arm_cpu.cpuinputs.baseline_inputs`;
     default: as a saved model).  *jobs*: processes reading profiles at once
     when there are hundreds to read (None: one a CPU; forked: for commands,
     not for callers with threads); the answer, and the first error, are
     those of reading them one by one."""
-    if profiles:
-        cache = None
-    seen: dict[bytes, tuple[CpuModel, HostProfile]] = {}
-    out: list[tuple[str, CpuModel, HostProfile | None]] = []
+    return _read_all(paths, kb, validate, cache, other, profiles, True, jobs)  # type: ignore
+
+
+def load_hosts(paths: list[str], kb: registers.KnowledgeBase, validate: bool = False,
+               cache: ModelCache | None = None, other: OtherReader | None = None,
+               jobs: int | None = 1) -> list[tuple[str, HostProfile | None]]:
+    """The host profiles of *paths* (files and directories, as
+    :func:`load_inputs` reads them, *other* and *jobs* too, through
+    *cache*), each with its label; None for an input that is a saved model.
+    Copies of one content are one object; a file the cache answers for is
+    not read, nor its model rebuilt (compare over a fleet needs only the
+    profiles)."""
+    return [(label, p) for label, _, p in
+            _read_all(paths, kb, validate, cache, other, True, False, jobs)]
+
+
+def _read_all(paths: list[str], kb: registers.KnowledgeBase, validate: bool,
+              cache: ModelCache | None, other: OtherReader | None, profiles: bool,
+              models: bool, jobs: int | None
+              ) -> list[tuple[str, CpuModel | None, HostProfile | None]]:
+    """:func:`load_inputs`; *models* False: a model the cache would rebuild
+    is given as None (others are given as read)."""
+    seen: dict[bytes, tuple[CpuModel | None, HostProfile | None]] = {}
+    out: list[tuple[str, CpuModel | None, HostProfile | None]] = []
     with _bulk(len(paths) > 1 or any(os.path.isdir(p) for p in paths)):
         try:
             files = expand_paths(paths, cache)
@@ -132,7 +153,8 @@ def load_inputs(paths: list[str], kb: registers.KnowledgeBase, validate: bool = 
             with ahead:
                 for i, (path, (entry, before)) in enumerate(zip(files, looked)):
                     out.extend(_cached_input(path, input_label(path), kb, cache, seen, validate,
-                                             profiles, other, entry, before, ahead.get(i)))
+                                             profiles, models, other, entry, before,
+                                             ahead.get(i)))
         finally:
             if cache is not None:
                 cache.save()
@@ -217,8 +239,8 @@ class _ReadAhead:
         keys: set[bytes] = set()     # contents the cache answers for: their copies too
         for i, (path, (entry, _)) in enumerate(zip(files, looked)):
             if entry is not None:
-                key, checked, record = entry
-                if record is not None and (checked or not validate):
+                key, _, record = entry
+                if _answers(entry, validate, profiles):
                     if key is not None:
                         keys.add(key)
                     continue
@@ -268,46 +290,57 @@ class _ReadAhead:
         return self.results.pop(i, None)
 
 
+def _answers(entry: Entry, validate: bool, profiles: bool) -> bool:
+    """Can a cache *entry* of a file stand for reading it: a record of its
+    own, stored by a validating run when *validate*, holding the profile
+    when *profiles* are wanted?"""
+    _, checked, record = entry
+    return (record is not None and (checked or not validate)
+            and (not profiles or record[1] is not None))
+
+
 def _cached_input(path: str, label: str, kb: registers.KnowledgeBase, cache: ModelCache | None,
-                  seen: dict[bytes, tuple[CpuModel, HostProfile]], validate: bool,
-                  profiles: bool, other: OtherReader | None, entry: Entry | None,
-                  before: os.stat_result | None, ahead: tuple | None
-                  ) -> list[tuple[str, CpuModel, HostProfile | None]]:
-    """One input of :func:`load_inputs`: from *cache* (profiles False) when
-    its *entry* (looked up at stat *before*) is this very file, else read
-    (by a reader process: *ahead*, else here)."""
+                  seen: dict[bytes, tuple[CpuModel | None, HostProfile | None]],
+                  validate: bool, profiles: bool, models: bool, other: OtherReader | None,
+                  entry: Entry | None, before: os.stat_result | None, ahead: tuple | None
+                  ) -> Sequence[tuple[str, CpuModel | None, HostProfile | None]]:
+    """One input of :func:`_read_all`: from *cache* when its *entry*
+    (looked up at stat *before*) is this very file, else read (by a reader
+    process: *ahead*, else here)."""
     if entry is not None:
         key, checked, record = entry
         if key is not None and key in seen:
             # a copy of a profile read before in this run, as _load gives it
-            first, _ = seen[key]
-            return [(label, _renamed(first, label), None)]
-        if cache is not None and record is not None and (checked or not validate):
-            cached = cache.get(record, label)
-            if cached is not None:
-                if key is not None:      # (no profile: the caller uses none)
-                    seen[key] = (cached, None)      # type: ignore[assignment]
-                return [(label, cached, None)]
+            first, first_p = seen[key]
+            return [(label, _copy_of(first, label), first_p if profiles else None)]
+        if cache is not None and _answers(entry, validate, profiles):
+            assert record is not None
+            cached = cache.get(record, label) if models else None
+            p = cache.host(record) if profiles else None
+            if (cached is not None or not models) and (p is not None or not profiles):
+                if key is not None:
+                    seen[key] = (cached, p)
+                return [(label, cached, p)]
     if ahead is not None and ahead[0] == "copy" and ahead[1] in seen:
         # read elsewhere: its identity part checked, as _load checks a copy's
         first, first_p = seen[ahead[1]]
         if cache is not None and before is not None:
             cache.store(path, before, ahead[2], ahead[1], False, None)
-        return [(label, _renamed(first, label), first_p if profiles else None)]
+        return [(label, _copy_of(first, label), first_p if profiles else None)]
     if ahead is not None and ahead[0] == "full" and (ahead[1] is None or ahead[1] not in seen):
         _, key, model, p, size = ahead
         if key is not None:
             seen[key] = (model, p)
         if cache is not None and before is not None:
-            cache.store(path, before, size, key, validate, model)
+            cache.store(path, before, size, key, validate, model, p)
         return [(label, model, p if profiles else None)]
     data = read_input(path)
     if other is not None and kind_of(data) not in (HOST_PROFILE, REGISTER_DUMP):
-        return other(data, path, label, kb, seen, validate)
+        return other(data, path, label, kb, seen, validate)     # type: ignore[arg-type]
     model, p, key, copy = _load(data, path, label, kb, seen, validate)
     if cache is not None and before is not None and (copy or p is not None):
         cache.store(path, before, len(data), key, validate and not copy,
-                    None if copy else model)
+                    None if copy else model, None if copy else p)
     return [(label, model, p if profiles else None)]
 
 
@@ -315,7 +348,14 @@ def _renamed(m: CpuModel, label: str) -> CpuModel:
     """dataclasses.replace(m, hosts=(label,)), at a third of its cost (a
     fleet's copies are thousands)."""
     return CpuModel(m.values, m.writable, m.imp_id_writable, (label,), m.implementations,
-                    m.name, m.vcpu_off, m.vcpu_effects, m.firmware, m.reg_list, m.platform)
+                    m.name, m.vcpu_off, m.vcpu_effects, m.firmware, m.reg_list, m.platform,
+                    m.host_fields)
+
+
+def _copy_of(m: CpuModel | None, label: str) -> CpuModel | None:
+    """The model of a copy of a profile read before: *m* renamed, or None
+    (_read_all without models: the first one's was not rebuilt)."""
+    return None if m is None else _renamed(m, label)
 
 
 def load_input(data: bytes, path: str, label: str, kb: registers.KnowledgeBase,
@@ -324,13 +364,14 @@ def load_input(data: bytes, path: str, label: str, kb: registers.KnowledgeBase,
     """One input already read: a host profile (validated, checked against
     the knowledge base; one already in *seen* only has its identity
     checked) or a saved model (profile None)."""
-    model, p, _, _ = _load(data, path, label, kb, seen, validate)
+    model, p, _, _ = _load(data, path, label, kb, seen, validate)   # type: ignore[arg-type]
+    assert model is not None        # (*seen* holds models: they are rebuilt)
     return model, p
 
 
 def _load(data: bytes, path: str, label: str, kb: registers.KnowledgeBase,
-          seen: dict[bytes, tuple[CpuModel, HostProfile]] | None, validate: bool
-          ) -> tuple[CpuModel, HostProfile | None, bytes | None, bool]:
+          seen: dict[bytes, tuple[CpuModel | None, HostProfile | None]] | None, validate: bool
+          ) -> tuple[CpuModel | None, HostProfile | None, bytes | None, bool]:
     """:func:`load_input`, and the profile's content key and whether it was
     a copy of one in *seen*."""
     if b"<hostprofile" not in data[:400]:
@@ -343,7 +384,7 @@ def _load(data: bytes, path: str, label: str, kb: registers.KnowledgeBase,
         model, p = seen[key]
         # the same model under this host's name: every part shared (baseline
         # groups inputs by identity first), none dropped
-        return _renamed(model, label), p, key, True
+        return _copy_of(model, label), p, key, True
     if validate:
         validate_profile(data, path)
     p = profile_from_xml(data, path)

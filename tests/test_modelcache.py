@@ -125,11 +125,12 @@ def test_validate_needs_a_validated_entry(kb, tmp_path, not_racy):
 
 def test_renamed_is_replace(kb):
     (_, m, _), = load([N1], kb)[0]
-    m = dataclasses.replace(m, vcpu_off=("sve",), firmware={"x": 1})
+    m = dataclasses.replace(m, vcpu_off=("sve",), firmware={"x": 1},
+                            host_fields={"ID_AA64ISAR0_EL1": ("DP",)})
     assert service._renamed(m, "other") == dataclasses.replace(m, hosts=("other",))
     assert [f.name for f in dataclasses.fields(m)] == [
         "values", "writable", "imp_id_writable", "hosts", "implementations", "name",
-        "vcpu_off", "vcpu_effects", "firmware", "reg_list", "platform"]
+        "vcpu_off", "vcpu_effects", "firmware", "reg_list", "platform", "host_fields"]
 
 
 def test_errors_as_a_plain_read(kb, tmp_path, not_racy):

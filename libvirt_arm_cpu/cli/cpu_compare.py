@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.cli.base import Command, or_give_a_profile
-from libvirt_arm_cpu.cli.hypervisor import compare_with_host_cpu, libvirt_host_cpu, read_cpu_arg
+from libvirt_arm_cpu.cli.cpu_baseline import add_cache_arguments
+from libvirt_arm_cpu.cli.hypervisor import CpuArg, compare_with_host_cpu, libvirt_host_cpu, read_cpu_arg
 from libvirt_arm_cpu.cpuinputs import compare_cpu_input
-from libvirt_arm_cpu.service import load_input
-from libvirt_arm_cpu.engine.compare import (IDENTICAL, INCOMPATIBLE, SUPERSET, compare, compare_features, compare_passthrough)
+from libvirt_arm_cpu.service import load_hosts, load_input, model_cache
+from libvirt_arm_cpu.engine.compare import (IDENTICAL, INCOMPATIBLE, SUPERSET, Comparison, compare, compare_features, compare_many, compare_passthrough)
 from libvirt_arm_cpu.errors import DataError, UsageError, path_label
+from libvirt_arm_cpu.formats.kinds import CPU_MODEL, kind_of
+from libvirt_arm_cpu.kb.registers import KnowledgeBase
+from libvirt_arm_cpu.model import CpuModel, HostProfile
 from libvirt_arm_cpu.fileio import read_input
 from libvirt_arm_cpu.host.hostcache import DEFAULT_CACHE, cached_profile
 
@@ -41,20 +50,29 @@ examples:
   libvirt-arm-cpu cpu-compare model.xml host-b.xml --kvm-only --json
   libvirt-arm-cpu cpu-compare host-a.xml host-b.xml  # host-passthrough guest of A onto B
   libvirt-arm-cpu cpu-compare guest.xml host-b.xml --validate   # a domain's <cpu>
+  libvirt-arm-cpu cpu-compare model.xml /srv/profiles/ --json   # every host of a fleet
 
-exit codes (as virsh cpu-compare): 0 identical or superset; 1 incompatible
-(with --error: as an error), or bad data (with --validate: a <cpu> libvirt's
-schema refuses); 2 bad usage."""
+Several PROFILEs, or a directory of them (*.xml, as cpu-baseline reads
+them, through the same profile cache: --cache-dir, --no-cache), give one
+verdict per host: a first line counting them, then "HOST  VERDICT" a host
+and the reasons of each incompatible one (--json: every host's verdict,
+changes and reasons).  Hosts of the same content are compared once.
+
+exit codes (as virsh cpu-compare): 0 identical or superset (several hosts:
+every host); 1 incompatible (several hosts: any; with --error: as an error),
+or bad data (with --validate: a <cpu> libvirt's schema refuses); 2 bad
+usage."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("cpu", metavar="CPU",
                             help="model file, saved model name, or a host profile (for a "
                                  "host-passthrough guest of that host); or a libvirt <cpu>, "
                                  "domain XML, capabilities or domcapabilities file")
-        parser.add_argument("profile", nargs="?", metavar="PROFILE",
+        parser.add_argument("profile", nargs="*", metavar="PROFILE",
                             help=f"host profile (default: this host, {DEFAULT_CACHE}); or "
                                  f"'virsh capabilities' output / its host <cpu> / 'virsh "
-                                 f"domcapabilities' output, compared at feature level")
+                                 f"domcapabilities' output, compared at feature level; "
+                                 f"several profiles or directories of them: a verdict each")
         parser.add_argument("--error", action="store_true",
                             help="report an incompatible CPU as an error")
         parser.add_argument("--validate", action="store_true",
@@ -65,11 +83,15 @@ schema refuses); 2 bad usage."""
         parser.add_argument("--kvm-only", action="store_true",
                             help="judge KVM alone, ignoring whether QEMU takes SYSREG_*")
         parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+        add_cache_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         kb = kb_load.registers()
         cpu = read_cpu_arg(args.cpu, kb, validate=args.validate)
         source = path_label(cpu.source)
+        if len(args.profile) > 1 or any(os.path.isdir(p) for p in args.profile):
+            return self._many(args, kb, cpu, source)
+        args.profile = args.profile[0] if args.profile else None
         data = read_input(args.profile) if args.profile else b""
         host_cpu = libvirt_host_cpu(data, args.profile) if args.profile else None
         if host_cpu is not None:
@@ -134,3 +156,113 @@ schema refuses); 2 bad usage."""
                       f"ID register values, whose feature names show neither every field nor "
                       f"what the host's kernel lets change; a libvirt-arm-cpu model is exact)")
         return 1 if c.result == INCOMPATIBLE else 0
+
+    def _many(self, args: argparse.Namespace, kb: KnowledgeBase, cpu: CpuArg,
+              source: str) -> int:
+        """A verdict for each host of several profiles and directories."""
+        with _no_collection():
+            hosts = load_hosts(args.profile, kb, args.validate,
+                               model_cache(kb, args.cache_dir, not args.no_cache),
+                               other=_hosts_only, jobs=None)
+            labels = [label for label, _ in hosts]
+            profiles: list[HostProfile] = [p for _, p in hosts]  # type: ignore[misc]
+            if cpu.profile is None and cpu.item is None:
+                assert cpu.model is not None
+                verdicts = compare_many(cpu.model, profiles, kb, check_qemu=not args.kvm_only)
+            else:
+                verdicts = _each(cpu, profiles, kb, not args.kvm_only)
+        bad = [i for i, c in enumerate(verdicts) if c.result == INCOMPATIBLE]
+        if args.error and bad:
+            c = verdicts[bad[0]]
+            raise DataError(f"the CPU described in {source} is incompatible with {len(bad)} of "
+                            f"{len(hosts)} hosts, first {labels[bad[0]]}: {c.reasons[0]}"
+                            + (f" (and {len(c.reasons) - 1} more)" if len(c.reasons) > 1
+                               else ""))
+        if args.json:
+            shown: dict[int, dict] = {}     # hosts of one content: one Comparison
+            json.dump({"cpu": source, "hosts": len(hosts),
+                       "results": _counts(verdicts),
+                       "verdicts": [{"host": label, **(shown.get(id(c)) or
+                                                       shown.setdefault(id(c), c.as_dict()))}
+                                    for label, c in zip(labels, verdicts)]},
+                      sys.stdout, indent=2)
+            print()
+            return 1 if bad else 0
+        counts = _counts(verdicts)
+        width = max(map(len, labels))
+        lines = [f"{len(hosts) - len(bad)} of {len(hosts)} hosts can run the CPU described in "
+                 f"{source} ({counts[IDENTICAL]} identical, {counts[SUPERSET]} superset, "
+                 f"{counts[INCOMPATIBLE]} incompatible)"]
+        for label, c in zip(labels, verdicts):
+            lines.append(f"{label:<{width}}  {c.result}")
+            if c.result == INCOMPATIBLE:
+                lines += [f"  {r}" for r in c.reasons]
+            if cpu.item is not None:
+                lines += [f"  (note: {note})" for note in c.notes]
+        if cpu.profile is not None:
+            lines.append(f"(CPU {source} is a host profile: a host-passthrough guest of that "
+                         f"host, whose values each host's KVM must take from QEMU's migration "
+                         f"stream)")
+        if any(c.precision == "features" for c in verdicts):
+            lines.append(f"(compared at feature level only: {source} is a libvirt <cpu> "
+                         f"without ID register values, whose feature names show neither every "
+                         f"field nor what a host's kernel lets change; a libvirt-arm-cpu model "
+                         f"is exact)")
+        sys.stdout.write("\n".join(lines) + "\n")
+        return 1 if bad else 0
+
+
+@contextmanager
+def _no_collection() -> Iterator[None]:
+    """No garbage collection while thousands of profiles are read and
+    judged (they hold no cycles; the collections cost a third of a warm run
+    of 10,000), and none of those objects counted young afterwards:
+    gc.freeze resets the young generation's count and unfreeze puts them
+    with the old ones, so enabling it again collects nothing at once."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+
+def _hosts_only(data: bytes, path: str, label: str, kb: KnowledgeBase, seen: dict,
+                validate: bool) -> list[tuple[str, CpuModel, HostProfile | None]]:
+    """cpu-compare's hosts, when several: host profiles only."""
+    if kind_of(data) == CPU_MODEL:
+        raise UsageError(f"{path_label(path)} is a CPU model, not a host profile: give the CPU "
+                         f"first and host profiles after ('libvirt-arm-cpu cpu-compare CPU "
+                         f"PROFILE...')")
+    raise UsageError(f"{path_label(path)} is not a host profile: several hosts are compared by "
+                     f"their profiles (a libvirt host CPU description is compared alone, "
+                     f"'libvirt-arm-cpu cpu-compare CPU FILE')")
+
+
+def _each(cpu: CpuArg, hosts: list[HostProfile], kb: KnowledgeBase,
+          check_qemu: bool) -> list[Comparison]:
+    """The verdict of a host profile's passthrough guest, or of a libvirt
+    <cpu>, on each host; each distinct profile object once."""
+    done: dict[int, Comparison] = {}
+    out = []
+    for host in hosts:
+        c = done.get(id(host))
+        if c is None:
+            if cpu.profile is not None:
+                c = compare_passthrough(cpu.profile, host, kb)
+            else:
+                assert cpu.item is not None
+                c = compare_cpu_input(cpu.item, host, kb, cpu.source, check_qemu=check_qemu)
+            done[id(host)] = c
+        out.append(c)
+    return out
+
+
+def _counts(verdicts: list[Comparison]) -> dict[str, int]:
+    counts = {IDENTICAL: 0, SUPERSET: 0, INCOMPATIBLE: 0}
+    for c in verdicts:
+        counts[c.result] += 1
+    return counts

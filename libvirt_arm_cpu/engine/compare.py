@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from libvirt_arm_cpu.kb import firmware
 from libvirt_arm_cpu.engine import platform
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.engine.loader import LOADER_PATH, hidden_registers
-from libvirt_arm_cpu.model import HostProfile
-from libvirt_arm_cpu.kb.registers import KnowledgeBase, encoding_of_kvm_id, generic_name
+from libvirt_arm_cpu.model import HostProfile, ProfileRegister
+from libvirt_arm_cpu.kb.registers import KnowledgeBase, Register, encoding_of_kvm_id, generic_name
 from libvirt_arm_cpu.kb.registers import U64_MAX as U64
 from libvirt_arm_cpu.engine.rules import covers, field_accepts, register_refusal, taken_whole
 
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (3 ms a hook run)
 if TYPE_CHECKING:       # compare_features' types: not on the hook's path
+    from typing import Any
     from libvirt_arm_cpu.kb.features import FeatureCatalog
     from libvirt_arm_cpu.model import HostCpu
 
@@ -109,85 +111,33 @@ def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
         never enables it.
     :param gic_version: the GIC the guest has (its domain's), when known.
     """
+    return _compare(model, host, kb, check_qemu, qemu_writes, gic_version, None)
+
+
+def _compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase, check_qemu: bool,
+             qemu_writes: bool, gic_version: int | None, judged: _Judged | None
+             ) -> Comparison:
+    """:func:`compare`, its registers judged by *judged* (many hosts of one
+    model: :func:`compare_many`) or one by one (None)."""
     model = on_host(model, host, kb)
-    host_regs = {r.name: r for r in host.registers}
     cap239 = host.capability("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS") > 0 and not qemu_writes
     if qemu_writes:
         check_qemu = False
-    reasons: list[Reason] = []
-    changes: list[str] = []
     # vCPU features the model runs with off: the host's values are those its
     # probe measured with them off (libvirt's elements switch them, no
     # register write); where the profile does not say, its default values
     # (the fields then count as not writable, as before the probe measured it)
     switch = [f for f in model.vcpu_off if f in host.vcpu_features and host.can_switch_off(f)]
-    host_values = host.values(switch)
     vcpu_changes = [f"vCPU feature {f} off" for f in switch]
-    for name, wanted in sorted(model.values.items()):
-        reg = kb.register(name)
-        if reg.kind == "affinity":
-            continue
-        hr = host_regs.get(name)
-        have = host_values.get(name) if hr is not None else None
-        mask = hr.writable if hr is not None else 0
-        if have is None:
-            if wanted:
-                reasons.append(Reason(name, None, "absent", None, wanted,
-                                      f"{name}: this host's kernel does not know the register"))
-            continue
-        if have == wanted:
-            continue
-        if reg.kind == "implementation-id":
-            diff = have ^ wanted
-            if not cap239 or mask is None or (mask & diff) != diff:
-                why = ("QEMU never enables KVM capability 239, which changing it needs"
-                       if qemu_writes else
-                       "changing it needs KVM capability 239 (Linux 6.15+)")
-                reasons.append(Reason(name, None, "needs-cap-239", have, wanted,
-                                      f"{name}: needs {wanted:#x}, host has {have:#x}; {why}"))
-            else:
-                changes.append(f"{name} {have:#x} -> {wanted:#x}")
-            continue
-        for f in reg.fields:
-            h, w = f.get(have), f.get(wanted)
-            if h == w:
-                continue
-            where = f"{name}.{f.name}"
-            if not covers(mask, f):
-                kind = "needs-higher" if f.order(w) > f.order(h) else "not-writable"
-                msg = (f"{where}: needs {w}, host has {h}, and this host's kernel does not let "
-                       f"it change" + ("" if host.masks_known else " (writable masks unknown: "
-                                       "kernel before 6.7)"))
-                reasons.append(Reason(name, f.name, kind, h, w, msg))
-            elif not field_accepts(f, w, h):
-                kind = "needs-higher" if f.order(w) > f.order(h) else "rule"
-                reasons.append(Reason(name, f.name, kind, h, w,
-                                      f"{where}: needs {w}, host has {h}; KVM refuses it "
-                                      f"({f.effective_policy})"))
-            else:
-                changes.append(f"{where} {h} -> {w}")
-        if taken_whole(reg) and not any(r.register == name for r in reasons):
-            refusal = register_refusal(kb, name, wanted, [host_regs["CTR_EL0"].value or 0,
-                                                      model.values.get("CTR_EL0", 0)]
-                                       if "CTR_EL0" in host_regs else [0])
-            if refusal:
-                reasons.append(Reason(name, None, "rule", have, wanted,
-                                      f"{name}: needs {wanted:#x}, host has {have:#x}; "
-                                      f"{refusal}"))
-        stray = (have ^ wanted) & ~reg.field_mask & U64
-        if stray:
-            reasons.append(Reason(name, None, "outside-fields", have, wanted,
-                                  f"{name}: bits {stray:#x} outside every known field differ"))
-    notes: list[str] = []
-    host_platform = host.platform.without(model.vcpu_off)
-    issues, platform_notes = platform.judge(model.platform, host_platform, gic_version)
-    reasons += [Reason(i.name, None, "platform", None, None, i.message) for i in issues]
-    notes += platform_notes
-    if model.platform.sve_vls and host_platform.sve_max > model.platform.sve_max:
-        # libvirt's sveNNN features, not a register write: after the QEMU check
-        vcpu_changes.append(f"SVE vector lengths up to {model.platform.sve_max} bits "
-                            f"(this host: {host_platform.sve_max})")
-    fw_changes = _firmware(model, host, reasons, notes)
+    if judged is None:
+        reasons, changes = _registers(model, host, kb, cap239, qemu_writes, switch)
+        more, notes_, sve, fw_changes = _beyond(model, host, gic_version)
+    else:
+        reasons, changes = judged.registers(host, cap239, switch)
+        more, notes_, sve, fw_changes = judged.beyond(host)
+    reasons += more
+    notes = list(notes_)
+    vcpu_changes += sve
     # QEMU is told the values either through SYSREG_* properties or through
     # the loader (libvirt_arm_cpu.engine.loader); without both nothing can change
     has_loader = host.loader.status == "found"
@@ -212,6 +162,124 @@ def compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase,
     if reasons:
         return Comparison(INCOMPATIBLE, reasons, changes, notes=notes)
     return Comparison(SUPERSET if changes else IDENTICAL, [], changes, notes=notes)
+
+
+# One register's verdict: (reasons, changes), both tuples (shared by the
+# hosts a judgement is reused for).
+_Verdict = tuple[tuple[Reason, ...], tuple[str, ...]]
+_NOTHING: _Verdict = ((), ())
+
+
+def _register(kb: KnowledgeBase, name: str, reg: Register, wanted: int, have: int | None,
+              mask: int | None, cap239: bool, qemu_writes: bool, masks_known: bool,
+              ctr: tuple[int, ...]) -> _Verdict:
+    """Register *name* (*reg*) of a model (value *wanted*) on a host that
+    has *have* (None: its kernel does not know it) with writable *mask*;
+    *ctr*: the CTR_EL0 values a whole-register rule may meet."""
+    if have is None:
+        if wanted:
+            return ((Reason(name, None, "absent", None, wanted,
+                            f"{name}: this host's kernel does not know the register"),), ())
+        return _NOTHING
+    if have == wanted:
+        return _NOTHING
+    if reg.kind == "implementation-id":
+        diff = have ^ wanted
+        if not cap239 or mask is None or (mask & diff) != diff:
+            why = ("QEMU never enables KVM capability 239, which changing it needs"
+                   if qemu_writes else
+                   "changing it needs KVM capability 239 (Linux 6.15+)")
+            return ((Reason(name, None, "needs-cap-239", have, wanted,
+                            f"{name}: needs {wanted:#x}, host has {have:#x}; {why}"),), ())
+        return ((), (f"{name} {have:#x} -> {wanted:#x}",))
+    reasons: list[Reason] = []
+    changes: list[str] = []
+    for f in reg.fields:
+        h, w = f.get(have), f.get(wanted)
+        if h == w:
+            continue
+        where = f"{name}.{f.name}"
+        if not covers(mask, f):
+            kind = "needs-higher" if f.order(w) > f.order(h) else "not-writable"
+            msg = (f"{where}: needs {w}, host has {h}, and this host's kernel does not let "
+                   f"it change" + ("" if masks_known else " (writable masks unknown: "
+                                   "kernel before 6.7)"))
+            reasons.append(Reason(name, f.name, kind, h, w, msg))
+        elif not field_accepts(f, w, h):
+            kind = "needs-higher" if f.order(w) > f.order(h) else "rule"
+            reasons.append(Reason(name, f.name, kind, h, w,
+                                  f"{where}: needs {w}, host has {h}; KVM refuses it "
+                                  f"({f.effective_policy})"))
+        else:
+            changes.append(f"{where} {h} -> {w}")
+    if taken_whole(reg) and not reasons:
+        refusal = register_refusal(kb, name, wanted, list(ctr))
+        if refusal:
+            reasons.append(Reason(name, None, "rule", have, wanted,
+                                  f"{name}: needs {wanted:#x}, host has {have:#x}; {refusal}"))
+    stray = (have ^ wanted) & ~reg.field_mask & U64
+    if stray:
+        reasons.append(Reason(name, None, "outside-fields", have, wanted,
+                              f"{name}: bits {stray:#x} outside every known field differ"))
+    return tuple(reasons), tuple(changes)
+
+
+def _registers(model: CpuModel, host: HostProfile, kb: KnowledgeBase, cap239: bool,
+               qemu_writes: bool, switch: list[str],
+               memo: dict[tuple, _Verdict] | None = None) -> tuple[list[Reason], list[str]]:
+    """The reasons and changes of *model*'s registers on *host* (vCPU
+    features *switch* off), in the order of their names; *memo*: verdicts
+    of hosts judged before, by what decides them."""
+    host_regs = {r.name: r for r in host.registers}
+    host_values = host.values(switch)
+    # every CTR_EL0 a whole-register rule may meet: the host's and the model's
+    ctr = ((host_regs["CTR_EL0"].value or 0, model.values.get("CTR_EL0", 0))
+           if "CTR_EL0" in host_regs else (0,))
+    reasons: list[Reason] = []
+    changes: list[str] = []
+    for name, wanted in sorted(model.values.items()):
+        reg = kb.register(name)
+        if reg.kind == "affinity":
+            continue
+        hr = host_regs.get(name)
+        have = host_values.get(name) if hr is not None else None
+        mask = hr.writable if hr is not None else 0
+        if memo is None:
+            r, c = _register(kb, name, reg, wanted, have, mask, cap239, qemu_writes,
+                             host.masks_known, ctr)
+        else:
+            key = (name, have, mask, cap239, qemu_writes, host.masks_known,
+                   ctr if have != wanted and taken_whole(reg) else None)
+            got = memo.get(key)
+            if got is None:
+                got = memo[key] = _register(kb, name, reg, wanted, have, mask, cap239, qemu_writes,
+                                            host.masks_known, ctr)
+            r, c = got
+        reasons += r
+        changes += c
+    return reasons, changes
+
+
+# What compare finds beyond the ID registers: (reasons, notes, vCPU changes,
+# firmware changes)
+_Beyond = tuple[tuple[Reason, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+
+
+def _beyond(model: CpuModel, host: HostProfile, gic_version: int | None) -> _Beyond:
+    """The platform's and the firmware registers' part of the verdict."""
+    reasons: list[Reason] = []
+    notes: list[str] = []
+    host_platform = host.platform.without(model.vcpu_off)
+    issues, platform_notes = platform.judge(model.platform, host_platform, gic_version)
+    reasons += [Reason(i.name, None, "platform", None, None, i.message) for i in issues]
+    notes += platform_notes
+    sve: tuple[str, ...] = ()
+    if model.platform.sve_vls and host_platform.sve_max > model.platform.sve_max:
+        # libvirt's sveNNN features, not a register write: after the QEMU check
+        sve = (f"SVE vector lengths up to {model.platform.sve_max} bits "
+               f"(this host: {host_platform.sve_max})",)
+    fw_changes = _firmware(model, host, reasons, notes)
+    return tuple(reasons), tuple(notes), sve, tuple(fw_changes)
 
 
 def _firmware(model: CpuModel, host: HostProfile, reasons: list[Reason],
@@ -308,16 +376,115 @@ def compare_passthrough(source: HostProfile, dest: HostProfile, kb: KnowledgeBas
 
 def compare_many(model: CpuModel, hosts: list[HostProfile], kb: KnowledgeBase,
                  check_qemu: bool = True) -> list[Comparison]:
-    """:func:`compare` for each host; hosts that are the same profile object
-    (see :mod:`libvirt_arm_cpu.formats.fleet`) are compared once."""
+    """:func:`compare` for each host, the same answers: hosts that are the
+    same profile object (see :mod:`libvirt_arm_cpu.formats.fleet`) are
+    compared once, and a register is judged once for all the hosts that
+    have the same value and mask (a fleet's distinct profiles differ in a
+    few registers; those the profile cache rebuilds share their register
+    objects, which are then judged once each)."""
     done: dict[int, Comparison] = {}
+    # a model taking fields from each host is another model on each
+    judged = _Judged(model, kb) if not model.host_fields else None
     out = []
     for host in hosts:
         c = done.get(id(host))
         if c is None:
-            c = done[id(host)] = compare(model, host, kb, check_qemu)
+            c = done[id(host)] = _compare(model, host, kb, check_qemu, False, None, judged)
         out.append(c)
     return out
+
+
+_NAME = attrgetter("name")
+_IGNORED = False        # a host register the model does not judge (falsy, not a verdict)
+
+
+class _Judged:
+    """One model's register verdicts over many hosts (no qemu_writes).
+
+    By register object (``id``; the hosts, alive during
+    :func:`compare_many`, keep each object and so its id): a host whose
+    registers are all known answers with C-level lookups, about 10 us for
+    its ~190 registers.  A host outside that fast path (vCPU features to
+    switch off, a CLIDR_EL1-like register that differs, a name twice, a
+    register of the model missing) is judged as :func:`compare` does, each
+    verdict still looked up by what decides it."""
+
+    def __init__(self, model: CpuModel, kb: KnowledgeBase) -> None:
+        self.model, self.kb = model, kb
+        self.pos: dict[str, int] | None = None      # judged register -> place, on first use
+        self.by_id: dict[tuple[bool, bool], dict[int, Any]] = {}
+        self.memo: dict[tuple, _Verdict] = {}
+        self.entries: dict[tuple, Any] = {}      # by name, value, mask and context
+        self.beyonds: dict[tuple, _Beyond] = {}
+        self.alive: list[HostProfile] = []
+
+    def registers(self, host: HostProfile, cap239: bool, switch: list[str]
+                  ) -> tuple[list[Reason], list[str]]:
+        if self.pos is None:
+            # as compare meets them: sorted, kb.register's errors on the first host
+            self.pos = {name: i for i, name in enumerate(sorted(self.model.values))
+                        if self.kb.register(name).kind != "affinity"}
+        regs = host.registers
+        if not switch:
+            by_id = self.by_id.setdefault((cap239, host.masks_known), {})
+            try:
+                got = list(map(by_id.__getitem__, map(id, regs)))
+            except KeyError:
+                got = [self._entry(by_id, r, cap239, host.masks_known) for r in regs]
+            # every register of the model there once (a register judged per
+            # host counts as not there: the host is judged as compare does)
+            if (len(got) - got.count(_IGNORED) == len(self.pos)
+                    and len(set(map(_NAME, regs))) == len(regs)):
+                found: list[Any] = sorted(filter(None, got))
+                return [r for e in found for r in e[1]], [c for e in found for c in e[2]]
+        return _registers(self.model, host, self.kb, cap239, False, switch, self.memo)
+
+    def beyond(self, host: HostProfile) -> _Beyond:
+        """:func:`_beyond`, once for each platform and firmware values (in
+        their order)."""
+        fw = host.firmware
+        quick = (id(host.platform), id(fw))       # the profile cache shares both
+        got = self.beyonds.get(quick)
+        if got is None:
+            key = (host.platform, None if fw is None else tuple(fw.items()))
+            got = self.beyonds.get(key)
+            if got is None:
+                got = self.beyonds[key] = _beyond(self.model, host, None)
+            self.beyonds[quick] = got
+            self.alive.append(host)          # (the ids stay theirs)
+        return got
+
+    def _entry(self, by_id: dict[int, Any], r: ProfileRegister, cap239: bool,
+               masks_known: bool) -> Any:
+        """What the fast path keeps of register *r*: _IGNORED (not the
+        model's, or judged per host), () (nothing to say) or (place,
+        reasons, changes); one object for every register of the same name,
+        value and mask."""
+        entry = by_id.get(id(r))
+        if entry is not None:
+            return entry
+        key = (r.name, r.value, r.writable, cap239, masks_known)
+        entry = self.entries.get(key)
+        if entry is None:
+            entry = self.entries[key] = self._judge(r, cap239, masks_known)
+        by_id[id(r)] = entry
+        return entry
+
+    def _judge(self, r: ProfileRegister, cap239: bool, masks_known: bool) -> Any:
+        assert self.pos is not None
+        place = self.pos.get(r.name)
+        if place is None:
+            return _IGNORED
+        wanted = self.model.values[r.name]
+        reg = self.kb.register(r.name)
+        if r.value is not None and r.value != wanted and taken_whole(reg):
+            return _IGNORED       # its rule meets the host's CTR_EL0: judged per host
+        key = (r.name, r.value, r.writable, cap239, False, masks_known, None)
+        v = self.memo.get(key)
+        if v is None:
+            v = self.memo[key] = _register(self.kb, r.name, reg, wanted, r.value, r.writable,
+                                           cap239, False, masks_known, ())
+        return (place, *v) if v[0] or v[1] else ()
 
 
 def compare_features(model: CpuModel, host: HostCpu, catalog: FeatureCatalog) -> Comparison:

@@ -50,11 +50,12 @@ from typing import Any
 
 from libvirt_arm_cpu import __version__
 from libvirt_arm_cpu.fileio import atomic_write
-from libvirt_arm_cpu.model import CpuModel, Platform
+from libvirt_arm_cpu.model import (CpuIdentity, CpuModel, Fingerprint, HostProfile, LoaderInfo,
+                                   Platform, ProfileRegister, QemuInfo, VcpuOffValues)
 
 __all__ = ["FORMAT", "ENV", "RACY_SECONDS", "ModelCache", "Entry", "default_dir", "open_cache"]
 
-FORMAT = 1
+FORMAT = 2          # 2: each record holds the profile too
 _MAGIC = b"LACMODELS\n"
 ENV = "LIBVIRT_ARM_CPU_CACHE_DIR"       # a directory; "" or "none" switches the cache off
 RACY_SECONDS = 2.0
@@ -114,6 +115,7 @@ class _Sharer:
         self.scalars: dict[Any, Any] = {}
         self.tuples: dict[tuple, tuple] = {}
         self.platforms: dict[tuple, tuple] = {}
+        self.parts: dict[tuple, tuple] = {}         # profiles' shared parts
 
     def tup(self, items: Any) -> tuple:
         """*items* (hashable values) as a shared tuple of shared values;
@@ -176,50 +178,163 @@ def _enc_model(m: CpuModel, share: _Sharer) -> tuple:
             _enc_platform(m.platform, share))
 
 
-def _dict(t: tuple, checked: dict[int, Any], kinds: frozenset = _INT) -> dict:
-    """Register (or firmware) name -> number, as stored (*checked*: stored
-    tuples, by id, already found to hold what they must; each kept there,
-    so its id is not another's); :raise ValueError: for anything else."""
+def _of(t: Any, checked: dict[tuple[int, frozenset], Any], kinds: frozenset = _INT) -> tuple:
+    """*t*, a stored tuple whose items are all of *kinds*; checked once a
+    stored object and kind (*checked*: (id, kinds) -> it, kept there so its
+    id is not another's).  :raise ValueError: for anything else."""
+    if checked.get((id(t), kinds)) is not t:
+        if type(t) is not tuple or not kinds.issuperset(map(type, t)):
+            raise ValueError("stored values of the wrong kind")
+        checked[id(t), kinds] = t
+    return t
+
+
+def _dict(t: tuple, checked: dict[tuple[int, frozenset], Any], kinds: frozenset = _INT) -> dict:
+    """Register (or firmware, or fingerprint) name -> value, as stored
+    ((keys, values), checked as :func:`_of`); a dict of its own."""
     keys, values = t
     if len(keys) != len(values):
         raise ValueError("keys and values")
-    if checked.get(id(keys)) is not keys:
-        if not _STR.issuperset(map(type, keys)):
-            raise ValueError("not register names")
-        checked[id(keys)] = keys
-    if checked.get(id(values)) is not values:
-        if not kinds.issuperset(map(type, values)):
-            raise ValueError("not numbers")
-        if kinds is _INT:
-            checked[id(values)] = values
-    return dict(zip(keys, values))
+    return dict(zip(_of(keys, checked, _STR), _of(values, checked, kinds)))
 
 
-def _dec_model(t: tuple, label: str, memo: dict[int, tuple[Any, Any]],
-               checked: dict[int, Any]) -> CpuModel:
+def _frozen(t: Any, memo: dict[Any, tuple[Any, Any]], make: Any, tag: str = "") -> Any:
+    """What *make* gives for stored value *t* (*make* checks it), one object
+    for one stored value (*memo*: (id, *tag*) -> (it, what it gave))."""
+    got = memo.get((id(t), tag))
+    if got is None or got[0] is not t:
+        got = memo[id(t), tag] = (t, make(t))
+    return got[1]
+
+
+def _dec_model(t: tuple, label: str, memo: dict[Any, tuple[Any, Any]],
+               checked: dict[tuple[int, frozenset], Any]) -> CpuModel:
     """The model of a record, under *label*.  Its dicts are its own; the
     immutable parts (register list, platform) are one object for one stored
-    value (*memo*: id of the stored value -> (it, what it gave))."""
+    value (*memo*, as :func:`_frozen`)."""
     (values, writable, imp_id, impls, name, off, effects, firmware, reg_list, platform) = t
     if not isinstance(name, str) or not name or type(imp_id) is not bool:
         raise ValueError("model name")
-    frozen = None
-    if reg_list is not None:
-        got = memo.get(id(reg_list))
-        if got is None or got[0] is not reg_list:
-            if not _INT.issuperset(map(type, reg_list)):
-                raise ValueError("register list")
-            got = memo[id(reg_list)] = (reg_list, frozenset(reg_list))
-        frozen = got[1]
-    got = memo.get(id(platform))
-    if got is None or got[0] is not platform:
-        got = memo[id(platform)] = (platform, _dec_platform(platform))
-    plat = got[1]
     return CpuModel(_dict(values, checked), _dict(writable, checked), imp_id, (label,),
-                    tuple(impls), name=name, vcpu_off=tuple(off),
+                    _of(impls, checked), name=name, vcpu_off=_of(off, checked, _STR),
                     vcpu_effects={f: _dict(e, checked) for f, e in effects},
                     firmware=_dict(firmware, checked, _INT_OR_NONE),
-                    reg_list=frozen, platform=plat)
+                    reg_list=None if reg_list is None else _frozen(reg_list, memo, _frozenset),
+                    platform=_frozen(platform, memo, _dec_platform))
+
+
+def _frozenset(t: Any) -> frozenset[int]:
+    if type(t) is not tuple or not _INT.issuperset(map(type, t)):
+        raise ValueError("not a set of numbers")
+    return frozenset(t)
+
+
+_STR_OR_NONE = frozenset((str, type(None)))
+
+
+def _enc_profile(p: HostProfile, share: _Sharer) -> tuple:
+    """A host profile as plain values: (its own part, the part hosts of one
+    kind share).  Each register is one shared tuple (a fleet's distinct
+    profiles differ in a few); the shared part is one object for the hosts
+    that have it, so it is checked and rebuilt once."""
+    q, caps = p.qemu, p.capabilities
+    shared = (p.machine, p.kernel_release, p.kernel_version, p.tool_version,
+              share.tup((q.status, q.path, q.version, q.sysreg, q.detail)),
+              share.tup(p.vcpu_features), share.tup(caps),
+              share.tup(n for n, _ in caps.values()), share.tup(v for _, v in caps.values()),
+              share.tup(x for c in p.cpus for x in (c.cpu, c.midr, c.revidr)),
+              p.masks_known,
+              None if p.vcpu_off is None else tuple(
+                  (share.tup(o.features), share.mapping(o.registers),
+                   None if o.list_removed is None else share.tup(sorted(o.list_removed)),
+                   None if o.list_added is None else share.tup(sorted(o.list_added)))
+                  for o in p.vcpu_off),
+              share.tup((p.loader.status, p.loader.path)),
+              None if p.firmware is None else share.mapping(p.firmware),
+              None if p.reg_list is None else share.tup(sorted(p.reg_list)),
+              _enc_platform(p.platform, share))
+    tuples, scalars = share.tuples, share.scalars
+    regs = []
+    for r in p.registers:       # share.tup, inline: ~190 a profile
+        t = (r.name, *r.encoding, r.kvm_id, r.mask_index, r.value, r.writable)
+        got = tuples.get(t)
+        if got is None:
+            got = tuples[t] = tuple(map(scalars.setdefault, t, t))
+        regs.append(got)
+    return ((p.hostname, p.probed_at, share.mapping(p.fingerprint.components), tuple(regs)),
+            share.parts.setdefault((tuple(map(type, shared)), shared), shared))
+
+
+def _typed(t: Any, kinds: tuple[frozenset, ...]) -> tuple:
+    """*t*, a tuple whose items have the types *kinds* gives, one each;
+    :raise ValueError: otherwise."""
+    if type(t) is not tuple or len(t) != len(kinds) or not all(
+            type(v) in k for v, k in zip(t, kinds)):
+        raise ValueError("stored values of the wrong kind")
+    return t
+
+
+_S, _SN, _I, _IN = _STR, _STR_OR_NONE, _INT, _INT_OR_NONE
+_REGISTER = (_S, _I, _I, _I, _I, _I, _I, _IN, _IN, _IN)
+
+
+def _cpus(t: Any) -> tuple[CpuIdentity, ...]:
+    if type(t) is not tuple or len(t) % 3:
+        raise ValueError("cpus")
+    return tuple(CpuIdentity(*_typed(t[i:i + 3], (_I, _IN, _IN))) for i in range(0, len(t), 3))
+
+
+def _dec_shared(t: tuple, memo: dict[Any, tuple[Any, Any]],
+                checked: dict[tuple[int, frozenset], Any]) -> dict[str, Any]:
+    """The fields of a profile's shared part (see :func:`_enc_profile`)."""
+    (machine, release, version, tool, qemu, features, cap_names, cap_numbers, cap_values,
+     cpus, masks_known, vcpu_off, loader, firmware, reg_list, platform) = t
+    _typed((machine, release, version, tool), (_S,) * 4)
+    numbers, values = _of(cap_numbers, checked), _of(cap_values, checked)
+    if not len(cap_names) == len(numbers) == len(values) or type(masks_known) is not bool:
+        raise ValueError("profile")
+    return dict(
+        machine=machine, kernel_release=release, kernel_version=version, tool_version=tool,
+        qemu=QemuInfo(*_typed(qemu, (_S, _SN, _SN, _S, _SN))),
+        vcpu_features=list(_of(features, checked, _STR)),
+        capabilities=dict(zip(_of(cap_names, checked, _STR), zip(numbers, values))),
+        cpus=list(_cpus(cpus)), masks_known=masks_known,
+        vcpu_off=None if vcpu_off is None else [
+            VcpuOffValues(_of(f, checked, _STR), _dict(regs_off, checked),
+                          None if rm is None else _frozen(rm, memo, _frozenset),
+                          None if add is None else _frozen(add, memo, _frozenset))
+            for f, regs_off, rm, add in vcpu_off],
+        loader=LoaderInfo(*_typed(loader, (_S, _SN))),
+        firmware=None if firmware is None else _dict(firmware, checked, _INT_OR_NONE),
+        reg_list=None if reg_list is None else _frozen(reg_list, memo, _frozenset),
+        platform=_frozen(platform, memo, _dec_platform))
+
+
+def _dec_profile(t: tuple, memo: dict[Any, tuple[Any, Any]],
+                 checked: dict[tuple[int, frozenset], Any],
+                 registers: dict[int, ProfileRegister], alive: list[tuple]) -> HostProfile:
+    """The profile of a record.  The hosts of one stored shared part share
+    its objects, lists and dicts included (profiles are values, never
+    changed in place: copies of one content are one profile object
+    already); its registers are one object for one stored register
+    (*registers*: id of a stored register -> it, each stored one kept in
+    *alive* so that its id is not another's): compare_many judges a shared
+    register object once."""
+    own, shared = t
+    hostname, probed, fingerprint, regs = own
+    if type(hostname) is not str or type(probed) is not str or type(regs) is not tuple:
+        raise ValueError("profile")
+    got = list(map(registers.get, map(id, regs)))
+    if not all(got):            # (not "None in got": that calls each register's __eq__)
+        for i, r in enumerate(regs):
+            if got[i] is None:
+                name, op0, op1, crn, crm, op2, kvm_id, index, value, mask = _typed(r, _REGISTER)
+                got[i] = registers[id(r)] = ProfileRegister(name, (op0, op1, crn, crm, op2),
+                                                            kvm_id, index, value, mask)
+                alive.append(r)
+    return HostProfile(hostname=hostname, probed_at=probed, registers=got,   # type: ignore
+                       fingerprint=Fingerprint(_dict(fingerprint, checked, _STR)),
+                       **_frozen(shared, memo, lambda x: _dec_shared(x, memo, checked), "host"))
 
 
 # -- shards --------------------------------------------------------------------
@@ -245,8 +360,11 @@ class ModelCache:
         self.directory = os.path.abspath(directory)
         self.header = (FORMAT, __version__, _file_stamp(kb_path), _code_stamp())
         self.shards: dict[str, _Shard] = {}
-        self.model_memo: dict[int, tuple[Any, Any]] = {}   # id -> (stored value, its part)
-        self.checked: dict[int, Any] = {}       # id -> stored tuple of the right types
+        self.model_memo: dict[Any, tuple[Any, Any]] = {}   # (id, tag) -> (stored, its part)
+        self.checked: dict[tuple[int, frozenset], Any] = {}   # stored tuples of the right types
+        self.registers: dict[int, ProfileRegister] = {}       # id of a stored register -> it
+        self.alive: list[tuple] = []            # every stored register in self.registers
+        self.by_head: dict[str, _Shard] = {}     # a path's directory part as given -> its shard
         self.hits = self.misses = self.stored = 0
 
     # reading
@@ -286,7 +404,7 @@ class ModelCache:
                 if (type(name) is not str or type(ident) is not tuple or len(ident) != 5
                         or not (key is None or type(key) is bytes) or type(checked) is not bool
                         or not (record is None or (type(record) is tuple
-                                                   and len(record) == 1))):
+                                                   and len(record) == 2))):
                     return None
         except (ValueError, TypeError, EOFError):
             return None
@@ -305,21 +423,18 @@ class ModelCache:
         st = self.stat(path)
         if st is None:
             return None, None
-        full = os.path.abspath(path)
-        shard = self._shard(os.path.dirname(full))
-        got = shard.entries.get(os.path.basename(full))
+        # the directory made absolute once, not each of its thousands of files
+        cut = path.rfind(os.sep) + 1            # ("dir/", "name"), ("/", "name"), ("", "name")
+        head, name = path[:cut], path[cut:]
+        shard = self.by_head.get(head)
+        if shard is None:
+            shard = self.by_head[head] = self._shard(os.path.abspath(head or os.curdir))
+        got = shard.entries.get(name)
         if got is not None and got[0] == _identity(st):
             self.hits += 1
             return got[1], st
         self.misses += 1
         return None, st
-
-    def model(self, record: tuple, label: str) -> CpuModel:
-        """The model of a stored record, under *label*.
-
-        :raise ValueError, TypeError, KeyError: a record that does not
-            rebuild (the caller reads the file instead)."""
-        return _dec_model(record[0], label, self.model_memo, self.checked)
 
     def get(self, record: tuple, label: str) -> CpuModel | None:
         """The model of a record under *label*; None when it does not
@@ -332,6 +447,18 @@ class ModelCache:
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
             return None
 
+    def host(self, record: tuple) -> HostProfile | None:
+        """The host profile of a record; None when the record holds none (a
+        run that did not keep it: forked readers send the model only) or it
+        does not rebuild (read the file instead)."""
+        try:
+            if record[1] is None or isinstance(record[1], HostProfile):    # stored in this run
+                return record[1]
+            return _dec_profile(record[1], self.model_memo, self.checked, self.registers,
+                                self.alive)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return None
+
     # writing
 
     def listed(self, directory: str, names: list[str]) -> None:
@@ -341,11 +468,13 @@ class ModelCache:
         shard.listed = set(names)
 
     def store(self, path: str, before: os.stat_result, size: int, key: bytes | None,
-              checked: bool, found: CpuModel | None) -> None:
+              checked: bool, found: CpuModel | None, profile: HostProfile | None = None
+              ) -> None:
         """Remember what reading *path* (stat *before* the read, *size*
-        bytes read) gave: *found* (its own model), or None for a copy of a profile read
-        before in the same run (content *key*).  Not stored
-        when the file changed while it was read or too recently."""
+        bytes read) gave: *found* (its own model) and *profile* (its host
+        profile, when the reader kept it), or None for a copy of a profile
+        read before in the same run (content *key*).  Not stored when the
+        file changed while it was read or too recently."""
         try:
             after = os.stat(path)
         except OSError:
@@ -359,7 +488,7 @@ class ModelCache:
         full = os.path.abspath(path)
         shard = self._shard(os.path.dirname(full))
         name = os.path.basename(full)
-        record = None if found is None else (found,)     # encoded at save
+        record = None if found is None else (found, profile)     # encoded at save
         shard.entries[name] = (ident, (key, checked, record))
         shard.dirty = True
         self.stored += 1
@@ -380,13 +509,18 @@ class ModelCache:
             for _ident, (_key, _checked, record) in shard.entries.values():
                 if record is not None and not isinstance(record[0], CpuModel):
                     share.seed(record)
+                    if type(record[1]) is tuple and len(record[1]) == 2:
+                        part = record[1][1]     # new profiles of this kind: the same part
+                        share.parts.setdefault((tuple(map(type, part)), part), part)
         for shard in todo:
             entries = {}
             for name, (ident, (key, checked, record)) in shard.entries.items():
                 if shard.listed is not None and name not in shard.listed:
                     continue
                 if record is not None and isinstance(record[0], CpuModel):
-                    record = (_enc_model(record[0], share),)
+                    p = record[1]
+                    record = (_enc_model(record[0], share),
+                              None if p is None else _enc_profile(p, share))
                 entries[name] = (ident, (key, checked, record))
             shard.entries = {n: e for n, e in shard.entries.items() if n in entries}
             body = marshal.dumps((self.header, shard.directory, entries))
