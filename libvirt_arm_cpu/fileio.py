@@ -41,8 +41,15 @@ def read_input(path: str) -> bytes:
     return data
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:
+def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int | None = None,
+                 durable: bool = True) -> None:
     """Replace *path* with *data* atomically; ``-`` writes to stdout.
+
+    *durable*: flushed to the disk (file and directory) before it counts as
+    written.  A cache that its reader checks (the hook's verdicts and
+    compact copy, the profile cache) skips that: after a crash it may be
+    stale or unreadable, and is then rebuilt, which costs less than two
+    fsyncs on every write.
 
     A symbolic link is followed (its target is replaced, the link stays);
     the file gets *mode* if given, else an existing file keeps its
@@ -80,7 +87,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int | None = N
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, keep)
         os.replace(tmp, target)
     except OSError as err:
@@ -89,6 +97,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int | None = N
         except OSError:
             pass
         raise DataError(f"{target}: cannot write: {err.strerror}") from err
+    if not durable:
+        return
     try:
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:

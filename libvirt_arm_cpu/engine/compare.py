@@ -45,6 +45,8 @@ IDENTICAL, SUPERSET, INCOMPATIBLE = "identical", "superset", "incompatible"
 
 @dataclass
 class Reason:
+    """Why a host cannot run a model: one register, field or platform part."""
+
     register: str
     field: str | None
     kind: str       # needs-higher, not-writable, rule, needs-cap-239, absent, outside-fields, qemu
@@ -58,6 +60,8 @@ class Reason:
 
 @dataclass
 class Comparison:
+    """compare's verdict: identical, superset or incompatible, and why."""
+
     result: str
     reasons: list[Reason] = field(default_factory=list)     # why incompatible
     changes: list[str] = field(default_factory=list)        # what a superset lowers

@@ -41,6 +41,8 @@ NAMES = {"sve": "SVE vector lengths", "ipa": "IPA size", "mte": "MTE", "pmu": "P
 
 @dataclass(frozen=True)
 class PlatformIssue:
+    """One part beyond the ID registers that does not fit (or a baseline conflict)."""
+
     what: str           # sve, ipa, mte, pmu, gic, its, el2, aarch32-el1, timer
     message: str
     values: dict[str, int] | None = None    # input label -> its value (baseline conflicts)

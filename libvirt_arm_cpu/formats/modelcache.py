@@ -526,7 +526,7 @@ class ModelCache:
             body = marshal.dumps((self.header, shard.directory, entries))
             data = _MAGIC + zlib.crc32(body).to_bytes(4, "big") + body
             try:
-                atomic_write(shard.path, data, mode=0o600)
+                atomic_write(shard.path, data, mode=0o600, durable=False)
             except Exception:       # noqa: BLE001 -- a cache never fails its caller
                 return
             shard.dirty = False

@@ -14,13 +14,16 @@ import os
 from libvirt_arm_cpu.errors import Error, ParseError
 from libvirt_arm_cpu.fileio import atomic_write
 from libvirt_arm_cpu.formats import compact
-from libvirt_arm_cpu.formats.profile import read_profile, write_profile
-from libvirt_arm_cpu.host.fingerprint import current_fingerprint
-from libvirt_arm_cpu.kb import load as kb_load
-from libvirt_arm_cpu.kb.registers import KnowledgeBase
-from libvirt_arm_cpu.model import HostProfile
 from libvirt_arm_cpu.paths import kb_dir
-from libvirt_arm_cpu.settings import Settings
+
+TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from libvirt_arm_cpu.kb.registers import KnowledgeBase
+    from libvirt_arm_cpu.model import HostProfile
+    from libvirt_arm_cpu.settings import Settings
+
+# The XML reader, the fingerprint and the knowledge base loader are imported
+# where used: a hook start answered by the compact copy needs none of them.
 
 __all__ = ["DEFAULT_CACHE", "cached_profile", "configured_profile", "is_fresh", "hook_inputs",
            "COMPACT_SUFFIX"]
@@ -32,6 +35,7 @@ COMPACT_SUFFIX = ".compact"
 
 
 def is_fresh(profile: HostProfile, emulator: str | None = None) -> bool:
+    from libvirt_arm_cpu.host.fingerprint import current_fingerprint
     return profile.fingerprint.digest == current_fingerprint(emulator).digest
 
 
@@ -42,6 +46,7 @@ def cached_profile(path: str = DEFAULT_CACHE, emulator: str | None = None,
     A cache that is missing, unreadable, invalid or stale is replaced by a
     fresh probe (written atomically).
     """
+    from libvirt_arm_cpu.formats.profile import read_profile, write_profile
     if not refresh and os.path.exists(path):
         try:
             profile = read_profile(path, validate_schema=False)
@@ -62,6 +67,7 @@ def configured_profile(conf: Settings) -> HostProfile:
     probed again when stale, unless the settings say never."""
     if conf.refresh:
         return cached_profile(conf.profile)[0]
+    from libvirt_arm_cpu.formats.profile import read_profile
     return read_profile(conf.profile, validate_schema=False)
 
 
@@ -79,6 +85,7 @@ def hook_inputs(conf: Settings) -> tuple[HostProfile, KnowledgeBase]:
         before = (compact.stamp(conf.profile), compact.stamp(kb_path))
     except OSError:
         before = None
+    from libvirt_arm_cpu.kb import load as kb_load
     profile = configured_profile(conf)
     kb = kb_load.registers()
     try:
@@ -88,7 +95,7 @@ def hook_inputs(conf: Settings) -> tuple[HostProfile, KnowledgeBase]:
     if before is not None and before == after:     # not replaced while we read it
         try:
             atomic_write(conf.profile + COMPACT_SUFFIX, compact.dumps(profile, kb, *after),
-                         mode=0o644)
+                         mode=0o644, durable=False)
         except (OSError, Error):
             pass            # a copy is an optimisation: a read-only folder is fine
     return profile, kb

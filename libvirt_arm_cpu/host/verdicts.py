@@ -151,6 +151,6 @@ def remember(conf: Settings, k: bytes, message: str, loader: str = "") -> None:
     while len(memo) > MAX_ENTRIES:          # the oldest first
         del memo[next(iter(memo))]
     try:
-        atomic_write(_path(conf), _MAGIC + marshal.dumps(memo), mode=0o644)
+        atomic_write(_path(conf), _MAGIC + marshal.dumps(memo), mode=0o644, durable=False)
     except (OSError, Error):
         pass
