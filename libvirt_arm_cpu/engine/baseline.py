@@ -33,19 +33,21 @@ what was lowered and why, and what could not be repaired.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from operator import attrgetter, itemgetter
 
 from libvirt_arm_cpu.kb import firmware
 from libvirt_arm_cpu.engine import platform
-from libvirt_arm_cpu.engine.consistency import Consistency, make_consistent
-from libvirt_arm_cpu.model import CpuModel
+from libvirt_arm_cpu.engine.consistency import Columns, Consistency, make_consistent
+from libvirt_arm_cpu.model import CpuModel, Platform
 from libvirt_arm_cpu.kb.dependencies import RuleBook
 from libvirt_arm_cpu.model import VCPU_FEATURES
 from libvirt_arm_cpu.kb.registers import U64_MAX as U64
 from libvirt_arm_cpu.kb.registers import (EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field, KnowledgeBase, Register)
-from libvirt_arm_cpu.engine.rules import (covers, field_accepts, register_refusal, source_accepts,
-                                          taken_whole)
+from libvirt_arm_cpu.engine.rules import covers, field_accepts, register_refusal, taken_whole
 
 __all__ = ["Conflict", "BaselineResult", "baseline", "Pool", "largest_compatible", "pools"]
 
@@ -77,9 +79,206 @@ class BaselineResult:
         return self.model is not None
 
 
-def _accepts(model: CpuModel, reg: str, f: Field, value: int) -> bool:
-    return source_accepts(model.values, model.writable, reg, f, value)
+# -- the inputs, as their distinct models ---------------------------------------
+#
+# A fleet has few distinct CPUs, and where its hosts all differ (each lowers a
+# field or two) it still has few distinct values of each register.  So the
+# engine works on the distinct models ("kinds"), register by register over
+# the distinct values of that register, and reads the inputs again only to
+# name hosts in messages.
 
+# What one top-level call has worked out already, by key: (REGISTER, value,
+# mask) or (REGISTER, pairs) -> the register combined; ("order", registers),
+# ("off", id of a model, features), ("switched", REGISTER, pairs).
+Memo = dict[tuple, tuple]
+
+
+@dataclass
+class _Fleet:
+    """The distinct models of some inputs, in order of their first input."""
+
+    kinds: list[CpuModel]           # the first input of each distinct content
+    members: list[list[int]]        # each kind's input positions, ascending
+    names: tuple[str, ...]          # the registers the rows give, in order
+    rows: list[tuple[int, ...]]     # each kind's register values (0: it lacks one)
+    wrows: list[tuple[int, ...]]    # ... and writable masks
+    keys: list[tuple]               # each kind's content of values and masks
+    regsets: list[tuple[str, ...]]  # each kind's registers (kinds share the tuple)
+
+    @functools.cached_property
+    def columns(self) -> Columns:
+        return Columns(_transpose(self.names, self.rows), _transpose(self.names, self.wrows),
+                       len(self.rows))
+
+    @functools.cached_property
+    def registers(self) -> frozenset[str]:
+        """The registers some kind has (what the baseline combines)."""
+        return frozenset().union(*{id(r): r for r in self.regsets}.values())
+
+    def labels(self, labels: Sequence[str]) -> list[str]:
+        """A label for each kind: its first input's, and how many are alike."""
+        return [labels[m[0]] if len(m) == 1 else f"{labels[m[0]]} (+{len(m) - 1} alike)"
+                for m in self.members]
+
+    def subset(self, which: list[int]) -> _Fleet:
+        """The kinds at *which* (ascending)."""
+        if len(which) == len(self.kinds):
+            return self
+        return _Fleet([self.kinds[i] for i in which], [self.members[i] for i in which],
+                      self.names, [self.rows[i] for i in which],
+                      [self.wrows[i] for i in which], [self.keys[i] for i in which],
+                      [self.regsets[i] for i in which])
+
+
+def _transpose(names: tuple[str, ...], rows: list[tuple[int, ...]]) -> dict[str, Sequence[int]]:
+    if rows and rows.count(rows[0]) == len(rows):        # one content (writable masks often)
+        return {n: (v,) * len(rows) for n, v in zip(names, rows[0])}
+    return dict(zip(names, zip(*rows)))
+
+
+def _group(models: Sequence[CpuModel], members: Sequence[list[int]]) -> _Fleet:
+    """The distinct models of *models*, each standing for the inputs at its
+    *members*.  Distinct as they always were: values, writable masks,
+    capability 239, vCPU-feature effects, firmware, register list and
+    platform (and the features switched off: the same once switched); the
+    first model of each stands for it."""
+    reps, parts = _by_identity(models, members)
+    # Values and masks as rows over one list of registers (C-level lookups
+    # and comparisons); a dict with other registers is compared by its items.
+    names = tuple(reps[0].values) if reps else ()
+    rows = _rows([m.values for m in reps], names)
+    vkeys = [r if r is not None else ("other", tuple(sorted(m.values.items())))
+             for r, m in zip(rows, reps)]
+    masks = [m.writable for m in reps]
+    if masks and masks.count(masks[0]) == len(masks):
+        # one content (a fleet of one kernel): compared as dicts, read once
+        wrows = _rows(masks[:1], names) * len(masks)
+        wkeys: list[object] = [0] * len(wrows)
+    else:
+        wrows = _rows(masks, names)
+        seen: dict[tuple, int] = {}
+        wkeys = [seen.setdefault(r if r is not None else ("other", tuple(sorted(m.writable.items()))),
+                                 len(seen)) for r, m in zip(wrows, reps)]
+    keys = list(zip(vkeys, wkeys))
+    # platforms by identity, then value (few objects; hashing one is slow)
+    distinct: dict[Platform, int] = {}
+    token = {i: distinct.setdefault(p, len(distinct))
+             for i, p in {id(m.platform): m.platform for m in reps}.items()}
+    same: dict[tuple, list[int]] = {}
+    for n, (m, key) in enumerate(zip(reps, keys)):
+        same.setdefault((key, m.imp_id_writable, m.reg_list, token[id(m.platform)], m.vcpu_off),
+                        []).append(n)
+    kinds: list[list[int]] = []         # each kind: its models (positions in reps)
+    for group in same.values():
+        if len(group) == 1:
+            kinds.append(group)
+            continue
+        # same values: effects and firmware decide (compared only here: rare)
+        sub: dict[tuple, list[int]] = {}
+        for n in group:
+            m = reps[n]
+            sub.setdefault((tuple(sorted((f, tuple(sorted(e.items())))
+                                         for f, e in m.vcpu_effects.items())),
+                            tuple(sorted(m.firmware.items(), key=lambda kv: kv[0]))),
+                           []).append(n)
+        kinds.extend(sub.values())
+    if len(kinds) != len(reps):
+        kinds.sort(key=lambda k: k[0])      # reps are in input order: so are kinds
+    out_members = []
+    for kind in kinds:
+        if len(kind) == 1 and len(parts[kind[0]]) == 1:
+            out_members.append(parts[kind[0]][0])
+        else:
+            out_members.append(sorted(i for n in kind for part in parts[n] for i in part))
+    firsts = [k[0] for k in kinds]
+    kinds_rows = [rows[n] for n in firsts]
+    kinds_wrows = [wrows[n] for n in firsts]
+    regsets = [names if r is not None else tuple(reps[n].values)
+               for n, r in zip(firsts, kinds_rows)]
+    if None in kinds_rows or None in kinds_wrows:
+        # registers some model lacks, or has beyond the first's: rows over them all
+        odd = [reps[n] for n, v, w in zip(firsts, kinds_rows, kinds_wrows) if v is None or w is None]
+        extra = tuple(sorted(set().union(*(m.values.keys() | m.writable.keys() for m in odd))
+                             - set(names)))
+        full, pad = names + extra, (0,) * len(extra)
+        kinds_rows = [r + pad if r is not None else tuple(reps[n].values.get(x, 0) for x in full)
+                      for n, r in zip(firsts, kinds_rows)]
+        kinds_wrows = [r + pad if r is not None else
+                       tuple(reps[n].writable.get(x, 0) for x in full)
+                       for n, r in zip(firsts, kinds_wrows)]
+        names = full
+    return _Fleet([reps[n] for n in firsts], out_members, names,
+                  kinds_rows, kinds_wrows,  # type: ignore[arg-type]
+                  [keys[n] for n in firsts], regsets)
+
+
+def _by_identity(models: Sequence[CpuModel], members: Sequence[list[int]]
+                 ) -> tuple[list[CpuModel], list[list[list[int]]]]:
+    """Models read from one profile share their dicts: one of each, with
+    the members of all."""
+    if len({id(m.values) for m in models}) == len(models):
+        return list(models), [[mem] for mem in members]
+    index: dict[tuple, int] = {}
+    reps: list[CpuModel] = []
+    parts: list[list[list[int]]] = []
+    for m, mem in zip(models, members):
+        ident = (id(m.values), id(m.writable), m.imp_id_writable, id(m.vcpu_effects),
+                 id(m.firmware), id(m.reg_list), id(m.platform), m.vcpu_off)
+        n = index.get(ident)
+        if n is None:
+            index[ident] = len(reps)
+            reps.append(m)
+            parts.append([mem])
+        else:
+            parts[n].append(mem)
+    return reps, parts
+
+
+def _rows(dicts: list[dict[str, int]], names: tuple[str, ...]) -> list[tuple[int, ...] | None]:
+    """Each dict's values in the order of *names*; None for a dict whose
+    keys are not exactly those."""
+    def each(d: dict[str, int]) -> tuple[int, ...]:
+        return tuple(d[n] for n in names)
+
+    # itemgetter gives a tuple for two names or more
+    get: Callable[[dict[str, int]], tuple[int, ...]] = itemgetter(*names) if len(names) > 1 else each
+    if set(map(len, dicts)) <= {len(names)}:
+        try:
+            return list(map(get, dicts))
+        except KeyError:
+            pass
+    out: list[tuple[int, ...] | None] = []
+    for d in dicts:
+        try:
+            out.append(get(d) if len(d) == len(names) else None)
+        except KeyError:
+            out.append(None)
+    return out
+
+
+def _fleet(models: Sequence[CpuModel]) -> _Fleet:
+    return _group(models, [[i] for i in range(len(models))])
+
+
+def _switch(fleet: _Fleet, off: set[str], memo: Memo) -> _Fleet:
+    """The fleet with the vCPU features *off* switched off; kinds that then
+    read the same become one.  A kind switched once is reused (a model
+    costs its digest name), and so share its dicts."""
+    if not off:
+        return fleet
+    switched = []
+    for m in fleet.kinds:
+        key = ("off", id(m), frozenset(off))
+        got = memo.get(key)
+        if got is None or got[0] is not m:
+            got = memo[key] = (m, m.switched_off(off))
+        switched.append(got[1])
+    if all(s is m for s, m in zip(switched, fleet.kinds)):
+        return fleet
+    return _group(switched, fleet.members)
+
+
+# -- combining register by register -------------------------------------------
 
 def _pick(f: Field, accepted: list[int]) -> int:
     """The most capable of the values every host accepts."""
@@ -96,106 +295,251 @@ def _pick(f: Field, accepted: list[int]) -> int:
     return max(accepted, key=f.order)
 
 
-def _combine_field(reg: str, f: Field, models: Sequence[CpuModel], labels: Sequence[str],
-                   pairs: set[tuple[int, int]]) -> tuple[int | None, Conflict | None]:
-    """The field's value in the baseline.  What a model accepts depends only
-    on its own value of the field and whether it may change it: judged over
-    the distinct (value, writable) *pairs* of the register, so 10,000 hosts
-    cost what their few kinds cost; the models are read again only to
-    explain a conflict."""
+def _field_value(f: Field, pairs: set[tuple[int, int]] | frozenset[tuple[int, int]]) -> int | None:
+    """The field's value in the baseline, None when no value suits every
+    input.  What an input accepts depends only on its own value of the
+    field and whether it may change it: judged over the distinct (value,
+    writable) *pairs* of the register."""
     kinds = {(f.get(v), covers(w, f)) for v, w in pairs}
     candidates = {own for own, _ in kinds} | {0}
     if f.safe is not None:
         candidates.add(f.safe)
     accepted = [c for c in sorted(candidates)
                 if all(c == own or (cov and field_accepts(f, c, own)) for own, cov in kinds)]
-    if accepted:
-        return _pick(f, accepted), None
-    own = [f.get(m.values.get(reg, 0)) for m in models]
+    return _pick(f, accepted) if accepted else None
+
+
+def _field_conflict(reg: str, f: Field, values: Sequence[int], masks: Sequence[int],
+                    labels: Sequence[str], explain: bool) -> Conflict:
+    """The field's conflict: each input's value, and (*explain*) why no
+    value suits every input, input by input."""
+    own = [f.get(v) for v in values]
+    if not explain:
+        return Conflict(reg, f.name, dict(zip(labels, own)), "")
     # Say why the natural choice (the policy's combination) fails, host by host.
     natural = min(own, key=f.order) if f.effective_policy in (LOWER_SAFE, EXACT) else \
         max(own, key=f.order)
     why = []
-    for m, label, value in zip(models, labels, own):
+    for w, label, value in zip(masks, labels, own):
         if value == natural:
             continue
-        if not covers(m.writable.get(reg, 0), f):
+        if not covers(w, f):
             why.append(f"{label} cannot change it (not writable there)")
         else:
             why.append(f"{label} does not accept {natural} ({f.effective_policy})")
-    return None, Conflict(reg, f.name, dict(zip(labels, own)),
-                          "no value every host accepts: " + "; ".join(why))
+    return Conflict(reg, f.name, dict(zip(labels, own)),
+                    "no value every host accepts: " + "; ".join(why))
 
 
-def _combine_register(reg: Register | None, name: str, models: Sequence[CpuModel],
-                      labels: Sequence[str], kb: KnowledgeBase
+def _combine_register(reg: Register, name: str, fieldwise: bool, fleet: _Fleet,
+                      labels: Sequence[str], kb: KnowledgeBase, memo: Memo, explain: bool
                       ) -> tuple[int, int, list[Conflict]]:
-    values = [m.values.get(name, 0) for m in models]
-    mask = U64
-    for m in models:
-        mask &= m.writable.get(name, 0)
-    if reg is None or reg.kind == "unallocated" or not reg.fields:
-        if len(set(values)) == 1:
-            return values[0], mask, []
-        return 0, 0, [Conflict(name, None, dict(zip(labels, values)),
-                               "differs, and no field of it is known to change")]
-    if reg.kind == "implementation-id":
-        return _combine_implementation(name, models, labels, values, mask)
-    if taken_whole(reg):
-        return _combine_whole(reg, name, models, labels, values, mask, kb)
-    conflicts = []
-    result = 0
-    pairs = set(zip(values, (m.writable.get(name, 0) for m in models)))
-    for f in reg.fields:
-        value, conflict = _combine_field(name, f, models, labels, pairs)
-        if conflict:
-            conflicts.append(conflict)
-        else:
-            result = f.put(result, value)       # type: ignore[arg-type]
-    rest = {v & ~reg.field_mask & U64 for v in values}
-    if len(rest) > 1:
-        conflicts.append(Conflict(name, None, dict(zip(labels, values)),
+    """The register's value and writable mask in the baseline, or the
+    conflicts.  It depends only on the register's distinct (value, writable)
+    pairs where it is combined field by field, or where every input has the
+    same value: worked out once a call for each such set of pairs.
+    *explain*: say why a field conflicts, input by input."""
+    cols = fleet.columns
+    pairs = cols.pairs(name)
+    if len(pairs) == 1:
+        ((value, mask),) = pairs
+        key: tuple = (name, value, mask)
+    elif fieldwise:
+        key = (name, frozenset(pairs))
+    else:
+        return _combine_differing(reg, name, fleet, pairs, labels, kb)
+    got = memo.get(key)
+    if got is None:
+        got = memo[key] = _register_outcome(reg, pairs) if fieldwise else (value, mask, (), False)
+    result, mask, bad, rest_differs = got
+    if not bad and not rest_differs:
+        return result, mask, []
+    conflicts = [_field_conflict(name, reg.fields[n], cols.value(name), cols.mask(name), labels,
+                                 explain) for n in bad]
+    if rest_differs:
+        conflicts.append(Conflict(name, None, dict(zip(labels, cols.value(name))),
                                   "bits outside every known field differ"))
-    result |= values[0] & ~reg.field_mask & U64
     return result, mask, conflicts
 
 
-def _combine_whole(reg: Register, name: str, models: Sequence[CpuModel], labels: Sequence[str],
-                   values: list[int], mask: int, kb: KnowledgeBase
-                   ) -> tuple[int, int, list[Conflict]]:
+def _fieldwise(reg: Register) -> bool:
+    """Is the register combined field by field?"""
+    return reg.kind not in ("unallocated", "implementation-id") and bool(reg.fields) and \
+        not taken_whole(reg)
+
+
+def _register_outcome(reg: Register, pairs: set[tuple[int, int]] | frozenset[tuple[int, int]]
+                      ) -> tuple[int, int, tuple[int, ...], bool]:
+    """A register combined field by field over its distinct (value,
+    writable) *pairs*: its value, its mask, which fields (positions) no
+    value suits, and whether bits outside the fields differ."""
+    mask = U64
+    for _, w in pairs:
+        mask &= w
+    result = 0
+    bad = []
+    for n, f in enumerate(reg.fields):
+        bits = f.mask
+        own = {v & bits for v, _ in pairs}
+        if len(own) == 1 and all(w & bits != bits for _, w in pairs):
+            result |= own.pop()     # the same everywhere, and nowhere writable: it
+            continue
+        value = _field_value(f, pairs)
+        if value is None:
+            bad.append(n)
+        else:
+            result = f.put(result, value)
+    rest = {v & ~reg.field_mask & U64 for v, _ in pairs}
+    # the bits outside fields are every input's when they are the same
+    return result | next(iter(rest)), mask, tuple(bad), len(rest) > 1
+
+
+def _combine_differing(reg: Register, name: str, fleet: _Fleet, pairs: set[tuple[int, int]],
+                       labels: Sequence[str], kb: KnowledgeBase
+                       ) -> tuple[int, int, list[Conflict]]:
+    """A register not combined field by field, whose inputs differ."""
+    mask = U64
+    for _, w in pairs:
+        mask &= w
+    if reg.kind == "implementation-id":
+        return _combine_implementation(name, fleet, labels, mask)
+    if taken_whole(reg):
+        return _combine_whole(reg, name, fleet.columns, labels, mask, kb)
+    if len({v for v, _ in pairs}) == 1:
+        return next(iter(pairs))[0], mask, []
+    return 0, 0, [Conflict(name, None, dict(zip(labels, fleet.columns.value(name))),
+                           "differs, and no field of it is known to change")]
+
+
+def _combine_whole(reg: Register, name: str, cols: Columns, labels: Sequence[str], mask: int,
+                   kb: KnowledgeBase) -> tuple[int, int, list[Conflict]]:
     """A register KVM takes as a whole (CLIDR_EL1: a cache hierarchy): the
     common value, else the lowest one every host can be given."""
-    if len(set(values)) == 1:
+    values = cols.distinct(name)
+    if len(values) == 1:
         return values[0], mask, []
-    blocked = [label for m, label in zip(models, labels)
-               if not all(covers(m.writable.get(name, 0), f) for f in reg.fields)]
+    whole = {w for w in cols.distinct(name, masks=True)
+             if all(covers(w, f) for f in reg.fields)}
+    blocked = [label for w, label in zip(cols.mask(name), labels) if w not in whole]
     if blocked:
-        return 0, 0, [Conflict(name, None, dict(zip(labels, values)),
+        return 0, 0, [Conflict(name, None, dict(zip(labels, cols.value(name))),
                                "differs, and " + ", ".join(blocked) + " cannot change it")]
-    ctrs = [m.values.get("CTR_EL0", 0) for m in models]
-    for candidate in sorted(set(values)):
+    ctrs = cols.distinct("CTR_EL0")
+    for candidate in sorted(values):
         if register_refusal(kb, name, candidate, ctrs) is None:
             return candidate, mask, []
-    return 0, 0, [Conflict(name, None, dict(zip(labels, values)),
+    return 0, 0, [Conflict(name, None, dict(zip(labels, cols.value(name))),
                            "differs, and no host's value is one every host's KVM takes: "
                            + str(register_refusal(kb, name, min(values), ctrs)))]
 
 
-def _combine_implementation(name: str, models: Sequence[CpuModel], labels: Sequence[str],
-                            values: list[int], mask: int) -> tuple[int, int, list[Conflict]]:
-    if len(set(values)) == 1:
+def _combine_implementation(name: str, fleet: _Fleet, labels: Sequence[str], mask: int
+                            ) -> tuple[int, int, list[Conflict]]:
+    cols = fleet.columns
+    values = cols.distinct(name)
+    if len(values) == 1:
         return values[0], mask, []
+    first = cols.value(name)[0]
     differing = 0
     for v in values:
-        differing |= v ^ values[0]
-    blocked = [label for m, label in zip(models, labels)
-               if not m.imp_id_writable or (m.writable.get(name, 0) & differing) != differing]
+        differing |= v ^ first
+    blocked = [label for m, w, label in zip(fleet.kinds, cols.mask(name), labels)
+               if not m.imp_id_writable or (w & differing) != differing]
     if blocked:
-        return 0, 0, [Conflict(name, None, dict(zip(labels, values)),
+        return 0, 0, [Conflict(name, None, dict(zip(labels, cols.value(name))),
                                "differs, and " + ", ".join(blocked) + " cannot present another "
                                "value (needs KVM capability 239, Linux 6.15+)")]
     return min(values), mask, []
 
+
+def _meet(kinds: Sequence[CpuModel], labels: Sequence[str]
+          ) -> tuple[Platform, list[platform.PlatformIssue]]:
+    """platform.meet, over the distinct platforms (what a guest may use
+    depends on which there are); over every kind when there are issues,
+    which name hosts."""
+    distinct = list(dict.fromkeys({id(m.platform): m.platform for m in kinds}.values()))
+    common, issues = platform.meet(distinct, [""] * len(distinct))
+    if issues:
+        return platform.meet([m.platform for m in kinds], labels)
+    return common, issues
+
+
+# -- vCPU features ------------------------------------------------------------
+
+def _switched_fields(effects: Sequence[dict[str, int]], cols: Columns, kb: KnowledgeBase,
+                     memo: Memo) -> set[tuple[str, str | None]]:
+    """(register, field) pairs switching a feature off changes on some
+    model (*effects*: each model's, *cols* their registers), and
+    (register, None) for each such register."""
+    out: set[tuple[str, str | None]] = set()
+    for reg in set().union(*effects):
+        out.add((reg, None))
+        # distinct (value once off, value now) pairs: None where it stays
+        pairs = frozenset((e, v) for e, v in set(zip(map(dict.get, effects, itertools.repeat(reg)),
+                                                      cols.value(reg))) if e is not None)
+        changed = memo.get(("switched", reg, pairs))
+        if changed is None:
+            changed = memo["switched", reg, pairs] = tuple(
+                f.name for f in kb.register(reg).fields
+                if any(f.get(e) != f.get(v) for e, v in pairs))
+        out.update((reg, name) for name in changed)
+    return out
+
+
+def _can_switch_off(kinds: Sequence[CpuModel], feature: str) -> bool:
+    """Can every kind switch *feature* off?  (Most record its effect: asked
+    of their effects at once first.)"""
+    return all(map(dict.__contains__, [m.vcpu_effects for m in kinds], itertools.repeat(feature))) \
+        or all(m.can_switch_off(feature) for m in kinds)
+
+
+def _features_resolving(conflicts: list[Conflict], fleet: _Fleet, off: set[str],
+                        kb: KnowledgeBase, memo: Memo) -> set[str]:
+    """The vCPU features not yet off, that every input can switch off, and
+    that switch a field of some conflict (*fleet*: with *off* switched off)."""
+    wanted = {(c.register, c.field) for c in conflicts}
+    out = set()
+    for feature in VCPU_FEATURES:
+        if feature in off or not _can_switch_off(fleet.kinds, feature):
+            continue
+        effects = [m.vcpu_effects.get(feature, {}) for m in fleet.kinds]
+        if wanted & _switched_fields(effects, fleet.columns, kb, memo):
+            out.add(feature)
+    return out
+
+
+def _effects(model: CpuModel, fleet: _Fleet, kb: KnowledgeBase, memo: Memo
+             ) -> dict[str, dict[str, int]]:
+    """What switching each remaining vCPU feature off gives the combined
+    model: the fields it switches take the combination of the inputs'
+    switched values (kept out when they have none); the rest stays."""
+    cols = fleet.columns
+    out: dict[str, dict[str, int]] = {}
+    for feature in VCPU_FEATURES:
+        if feature in model.vcpu_off or not _can_switch_off(fleet.kinds, feature):
+            continue
+        effects = [m.vcpu_effects[feature] for m in fleet.kinds]
+        fields = _switched_fields(effects, cols, kb, memo)
+        effect: dict[str, int] = {}
+        ok = True
+        for reg, name in sorted((r, n) for r, n in fields if n is not None):
+            f = kb.register(reg).field(name)
+            # each input's value with the feature off: its effect's, else its own
+            switched = map(dict.get, effects, itertools.repeat(reg), cols.value(reg))
+            value = _field_value(f, set(zip(switched, cols.mask(reg))))
+            if value is None:
+                ok = False
+                break
+            current = effect.get(reg, model.values.get(reg, 0))
+            # never above the model's own value: the repair may have lowered it
+            if f.order(value) < f.order(f.get(current)):
+                effect[reg] = f.put(current, value)
+        if ok:
+            out[feature] = {r: v for r, v in effect.items() if v != model.values.get(r, 0)}
+    return out
+
+
+# -- baseline -----------------------------------------------------------------
 
 def baseline(models: Sequence[CpuModel], kb: KnowledgeBase, rules: RuleBook | None,
              labels: Sequence[str] | None = None) -> BaselineResult:
@@ -205,8 +549,9 @@ def baseline(models: Sequence[CpuModel], kb: KnowledgeBase, rules: RuleBook | No
         (:func:`libvirt_arm_cpu.kb.load.dependencies`); None gives the plain
         field-by-field combination.
 
-    Identical inputs are combined once (fleets have few distinct CPUs), so
-    the cost grows with the number of distinct hosts, not of hosts.
+    Identical inputs are combined once (fleets have few distinct CPUs), and
+    each register over its distinct values, so the cost grows with the
+    number of distinct hosts and values, not of hosts.
 
     A conflict on a field a vCPU feature switches is resolved by switching
     the feature off everywhere, when every input can (module docstring).
@@ -218,167 +563,127 @@ def baseline(models: Sequence[CpuModel], kb: KnowledgeBase, rules: RuleBook | No
     if not models:
         raise ValueError("baseline of no hosts")
     labels = list(labels or ["+".join(m.hosts) or f"#{i}" for i, m in enumerate(models)])
-    off = {f for m in models for f in m.vcpu_off}
+    memo: Memo = {}
+    return _complete(_resolve(_fleet(models), labels, kb, memo), kb, rules,
+                     lambda: _hosts(models), memo)
+
+
+def _hosts(models: Sequence[CpuModel]) -> tuple[str, ...]:
+    return tuple(itertools.chain.from_iterable(map(attrgetter("hosts"), models)))
+
+
+@dataclass
+class _Resolved:
+    """The combination of a fleet, once no more vCPU features help."""
+
+    fleet: _Fleet                   # the inputs with `off` switched off
+    labels: list[str]               # one for each of its kinds
+    off: set[str]
+    values: dict[str, int] = field(default_factory=dict)
+    writable: dict[str, int] = field(default_factory=dict)
+    platform: Platform = field(default_factory=Platform)
+    conflicts: list[Conflict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.conflicts
+
+
+def _resolve(fleet: _Fleet, labels: Sequence[str], kb: KnowledgeBase, memo: Memo,
+             explain: bool = True) -> _Resolved:
+    """Combine the fleet, switching vCPU features off while that resolves
+    conflicts.  Whether there is a baseline, and the conflicts, do not
+    depend on the dependency rules: those only lower the result.
+    *explain*: conflicting fields say why, input by input (else only each
+    input's value: enough to know whether there is a baseline, and whom a
+    conflict names)."""
+    off = {f for m in fleet.kinds for f in m.vcpu_off}
     while True:
-        stuck = [Conflict(f"vCPU feature {f}", None, {label: 1},
-                          f"a guest of another input runs with {f} off, and what {label} "
+        stuck = [Conflict(f"vCPU feature {f}", None, {labels[i]: 1},
+                          f"a guest of another input runs with {f} off, and what {labels[i]} "
                           f"presents then is not known (profile from an older probe: probe "
                           f"it again)")
-                 for f in sorted(off) for m, label in zip(models, labels)
-                 if not m.can_switch_off(f)]
+                 for f in sorted(off)
+                 for i in sorted(i for m, mem in zip(fleet.kinds, fleet.members)
+                                 if not m.can_switch_off(f) for i in mem)]
         if stuck:
-            return BaselineResult(None, stuck)
-        result = _baseline(_switched(models, off), kb, labels, rules, off)
+            return _Resolved(fleet, fleet.labels(labels), off, conflicts=stuck)
+        cur = _switch(fleet, off, memo)
+        result = _combine(cur, cur.labels(labels), off, kb, memo, explain)
         if result.ok:
             return result
-        more = _features_resolving(result.conflicts, _distinct(models), off, kb)
+        more = _features_resolving(result.conflicts, cur, off, kb, memo)
         if not more:
             return result
-        off |= more
+        off = off | more
 
 
-def _distinct(models: Sequence[CpuModel]) -> list[CpuModel]:
-    """One model of each set sharing their dicts (read from identical
-    profiles): what the vCPU-feature search needs to look at once."""
-    return list({(id(m.values), id(m.writable), id(m.vcpu_effects), m.vcpu_off): m
-                 for m in models}.values())
-
-
-def _switched(models: Sequence[CpuModel], off: set[str]) -> list[CpuModel]:
-    """Each model with *off* switched off; models sharing their dicts (read
-    from identical profiles) keep sharing them."""
-    if not off:
-        return list(models)
-    memo: dict[tuple[int, int], CpuModel] = {}
-    out = []
-    for m in models:
-        key = (id(m.values), id(m.vcpu_effects))
-        if key not in memo:
-            memo[key] = m.switched_off(off)
-        v = memo[key]
-        out.append(v if v.hosts == m.hosts else replace(v, hosts=m.hosts))
-    return out
-
-
-def _switched_fields(models: Sequence[CpuModel], feature: str,
-                     kb: KnowledgeBase) -> set[tuple[str, str | None]]:
-    """(register, field) pairs switching *feature* off changes on some model,
-    and (register, None) for each such register."""
-    out: set[tuple[str, str | None]] = set()
-    for m in models:
-        for reg, value in m.vcpu_effects.get(feature, {}).items():
-            register = kb.register(reg)
-            out.add((reg, None))
-            for f in register.fields:
-                if f.get(value) != f.get(m.values.get(reg, 0)):
-                    out.add((reg, f.name))
-    return out
-
-
-def _features_resolving(conflicts: list[Conflict], models: Sequence[CpuModel], off: set[str],
-                        kb: KnowledgeBase) -> set[str]:
-    """The vCPU features not yet off, that every input can switch off, and
-    that switch a field of some conflict."""
-    switched = _switched(models, off)
-    out = set()
-    for feature in VCPU_FEATURES:
-        if feature in off or not all(m.can_switch_off(feature) for m in switched):
+def _combine(fleet: _Fleet, labels: list[str], off: set[str], kb: KnowledgeBase,
+             memo: Memo, explain: bool) -> _Resolved:
+    """Every register of the fleet combined (in the knowledge base's order),
+    and the platforms met; conflicts name the kinds by *labels*."""
+    order = memo.get(("order", fleet.registers))
+    if order is None:
+        regs = [(n, kb.register(n)) for n in fleet.registers]
+        order = memo["order", fleet.registers] = tuple(
+            (n, r, _fieldwise(r)) for n, r in sorted(regs, key=lambda nr: (nr[1].encoding, nr[0])))
+    out = _Resolved(fleet, labels, off)
+    cols = fleet.columns
+    for name, reg, fieldwise in order:
+        values, masks = cols.values[name], cols.writable[name]
+        if values.count(values[0]) == len(values) and masks.count(masks[0]) == len(masks):
+            # one (value, mask) everywhere (most registers): never a conflict
+            key = (name, values[0], masks[0])
+            got = memo.get(key)
+            if got is None:
+                got = memo[key] = _register_outcome(reg, {key[1:]}) if fieldwise else \
+                    (values[0], masks[0], (), False)
+            out.values[name], out.writable[name] = got[0], got[1]
             continue
-        fields = _switched_fields(switched, feature, kb)
-        if any((c.register, c.field) in fields for c in conflicts):
-            out.add(feature)
+        v, mask, c = _combine_register(reg, name, fieldwise, fleet, labels, kb, memo, explain)
+        out.conflicts.extend(c)
+        out.values[name], out.writable[name] = v, mask
+    out.platform, issues = _meet(fleet.kinds, labels)
+    out.conflicts += [Conflict(i.name, None, i.values or {}, i.message, decimal=True)
+                      for i in issues]
     return out
 
 
-def _effects(model: CpuModel, uniq: Sequence[CpuModel], labels: Sequence[str],
-             kb: KnowledgeBase) -> dict[str, dict[str, int]]:
-    """What switching each remaining vCPU feature off gives the combined
-    model: the fields it switches take the combination of the inputs'
-    switched values (kept out when they have none); the rest stays."""
-    out: dict[str, dict[str, int]] = {}
-    for feature in VCPU_FEATURES:
-        if feature in model.vcpu_off or not all(m.can_switch_off(feature) for m in uniq):
-            continue
-        fields = _switched_fields(uniq, feature, kb)
-        # each input with the feature off, as values to combine (not named
-        # models: a model's name is a digest, costly by the thousand)
-        variants = [CpuModel({**m.values, **m.vcpu_effects[feature]}, m.writable, name="-")
-                    for m in uniq]
-        effect: dict[str, int] = {}
-        ok = True
-        for reg, name in sorted((r, n) for r, n in fields if n is not None):
-            f = kb.register(reg).field(name)
-            pairs = {(m.values.get(reg, 0), m.writable.get(reg, 0)) for m in variants}
-            value, conflict = _combine_field(reg, f, variants, labels, pairs)
-            if conflict is not None:
-                ok = False
-                break
-            current = effect.get(reg, model.values.get(reg, 0))
-            # never above the model's own value: the repair may have lowered it
-            if f.order(value) < f.order(f.get(current)):      # type: ignore[arg-type]
-                effect[reg] = f.put(current, value)           # type: ignore[arg-type]
-        if ok:
-            out[feature] = {r: v for r, v in effect.items() if v != model.values.get(r, 0)}
-    return out
-
-
-def _baseline(models: Sequence[CpuModel], kb: KnowledgeBase, labels: list[str],
-              rules: RuleBook | None, off: set[str]) -> BaselineResult:
-    # Models read from identical profiles share their dicts: group by identity
-    # first (cheap), then by content.
-    by_identity: dict[tuple, tuple[CpuModel, list[str]]] = {}
-    for m, label in zip(models, labels):
-        by_identity.setdefault((id(m.values), id(m.writable), m.imp_id_writable,
-                                id(m.vcpu_effects), id(m.firmware), id(m.reg_list), m.platform),
-                               (m, []))[1].append(label)
-    distinct: dict[tuple, tuple[CpuModel, list[str]]] = {}
-    for m, group in by_identity.values():
-        key = (tuple(sorted(m.values.items())), tuple(sorted(m.writable.items())),
-               m.imp_id_writable, tuple(sorted((f, tuple(sorted(e.items())))
-                                               for f, e in m.vcpu_effects.items())),
-               tuple(sorted(m.firmware.items(), key=lambda kv: kv[0])), m.reg_list, m.platform)
-        distinct.setdefault(key, (m, []))[1].extend(group)
-    uniq = [m for m, _ in distinct.values()]
-    uniq_labels = [_short(ls) for _, ls in distinct.values()]
-    regs = {n: kb.register(n) for n in set().union(*(m.values.keys() for m in uniq))}
-    values, writable, conflicts = {}, {}, []
-    for name in sorted(regs, key=lambda n: (regs[n].encoding, n)):
-        v, mask, c = _combine_register(regs[name], name, uniq, uniq_labels, kb)
-        conflicts.extend(c)
-        values[name], writable[name] = v, mask
-    common, issues = platform.meet([m.platform for m in uniq], uniq_labels)
-    conflicts += [Conflict(i.name, None, i.values or {}, i.message, decimal=True)
-                  for i in issues]
-    if conflicts:
-        return BaselineResult(None, conflicts)
-    hosts = tuple(h for m in models for h in m.hosts)
-    impls = tuple(sorted({i for m in uniq for i in m.implementations}))
-    model = CpuModel(values, writable, all(m.imp_id_writable for m in uniq), hosts, impls,
-                     vcpu_off=tuple(off))
+def _complete(res: _Resolved, kb: KnowledgeBase, rules: RuleBook | None,
+              hosts: Callable[[], tuple[str, ...]], memo: Memo) -> BaselineResult:
+    """The baseline model of a resolved combination: implementations,
+    dependency repair, vCPU-feature effects, firmware, register list."""
+    if not res.ok:
+        return BaselineResult(None, res.conflicts)
+    uniq = res.fleet.kinds
+    impls = tuple(sorted(set().union(*{m.implementations for m in uniq})))
+    model = CpuModel(res.values, res.writable, all(m.imp_id_writable for m in uniq), hosts(),
+                     impls, vcpu_off=tuple(res.off))
     repair = None
     if rules is not None:
-        repair = make_consistent(model, uniq, kb, rules, uniq_labels)
+        repair = make_consistent(model, uniq, kb, rules, res.labels, res.fleet.columns)
         model = repair.model
-    lists = [m.reg_list for m in uniq if m.reg_list is not None]
-    reg_list = frozenset.intersection(*lists) if len(lists) == len(uniq) else None
-    model = replace(model, vcpu_effects=_effects(model, uniq, uniq_labels, kb),
-                    firmware=_firmware(uniq), reg_list=reg_list, platform=common, name="")
+    lists = {id(m.reg_list): m.reg_list for m in uniq}
+    reg_list = None if None in lists.values() else \
+        frozenset.intersection(*(x for x in lists.values() if x is not None))
+    model = replace(model, vcpu_effects=_effects(model, res.fleet, kb, memo),
+                    firmware=_firmware(uniq), reg_list=reg_list, platform=res.platform, name="")
     return BaselineResult(model, consistency=repair)
 
 
 def _firmware(models: Sequence[CpuModel]) -> dict[str, int | None]:
     """The firmware pseudo-registers every model's host can give a guest
-    (libvirt_arm_cpu.kb.firmware.combine); unmanaged (empty) when one model
-    does not record them (a profile probed before they were)."""
-    if any(not m.firmware for m in models):
+    (libvirt_arm_cpu.kb.firmware.combine: of the distinct values); unmanaged
+    (empty) when one model does not record them (a profile probed before
+    they were)."""
+    tables = [m.firmware for m in models]
+    if not all(tables):
         return {}
-    names = sorted({n for m in models for n in m.firmware})
-    return {n: firmware.combine([m.firmware.get(n) for m in models], n) for n in names}
+    return {n: firmware.combine(list(set(map(dict.get, tables, itertools.repeat(n)))), n)
+            for n in sorted(set().union(*tables))}
 
 
-def _short(labels: list[str]) -> str:
-    return labels[0] if len(labels) == 1 else f"{labels[0]} (+{len(labels) - 1} alike)"
-
+# -- pools --------------------------------------------------------------------
 
 @dataclass
 class Pool:
@@ -389,18 +694,12 @@ class Pool:
 MAX_EXACT_GROUPS = 12
 
 
-def _groups(models: Sequence[CpuModel]) -> list[list[int]]:
-    """Input positions grouped by identical content (same CPU, kernel)."""
+def _groups(fleet: _Fleet) -> list[list[int]]:
+    """The fleet's kinds grouped by identical content (same CPU, kernel):
+    values, writable masks, capability 239 and platform."""
     seen: dict[tuple, list[int]] = {}
-    keys: dict[tuple, tuple] = {}       # models sharing their dicts share a key
-    for i, m in enumerate(models):
-        ident = (id(m.values), id(m.writable), m.imp_id_writable, m.platform)
-        key = keys.get(ident)
-        if key is None:
-            key = keys[ident] = (tuple(sorted(m.values.items())),
-                                 tuple(sorted(m.writable.items())), m.imp_id_writable,
-                                 m.platform)
-        seen.setdefault(key, []).append(i)
+    for k, (m, key) in enumerate(zip(fleet.kinds, fleet.keys)):
+        seen.setdefault((key, m.imp_id_writable, m.platform), []).append(k)
     return list(seen.values())
 
 
@@ -411,57 +710,88 @@ def largest_compatible(models: Sequence[CpuModel], kb: KnowledgeBase, rules: Rul
     host when there are at most 12 of them (fleets have few), greedy above:
     drop the kind named in most conflicts until a baseline exists."""
     labels = list(labels or ["+".join(m.hosts) or f"#{i}" for i, m in enumerate(models)])
-    groups = _groups(models)
+    fleet = _fleet(models)
+    return _largest(models, labels, fleet, _groups(fleet), kb, rules, {}, {})
 
-    def attempt(chosen: list[list[int]]) -> Pool:
-        idx = sorted(i for g in chosen for i in g)
-        return Pool(idx, baseline([models[i] for i in idx], kb, rules, [labels[i] for i in idx]))
+
+def _largest(models: Sequence[CpuModel], labels: list[str], fleet: _Fleet,
+             groups: list[list[int]], kb: KnowledgeBase, rules: RuleBook | None,
+             memo: Memo, apart_memo: dict[tuple[int, int], bool]) -> Pool:
+    """largest_compatible over *groups* of the fleet's kinds.  Sets of kinds
+    are judged without the rules (they do not decide whether a baseline
+    exists); the set kept is then completed with them.  *apart_memo*: pairs
+    of groups (by first input) already judged."""
+    members = [fleet.members[g[0]] if len(g) == 1 else
+               sorted(i for k in g for i in fleet.members[k]) for g in groups]
+
+    def attempt(chosen: Sequence[int], explain: bool) -> _Resolved:
+        return _resolve(fleet.subset(sorted(k for g in chosen for k in groups[g])), labels, kb,
+                        memo, explain)
+
+    def pool(chosen: Sequence[int], res: _Resolved) -> Pool:
+        idx = sorted(i for g in chosen for i in members[g])
+        return Pool(idx, _complete(res, kb, rules, lambda: _hosts([models[i] for i in idx]),
+                                   memo))
 
     if len(groups) <= MAX_EXACT_GROUPS:
-        import itertools
         # Two kinds without a common model make every set holding both fail
         # too (a field no value of which both accept stays so; a vCPU feature
-        # one cannot switch off stays so): judge the pairs once (rules left
-        # out: they do not decide whether a baseline exists), then try only
-        # the sets whose every pair has one -- 18 kinds took 5,491 baselines.
-        reps = [models[g[0]] for g in groups]
+        # one cannot switch off stays so): judge the pairs once (each by the
+        # group's first input), then try only the sets whose every pair has
+        # one -- 18 kinds took 5,491 baselines.
+        def apart_pair(a: int, b: int) -> bool:
+            key = (members[a][0], members[b][0])
+            got = apart_memo.get(key)
+            if got is None:
+                pair = _fleet([models[key[0]], models[key[1]]])
+                got = apart_memo[key] = not _resolve(pair, ["", ""], kb, memo, False).ok
+            return got
+
         apart = {(a, b) for a, b in itertools.combinations(range(len(groups)), 2)
-                 if not baseline([reps[a], reps[b]], kb, None).ok}
+                 if apart_pair(a, b)}
         subsets = []
         for r in range(len(groups), 0, -1):
             for combo in itertools.combinations(range(len(groups)), r):
                 if not any(pair in apart for pair in itertools.combinations(combo, 2)):
-                    subsets.append((sum(len(groups[g]) for g in combo), combo))
+                    subsets.append((sum(len(members[g]) for g in combo), combo))
         subsets.sort(key=lambda s: (-s[0], s[1]))
         for _, combo in subsets:
-            pool = attempt([groups[g] for g in combo])
-            if pool.result.ok:
-                return pool
+            res = attempt(combo, False)
+            if res.ok:
+                return pool(combo, res)
         raise AssertionError("a single kind of host always has a baseline")
-    chosen = list(groups)
+    chosen = list(range(len(groups)))
     while True:
-        pool = attempt(chosen)
-        if pool.result.ok or len(chosen) == 1:
-            return pool
+        res = attempt(chosen, False)
+        if res.ok:
+            return pool(chosen, res)
+        if len(chosen) == 1:
+            return pool(chosen, attempt(chosen, True))
         blamed: dict[int, int] = {}
-        for c in pool.result.conflicts:
+        for c in res.conflicts:
+            named = " ".join(c.values)
             for n, g in enumerate(chosen):
-                if labels[g[0]] in " ".join(c.values):
+                if labels[members[g][0]] in named:
                     blamed[n] = blamed.get(n, 0) + 1
-        worst = max(range(len(chosen)), key=lambda n: (blamed.get(n, 0), -len(chosen[n])))
+        worst = max(range(len(chosen)),
+                    key=lambda n: (blamed.get(n, 0), -len(members[chosen[n]])))
         chosen.pop(worst)
 
 
 def pools(models: Sequence[CpuModel], kb: KnowledgeBase, rules: RuleBook | None,
           labels: Sequence[str] | None = None) -> list[Pool]:
-    """Split the inputs into pools that each have a baseline, largest first."""
+    """Split the inputs into pools that each have a baseline, largest first.
+    A pool is whole groups of identical inputs: the groups, and which pairs
+    of them have a common model, are worked out once for all pools."""
     labels = list(labels or ["+".join(m.hosts) or f"#{i}" for i, m in enumerate(models)])
-    remaining = list(range(len(models)))
+    fleet = _fleet(models)
+    remaining = _groups(fleet)
+    memo: Memo = {}
+    apart: dict[tuple[int, int], bool] = {}
     out = []
     while remaining:
-        pool = largest_compatible([models[i] for i in remaining], kb, rules,
-                                  [labels[i] for i in remaining])
-        taken = [remaining[i] for i in pool.indices]
-        out.append(Pool(taken, pool.result))
-        remaining = [i for i in remaining if i not in set(taken)]
+        pool = _largest(models, labels, fleet, remaining, kb, rules, memo, apart)
+        out.append(pool)
+        taken = set(pool.indices)
+        remaining = [g for g in remaining if fleet.members[g[0]][0] not in taken]
     return out

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.kb.features import Condition as FeatureCondition
@@ -36,9 +37,9 @@ from libvirt_arm_cpu.kb.features import Group as FeatureGroup
 from libvirt_arm_cpu.kb.dependencies import Always, Condition, Group, Not, Rule, RuleBook, Test
 from libvirt_arm_cpu.kb.registers import Field, KnowledgeBase, sign_extend
 from libvirt_arm_cpu.kb.registers import U64_MAX as U64
-from libvirt_arm_cpu.engine.rules import covers, field_accepts, source_accepts
+from libvirt_arm_cpu.engine.rules import covers, field_accepts
 
-__all__ = ["Lowering", "Unresolved", "Consistency", "make_consistent", "exempt_rules"]
+__all__ = ["Lowering", "Unresolved", "Consistency", "Columns", "make_consistent", "exempt_rules"]
 
 
 # A move: (register, field name) -> the new, lower value.
@@ -79,69 +80,166 @@ class Consistency:
                 "exempt": self.exempt}
 
 
-def exempt_rules(sources: Sequence[CpuModel], book: RuleBook,
-                 labels: Sequence[str]) -> dict[str, list[str]]:
-    """Enforced rules that some source breaks with its own values.
+@dataclass
+class Columns:
+    """Sources register by register: each register's values and writable
+    masks, source by source in the sources' order (0 where a source lacks
+    the register).  A fleet has few distinct values of each register even
+    where its hosts all differ (10,000 hosts that each lower a field or two
+    of the same CPU), so what depends on a register is judged over those."""
 
-    A rule reads a register or two, and a fleet has few distinct values of
-    each: every rule is judged once a distinct combination of the registers
-    it reads, not once a host (10,000 hosts of a few kinds cost what a few
-    hosts cost)."""
-    out: dict[str, list[str]] = {}
-    columns: dict[str, list[int]] = {}
+    values: dict[str, Sequence[int]]
+    writable: dict[str, Sequence[int]]
+    size: int
+    _distinct: dict[tuple[bool, str], list[int]] = field(default_factory=dict, repr=False)
+    _pairs: dict[str, set[tuple[int, int]]] = field(default_factory=dict, repr=False)
 
-    def column(reg: str) -> list[int]:
-        if reg not in columns:
-            columns[reg] = [s.values.get(reg, 0) for s in sources]
-        return columns[reg]
+    @classmethod
+    def of(cls, sources: Sequence[CpuModel]) -> Columns:
+        names = set().union(*(s.values for s in sources), *(s.writable for s in sources))
+        return cls({n: [s.values.get(n, 0) for s in sources] for n in names},
+                   {n: [s.writable.get(n, 0) for s in sources] for n in names}, len(sources))
 
-    for rule in book.enforced:
-        regs = sorted({reg for reg, _ in rule.fields()})
-        keys = list(zip(*(column(r) for r in regs))) if regs else [()] * len(sources)
-        verdicts: dict[tuple, bool] = {}
-        for key, label in zip(keys, labels):
-            broken = verdicts.get(key)
-            if broken is None:
-                broken = verdicts[key] = rule.violated(dict(zip(regs, key)))
-            if broken:
-                out.setdefault(rule.id, []).append(label)
+    def value(self, reg: str) -> Sequence[int]:
+        col = self.values.get(reg)
+        return col if col is not None else (0,) * self.size
+
+    def mask(self, reg: str) -> Sequence[int]:
+        col = self.writable.get(reg)
+        return col if col is not None else (0,) * self.size
+
+    def distinct(self, reg: str, masks: bool = False) -> list[int]:
+        """The register's distinct values (writable masks with *masks*)."""
+        got = self._distinct.get((masks, reg))
+        if got is None:
+            col = self.mask(reg) if masks else self.value(reg)
+            # a column of one value (most are) is found without hashing it
+            got = [] if not col else [col[0]] if col.count(col[0]) == len(col) else list(set(col))
+            self._distinct[masks, reg] = got
+        return got
+
+    def pairs(self, reg: str) -> set[tuple[int, int]]:
+        """The distinct (value, writable mask) pairs of the register."""
+        got = self._pairs.get(reg)
+        if got is None:
+            if self.size <= 64:         # few sources: the pairs at once
+                got = set(zip(self.value(reg), self.mask(reg)))
+            else:                       # many: each column's distinct values first
+                values, masks = self.distinct(reg), self.distinct(reg, masks=True)
+                got = ({(v, masks[0]) for v in values} if len(masks) == 1 else
+                       {(values[0], w) for w in masks} if len(values) == 1 else
+                       set(zip(self.value(reg), self.mask(reg))))
+            self._pairs[reg] = got
+        return got
+
+
+_BITS_READ: dict[int, tuple[Rule, dict[str, int]]] = {}      # id of a rule -> it, its bits
+
+
+def _bits_read(rule: Rule) -> dict[str, int]:
+    """Register -> the bits of it the rule reads (a field's, or all).  Rules
+    are immutable and loaded once: each is walked once."""
+    got = _BITS_READ.get(id(rule))
+    if got is not None and got[0] is rule:
+        return got[1]
+    out: dict[str, int] = {}
+    todo: list[Condition] = [rule.when, *rule.then]
+    while todo:
+        c = todo.pop()
+        if isinstance(c, Test):
+            out[c.register] = out.get(c.register, 0) | (c.field.mask if c.field else U64)
+            if c.ref is not None:
+                out[c.ref.register] = out.get(c.ref.register, 0) | c.ref.mask
+        elif isinstance(c, Group):
+            todo.extend(c.terms)
+        elif isinstance(c, Not):
+            todo.append(c.term)
+    _BITS_READ[id(rule)] = (rule, out)
     return out
 
 
-def _acceptance(sources: Sequence[CpuModel]) -> Callable[[str, Field, int], bool]:
+def exempt_rules(sources: Sequence[CpuModel], book: RuleBook, labels: Sequence[str],
+                 columns: Columns | None = None) -> dict[str, list[str]]:
+    """Enforced rules that some source breaks with its own values.
+
+    A rule reads a few fields, and a fleet has few distinct values of each:
+    a register whose bits the rule reads are the same everywhere is fixed,
+    and the rule is judged once a distinct combination of the others (most
+    rules once), not once a source; the sources are only walked to name
+    the ones that break it.  *columns*: the sources' (the caller's, when
+    it has them)."""
+    cols = columns if columns is not None else Columns.of(sources)
+    every = list(labels)[:cols.size]
+    out: dict[str, list[str]] = {}
+    combos: dict[tuple[str, ...], tuple[Sequence[Any], set[Any]]] = {}
+    for rule in book.enforced:
+        bits = _bits_read(rule)
+        regs = sorted(bits)
+        vary = tuple(r for r in regs if len({v & bits[r] for v in cols.distinct(r)}) > 1)
+        fixed = {r: (cols.distinct(r) or [0])[0] for r in regs if r not in vary}
+        if not vary:
+            if rule.violated(fixed):
+                out[rule.id] = list(every)
+            continue
+        if vary not in combos:
+            # each source's values of those registers (one register: the
+            # column itself), and their distinct combinations
+            if len(vary) == 1:
+                combos[vary] = cols.value(vary[0]), set(cols.distinct(vary[0]))
+            else:
+                rows = list(zip(*(cols.value(r) for r in vary)))
+                combos[vary] = rows, set(rows)
+        keys, present = combos[vary]
+        verdicts: dict[tuple[int, ...], bool] = {}
+        broken = set()
+        for key in present:
+            values = (key,) if len(vary) == 1 else key
+            read = tuple(v & bits[r] for v, r in zip(values, vary))
+            verdict = verdicts.get(read)
+            if verdict is None:
+                verdict = verdicts[read] = rule.violated({**fixed, **dict(zip(vary, values))})
+            if verdict:
+                broken.add(key)
+        if broken:
+            out[rule.id] = list(every) if len(broken) == len(present) else \
+                [label for key, label in zip(keys, every) if key in broken]
+    return out
+
+
+def _acceptance(cols: Columns) -> Callable[[str, Field, int], bool]:
     """``accepts(reg, field, new)``: does every source accept *new* for the
     field?  What a source accepts depends only on its own value of the
     field and whether it may change it, so each field is judged over the
-    distinct (value, writable) pairs of its register, found once."""
+    distinct (value, writable) pairs of its register."""
     kinds: dict[tuple[str, str], set[tuple[int, bool]]] = {}
-    pairs: dict[str, set[tuple[int, int]]] = {}
 
     def accepts(reg: str, f: Field, new: int) -> bool:
         k = kinds.get((reg, f.name))
         if k is None:
-            if reg not in pairs:
-                pairs[reg] = {(s.values.get(reg, 0), s.writable.get(reg, 0)) for s in sources}
-            k = kinds[(reg, f.name)] = {(f.get(v), covers(w, f)) for v, w in pairs[reg]}
+            k = kinds[(reg, f.name)] = {(f.get(v), covers(w, f)) for v, w in cols.pairs(reg)}
         return all(new == own or (cov and field_accepts(f, new, own)) for own, cov in k)
 
     return accepts
 
 
 def make_consistent(model: CpuModel, sources: Sequence[CpuModel], kb: KnowledgeBase,
-                    book: RuleBook, labels: Sequence[str] | None = None) -> Consistency:
+                    book: RuleBook, labels: Sequence[str] | None = None,
+                    columns: Columns | None = None) -> Consistency:
     """Lower fields of *model* until it obeys every enforced rule that all
     *sources* obey, within what every source's kernel accepts.
 
     :param sources: the hosts the model must still run on (for a baseline:
         its inputs; for a translated CPU: the host).
+    :param columns: the sources' registers, when the caller has them.
     """
     labels = list(labels or ["+".join(s.hosts) or f"#{i}" for i, s in enumerate(sources)])
-    exempt = exempt_rules(sources, book, labels)
+    cols = columns if columns is not None else Columns.of(sources)
+    exempt = exempt_rules(sources, book, labels, cols)
     rules = [r for r in book.enforced if r.id not in exempt]
     values = dict(model.values)
     lowered: list[Lowering] = []
 
-    every_source_accepts = _acceptance(sources)
+    every_source_accepts = _acceptance(cols)
 
     def allowed(reg: str, f: Field, new: int) -> bool:
         return (f.order(new) < f.order(f.get(values.get(reg, 0)))
@@ -160,7 +258,8 @@ def make_consistent(model: CpuModel, sources: Sequence[CpuModel], kb: KnowledgeB
         rule = broken[0]
         move = _best_move(rule, values, kb, feasible, rules, book.catalog)
         if move is None:
-            unresolved[rule.id] = Unresolved(rule, _blockers(rule, values, kb, sources, labels))
+            unresolved[rule.id] = Unresolved(rule, _blockers(rule, values, kb, cols, labels,
+                                                             every_source_accepts))
             continue
         for (reg, name), new in sorted(move.items()):
             f = kb.register(reg).field(name)
@@ -345,8 +444,8 @@ def _falsify_test(t: Test, values: dict[str, int]) -> list[Move]:
     return []
 
 
-def _blockers(rule: Rule, values: dict[str, int], kb: KnowledgeBase,
-              sources: Sequence[CpuModel], labels: Sequence[str]) -> str:
+def _blockers(rule: Rule, values: dict[str, int], kb: KnowledgeBase, cols: Columns,
+              labels: Sequence[str], accepts: Callable[[str, Field, int], bool]) -> str:
     """Why no lowering repairs *rule*: what keeps each of its fields."""
     why = []
     for reg, name in sorted(rule.fields()):
@@ -356,12 +455,11 @@ def _blockers(rule: Rule, values: dict[str, int], kb: KnowledgeBase,
             lower = [v for v in range(f.max_value + 1) if f.order(v) < f.order(cur)]
             if not lower:
                 continue
-            stuck = [label for s, label in zip(sources, labels)
-                     if not covers(s.writable.get(reg, 0), f)]
+            covering = {w for w in cols.distinct(reg, masks=True) if covers(w, f)}
+            stuck = [label for w, label in zip(cols.mask(reg), labels) if w not in covering]
             if stuck:
                 why.append(f"{f} is not writable on {', '.join(stuck)}")
-            elif not any(all(source_accepts(s.values, s.writable, reg, f, v) for s in sources)
-                         for v in lower):
+            elif not any(accepts(reg, f, v) for v in lower):
                 why.append(f"KVM keeps {f} at {cur} ({f.effective_policy})")
     if not why:
         return "only raising a field would make it hold"
