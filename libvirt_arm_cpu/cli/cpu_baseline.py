@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -13,7 +14,7 @@ from libvirt_arm_cpu import modelstore
 from libvirt_arm_cpu.engine.baseline import BaselineResult, baseline, largest_compatible, pools
 from libvirt_arm_cpu.cli.base import Command
 from libvirt_arm_cpu.cpuinputs import baseline_inputs
-from libvirt_arm_cpu.service import load_inputs, model_cache, model_features
+from libvirt_arm_cpu.service import bulk, load_inputs, model_cache, model_features
 from libvirt_arm_cpu.engine.consistency import Consistency
 from libvirt_arm_cpu.formats.cpumodel import to_xml as model_to_xml
 from libvirt_arm_cpu.model import CpuModel
@@ -124,6 +125,11 @@ or bad data; 2 bad usage."""
                                 "list them (with --save, save each pool's model)")
 
     def run(self, args: argparse.Namespace) -> int:
+        # a fleet read and combined without garbage collection (service.bulk)
+        with bulk(len(args.profiles) > 1 or any(os.path.isdir(p) for p in args.profiles)):
+            return self._run(args)
+
+    def _run(self, args: argparse.Namespace) -> int:
         kb = kb_load.registers()
         # as cli.hypervisor.read_baseline_inputs, through the profile cache
         inputs = load_inputs(args.profiles, kb, args.validate,

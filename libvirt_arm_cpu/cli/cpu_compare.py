@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.cli.base import Command, or_give_a_profile
 from libvirt_arm_cpu.cli.cpu_baseline import add_cache_arguments
 from libvirt_arm_cpu.cli.hypervisor import CpuArg, compare_with_host_cpu, libvirt_host_cpu, read_cpu_arg
 from libvirt_arm_cpu.cpuinputs import compare_cpu_input
-from libvirt_arm_cpu.service import load_hosts, load_input, model_cache
+from libvirt_arm_cpu.service import bulk, load_hosts, load_input, model_cache
 from libvirt_arm_cpu.engine.compare import (IDENTICAL, INCOMPATIBLE, SUPERSET, Comparison, compare, compare_features, compare_many, compare_passthrough)
 from libvirt_arm_cpu.errors import DataError, UsageError, path_label
 from libvirt_arm_cpu.formats.kinds import CPU_MODEL, kind_of
@@ -160,7 +157,7 @@ usage."""
     def _many(self, args: argparse.Namespace, kb: KnowledgeBase, cpu: CpuArg,
               source: str) -> int:
         """A verdict for each host of several profiles and directories."""
-        with _no_collection():
+        with bulk():
             hosts = load_hosts(args.profile, kb, args.validate,
                                model_cache(kb, args.cache_dir, not args.no_cache),
                                other=_hosts_only, jobs=None)
@@ -210,24 +207,6 @@ usage."""
                          f"is exact)")
         sys.stdout.write("\n".join(lines) + "\n")
         return 1 if bad else 0
-
-
-@contextmanager
-def _no_collection() -> Iterator[None]:
-    """No garbage collection while thousands of profiles are read and
-    judged (they hold no cycles; the collections cost a third of a warm run
-    of 10,000), and none of those objects counted young afterwards:
-    gc.freeze resets the young generation's count and unfreeze puts them
-    with the old ones, so enabling it again collects nothing at once."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.unfreeze()
-        if enabled:
-            gc.enable()
 
 
 def _hosts_only(data: bytes, path: str, label: str, kb: KnowledgeBase, seen: dict,
