@@ -9,6 +9,7 @@ same directory, is flushed to disk, and replaces the target with one
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
 from libvirt_arm_cpu.errors import DataError, ParseError
@@ -41,6 +42,16 @@ def read_input(path: str) -> bytes:
     return data
 
 
+def _write_through(target: str, data: bytes, st: os.stat_result) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{target}: cannot write: it is a directory")
+    try:
+        with open(target, "wb") as f:
+            f.write(data)
+    except OSError as err:
+        raise DataError(f"{target}: cannot write: {err.strerror}") from err
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int | None = None,
                  durable: bool = True) -> None:
     """Replace *path* with *data* atomically; ``-`` writes to stdout.
@@ -52,6 +63,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int | None = N
     fsyncs on every write.
 
     A symbolic link is followed (its target is replaced, the link stays);
+    a device or FIFO (``/dev/null``, ``/dev/stdout``) is written to, not
+    replaced;
     the file gets *mode* if given, else an existing file keeps its
     permission bits (a new one gets 0644); temporary files a killed writer left in the directory
     are removed first (their names carry the writer's pid).
@@ -65,6 +78,15 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int | None = N
         return
     if os.path.islink(target):
         target = os.path.realpath(target)
+    try:
+        st = os.stat(target)
+    except OSError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        # a device, FIFO or socket (``-o /dev/null``): written to, never
+        # replaced -- a rename would put a plain file where /dev/null was
+        _write_through(target, data, st)
+        return
     directory = os.path.dirname(target) or "."
     base = os.path.basename(target)
     if mode is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import stat
+import threading
 
 import pytest
 
@@ -78,3 +80,30 @@ def test_temp_files_of_a_killed_writer_are_cleaned_up(tmp_path):
     live.write_bytes(b"")
     atomic_write(target, b"x")
     assert sorted(os.listdir(tmp_path)) == sorted(["f.xml", live.name])
+
+
+def test_a_device_is_written_to_never_replaced(tmp_path):
+    """``-o /dev/null`` must leave /dev/null a device: a null device node
+    made here (the suite runs as root) stands for it."""
+    node = tmp_path / "null"
+    os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    atomic_write(node, b"anything")
+    st = os.stat(node)
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["null"]       # no temporary left
+
+
+def test_a_fifo_is_written_to_never_replaced(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    atomic_write(fifo, b"through the pipe\n")
+    reader.join(timeout=10)
+    assert got == [b"through the pipe\n"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_a_directory_is_refused(tmp_path):
+    with pytest.raises(DataError, match="is a directory"):
+        atomic_write(tmp_path, b"x")
