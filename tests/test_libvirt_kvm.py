@@ -61,11 +61,12 @@ libvirt.registerErrorHandler(lambda *a: None, None)
 
 def serial_of(name):
     """What the ID-register payload of domain *name* printed (it is done
-    at IDREGS END)."""
+    once the IDREGS END line is whole: a line without its end is taken as
+    still being written)."""
     serial = f"/tmp/{name}.serial"
     for _ in range(600):
         try:
-            if "IDREGS END" in open(serial, errors="replace").read():
+            if "IDREGS END\n" in open(serial, errors="replace").read().replace("\r", ""):
                 break
         except OSError:
             pass
