@@ -209,6 +209,83 @@ def test_other_knowledge_base_or_version_misses(kb, tmp_path, not_racy, monkeypa
     assert cache is not None and cache.lookup(str(N1))[0] is None
 
 
+def stored(cache_dir: Path) -> dict:
+    """The entries of the one shard in *cache_dir*, as marshal reads them."""
+    import marshal
+    shard, = shards(cache_dir)
+    return marshal.loads(shard.read_bytes()[len(modelcache._MAGIC) + 4:])[2]
+
+
+def rewrite(cache_dir: Path, entries: dict) -> None:
+    import marshal
+    import zlib
+    shard, = shards(cache_dir)
+    header, directory, _ = marshal.loads(shard.read_bytes()[len(modelcache._MAGIC) + 4:])
+    raw = marshal.dumps((header, directory, entries))
+    shard.write_bytes(modelcache._MAGIC + zlib.crc32(raw).to_bytes(4, "big") + raw)
+
+
+def distinct_pair(tmp: Path) -> Path:
+    """Two hosts of one CPU, one register apart (a fleet's distinct hosts)."""
+    d = tmp / "pair"
+    d.mkdir()
+    shutil.copyfile(N1, d / "a.xml")
+    (d / "b.xml").write_text(lowered(N1.read_text()).replace('hostname="', 'hostname="b-', 1))
+    return d
+
+
+def test_distinct_hosts_stored_as_a_base_and_changes(kb, tmp_path, not_racy):
+    """The second host's values and registers are kept as the first's and
+    what differs; read back, models and profiles equal a plain read."""
+    d = distinct_pair(tmp_path)
+    plain = service.load_inputs([str(d)], kb)
+    load([d], kb, tmp_path / "c")                         # store the models ...
+    service.load_inputs([str(d)], kb, False,              # ... and the profiles
+                        modelcache.open_cache(str(tmp_path / "c"), kb.path))
+    entries = stored(tmp_path / "c")
+    (a_model, a_host), (b_model, b_host) = (entries[n][1][2] for n in ("a.xml", "b.xml"))
+    assert len(a_model[0]) == 2 and len(b_model[0]) == 4       # (keys, base, changed, values)
+    assert b_model[0][1] is a_model[0][1] and b_model[0][2] == ("ID_AA64ISAR0_EL1",)
+    assert a_host[0][4] is None and b_host[0][3] is a_host[0][3]
+    assert len(b_host[0][4][0]) == 1                            # one register's place
+    for _ in range(2):
+        cache = modelcache.open_cache(str(tmp_path / "c"), kb.path)
+        warm = service.load_inputs([str(d)], kb, False, cache)
+        assert cache is not None and cache.hits == 2 and warm == plain
+        assert [m.values for _, m, _ in warm] == [m.values for _, m, _ in plain]
+        assert [p.registers for _, _, p in warm] == [p.registers for _, _, p in plain]
+
+
+@pytest.mark.parametrize("damage", ["unknown register", "changes not matching", "place beyond",
+                                    "negative place"])
+def test_bad_changes_are_refused(kb, tmp_path, not_racy, damage):
+    """A base-and-changes record that does not rebuild what was stored:
+    the file is read instead, never a model with a register too many or a
+    profile with a register in the wrong place."""
+    d = distinct_pair(tmp_path)
+    plain = service.load_inputs([str(d)], kb)
+    service.load_inputs([str(d)], kb, False, modelcache.open_cache(str(tmp_path / "c"), kb.path))
+    entries = stored(tmp_path / "c")
+    ident, (key, checked, (model, host)) = entries["b.xml"]
+    keys, base, changed, values = model[0]
+    own, shared = host
+    places, regs = own[4]
+    if damage == "unknown register":
+        model = ((keys, base, ("ID_AA64XXX_EL1",), values),) + model[1:]
+    elif damage == "changes not matching":
+        model = ((keys, base, changed, values + values),) + model[1:]
+    elif damage == "place beyond":
+        host = (own[:4] + (((len(own[3]),), regs),), shared)
+    else:
+        host = (own[:4] + (((-1,), regs),), shared)
+    entries["b.xml"] = (ident, (key, checked, (model, host)))
+    rewrite(tmp_path / "c", entries)
+    cache = modelcache.open_cache(str(tmp_path / "c"), kb.path)
+    got = service.load_inputs([str(d)], kb, False, cache)
+    assert got == plain
+    assert [p.registers for _, _, p in got] == [p.registers for _, _, p in plain]
+
+
 # -- a broken or unwritable cache -------------------------------------------------
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "garbage", "empty", "header"])

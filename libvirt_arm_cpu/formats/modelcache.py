@@ -2,11 +2,9 @@
 
 ``cpu-baseline DIR`` over a fleet reads the same thousands of profiles run
 after run; parsing and checking one costs about 2 ms.  This cache keeps, for
-each profile file, the :class:`~libvirt_arm_cpu.model.CpuModel` it gives,
-so an unchanged file is not read again: a ``stat`` answers for it.  (Not
-the :class:`~libvirt_arm_cpu.model.HostProfile`: rebuilding its ~190
-register objects costs most of what parsing does; a caller that needs the
-profiles reads the files.)
+each profile file, the :class:`~libvirt_arm_cpu.model.CpuModel` it gives
+and its :class:`~libvirt_arm_cpu.model.HostProfile`, so an unchanged file
+is not read again: a ``stat`` answers for it.
 
 **Key.**  A file is known by its directory and name, device and inode, size,
 modification and change times (ns).  The change time (ctime) cannot be set
@@ -25,8 +23,11 @@ directory>.fleet``): a header, a CRC-32 of the body and the body, Python's
 ``marshal`` of plain values only (tuples, strings, numbers, None, bools;
 marshal builds no objects of its own and runs no code).  Values shared
 between profiles (register names, a value, a writable mask, the register
-list) are stored once and referenced (marshal's references), so 10,000
-distinct profiles of one CPU take about 10 MB.  Models are rebuilt through
+list) are stored once and referenced (marshal's references).  A fleet's
+distinct profiles of one CPU differ in a register or two: a model's values
+and a profile's registers are kept as those of the first like it plus what
+differs, so reading one back is a copy and a few items (10,000 such
+profiles: a 4 MB shard, read back in ~0.1 s).  Models are rebuilt through
 their constructor, so the invariants it checks hold.
 
 **Failure.**  The cache only ever answers with what a profile read gave for
@@ -55,7 +56,7 @@ from libvirt_arm_cpu.model import (CpuIdentity, CpuModel, Fingerprint, HostProfi
 
 __all__ = ["FORMAT", "ENV", "RACY_SECONDS", "ModelCache", "Entry", "default_dir", "open_cache"]
 
-FORMAT = 2          # 2: each record holds the profile too
+FORMAT = 3          # 2: each record holds the profile too; 3: values as a delta
 _MAGIC = b"LACMODELS\n"
 ENV = "LIBVIRT_ARM_CPU_CACHE_DIR"       # a directory; "" or "none" switches the cache off
 RACY_SECONDS = 2.0
@@ -116,6 +117,7 @@ class _Sharer:
         self.tuples: dict[tuple, tuple] = {}
         self.platforms: dict[tuple, tuple] = {}
         self.parts: dict[tuple, tuple] = {}         # profiles' shared parts
+        self.bases: dict[tuple, tuple] = {}         # register names -> the values others differ from
 
     def tup(self, items: Any) -> tuple:
         """*items* (hashable values) as a shared tuple of shared values;
@@ -131,6 +133,22 @@ class _Sharer:
     def mapping(self, d: dict) -> tuple[tuple, tuple]:
         """A dict of plain keys and values as (keys, values), each shared."""
         return self.tup(d), self.tup(d.values())
+
+    def delta(self, d: dict) -> tuple:
+        """A model's register values: (keys, values) as :meth:`mapping`, or
+        (keys, base values, keys changed, their values) when they differ in
+        few places from the first values stored with these keys (a fleet's
+        distinct profiles of one CPU differ in a field or two: reading one
+        back is then a copy of the base's dict and a few items, not ~190)."""
+        keys, values = self.mapping(d)
+        base = self.bases.setdefault(keys, values)
+        if base is values or len(values) < 8:
+            return keys, values
+        changed = [i for i, (a, b) in enumerate(zip(base, values)) if a != b]
+        if len(changed) * 4 > len(values):
+            return keys, values
+        return (keys, base, self.tup(keys[i] for i in changed),
+                self.tup(values[i] for i in changed))
 
     def seed(self, x: Any) -> None:
         """Make the values of *x* (a record read back) the ones new records
@@ -170,7 +188,7 @@ def _dec_platform(t: tuple) -> Platform:
 
 def _enc_model(m: CpuModel, share: _Sharer) -> tuple:
     """A model but its hosts, as plain values."""
-    return (share.mapping(m.values), share.mapping(m.writable), m.imp_id_writable,
+    return (share.delta(m.values), share.mapping(m.writable), m.imp_id_writable,
             share.tup(m.implementations), m.name, share.tup(m.vcpu_off),
             tuple((f, share.mapping(e)) for f, e in m.vcpu_effects.items()),
             share.mapping(m.firmware),
@@ -207,18 +225,48 @@ def _frozen(t: Any, memo: dict[Any, tuple[Any, Any]], make: Any, tag: str = "") 
     return got[1]
 
 
-def _dec_model(t: tuple, label: str, memo: dict[Any, tuple[Any, Any]],
+def _shared_dict(t: tuple, memo: dict[Any, tuple[Any, Any]],
+                 checked: dict[tuple[int, frozenset], Any], kinds: frozenset = _INT) -> dict:
+    """:func:`_dict` of *t*, one dict for one stored content: a fleet's
+    models share most of theirs (writable masks, vCPU-feature effects,
+    firmware), as the models of copies of one profile always have (models
+    are values, never changed in place), and the engine then compares them
+    by identity rather than item by item."""
+    keys, values = t
+    got = memo.get((id(keys), id(values)))
+    if got is None or got[0] is not keys or got[1] is not values:
+        got = memo[id(keys), id(values)] = (keys, values, _dict(t, checked, kinds))
+    return got[2]
+
+
+def _values(t: tuple, memo: dict[Any, tuple[Any, ...]],
+            checked: dict[tuple[int, frozenset], Any]) -> dict:
+    """A model's register values as stored (:meth:`_Sharer.delta`): a dict
+    of its own (a distinct profile's values are its own)."""
+    if len(t) == 2:
+        return _dict(t, checked)
+    keys, base, changed, values = t
+    if len(changed) != len(values):
+        raise ValueError("keys and values")
+    got = _shared_dict((keys, base), memo, checked).copy()
+    got.update(zip(_of(changed, checked, _STR), _of(values, checked)))
+    if len(got) != len(keys):
+        raise ValueError("a changed register the base does not have")
+    return got
+
+
+def _dec_model(t: tuple, label: str, memo: dict[Any, tuple[Any, ...]],
                checked: dict[tuple[int, frozenset], Any]) -> CpuModel:
-    """The model of a record, under *label*.  Its dicts are its own; the
-    immutable parts (register list, platform) are one object for one stored
-    value (*memo*, as :func:`_frozen`)."""
+    """The model of a record, under *label*.  Its parts are one object for
+    one stored content (*memo*, as :func:`_frozen` and :func:`_shared_dict`)."""
     (values, writable, imp_id, impls, name, off, effects, firmware, reg_list, platform) = t
     if not isinstance(name, str) or not name or type(imp_id) is not bool:
         raise ValueError("model name")
-    return CpuModel(_dict(values, checked), _dict(writable, checked), imp_id, (label,),
-                    _of(impls, checked), name=name, vcpu_off=_of(off, checked, _STR),
-                    vcpu_effects={f: _dict(e, checked) for f, e in effects},
-                    firmware=_dict(firmware, checked, _INT_OR_NONE),
+    return CpuModel(_values(values, memo, checked), _shared_dict(writable, memo, checked),
+                    imp_id, (label,), _of(impls, checked), name=name,
+                    vcpu_off=_of(off, checked, _STR),
+                    vcpu_effects={f: _shared_dict(e, memo, checked) for f, e in effects},
+                    firmware=_shared_dict(firmware, memo, checked, _INT_OR_NONE),
                     reg_list=None if reg_list is None else _frozen(reg_list, memo, _frozenset),
                     platform=_frozen(platform, memo, _dec_platform))
 
@@ -261,8 +309,21 @@ def _enc_profile(p: HostProfile, share: _Sharer) -> tuple:
         if got is None:
             got = tuples[t] = tuple(map(scalars.setdefault, t, t))
         regs.append(got)
-    return ((p.hostname, p.probed_at, share.mapping(p.fingerprint.components), tuple(regs)),
-            share.parts.setdefault((tuple(map(type, shared)), shared), shared))
+    # registers as (base, None), or (base, (places, registers there)) when
+    # few differ from the first profile of this shared part stored
+    # (a distinct host of a kind: a list copy and a few items to read back)
+    part = share.parts.setdefault((tuple(map(type, shared)), shared), shared)
+    own = tuple(regs)
+    base = share.bases.setdefault((id(part), len(own)), own)
+    changes = None
+    if base is not own:
+        places = [i for i, (a, b) in enumerate(zip(base, own)) if a is not b]
+        if len(places) * 4 > len(own):
+            base = own
+        elif places:
+            changes = (share.tup(places), tuple(own[i] for i in places))
+    return ((p.hostname, p.probed_at, share.mapping(p.fingerprint.components), base, changes),
+            part)
 
 
 def _typed(t: Any, kinds: tuple[frozenset, ...]) -> tuple:
@@ -310,20 +371,11 @@ def _dec_shared(t: tuple, memo: dict[Any, tuple[Any, Any]],
         platform=_frozen(platform, memo, _dec_platform))
 
 
-def _dec_profile(t: tuple, memo: dict[Any, tuple[Any, Any]],
-                 checked: dict[tuple[int, frozenset], Any],
-                 registers: dict[int, ProfileRegister], alive: list[tuple]) -> HostProfile:
-    """The profile of a record.  The hosts of one stored shared part share
-    its objects, lists and dicts included (profiles are values, never
-    changed in place: copies of one content are one profile object
-    already); its registers are one object for one stored register
-    (*registers*: id of a stored register -> it, each stored one kept in
-    *alive* so that its id is not another's): compare_many judges a shared
-    register object once."""
-    own, shared = t
-    hostname, probed, fingerprint, regs = own
-    if type(hostname) is not str or type(probed) is not str or type(regs) is not tuple:
-        raise ValueError("profile")
+def _registers(regs: tuple, registers: dict[int, ProfileRegister], alive: list[tuple]
+               ) -> list[ProfileRegister]:
+    """Stored registers as objects, one for one stored register (*registers*:
+    id of a stored register -> it, each stored one kept in *alive* so that
+    its id is not another's)."""
     got = list(map(registers.get, map(id, regs)))
     if not all(got):            # (not "None in got": that calls each register's __eq__)
         for i, r in enumerate(regs):
@@ -332,6 +384,30 @@ def _dec_profile(t: tuple, memo: dict[Any, tuple[Any, Any]],
                 got[i] = registers[id(r)] = ProfileRegister(name, (op0, op1, crn, crm, op2),
                                                             kvm_id, index, value, mask)
                 alive.append(r)
+    return got
+
+
+def _dec_profile(t: tuple, memo: dict[Any, tuple[Any, Any]],
+                 checked: dict[tuple[int, frozenset], Any],
+                 registers: dict[int, ProfileRegister], alive: list[tuple]) -> HostProfile:
+    """The profile of a record.  The hosts of one stored shared part share
+    its objects, lists and dicts included (profiles are values, never
+    changed in place: copies of one content are one profile object
+    already); its registers are one object for one stored register
+    (:func:`_registers`): compare_many judges a shared register object
+    once."""
+    own, shared = t
+    hostname, probed, fingerprint, base, changes = own
+    if type(hostname) is not str or type(probed) is not str or type(base) is not tuple:
+        raise ValueError("profile")
+    got = _frozen(base, memo, lambda b: _registers(b, registers, alive), "registers").copy()
+    if changes is not None:
+        places, regs = changes
+        if (type(regs) is not tuple or len(_of(places, checked)) != len(regs)
+                or (places and min(places) < 0)):
+            raise ValueError("profile")
+        for i, r in zip(places, _registers(regs, registers, alive)):
+            got[i] = r          # (an IndexError for a place beyond the base)
     return HostProfile(hostname=hostname, probed_at=probed, registers=got,   # type: ignore
                        fingerprint=Fingerprint(_dict(fingerprint, checked, _STR)),
                        **_frozen(shared, memo, lambda x: _dec_shared(x, memo, checked), "host"))
