@@ -26,6 +26,11 @@ from dataclasses import dataclass, field
 from libvirt_arm_cpu.errors import DataError
 from libvirt_arm_cpu.kb.firmware import SETTABLE
 
+try:    # hashlib's sha256 itself: hashlib's import (OpenSSL) costs 2-3 ms a start
+    from _sha256 import sha256 as _sha256
+except ImportError:     # pragma: no cover - CPython always builds it
+    from hashlib import sha256 as _sha256
+
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (3 ms a hook run)
 if TYPE_CHECKING:
     from libvirt_arm_cpu.kb.registers import KnowledgeBase
@@ -124,8 +129,7 @@ class Fingerprint:
     @property
     def digest(self) -> str:
         text = "\n".join(f"{k}={v}" for k, v in sorted(self.components.items()))
-        import hashlib      # imported when a digest is asked for (not on every hook run)
-        return hashlib.sha256(text.encode()).hexdigest()
+        return _sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -336,8 +340,7 @@ class CpuModel:
         if self.vcpu_off:       # appended only then: older models keep their names
             text += ";vcpu-off=" + ",".join(self.vcpu_off)
         if self.reg_list is not None:
-            import hashlib
-            text += ";list=" + hashlib.sha256(" ".join(
+            text += ";list=" + _sha256(" ".join(
                 f"{i:x}" for i in sorted(self.reg_list)).encode()).hexdigest()[:16]
         if self.firmware:
             text += ";firmware=" + ",".join(f"{k}={'-' if v is None else f'{v:x}'}"
@@ -347,8 +350,7 @@ class CpuModel:
         if self.host_fields:
             text += ";host=" + ",".join(f"{r}.{f}" for r, fs in sorted(self.host_fields.items())
                                         for f in fs)
-        import hashlib
-        return "arm64-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+        return "arm64-" + _sha256(text.encode()).hexdigest()[:12]
 
     def can_switch_off(self, feature: str) -> bool:
         return feature in self.vcpu_off or feature in self.vcpu_effects

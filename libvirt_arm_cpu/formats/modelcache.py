@@ -40,19 +40,26 @@ writing one shard at once lose entries, never mix them.
 
 from __future__ import annotations
 
-import hashlib
 import marshal
 import os
 import stat as stat_mod
 import time
 import zlib
 from dataclasses import fields as dc_fields
-from typing import Any
 
 from libvirt_arm_cpu import __version__
 from libvirt_arm_cpu.fileio import atomic_write
 from libvirt_arm_cpu.model import (CpuIdentity, CpuModel, Fingerprint, HostProfile, LoaderInfo,
                                    Platform, ProfileRegister, QemuInfo, VcpuOffValues)
+
+try:    # hashlib's sha256 itself, for a directory's name: hashlib's import (OpenSSL) costs 3 ms
+    from _sha256 import sha256
+except ImportError:     # pragma: no cover - CPython always builds it
+    from hashlib import sha256
+
+TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (2 ms a start)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["FORMAT", "ENV", "RACY_SECONDS", "ModelCache", "Entry", "default_dir", "open_cache"]
 
@@ -216,7 +223,7 @@ def _dict(t: tuple, checked: dict[tuple[int, frozenset], Any], kinds: frozenset 
     return dict(zip(_of(keys, checked, _STR), _of(values, checked, kinds)))
 
 
-def _frozen(t: Any, memo: dict[Any, tuple[Any, Any]], make: Any, tag: str = "") -> Any:
+def _frozen(t: Any, memo: dict[Any, tuple[Any, ...]], make: Any, tag: str = "") -> Any:
     """What *make* gives for stored value *t* (*make* checks it), one object
     for one stored value (*memo*: (id, *tag*) -> (it, what it gave))."""
     got = memo.get((id(t), tag))
@@ -225,7 +232,7 @@ def _frozen(t: Any, memo: dict[Any, tuple[Any, Any]], make: Any, tag: str = "") 
     return got[1]
 
 
-def _shared_dict(t: tuple, memo: dict[Any, tuple[Any, Any]],
+def _shared_dict(t: tuple, memo: dict[Any, tuple[Any, ...]],
                  checked: dict[tuple[int, frozenset], Any], kinds: frozenset = _INT) -> dict:
     """:func:`_dict` of *t*, one dict for one stored content: a fleet's
     models share most of theirs (writable masks, vCPU-feature effects,
@@ -345,7 +352,7 @@ def _cpus(t: Any) -> tuple[CpuIdentity, ...]:
     return tuple(CpuIdentity(*_typed(t[i:i + 3], (_I, _IN, _IN))) for i in range(0, len(t), 3))
 
 
-def _dec_shared(t: tuple, memo: dict[Any, tuple[Any, Any]],
+def _dec_shared(t: tuple, memo: dict[Any, tuple[Any, ...]],
                 checked: dict[tuple[int, frozenset], Any]) -> dict[str, Any]:
     """The fields of a profile's shared part (see :func:`_enc_profile`)."""
     (machine, release, version, tool, qemu, features, cap_names, cap_numbers, cap_values,
@@ -376,7 +383,7 @@ def _registers(regs: tuple, registers: dict[int, ProfileRegister], alive: list[t
     """Stored registers as objects, one for one stored register (*registers*:
     id of a stored register -> it, each stored one kept in *alive* so that
     its id is not another's)."""
-    got = list(map(registers.get, map(id, regs)))
+    got: list[Any] = list(map(registers.get, map(id, regs)))
     if not all(got):            # (not "None in got": that calls each register's __eq__)
         for i, r in enumerate(regs):
             if got[i] is None:
@@ -387,7 +394,7 @@ def _registers(regs: tuple, registers: dict[int, ProfileRegister], alive: list[t
     return got
 
 
-def _dec_profile(t: tuple, memo: dict[Any, tuple[Any, Any]],
+def _dec_profile(t: tuple, memo: dict[Any, tuple[Any, ...]],
                  checked: dict[tuple[int, frozenset], Any],
                  registers: dict[int, ProfileRegister], alive: list[tuple]) -> HostProfile:
     """The profile of a record.  The hosts of one stored shared part share
@@ -408,7 +415,7 @@ def _dec_profile(t: tuple, memo: dict[Any, tuple[Any, Any]],
             raise ValueError("profile")
         for i, r in zip(places, _registers(regs, registers, alive)):
             got[i] = r          # (an IndexError for a place beyond the base)
-    return HostProfile(hostname=hostname, probed_at=probed, registers=got,   # type: ignore
+    return HostProfile(hostname=hostname, probed_at=probed, registers=got,
                        fingerprint=Fingerprint(_dict(fingerprint, checked, _STR)),
                        **_frozen(shared, memo, lambda x: _dec_shared(x, memo, checked), "host"))
 
@@ -436,7 +443,7 @@ class ModelCache:
         self.directory = os.path.abspath(directory)
         self.header = (FORMAT, __version__, _file_stamp(kb_path), _code_stamp())
         self.shards: dict[str, _Shard] = {}
-        self.model_memo: dict[Any, tuple[Any, Any]] = {}   # (id, tag) -> (stored, its part)
+        self.model_memo: dict[Any, tuple[Any, ...]] = {}   # (id, tag) -> (stored, its part)
         self.checked: dict[tuple[int, frozenset], Any] = {}   # stored tuples of the right types
         self.registers: dict[int, ProfileRegister] = {}       # id of a stored register -> it
         self.alive: list[tuple] = []            # every stored register in self.registers
@@ -448,7 +455,7 @@ class ModelCache:
     def _shard(self, directory: str) -> _Shard:
         shard = self.shards.get(directory)
         if shard is None:
-            digest = hashlib.sha256(os.fsencode(directory)).hexdigest()[:24]
+            digest = sha256(os.fsencode(directory)).hexdigest()[:24]
             shard = self.shards[directory] = _Shard(
                 os.path.join(self.directory, digest + SHARD_SUFFIX), directory)
             loaded = self._load(shard.path, directory)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Union
 
 from libvirt_arm_cpu.errors import UnknownName
 from libvirt_arm_cpu.kb.features import FeatureCatalog
@@ -99,7 +98,7 @@ class Not:
         return f"not {self.term}"
 
 
-Condition = Union[Test, Always, Group, Not]
+Condition = Test | Always | Group | Not
 
 
 @dataclass(frozen=True)

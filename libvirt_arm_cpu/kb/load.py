@@ -27,6 +27,9 @@ from libvirt_arm_cpu.xmlsafe import MAX_BYTES, parse_untrusted
 # reads registers.xml only, and importing the rest costs it milliseconds.
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (3 ms a hook run)
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+    F = TypeVar("F", bound=Callable[..., Any])
     from libvirt_arm_cpu.kb.dependencies import Condition, RuleBook
     from libvirt_arm_cpu.kb.features import Condition as FeatureCondition
     from libvirt_arm_cpu.kb.features import FeatureCatalog
@@ -40,33 +43,51 @@ __all__ = ["registers", "features", "dependencies", "implementers", "named_model
 _NS = "{" + NAMESPACE + "}"
 
 
-@functools.lru_cache(maxsize=None)
+def _per_directory(load: F) -> F:
+    """*load* once per directory: ``f()`` and ``f(None)`` are one call
+    (functools.lru_cache keys them apart, and each catalog asks for the
+    registers as ``registers(directory)``: a command read every file
+    twice)."""
+    done: dict[str | None, Any] = {}
+
+    @functools.wraps(load)
+    def once(directory: str | None = None) -> Any:
+        got = done.get(directory)
+        if got is None:
+            got = done[directory] = load(directory)
+        return got
+
+    once.cache_clear = done.clear       # type: ignore[attr-defined]
+    return once     # type: ignore[return-value]
+
+
+@_per_directory
 def registers(directory: str | None = None) -> KnowledgeBase:
     """The register knowledge base (installed, or in *directory*)."""
     return load_registers(os.path.join(directory or kb_dir(), "registers.xml"))
 
 
-@functools.lru_cache(maxsize=None)
+@_per_directory
 def features(directory: str | None = None) -> FeatureCatalog:
     """The feature catalog (installed, or in *directory*)."""
     return load_features(os.path.join(directory or kb_dir(), "features.xml"),
                          registers(directory))
 
 
-@functools.lru_cache(maxsize=None)
+@_per_directory
 def dependencies(directory: str | None = None) -> RuleBook:
     """The feature-dependency rules (installed, or in *directory*)."""
     return load_rules(os.path.join(directory or kb_dir(), "dependencies.xml"),
                       registers(directory), features(directory))
 
 
-@functools.lru_cache(maxsize=None)
+@_per_directory
 def implementers(directory: str | None = None) -> Tables:
     """The MIDR implementer and part tables (installed, or in *directory*)."""
     return load_tables(os.path.join(directory or kb_dir(), "implementers.xml"))
 
 
-@functools.lru_cache(maxsize=None)
+@_per_directory
 def named_models(directory: str | None = None) -> NamedModels:
     """The named, versioned CPU models (installed, or in *directory*)."""
     return load_named(os.path.join(directory or kb_dir(), "models.xml"))
