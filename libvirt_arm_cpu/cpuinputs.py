@@ -15,14 +15,9 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from libvirt_arm_cpu import modelstore
-from libvirt_arm_cpu.engine.compare import (IDENTICAL, INCOMPATIBLE, SUPERSET, Comparison, Reason,
-                                            compare, compare_passthrough)
-from libvirt_arm_cpu.engine.translate import resolve
-from libvirt_arm_cpu.engine.validate import CpuMismatch
 from libvirt_arm_cpu.errors import ParseError, UnknownName, UsageError, WrongKind
 from libvirt_arm_cpu.formats.cpumodel import NAMESPACE as MODEL_NAMESPACE
 from libvirt_arm_cpu.formats.cpumodel import from_xml as model_from_xml
-from libvirt_arm_cpu.formats.domain import POLICIES, Domain, cpu_from_element
 from libvirt_arm_cpu.formats.kinds import (CPU_MODEL, HOST_PROFILE, REGISTER_DUMP, element_name,
                                            kind_of, wrong_kind)
 from libvirt_arm_cpu.kb import load as kb_load
@@ -30,6 +25,12 @@ from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu.model import CpuModel, DomainCpu, HostCpu, HostProfile
 from libvirt_arm_cpu.service import find_model, load_input
 from libvirt_arm_cpu.xmlsafe import parse_untrusted, shown
+
+# Comparing and domains are imported where used: cpu-baseline over a fleet
+# of profiles needs neither, and their imports are milliseconds of its start.
+TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from libvirt_arm_cpu.engine.compare import Comparison
 
 _REGISTERS = "{%s}registers" % MODEL_NAMESPACE
 _SAVED_NAME = re.compile(r"arm64-[0-9a-f]{12}\Z")
@@ -107,6 +108,7 @@ def _cpu_of(root: ET.Element, path: str) -> ET.Element:
         _arch_of(root.findtext("arch"), "the host CPU's", path)
         return root
     if root.tag == "domain":
+        from libvirt_arm_cpu.formats.domain import Domain
         dom = Domain(root, path)
         _arch_of(dom.arch, "the domain's", path)
         cpu = dom.original().root.find("cpu")      # a translated domain: its own <cpu>
@@ -258,6 +260,7 @@ def _check_feature(feat: ET.Element, host: bool, path: str) -> None:
                                   f"name (letters, digits, '-', '_', '.')")
     allowed = {"name"}
     if not host:
+        from libvirt_arm_cpu.formats.domain import POLICIES
         policy = feat.get("policy")
         if policy not in POLICIES:
             raise SchemaInvalid(path, f"<feature name='{shown(name)}'>: policy "
@@ -283,6 +286,7 @@ def cpu_input(cpu: ET.Element, path: str, data: bytes | None = None) -> CpuInput
     if cpu.find(_REGISTERS) is not None:
         return CpuInput(model_from_xml(data if data is not None else ET.tostring(cpu), path,
                                        kb_load.features()))
+    from libvirt_arm_cpu.formats.domain import cpu_from_element
     host = cpu.get("mode") is None and cpu.find("arch") is not None
     return CpuInput(None, cpu_from_element(cpu, path), host)
 
@@ -321,6 +325,7 @@ def compare_cpu_features(item: CpuInput, host: HostProfile | HostCpu, path: str)
 
     :raise FeaturesOnly: it lists no feature: nothing to compare.
     """
+    from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, SUPERSET, Comparison, Reason
     cpu = item.cpu
     assert cpu is not None
     if not cpu.features:
@@ -385,6 +390,9 @@ def compare_cpu_input(item: CpuInput, host: HostProfile, kb: registers.Knowledge
     <cpu> naming a saved model, or host-model, as translate resolves it;
     host-passthrough and maximum are the host's own CPU (identical); the
     rest (hwcap names only) at feature level."""
+    from libvirt_arm_cpu.engine.compare import IDENTICAL, INCOMPATIBLE, Comparison, Reason, compare
+    from libvirt_arm_cpu.engine.translate import resolve
+    from libvirt_arm_cpu.engine.validate import CpuMismatch
     if item.model is not None:
         return compare(item.model, host, kb, check_qemu=check_qemu)
     cpu = item.cpu
@@ -410,6 +418,7 @@ def compare_document(data: bytes, path: str, host: HostProfile, kb: registers.Kn
     profile (a host-passthrough guest of that host, moving to *host*), a CPU
     model, or a libvirt <cpu>, domain, capabilities or domcapabilities.
     *validate*: check the <cpu> against libvirt's schema first."""
+    from libvirt_arm_cpu.engine.compare import compare_passthrough
     kind = kind_of(data)
     if kind == REGISTER_DUMP:
         raise wrong_kind(path, REGISTER_DUMP, f"{CPU_MODEL} or {HOST_PROFILE}")

@@ -25,8 +25,11 @@ from libvirt_arm_cpu import settings
 from libvirt_arm_cpu.formats.cpumodel import from_xml, to_xml
 from libvirt_arm_cpu.model import CpuModel
 from libvirt_arm_cpu.errors import UnknownName, UsageError
-from libvirt_arm_cpu.kb.named import NamedModel
 from libvirt_arm_cpu.fileio import atomic_write, read_input
+
+TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from libvirt_arm_cpu.kb.named import NamedModel
 
 __all__ = ["directory", "check_name", "path_of", "find", "save", "names", "catalog",
            "named_model", "from_named"]

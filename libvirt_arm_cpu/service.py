@@ -21,7 +21,6 @@ from libvirt_arm_cpu import modelstore
 from libvirt_arm_cpu import settings as settings_mod
 from libvirt_arm_cpu.formats.cpumodel import from_xml as model_from_xml
 from libvirt_arm_cpu.model import CpuModel
-from libvirt_arm_cpu.formats.domain import LOADER_ENV, Domain
 from libvirt_arm_cpu.model import Translation
 from libvirt_arm_cpu.errors import STDIN, ParseError, UsageError, WrongKind, path_label
 from libvirt_arm_cpu.fileio import read_input
@@ -32,13 +31,18 @@ from libvirt_arm_cpu.formats.profile import validate as validate_profile
 from libvirt_arm_cpu.formats.modelcache import Entry, ModelCache, open_cache
 from libvirt_arm_cpu.formats.modelcache import default_dir as default_cache_dir
 from libvirt_arm_cpu.formats.kinds import CPU_MODEL, HOST_PROFILE, REGISTER_DUMP, kind_of, wrong_kind
-from libvirt_arm_cpu.engine.translate import Resolution, resolve
-from libvirt_arm_cpu.engine.validate import CpuMismatch, Validation, validate_translation
-from libvirt_arm_cpu.host.hostcache import configured_profile
 
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (2 ms a start)
 if TYPE_CHECKING:
     from typing import Any
+
+    from libvirt_arm_cpu.engine.translate import Resolution
+    from libvirt_arm_cpu.engine.validate import Validation
+    from libvirt_arm_cpu.formats.domain import Domain
+
+# Translating, validating and domains are imported where used: a fleet
+# command (cpu-baseline, cpu-compare over thousands of hosts) needs none of
+# them, and their imports are milliseconds of its start.
 
 __all__ = ["bulk", "host_profile", "find_model", "load_inputs", "load_hosts", "load_input",
            "check_against_kb",
@@ -78,7 +82,8 @@ def host_profile(path: str | None) -> HostProfile:
     probed again when stale, unless the settings say never)."""
     if path:
         return read_profile(path)
-    return configured_profile(settings_mod.load())   # host.hostcache
+    from libvirt_arm_cpu.host.hostcache import configured_profile
+    return configured_profile(settings_mod.load())
 
 
 def find_model(name: str) -> CpuModel:
@@ -465,6 +470,7 @@ def parse_domain(data: bytes, source: str) -> Domain:
 
     :raise WrongKind: for those; :raise ParseError: when it is not a domain.
     """
+    from libvirt_arm_cpu.formats.domain import Domain
     try:
         return Domain.parse(data, source)
     except ParseError:
@@ -477,6 +483,9 @@ def parse_domain(data: bytes, source: str) -> Domain:
 
 def translate_domain(data: bytes, source: str, host: HostProfile,
                      method: str = "auto") -> tuple[Domain, Resolution]:
+    from libvirt_arm_cpu.engine.translate import resolve
+    from libvirt_arm_cpu.engine.validate import CpuMismatch
+    from libvirt_arm_cpu.formats.domain import LOADER_ENV
     dom = parse_domain(data, source)
     where = path_label(source)
     base = dom.original()
@@ -504,6 +513,7 @@ def translate_domain(data: bytes, source: str, host: HostProfile,
 
 def validate_translated(dom: Domain, host: HostProfile) -> Validation:
     """The hook's check of a translated domain against *host*."""
+    from libvirt_arm_cpu.engine.validate import validate_translation
     t = dom.translation
     assert t is not None
     return validate_translation(t, dom.cpu_arguments(), dom.loader_env(), host,
