@@ -78,6 +78,15 @@ class Comparison:
                             for r in self.reasons]}
 
 
+def _switched_off(model: CpuModel, host: HostProfile) -> list[str]:
+    """The vCPU features *model* runs with off that *host* can switch off:
+    the host's values are then those its probe measured with them off
+    (libvirt's elements switch them, no register write); where the profile
+    does not say, its default values (the fields then count as not
+    writable, as before the probe measured it)."""
+    return [f for f in model.vcpu_off if f in host.vcpu_features and host.can_switch_off(f)]
+
+
 def on_host(model: CpuModel, host: HostProfile, kb: KnowledgeBase) -> CpuModel:
     """*model* as it is on *host*: each field it takes from the host
     (:attr:`CpuModel.host_fields`) has the host's value where that is at
@@ -85,8 +94,7 @@ def on_host(model: CpuModel, host: HostProfile, kb: KnowledgeBase) -> CpuModel:
     refuses by KVM's own rules.  A model without such fields is itself."""
     if not model.host_fields:
         return model
-    switch = [f for f in model.vcpu_off if f in host.vcpu_features and host.can_switch_off(f)]
-    have = host.values(switch)
+    have = host.values(_switched_off(model, host))
     values = dict(model.values)
     for name, fields in model.host_fields.items():
         if name not in have or name not in values:
@@ -127,11 +135,7 @@ def _compare(model: CpuModel, host: HostProfile, kb: KnowledgeBase, check_qemu: 
     cap239 = host.capability("KVM_CAP_ARM_WRITABLE_IMP_ID_REGS") > 0 and not qemu_writes
     if qemu_writes:
         check_qemu = False
-    # vCPU features the model runs with off: the host's values are those its
-    # probe measured with them off (libvirt's elements switch them, no
-    # register write); where the profile does not say, its default values
-    # (the fields then count as not writable, as before the probe measured it)
-    switch = [f for f in model.vcpu_off if f in host.vcpu_features and host.can_switch_off(f)]
+    switch = _switched_off(model, host)
     vcpu_changes = [f"vCPU feature {f} off" for f in switch]
     if judged is None:
         reasons, changes = _registers(model, host, kb, cap239, qemu_writes, switch)

@@ -13,7 +13,7 @@ These functions are the single place baseline and compare ask.
 
 from __future__ import annotations
 
-from libvirt_arm_cpu.kb.registers import (ANY, EXACT, HIGHER_OR_ZERO_SAFE, HIGHER_SAFE, LOWER_SAFE, Field, KnowledgeBase, Register)
+from libvirt_arm_cpu.kb.registers import (ANY, Field, KnowledgeBase, Register)
 
 __all__ = ["field_accepts", "covers", "source_accepts", "register_refusal",
            "taken_whole"]
@@ -26,25 +26,10 @@ def covers(mask: int | None, field: Field) -> bool:
 
 def field_accepts(field: Field, new: int, limit: int) -> bool:
     """Would KVM's safe-value rule accept *new* for a writable field whose
-    host value is *limit*?  (Equal values are always accepted.)"""
-    if new == limit:
-        return True
-    if field.kvm_min is not None and new < field.kvm_min and not (new == 0 and field.kvm_zero_ok):
-        return False
-    policy = field.effective_policy
-    if policy == ANY:
-        return True         # the register-level check is register_refusal()
-    n, lim = field.order(new), field.order(limit)
-    if policy == LOWER_SAFE:
-        return n <= lim
-    if policy == HIGHER_SAFE:
-        return n >= lim
-    if policy == HIGHER_OR_ZERO_SAFE:
-        # arm64_ftr_safe_value: 0 when either is 0, else the higher
-        return new == 0 or (limit != 0 and n >= lim)
-    if policy == EXACT:
-        return field.safe is not None and new == field.safe
-    return False        # must-match: no policy, no change
+    host value is *limit*?  (Equal values are always accepted.)  The rule
+    is the field's own (:meth:`Field.kvm_accepts`: the knowledge base's
+    generators ask it too)."""
+    return field.kvm_accepts(new, limit)
 
 
 def source_accepts(values: dict[str, int], writable: dict[str, int], register: str,

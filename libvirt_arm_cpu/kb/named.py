@@ -390,18 +390,6 @@ def kvm_unwritable(data: dict, kb: KnowledgeBase) -> tuple[set[tuple[str, str]],
     return unwritable, zero
 
 
-def _lowerable(f: Field, value: int) -> bool:
-    """Does KVM's rule for field *f* (its cpufeature.c policy) let userspace
-    set *value* on every host that has more?  The per-host form of the
-    rule is engine.rules.field_accepts; here only its policy matters."""
-    from libvirt_arm_cpu.kb.registers import ANY, EXACT, HIGHER_OR_ZERO_SAFE, LOWER_SAFE
-    if f.kvm_min is not None and value < f.kvm_min and not (value == 0 and f.kvm_zero_ok):
-        return False
-    policy = f.effective_policy
-    return (policy in (LOWER_SAFE, ANY) or (policy == HIGHER_OR_ZERO_SAFE and value == 0)
-            or (policy == EXACT and value == f.safe))
-
-
 # -- generation ---------------------------------------------------------------------
 
 def _q(tag: str) -> str:
@@ -552,7 +540,7 @@ def _arch_model(key: str, entry: dict, catalog: FeatureCatalog, kb: KnowledgeBas
                 value = f.put(value, f.from_order(least[f]))
                 set_fields.append(f.name)
             if (reg_name, f.name) not in exact and (
-                    (reg_name, f.name) in unwritable or not _lowerable(f, f.get(value))):
+                    (reg_name, f.name) in unwritable or not f.kvm_accepts(f.get(value), None)):
                 host.append(f.name)
         taken += [f"{reg_name}.{n}" for n in host]
         out.append(RegisterOrigin(reg_name, value, origin if set_fields else "absent",

@@ -194,6 +194,36 @@ class Field:
         """Inverse of :meth:`order`."""
         return key & self.max_value
 
+    def kvm_accepts(self, new: int, limit: int | None) -> bool:
+        """Would KVM's safe-value rule for this field accept *new* where the
+        host has *limit* (Linux arch/arm64/kvm/sys_regs.c,
+        arm64_check_features(): the field's cpufeature.c policy picks
+        arm64_ftr_safe_value(new, limit), and its minimum)?  *limit* None:
+        on a host with more than *new*, whichever (the rule answers alike
+        for all of them).  Whether the writable mask covers the field is the
+        caller's question (engine.rules)."""
+        if new == limit:
+            return True
+        if self.kvm_min is not None and new < self.kvm_min and not (new == 0 and self.kvm_zero_ok):
+            return False
+        policy = self.effective_policy
+        if policy == ANY:
+            return True         # the register-level check is engine.rules.register_refusal()
+        if policy == EXACT:
+            return self.safe is not None and new == self.safe
+        if policy == HIGHER_OR_ZERO_SAFE and new == 0:
+            return True         # arm64_ftr_safe_value: 0 when either is 0, else the higher
+        if limit is None:       # a host with more
+            return policy == LOWER_SAFE
+        n, lim = self.order(new), self.order(limit)
+        if policy == LOWER_SAFE:
+            return n <= lim
+        if policy == HIGHER_SAFE:
+            return n >= lim
+        if policy == HIGHER_OR_ZERO_SAFE:
+            return limit != 0 and n >= lim
+        return False        # must-match: no policy, no change
+
     def meaningful_values(self) -> list[int]:
         """The values a model may give the field: those the architecture
         names, plus "not implemented" (0, or all ones for a signed field),
