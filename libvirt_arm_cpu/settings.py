@@ -68,6 +68,26 @@ class Settings:
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items()) + ")"
 
 
+CACHE_ENV = "LIBVIRT_ARM_CPU_CACHE_DIR"     # a directory; "" or "none" switches the caches off
+
+
+def cache_dir(profile: str | None = None) -> str:
+    """Where the caches of fleet commands live (the profile cache, the
+    compiled knowledge base): ``LIBVIRT_ARM_CPU_CACHE_DIR``, else
+    ``profiles/`` beside the settings' host profile (*profile*, else read
+    from the settings: ``/var/cache/libvirt-arm-cpu/profiles``); "" (no
+    cache) when the variable is empty or ``none``.
+
+    :raise ParseError: (*profile* None) the settings file does not read.
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env is not None:
+        return "" if env.strip().lower() in ("", "none", "off") else env
+    if profile is None:
+        profile = load().profile
+    return os.path.join(os.path.dirname(os.path.abspath(profile)), "profiles")
+
+
 def load(path: str | None = None) -> Settings:
     """Read the settings; defaults where the file or a key is missing.
 

@@ -49,6 +49,7 @@ from dataclasses import fields as dc_fields
 
 from libvirt_arm_cpu import __version__
 from libvirt_arm_cpu.fileio import atomic_write
+from libvirt_arm_cpu.settings import CACHE_ENV, cache_dir
 from libvirt_arm_cpu.model import (CpuIdentity, CpuModel, Fingerprint, HostProfile, LoaderInfo,
                                    Platform, ProfileRegister, QemuInfo, VcpuOffValues)
 
@@ -65,7 +66,7 @@ __all__ = ["FORMAT", "ENV", "RACY_SECONDS", "ModelCache", "Entry", "default_dir"
 
 FORMAT = 3          # 2: each record holds the profile too; 3: values as a delta
 _MAGIC = b"LACMODELS\n"
-ENV = "LIBVIRT_ARM_CPU_CACHE_DIR"       # a directory; "" or "none" switches the cache off
+ENV = CACHE_ENV     # a directory; "" or "none" switches the cache off
 RACY_SECONDS = 2.0
 SHARD_SUFFIX = ".fleet"
 # the modules whose code decides what a profile file gives (stamped: an
@@ -82,13 +83,9 @@ Entry = tuple["bytes | None", bool, "tuple | None"]
 
 
 def default_dir(settings_profile: str) -> str:
-    """``LIBVIRT_ARM_CPU_CACHE_DIR``, else ``profiles/`` beside the settings'
-    host profile cache (``/var/cache/libvirt-arm-cpu/profiles``); "" (no
-    cache) when the variable is empty or ``none``."""
-    env = os.environ.get(ENV)
-    if env is not None:
-        return "" if env.strip().lower() in ("", "none", "off") else env
-    return os.path.join(os.path.dirname(os.path.abspath(settings_profile)), "profiles")
+    """:func:`libvirt_arm_cpu.settings.cache_dir` of the settings' host
+    profile (``/var/cache/libvirt-arm-cpu/profiles``)."""
+    return cache_dir(settings_profile)
 
 
 def _identity(st: os.stat_result) -> Identity:

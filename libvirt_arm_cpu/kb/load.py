@@ -28,6 +28,8 @@ from libvirt_arm_cpu.xmlsafe import MAX_BYTES, parse_untrusted
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (3 ms a hook run)
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from libvirt_arm_cpu.kb.compiled import Compiled
     from typing import Any, TypeVar
     F = TypeVar("F", bound=Callable[..., Any])
     from libvirt_arm_cpu.kb.dependencies import Condition, RuleBook
@@ -62,23 +64,58 @@ def _per_directory(load: F) -> F:
 
 
 @_per_directory
+def _copy(directory: str | None) -> tuple[str, Compiled | None]:
+    """The cache directory, and the compiled copy of the knowledge base in
+    *directory* there when it is one of exactly these files
+    (:mod:`.compiled`; None: read the XML)."""
+    from libvirt_arm_cpu import settings
+    from libvirt_arm_cpu.errors import Error
+    try:
+        cache = settings.cache_dir()
+    except Error:           # settings that do not read: no cache (the command says why)
+        return "", None
+    if not cache:
+        return "", None
+    from libvirt_arm_cpu.kb import compiled
+    return cache, compiled.read(directory or kb_dir(), cache)
+
+
+@_per_directory
 def registers(directory: str | None = None) -> KnowledgeBase:
     """The register knowledge base (installed, or in *directory*)."""
+    _, copy = _copy(directory)
+    if copy is not None:
+        return copy.registers()
     return load_registers(os.path.join(directory or kb_dir(), "registers.xml"))
 
 
 @_per_directory
 def features(directory: str | None = None) -> FeatureCatalog:
     """The feature catalog (installed, or in *directory*)."""
-    return load_features(os.path.join(directory or kb_dir(), "features.xml"),
-                         registers(directory))
+    kb = registers(directory)
+    _, copy = _copy(directory)
+    got = None if copy is None else copy.features(kb)
+    if got is not None:
+        return got
+    return load_features(os.path.join(directory or kb_dir(), "features.xml"), kb)
 
 
 @_per_directory
 def dependencies(directory: str | None = None) -> RuleBook:
-    """The feature-dependency rules (installed, or in *directory*)."""
-    return load_rules(os.path.join(directory or kb_dir(), "dependencies.xml"),
-                      registers(directory), features(directory))
+    """The feature-dependency rules (installed, or in *directory*).  Read
+    from the XML, the three files' values are kept compiled for the next
+    process (:mod:`.compiled`)."""
+    catalog = features(directory)
+    cache, copy = _copy(directory)
+    got = None if copy is None else copy.rules(catalog)
+    if got is not None:
+        return got
+    rules = load_rules(os.path.join(directory or kb_dir(), "dependencies.xml"),
+                       catalog.kb, catalog)
+    if cache:
+        from libvirt_arm_cpu.kb import compiled
+        compiled.write(directory or kb_dir(), cache, catalog.kb, catalog, rules)
+    return rules
 
 
 @_per_directory
