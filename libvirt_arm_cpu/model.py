@@ -355,8 +355,10 @@ class CpuModel:
     def can_switch_off(self, feature: str) -> bool:
         return feature in self.vcpu_off or feature in self.vcpu_effects
 
-    def switched_off(self, off: tuple[str, ...] | set[str] | frozenset[str]) -> CpuModel:
-        """This model with the vCPU features *off* switched off as well.
+    def switched_off(self, off: tuple[str, ...] | set[str] | frozenset[str],
+                     name: str = "") -> CpuModel:
+        """This model with the vCPU features *off* switched off as well,
+        named *name* (default: by its digest, which costs ~0.15 ms).
 
         :raise KeyError: for a feature whose effect is unknown (check
             :meth:`can_switch_off`).
@@ -372,7 +374,7 @@ class CpuModel:
                         self.implementations, vcpu_off=tuple(set(self.vcpu_off) | set(new)),
                         vcpu_effects=effects, firmware=dict(self.firmware),
                         reg_list=self.reg_list, platform=self.platform.without(new),
-                        host_fields=self.host_fields)
+                        host_fields=self.host_fields, name=name)
 
     @classmethod
     def from_profile(cls, p: HostProfile, kb: KnowledgeBase, label: str | None = None,

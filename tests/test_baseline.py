@@ -195,6 +195,33 @@ def test_different_cores_on_6_12_conflict_on_midr():
     assert "needs KVM capability 239" in midr.reason
 
 
+def test_a_fleets_conflict_is_one_short_line():
+    """1,000 hosts of one core and one of another: each message names a
+    few hosts and counts the rest (not 1,001 names), and still says which
+    value the odd host has; two hosts are named one by one."""
+    n1, a76 = MODELS["neoverse-n1-qemu7.2-linux6.12"], MODELS["cortex-a76-qemu7.2-linux6.12"]
+    # 1,000 distinct hosts (not copies, which are one kind): each its own
+    # writable mask, ten bits of ISAR0's cleared by the bits of its number
+    mask = n1.writable["ID_AA64ISAR0_EL1"]
+    bits = [b for b in range(64) if mask >> b & 1][:10]
+    hosts = [dataclasses.replace(n1, writable={**n1.writable, "ID_AA64ISAR0_EL1": mask & ~sum(
+        1 << b for k, b in enumerate(bits) if i >> k & 1)}) for i in range(1000)]
+    labels = [f"n1-{i:04d}" for i in range(1000)] + ["a76-odd"]
+    result = baseline(hosts + [a76], KB, kb_load.dependencies(), labels)
+    assert not result.ok
+    midr = next(c for c in result.conflicts if c.register == "MIDR_EL1")
+    assert len(midr.values) == 1001                  # the data keeps every host
+    assert "and 996 more cannot present another value" in midr.reason
+    line = str(midr)
+    assert len(line) < 400, line
+    assert f"{n1.values['MIDR_EL1']:#x}: n1-0000, n1-0001 and 998 more" in line
+    assert f"{a76.values['MIDR_EL1']:#x}: a76-odd" in line
+    assert all(len(str(c)) < 600 for c in result.conflicts), [str(c) for c in result.conflicts]
+    pair = baseline([n1, a76], KB, kb_load.dependencies(), ["n1", "a76"])
+    midr = next(c for c in pair.conflicts if c.register == "MIDR_EL1")
+    assert str(midr).endswith(f"(n1={n1.values['MIDR_EL1']:#x}, a76={a76.values['MIDR_EL1']:#x})")
+
+
 def test_different_cores_on_7_3_may_differ_in_midr():
     a, b = MODELS["neoverse-n1-qemu7.2-linux7.3"], MODELS["cortex-a72-qemu7.2-linux7.3"]
     result = baseline([a, b], KB, kb_load.dependencies())

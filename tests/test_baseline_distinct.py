@@ -14,7 +14,7 @@ import pytest
 
 from libvirt_arm_cpu.engine import baseline as baseline_mod, consistency, platform
 from libvirt_arm_cpu.engine.baseline import (BaselineResult, Conflict, Pool, baseline,
-                                             largest_compatible, pools)
+                                             largest_compatible, named_hosts, pools, why_not)
 from libvirt_arm_cpu.engine.consistency import Columns, exempt_rules, make_consistent
 from libvirt_arm_cpu.engine.rules import covers, register_refusal, source_accepts, taken_whole
 from libvirt_arm_cpu.kb import firmware
@@ -45,16 +45,13 @@ def o_field(reg, f, models, labels):
         return o_pick(f, accepted), None
     natural = min(own, key=f.order) if f.effective_policy in (LOWER_SAFE, EXACT) else \
         max(own, key=f.order)
-    why = []
+    fixed, refusing = [], []
     for m, label, value in zip(models, labels, own):
         if value == natural:
             continue
-        if not covers(m.writable.get(reg, 0), f):
-            why.append(f"{label} cannot change it (not writable there)")
-        else:
-            why.append(f"{label} does not accept {natural} ({f.effective_policy})")
+        (refusing if covers(m.writable.get(reg, 0), f) else fixed).append(label)
     return None, Conflict(reg, f.name, dict(zip(labels, own)),
-                          "no value every host accepts: " + "; ".join(why))
+                          "no value every host accepts: " + why_not(fixed, refusing, natural, f))
 
 
 def o_register(reg, name, models, labels):
@@ -78,7 +75,7 @@ def o_register(reg, name, models, labels):
                    if not m.imp_id_writable or (m.writable.get(name, 0) & differing) != differing]
         if blocked:
             return 0, 0, [Conflict(name, None, dict(zip(labels, values)),
-                                   "differs, and " + ", ".join(blocked) + " cannot present "
+                                   "differs, and " + named_hosts(blocked) + " cannot present "
                                    "another value (needs KVM capability 239, Linux 6.15+)")]
         return min(values), mask, []
     if taken_whole(reg):
@@ -88,7 +85,7 @@ def o_register(reg, name, models, labels):
                    if not all(covers(m.writable.get(name, 0), f) for f in reg.fields)]
         if blocked:
             return 0, 0, [Conflict(name, None, dict(zip(labels, values)),
-                                   "differs, and " + ", ".join(blocked) + " cannot change it")]
+                                   "differs, and " + named_hosts(blocked) + " cannot change it")]
         ctrs = [m.values.get("CTR_EL0", 0) for m in models]
         for candidate in sorted(set(values)):
             if register_refusal(KB, name, candidate, ctrs) is None:

@@ -63,9 +63,27 @@ class Conflict:
 
     def __str__(self) -> str:
         what = f"{self.register}.{self.field}" if self.field else self.register
-        vals = ", ".join(f"{h}={v}" if self.decimal else f"{h}={v:#x}"
-                         for h, v in self.values.items())
+        show = str if self.decimal else (lambda v: f"{v:#x}")
+        if len(self.values) <= _NAMED:
+            vals = ", ".join(f"{h}={show(v)}" for h, v in self.values.items())
+        else:       # a fleet: each value once, with a few of its hosts
+            by_value: dict[int, list[str]] = {}
+            for h, v in self.values.items():
+                by_value.setdefault(v, []).append(h)
+            vals = "; ".join(f"{show(v)}: {named_hosts(hosts, 3)}"
+                             for v, hosts in by_value.items())
         return f"{what}: {self.reason} ({vals})"
+
+
+_NAMED = 6      # hosts a message names one by one; beyond, a few and a count
+
+
+def named_hosts(names: Sequence[str], at_most: int = _NAMED) -> str:
+    """*names* for a message: all of a few, else the first and how many
+    more (a fleet of 10,000 hosts makes a line, not 300 kB)."""
+    if len(names) <= at_most:
+        return ", ".join(names)
+    return f"{', '.join(names[:at_most - 1])} and {len(names) - at_most + 1} more"
 
 
 @dataclass
@@ -262,8 +280,11 @@ def _fleet(models: Sequence[CpuModel]) -> _Fleet:
 
 def _switch(fleet: _Fleet, off: set[str], memo: Memo) -> _Fleet:
     """The fleet with the vCPU features *off* switched off; kinds that then
-    read the same become one.  A kind switched once is reused (a model
-    costs its digest name), and so share its dicts."""
+    read the same become one.  A kind switched once is reused, and so
+    share its dicts.  The switched kinds are named for what they are, not
+    by digest (their names are never shown or saved: the baseline's model
+    is named when it is made; a digest costs 0.15 ms a kind)."""
+    label = ",".join(sorted(off))
     if not off:
         return fleet
     switched = []
@@ -271,7 +292,7 @@ def _switch(fleet: _Fleet, off: set[str], memo: Memo) -> _Fleet:
         key = ("off", id(m), frozenset(off))
         got = memo.get(key)
         if got is None or got[0] is not m:
-            got = memo[key] = (m, m.switched_off(off))
+            got = memo[key] = (m, m.switched_off(off, f"{m.name} ({label} off)"))
         switched.append(got[1])
     if all(s is m for s, m in zip(switched, fleet.kinds)):
         return fleet
@@ -319,16 +340,26 @@ def _field_conflict(reg: str, f: Field, values: Sequence[int], masks: Sequence[i
     # Say why the natural choice (the policy's combination) fails, host by host.
     natural = min(own, key=f.order) if f.effective_policy in (LOWER_SAFE, EXACT) else \
         max(own, key=f.order)
-    why = []
+    fixed: list[str] = []
+    refusing: list[str] = []
     for w, label, value in zip(masks, labels, own):
         if value == natural:
             continue
-        if not covers(w, f):
-            why.append(f"{label} cannot change it (not writable there)")
-        else:
-            why.append(f"{label} does not accept {natural} ({f.effective_policy})")
+        (refusing if covers(w, f) else fixed).append(label)
     return Conflict(reg, f.name, dict(zip(labels, own)),
-                    "no value every host accepts: " + "; ".join(why))
+                    "no value every host accepts: " + why_not(fixed, refusing, natural, f))
+
+
+def why_not(fixed: Sequence[str], refusing: Sequence[str], natural: int, f: Field) -> str:
+    """Why *natural* is not every host's: *fixed* cannot change the field,
+    *refusing* can but KVM's rule does not take *natural* there."""
+    why = []
+    if fixed:
+        why.append(f"{named_hosts(fixed)} cannot change it (not writable there)")
+    if refusing:
+        verb = "does" if len(refusing) == 1 else "do"
+        why.append(f"{named_hosts(refusing)} {verb} not accept {natural} ({f.effective_policy})")
+    return "; ".join(why)
 
 
 def _combine_register(reg: Register, name: str, fieldwise: bool, fleet: _Fleet,
@@ -423,7 +454,7 @@ def _combine_whole(reg: Register, name: str, cols: Columns, labels: Sequence[str
     blocked = [label for w, label in zip(cols.mask(name), labels) if w not in whole]
     if blocked:
         return 0, 0, [Conflict(name, None, dict(zip(labels, cols.value(name))),
-                               "differs, and " + ", ".join(blocked) + " cannot change it")]
+                               "differs, and " + named_hosts(blocked) + " cannot change it")]
     ctrs = cols.distinct("CTR_EL0")
     for candidate in sorted(values):
         if register_refusal(kb, name, candidate, ctrs) is None:
@@ -447,7 +478,7 @@ def _combine_implementation(name: str, fleet: _Fleet, labels: Sequence[str], mas
                if not m.imp_id_writable or (w & differing) != differing]
     if blocked:
         return 0, 0, [Conflict(name, None, dict(zip(labels, cols.value(name))),
-                               "differs, and " + ", ".join(blocked) + " cannot present another "
+                               "differs, and " + named_hosts(blocked) + " cannot present another "
                                "value (needs KVM capability 239, Linux 6.15+)")]
     return min(values), mask, []
 

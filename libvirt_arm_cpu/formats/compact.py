@@ -4,9 +4,10 @@ start: this host's profile and the register knowledge base.
 Both exist as XML (``host.xml``, ``xml/registers.xml``); reading them costs
 the hook milliseconds a start.  This form is Python's ``marshal`` of plain
 values (tuples, lists, dicts, numbers, strings: marshal builds no objects
-of its own and runs no code), one tagged dict per value of
-:mod:`libvirt_arm_cpu.model` or :mod:`libvirt_arm_cpu.kb.registers`,
-rebuilt through their constructors, so the invariants they check hold.
+of its own and runs no code): each value of :mod:`libvirt_arm_cpu.model`
+as the tuple of its fields, the register knowledge base as
+:mod:`libvirt_arm_cpu.kb.compiled` keeps it, rebuilt through their
+constructors, so the invariants they check hold.
 
 It is only ever a copy.  A header names the format, the package version
 and the size and modification time of both XML files it was made from;
@@ -22,6 +23,7 @@ import os
 
 from libvirt_arm_cpu import __version__, model
 from libvirt_arm_cpu.kb import registers as kbreg
+from libvirt_arm_cpu.kb.compiled import decode_registers, encode_registers
 
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (on the hook's path)
 if TYPE_CHECKING:
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMAT", "stamp", "dumps", "loads"]
 
-FORMAT = 2          # 2: the host's platform (model.Platform)
+FORMAT = 3          # 2: the host's platform (model.Platform); 3: the registers as kb.compiled keeps them
 _MAGIC = b"LACC"
 
 Stamp = tuple[str, int, int]      # path, size, mtime (ns)
@@ -42,9 +44,10 @@ def stamp(path: str) -> Stamp:
 
 
 # Each value type as a tuple of its fields in order.  The fields that hold
-# other value types are named here with their shape (one of them, a list,
-# a tuple); the rest are plain values marshal keeps as they are.
-_ONE, _LIST, _TUPLE = "one", "list", "tuple"
+# other value types are named here with their shape (one of them, or a
+# list); the rest are plain values marshal keeps as they are.  The register
+# knowledge base is kept as kb.compiled keeps it.
+_ONE, _LIST = "one", "list"
 _NESTED: dict[type, dict[str, tuple[str, type]]] = {
     model.HostProfile: {"qemu": (_ONE, model.QemuInfo), "cpus": (_LIST, model.CpuIdentity),
                         "registers": (_LIST, model.ProfileRegister),
@@ -52,12 +55,10 @@ _NESTED: dict[type, dict[str, tuple[str, type]]] = {
                         "vcpu_off": (_LIST, model.VcpuOffValues),
                         "loader": (_ONE, model.LoaderInfo),
                         "platform": (_ONE, model.Platform)},
-    kbreg.Register: {"fields": (_TUPLE, kbreg.Field), "reserved": (_TUPLE, kbreg.Reserved)},
 }
 _TYPES: tuple[type, ...] = (
     model.QemuInfo, model.LoaderInfo, model.VcpuOffValues, model.CpuIdentity,
-    model.ProfileRegister, model.Fingerprint, model.Platform, model.HostProfile,
-    kbreg.Field, kbreg.Reserved, kbreg.Register, kbreg.Source)
+    model.ProfileRegister, model.Fingerprint, model.Platform, model.HostProfile)
 _PLAN: dict[type, list[tuple[str, tuple[str, type] | None]]] = {
     cls: [(f.name, _NESTED.get(cls, {}).get(f.name))
           for f in dataclasses.fields(cls) if not f.name.startswith("_")]
@@ -79,8 +80,8 @@ def _encode(v: Any, cls: type) -> tuple:
 
 
 # For decoding: where each type's fields of other value types sit.  A type
-# with none (a register's fields: hundreds a copy) is rebuilt straight from
-# its tuple.
+# with none (a profile's registers: hundreds a copy) is rebuilt straight
+# from its tuple.
 _NESTED_AT: dict[type, list[tuple[int, str, type]]] = {
     cls: [(i, *nested) for i, (_name, nested) in enumerate(plan) if nested is not None]
     for cls, plan in _PLAN.items()}
@@ -98,28 +99,15 @@ def _decode(t: tuple, cls: type) -> Any:
         if x is not None:
             if shape == _ONE:
                 args[i] = _decode(x, sub)
-            elif shape == _LIST:
-                args[i] = [_decode(y, sub) for y in x]
             else:
-                args[i] = tuple([_decode(y, sub) for y in x])
+                args[i] = [_decode(y, sub) for y in x]
     return cls(*args)
-
-
-def _encode_kb(kb: kbreg.KnowledgeBase) -> tuple:
-    return ([_encode(r, kbreg.Register) for r in kb.registers],
-            [_encode(s, kbreg.Source) for s in kb.sources], kb.path)
-
-
-def _decode_kb(t: tuple) -> kbreg.KnowledgeBase:
-    regs, sources, path = t
-    return kbreg.KnowledgeBase([_decode(r, kbreg.Register) for r in regs],
-                               [_decode(s, kbreg.Source) for s in sources], path)
 
 
 def dumps(profile: model.HostProfile, kb: kbreg.KnowledgeBase, profile_stamp: Stamp,
           kb_stamp: Stamp) -> bytes:
     head = (FORMAT, __version__, profile_stamp, kb_stamp)
-    return _MAGIC + marshal.dumps((head, _encode(profile, model.HostProfile), _encode_kb(kb)))
+    return _MAGIC + marshal.dumps((head, _encode(profile, model.HostProfile), encode_registers(kb)))
 
 
 def loads(data: bytes, profile_stamp: Stamp, kb_stamp: Stamp
@@ -132,7 +120,7 @@ def loads(data: bytes, profile_stamp: Stamp, kb_stamp: Stamp
         head, profile, kb = marshal.loads(data[len(_MAGIC):])
         if tuple(head) != (FORMAT, __version__, profile_stamp, kb_stamp):
             return None
-        p, k = _decode(profile, model.HostProfile), _decode_kb(kb)
+        p, k = _decode(profile, model.HostProfile), decode_registers(kb)
     except (ValueError, TypeError, EOFError, KeyError, IndexError, AttributeError):
         return None
     if not isinstance(p, model.HostProfile) or not isinstance(k, kbreg.KnowledgeBase):

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from libvirt_arm_cpu.kb.features import Condition as FeatureCondition
     from libvirt_arm_cpu.kb.features import FeatureCatalog
 
-__all__ = ["FORMAT", "FILES", "Compiled", "path_for", "read", "write"]
+__all__ = ["FORMAT", "FILES", "Compiled", "path_for", "read", "write", "encode_registers",
+           "decode_registers"]
 
 FORMAT = 1
 _MAGIC = b"LACKB\n"
@@ -76,7 +77,9 @@ def path_for(kb_dir: str, cache_dir: str) -> str:
 
 # -- registers ---------------------------------------------------------------
 
-def _enc_registers(kb: KnowledgeBase) -> tuple:
+def encode_registers(kb: KnowledgeBase) -> tuple:
+    """The register knowledge base as plain values (the hook's compact
+    copy keeps it so too: formats.compact)."""
     return (tuple((r.name, r.op0, r.op1, r.crn, r.crm, r.op2, r.kind,
                    tuple((f.name, f.msb, f.lsb, f.kind, f.signed, f.policy, f.safe,
                           f.kvm_policy, f.values, f.kvm_min, f.kvm_zero_ok) for f in r.fields),
@@ -85,7 +88,7 @@ def _enc_registers(kb: KnowledgeBase) -> tuple:
             tuple((s.id, s.origin, s.file, s.sha256) for s in kb.sources), kb.path)
 
 
-def _dec_registers(t: tuple) -> KnowledgeBase:
+def decode_registers(t: tuple) -> KnowledgeBase:
     regs, sources, path = t
     return KnowledgeBase(
         [Register(name, op0, op1, crn, crm, op2, kind,
@@ -200,7 +203,7 @@ class Compiled:
 
     def registers(self) -> KnowledgeBase:
         if self._kb is None:
-            self._kb = _dec_registers(self._parts[0])
+            self._kb = decode_registers(self._parts[0])
         return self._kb
 
     def features(self, kb: KnowledgeBase) -> FeatureCatalog | None:
@@ -255,7 +258,7 @@ def write(kb_dir: str, cache_dir: str, kb: KnowledgeBase, catalog: FeatureCatalo
     this process); silently nothing when the cache cannot be written."""
     from libvirt_arm_cpu.fileio import atomic_write
     try:
-        body = marshal.dumps((_header(kb_dir), (_enc_registers(kb), _enc_features(catalog),
+        body = marshal.dumps((_header(kb_dir), (encode_registers(kb), _enc_features(catalog),
                                                 _enc_rules(rules))))
         os.makedirs(cache_dir, mode=0o700, exist_ok=True)
         atomic_write(path_for(kb_dir, cache_dir),
