@@ -14,7 +14,7 @@ import sys
 
 from libvirt_arm_cpu.errors import DataError, ParseError
 
-__all__ = ["atomic_write", "read_input", "MAX_INPUT_BYTES"]
+__all__ = ["atomic_write", "read_input", "MAX_INPUT_BYTES", "read_own", "read_cache", "write_cache"]
 
 # One limit for every input (profiles, models, domains, dumps): the largest
 # real one is a few tens of kB; reading stops past this, before any parsing,
@@ -156,6 +156,46 @@ def _remove_stale(directory: str, base: str) -> None:
             os.unlink(os.path.join(directory, name))
         except OSError:
             pass
+
+
+def write_cache(path: str, magic: bytes, body: bytes) -> None:
+    """A cache file: *magic*, a CRC-32 of *body*, *body*; atomic, this
+    user's alone (0600), not synced (a torn cache after a crash is only
+    rebuilt).
+
+    :raise OSError: it cannot be written.
+    """
+    import zlib
+    atomic_write(path, magic + zlib.crc32(body).to_bytes(4, "big") + body, mode=0o600,
+                 durable=False)
+
+
+def read_own(path: str) -> bytes | None:
+    """The bytes of *path* (a cache, a copy) when this user alone can have
+    written it: owned by this user, writable by nobody else; None when it
+    cannot be read or another could have written it."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                return None
+            return f.read()
+    except OSError:
+        return None
+
+
+def read_cache(path: str, magic: bytes) -> memoryview | None:
+    """The body of a cache file :func:`write_cache` wrote; None when there is
+    none, it is of another kind or damaged (its CRC), or another user could
+    have written it (:func:`read_own`)."""
+    import zlib
+    data = read_own(path)
+    if data is None or not data.startswith(magic) or len(data) < len(magic) + 4:
+        return None
+    body = memoryview(data)[len(magic) + 4:]
+    if zlib.crc32(body) != int.from_bytes(data[len(magic):len(magic) + 4], "big"):
+        return None
+    return body
 
 
 def read_text(path: str) -> str:

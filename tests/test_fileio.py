@@ -107,3 +107,25 @@ def test_a_fifo_is_written_to_never_replaced(tmp_path):
 def test_a_directory_is_refused(tmp_path):
     with pytest.raises(DataError, match="is a directory"):
         atomic_write(tmp_path, b"x")
+
+
+def test_cache_files_read_back_only_as_written(tmp_path):
+    """write_cache/read_cache: the body back; nothing for another kind, a
+    damaged file, or one another user could have written."""
+    from libvirt_arm_cpu.fileio import read_cache, read_own, write_cache
+    f = tmp_path / "c.cache"
+    write_cache(str(f), b"MAGIC\n", b"body" * 100)
+    assert f.stat().st_mode & 0o777 == 0o600
+    assert bytes(read_cache(str(f), b"MAGIC\n")) == b"body" * 100
+    assert read_cache(str(f), b"OTHER\n") is None
+    data = f.read_bytes()
+    f.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert read_cache(str(f), b"MAGIC\n") is None                   # CRC
+    f.write_bytes(data[:7])
+    assert read_cache(str(f), b"MAGIC\n") is None                   # truncated
+    f.write_bytes(data)
+    f.chmod(0o620)
+    assert read_own(str(f)) is None and read_cache(str(f), b"MAGIC\n") is None
+    f.chmod(0o600)
+    assert read_own(str(f)) == data
+    assert read_own(str(tmp_path / "missing")) is None

@@ -355,7 +355,7 @@ def test_unwritable_cache_dir_is_no_cache(kb, tmp_path, not_racy, run):
 def test_unwritable_shard_is_no_cache(kb, tmp_path, not_racy, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError("read-only")
-    monkeypatch.setattr(modelcache, "atomic_write", refuse)
+    monkeypatch.setattr(modelcache, "write_cache", refuse)
     got, cache = load([HOSTS], kb, tmp_path / "c")
     assert models(got) == models(load([HOSTS], kb)[0]) and not shards(tmp_path / "c")
 

@@ -44,11 +44,10 @@ import marshal
 import os
 import stat as stat_mod
 import time
-import zlib
 from dataclasses import fields as dc_fields
 
 from libvirt_arm_cpu import __version__
-from libvirt_arm_cpu.fileio import atomic_write
+from libvirt_arm_cpu.fileio import read_cache, write_cache
 from libvirt_arm_cpu.settings import CACHE_ENV, cache_dir
 from libvirt_arm_cpu.model import (CpuIdentity, CpuModel, Fingerprint, HostProfile, LoaderInfo,
                                    Platform, ProfileRegister, QemuInfo, VcpuOffValues)
@@ -463,18 +462,8 @@ class ModelCache:
         return shard
 
     def _load(self, path: str, directory: str) -> dict[str, tuple[Identity, Entry]] | None:
-        try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-                    return None           # only a shard this user alone can have written
-                data = f.read()
-        except OSError:
-            return None
-        if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + 4:
-            return None
-        body = memoryview(data)[len(_MAGIC) + 4:]
-        if zlib.crc32(body) != int.from_bytes(data[len(_MAGIC):len(_MAGIC) + 4], "big"):
+        body = read_cache(path, _MAGIC)     # (only a shard this user alone can have written)
+        if body is None:
             return None
         try:
             header, shard_dir, entries = marshal.loads(body)
@@ -604,9 +593,8 @@ class ModelCache:
                 entries[name] = (ident, (key, checked, record))
             shard.entries = {n: e for n, e in shard.entries.items() if n in entries}
             body = marshal.dumps((self.header, shard.directory, entries))
-            data = _MAGIC + zlib.crc32(body).to_bytes(4, "big") + body
             try:
-                atomic_write(shard.path, data, mode=0o600, durable=False)
+                write_cache(shard.path, _MAGIC, body)
             except Exception:       # noqa: BLE001 -- a cache never fails its caller
                 return
             shard.dirty = False

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from libvirt_arm_cpu.errors import Error, ParseError
-from libvirt_arm_cpu.fileio import atomic_write
+from libvirt_arm_cpu.fileio import atomic_write, read_own
 from libvirt_arm_cpu.formats import compact
 from libvirt_arm_cpu.paths import kb_dir
 
@@ -103,15 +103,12 @@ def hook_inputs(conf: Settings) -> tuple[HostProfile, KnowledgeBase]:
 
 def _read_compact(profile_path: str, kb_path: str
                   ) -> tuple[HostProfile, KnowledgeBase] | None:
-    path = profile_path + COMPACT_SUFFIX
+    # trusted like the profile beside it, so held to its owner: ours, and
+    # writable by nobody else
+    data = read_own(profile_path + COMPACT_SUFFIX)
+    if data is None:
+        return None
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            # trusted like the profile beside it, so held to its owner: ours,
-            # and writable by nobody else
-            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-                return None
-            data = f.read()
         return compact.loads(data, compact.stamp(profile_path), compact.stamp(kb_path))
     except OSError:
         return None

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import marshal
 import os
-import zlib
 
 from libvirt_arm_cpu import __version__
 from libvirt_arm_cpu.errors import Error
+from libvirt_arm_cpu.fileio import read_cache, write_cache
 from libvirt_arm_cpu.kb.registers import Field, KnowledgeBase, Register, Reserved, Source
 
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing
@@ -228,18 +228,8 @@ _BROKEN = (ValueError, TypeError, EOFError, KeyError, IndexError, AttributeError
 def read(kb_dir: str, cache_dir: str) -> Compiled | None:
     """The copy of the knowledge base in *kb_dir* made from exactly its
     files by this version, else None (read the XML)."""
-    path = path_for(kb_dir, cache_dir)
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-                return None           # only a copy this user alone can have written
-            data = f.read()
-    except OSError:
-        return None
-    body = memoryview(data)[len(_MAGIC) + 4:]
-    if (not data.startswith(_MAGIC)
-            or zlib.crc32(body) != int.from_bytes(data[len(_MAGIC):len(_MAGIC) + 4], "big")):
+    body = read_cache(path_for(kb_dir, cache_dir), _MAGIC)
+    if body is None:
         return None
     try:
         header, parts = marshal.loads(body)
@@ -256,14 +246,11 @@ def write(kb_dir: str, cache_dir: str, kb: KnowledgeBase, catalog: FeatureCatalo
           rules: RuleBook) -> None:
     """Keep a copy of what the files of *kb_dir* gave (read from them by
     this process); silently nothing when the cache cannot be written."""
-    from libvirt_arm_cpu.fileio import atomic_write
     try:
         body = marshal.dumps((_header(kb_dir), (encode_registers(kb), _enc_features(catalog),
                                                 _enc_rules(rules))))
         os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        atomic_write(path_for(kb_dir, cache_dir),
-                     _MAGIC + zlib.crc32(body).to_bytes(4, "big") + body, mode=0o600,
-                     durable=False)
+        write_cache(path_for(kb_dir, cache_dir), _MAGIC, body)
     except Exception:       # noqa: BLE001 -- a cache never fails its caller
         return
 

@@ -28,15 +28,16 @@ from libvirt_arm_cpu.xmlsafe import MAX_BYTES, parse_untrusted
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (3 ms a hook run)
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any, TypeVar
 
     from libvirt_arm_cpu.kb.compiled import Compiled
-    from typing import Any, TypeVar
-    F = TypeVar("F", bound=Callable[..., Any])
     from libvirt_arm_cpu.kb.dependencies import Condition, RuleBook
     from libvirt_arm_cpu.kb.features import Condition as FeatureCondition
     from libvirt_arm_cpu.kb.features import FeatureCatalog
     from libvirt_arm_cpu.kb.implementers import Tables
     from libvirt_arm_cpu.kb.named import NamedModels
+
+    F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["registers", "features", "dependencies", "implementers", "named_models",
            "read_kb_file", "load_registers", "load_features", "load_rules", "load_tables",
