@@ -51,6 +51,8 @@ class ModelChange:
 
 @dataclass
 class Drift:
+    """What changed between two probes of one host, and which models run now."""
+
     previous: HostProfile
     current: HostProfile
     lost: list[ModelChange] = field(default_factory=list)       # ran before, not now

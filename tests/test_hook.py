@@ -316,6 +316,55 @@ def test_the_hook_scripts_constants_are_the_packages():
     assert ast.literal_eval(consts["MARK"]) == NAMESPACE.encode()
 
 
+def test_inspect_is_put_off_until_used():
+    """The hook script (and each command) stands in for inspect
+    (libvirt_arm_cpu/deferred.py: dataclasses imports it and uses it only
+    for classes without a docstring): the modules of a domain's check and
+    of a baseline import without it, and code that uses it later gets the
+    real module."""
+    script = Path(__file__).resolve().parent.parent / "hooks" / "libvirt-arm-cpu"
+    assert 'defer("inspect")' in script.read_text()
+    code = (
+        "import sys\n"
+        "from libvirt_arm_cpu.deferred import defer\n"
+        "defer('inspect')\n"
+        "import libvirt_arm_cpu.hook, libvirt_arm_cpu.engine.validate\n"
+        "import libvirt_arm_cpu.cli.cpu_baseline, libvirt_arm_cpu.host.tryapply\n"
+        "import libvirt_arm_cpu.formats.compact, libvirt_arm_cpu.host.verdicts\n"
+        "assert 'ast' not in sys.modules and 'dis' not in sys.modules, 'inspect was imported'\n"
+        "import inspect\n"
+        "def f(a, b=2): pass\n"
+        "assert str(inspect.signature(f)) == '(a, b=2)'\n"
+        "assert sys.modules['inspect'].__name__ == 'inspect' and 'ast' in sys.modules\n"
+        "import inspect as again\n"
+        "assert again.isfunction(f) and sys.modules['inspect'] is again\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert p.returncode == 0, p.stderr
+
+
+def test_every_value_type_has_a_docstring():
+    """dataclasses describes a class without a docstring with
+    inspect.signature: the hook script puts inspect off on that account, and
+    an undocumented value type would import it on every domain start."""
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    import libvirt_arm_cpu
+    missing = []
+    for info in pkgutil.walk_packages(libvirt_arm_cpu.__path__, "libvirt_arm_cpu."):
+        if info.name.endswith(".__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            if (isinstance(obj, type) and dataclasses.is_dataclass(obj)
+                    and obj.__module__ == info.name
+                    and (obj.__doc__ or "").startswith(obj.__name__ + "(")):
+                missing.append(f"{info.name}.{obj.__name__}")
+    assert not missing, missing
+
+
 def test_the_bundled_profiles_stay_as_they_are():
     """The tests above point the hook at copies of the bundled profiles: its
     compact copy and its verdicts (beside the profile) never land in

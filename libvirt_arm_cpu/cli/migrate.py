@@ -20,6 +20,8 @@ from libvirt_arm_cpu.service import input_label, load_input, resolve_model
 
 @dataclass(frozen=True)
 class Direction:
+    """One way of a migration between two hosts, and compare's verdict on it."""
+
     source: str
     dest: str
     verdict: Comparison

@@ -55,6 +55,8 @@ __all__ = ["Conflict", "BaselineResult", "baseline", "Pool", "largest_compatible
 
 @dataclass
 class Conflict:
+    """A field (or register) no value of which every input accepts, with each input's value."""
+
     register: str
     field: str | None                   # None: bits outside fields, or a whole register
     values: dict[str, int]              # host -> its value of the field (or register)
@@ -88,6 +90,8 @@ def named_hosts(names: Sequence[str], at_most: int = _NAMED) -> str:
 
 @dataclass
 class BaselineResult:
+    """A baseline's model, or why there is none."""
+
     model: CpuModel | None
     conflicts: list[Conflict] = field(default_factory=list)
     consistency: Consistency | None = None      # what the dependency repair did
@@ -718,6 +722,8 @@ def _firmware(models: Sequence[CpuModel]) -> dict[str, int | None]:
 
 @dataclass
 class Pool:
+    """Inputs that have a baseline together, and that baseline."""
+
     indices: list[int]          # positions in the input
     result: BaselineResult
 

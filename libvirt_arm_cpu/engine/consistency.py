@@ -51,6 +51,8 @@ Move = dict[tuple[str, str], int]
 
 @dataclass(frozen=True)
 class Lowering:
+    """A field the dependency repair lowered, and the rule that asked it."""
+
     register: str
     field: str
     old: int
@@ -63,6 +65,8 @@ class Lowering:
 
 @dataclass(frozen=True)
 class Unresolved:
+    """A dependency rule the repair could not make hold, and why."""
+
     rule: Rule
     reason: str
 
@@ -72,6 +76,8 @@ class Unresolved:
 
 @dataclass
 class Consistency:
+    """What the dependency repair did to a model."""
+
     model: CpuModel
     lowered: list[Lowering] = field(default_factory=list)
     unresolved: list[Unresolved] = field(default_factory=list)

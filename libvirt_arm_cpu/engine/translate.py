@@ -56,6 +56,8 @@ HOST_MODEL = "host-model"
 
 @dataclass
 class Resolution:
+    """What translate resolved a domain's <cpu> to on one host."""
+
     model: str                                  # the CPU model's name
     values: dict[str, int]                      # the guest's ID registers
     properties: list[tuple[str, int]]           # SYSREG_* for this host's QEMU (sysreg)

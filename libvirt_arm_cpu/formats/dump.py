@@ -51,6 +51,8 @@ MAX_DUMP_BYTES = MAX_INPUT_BYTES     # a dump is a few KiB: the one limit of eve
 
 @dataclass(frozen=True)
 class DumpEntry:
+    """One NAME=VALUE line of a register dump, read."""
+
     line: int
     value: RegisterValue
 

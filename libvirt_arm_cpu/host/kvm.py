@@ -205,6 +205,8 @@ class Kvm:
 
 @dataclass
 class Vm:
+    """A KVM virtual machine (its file descriptor) and its vCPUs."""
+
     kvm: Kvm
     fd: int
     vcpus: list[Vcpu] = field(default_factory=list)
@@ -270,6 +272,8 @@ class Vm:
 
 @dataclass
 class Vcpu:
+    """A vCPU of a KVM virtual machine, made with these vCPU features."""
+
     vm: Vm
     fd: int
     features: VcpuFeatures

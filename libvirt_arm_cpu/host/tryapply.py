@@ -28,6 +28,8 @@ __all__ = ["Verdict", "TryApplyResult", "try_apply", "differing_fields"]
 
 @dataclass
 class Verdict:
+    """What KVM did with one register a try-apply wrote."""
+
     register: str
     status: str                     # unchanged, accepted, changed, rejected, absent
     host: int | None
@@ -46,6 +48,8 @@ class Verdict:
 
 @dataclass
 class TryApplyResult:
+    """A try-apply's verdicts, register by register, and how its vCPU was made."""
+
     verdicts: list[Verdict]
     vcpu_features: list[str]
     imp_id_regs_enabled: bool

@@ -66,6 +66,8 @@ class Test:
 
 @dataclass(frozen=True)
 class Always:
+    """A condition that always holds (a rule without an 'if')."""
+
     def holds(self, values: Mapping[str, int]) -> bool:
         return True
 
@@ -75,6 +77,8 @@ class Always:
 
 @dataclass(frozen=True)
 class Group:
+    """All or any of several conditions."""
+
     op: str                                 # all, any
     terms: tuple[Condition, ...]
 
@@ -89,6 +93,8 @@ class Group:
 
 @dataclass(frozen=True)
 class Not:
+    """A condition that holds where its term does not."""
+
     term: Condition
 
     def holds(self, values: Mapping[str, int]) -> bool:
@@ -103,6 +109,8 @@ Condition = Test | Always | Group | Not
 
 @dataclass(frozen=True)
 class Rule:
+    """A dependency between ID register fields: when it holds, its consequences must."""
+
     id: str
     kind: str               # architecture, kvm-behaviour, qemu-check, llvm-implies
     subkind: str

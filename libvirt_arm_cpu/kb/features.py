@@ -62,6 +62,8 @@ class FieldCondition:
 
 @dataclass(frozen=True)
 class Group:
+    """All or any of several feature conditions."""
+
     op: str             # "all" or "any"
     terms: tuple[Condition, ...]
 
@@ -85,6 +87,8 @@ class Group:
 
 @dataclass(frozen=True)
 class FeatureRef:
+    """A condition that another feature is present."""
+
     name: str
 
     def holds(self, values: Values, catalog: FeatureCatalog) -> bool | None:
@@ -102,6 +106,8 @@ Condition = FieldCondition | Group | FeatureRef
 
 @dataclass(frozen=True)
 class Feature:
+    """A named CPU feature (hwcap or FEAT_*) and the ID register values that show it."""
+
     name: str
     kind: str                       # hwcap, aarch32-hwcap, feat
     condition: Condition | None     # None: ID registers cannot tell

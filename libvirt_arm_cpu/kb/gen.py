@@ -116,6 +116,8 @@ class GenError(Error):
 
 @dataclass
 class Inputs:
+    """The files the knowledge base is generated from, read, with their digests."""
+
     sysreg_path: Path
     data_dir: Path
     sysreg: SysregFile
@@ -176,6 +178,8 @@ def read_inputs(sysreg_path: Path, data_dir: Path) -> Inputs:
 
 @dataclass
 class _Policy:
+    """A field's cpufeature.c policy and safe value."""
+
     policy: str
     safe: int | None
     signed: bool
@@ -357,12 +361,16 @@ class Range:
 
 @dataclass(frozen=True)
 class Combine:
+    """All or any of several conditions, as the feature data writes them."""
+
     op: str             # "all" or "any"
     terms: tuple[object, ...]
 
 
 @dataclass(frozen=True)
 class Ref:
+    """A reference to another feature, as the feature data writes it."""
+
     name: str
 
 

@@ -19,6 +19,8 @@ _NS = "{" + NAMESPACE + "}"
 
 @dataclass(frozen=True)
 class Midr:
+    """A MIDR_EL1 value and its fields."""
+
     raw: int
     implementer: int
     variant: int
@@ -40,6 +42,8 @@ class Midr:
 
 @dataclass(frozen=True)
 class Tables:
+    """Implementer and part names, by code."""
+
     implementers: dict[int, str]
     parts: dict[tuple[int, int], str]
 

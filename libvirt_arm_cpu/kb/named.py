@@ -76,6 +76,8 @@ def digest_of(values: dict[str, int], vcpu_off: tuple[str, ...] = (),
 
 @dataclass(frozen=True)
 class RegisterOrigin:
+    """One register of a named model's version, and where its value comes from."""
+
     register: str
     value: int
     origin: str                 # data, guest-view, absent, derived, level, base

@@ -60,6 +60,8 @@ class SysregBlock:
 
 @dataclass
 class SysregFile:
+    """Linux's arch/arm64/tools/sysreg, read: registers and shared field layouts."""
+
     path: str
     registers: dict[str, SysregBlock]
     field_sets: dict[str, SysregBlock]

@@ -1,0 +1,38 @@
+"""Standard-library modules imported when first used, not when imported.
+
+The libvirt hook runs on every domain start and each command is a process
+of its own: their start is mostly imports.  ``dataclasses`` imports
+``inspect`` (4 ms: ``ast``, ``dis``, ``tokenize``...) only to describe a
+class that has no docstring, and every value type here has one
+(tests/test_hook.py holds it), so the process that starts (the hook script,
+the command's ``main``) puts that import off until something uses it.
+
+(``importlib.util.LazyLoader`` does not serve: an ``import`` statement
+reads the module's ``__spec__``, which loads it.)
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+__all__ = ["defer"]
+
+
+def defer(name: str) -> None:
+    """Until an attribute of module *name* is first used, ``import name``
+    gives a stand-in, which then imports the module and gives the
+    attribute; the module itself from then on.  Nothing when it is imported
+    already."""
+    if name in sys.modules:
+        return
+    stand_in = types.ModuleType(name)
+
+    def __getattr__(attr: str) -> object:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+        module = __import__(name)
+        return getattr(module, attr)
+
+    stand_in.__getattr__ = __getattr__      # type: ignore[method-assign]
+    sys.modules[name] = stand_in
