@@ -1,11 +1,12 @@
 """libvirt-arm-cpu: migratable CPU models for ARM64 KVM hosts.
 
-Layers, each importing only from those above it:
-
-* ``registers``, ``features``, ``implementers`` -- the register knowledge base
-  (generated into ``xml/`` by ``kbgen`` from Linux's sysreg file);
-* ``dump`` -- register dumps (``NAME=VALUE`` lines);
-* ``cli`` and ``helper`` -- the command-line front ends.
+The layers, lowest first (docs/architecture.md; tests/test_lint.py holds
+the imports to them): base (errors, paths, settings, fileio, xmlsafe),
+``kb`` (the knowledge base and its generators), ``model`` (the values),
+``engine`` (baseline, compare, translate, validate: pure functions) and
+``formats`` (the file forms), ``host`` (KVM and this host's profile),
+``service`` (inputs and domains for the edges), and the edges: ``cli``,
+``hook``, ``api``, ``helper``.
 """
 
 __version__ = "0.1.0"
