@@ -288,9 +288,9 @@ def _switch(fleet: _Fleet, off: set[str], memo: Memo) -> _Fleet:
     share its dicts.  The switched kinds are named for what they are, not
     by digest (their names are never shown or saved: the baseline's model
     is named when it is made; a digest costs 0.15 ms a kind)."""
-    label = ",".join(sorted(off))
     if not off:
         return fleet
+    label = ",".join(sorted(off))
     switched = []
     for m in fleet.kinds:
         key = ("off", id(m), frozenset(off))
