@@ -14,7 +14,8 @@ import sys
 
 from libvirt_arm_cpu.errors import DataError, ParseError
 
-__all__ = ["atomic_write", "read_input", "MAX_INPUT_BYTES", "read_own", "read_cache", "write_cache"]
+__all__ = ["atomic_write", "read_input", "MAX_INPUT_BYTES", "read_own", "read_cache", "write_cache",
+           "file_stamp", "code_stamp"]
 
 # One limit for every input (profiles, models, domains, dumps): the largest
 # real one is a few tens of kB; reading stops past this, before any parsing,
@@ -156,6 +157,26 @@ def _remove_stale(directory: str, base: str) -> None:
             os.unlink(os.path.join(directory, name))
         except OSError:
             pass
+
+
+Stamp = tuple[str, int, int]       # a file's absolute path, size, modification time (ns)
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def file_stamp(path: str) -> Stamp | None:
+    """What a cache records of a file it was made from (None: there is
+    none): a different stamp, and the cache is made again."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+def code_stamp(modules: tuple[str, ...]) -> tuple[Stamp | None, ...]:
+    """:func:`file_stamp` of the package's *modules* (paths within the
+    package): a cache stamped with it is not read by edited code."""
+    return tuple(file_stamp(os.path.join(_PACKAGE, name)) for name in modules)
 
 
 def write_cache(path: str, magic: bytes, body: bytes) -> None:

@@ -26,10 +26,7 @@ from dataclasses import dataclass, field
 from libvirt_arm_cpu.errors import DataError
 from libvirt_arm_cpu.kb.firmware import SETTABLE
 
-try:    # hashlib's sha256 itself: hashlib's import (OpenSSL) costs 2-3 ms a start
-    from _sha256 import sha256 as _sha256
-except ImportError:     # pragma: no cover - CPython always builds it
-    from hashlib import sha256 as _sha256
+from libvirt_arm_cpu.deferred import sha256 as _sha256
 
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (3 ms a hook run)
 if TYPE_CHECKING:

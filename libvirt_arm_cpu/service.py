@@ -29,7 +29,6 @@ from libvirt_arm_cpu.formats.profile import from_xml as profile_from_xml, read_p
 from libvirt_arm_cpu.model import HostProfile
 from libvirt_arm_cpu.formats.profile import validate as validate_profile
 from libvirt_arm_cpu.formats.modelcache import Entry, ModelCache, open_cache
-from libvirt_arm_cpu.formats.modelcache import default_dir as default_cache_dir
 from libvirt_arm_cpu.formats.kinds import CPU_MODEL, HOST_PROFILE, REGISTER_DUMP, kind_of, wrong_kind
 
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (2 ms a start)
@@ -65,7 +64,7 @@ def model_cache(kb: registers.KnowledgeBase, directory: str | None = None,
             conf = settings_mod.load()
         except ParseError:
             return None
-        directory = default_cache_dir(conf.profile)
+        directory = settings_mod.cache_dir(conf.profile)
     return open_cache(directory, kb.path)
 
 

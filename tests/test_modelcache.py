@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_arm_cpu import service
+from libvirt_arm_cpu import service, settings
 from libvirt_arm_cpu.cpuinputs import baseline_inputs
 from libvirt_arm_cpu.errors import ParseError
 from libvirt_arm_cpu.formats import modelcache
@@ -385,14 +385,14 @@ def test_read_only_cache_dir(kb, tmp_path, not_racy, run):
 
 
 def test_where_it_lives(monkeypatch, tmp_path, kb):
-    monkeypatch.setenv(modelcache.ENV, str(tmp_path / "x"))
-    assert modelcache.default_dir("/var/cache/libvirt-arm-cpu/host.xml") == str(tmp_path / "x")
+    monkeypatch.setenv(settings.CACHE_ENV, str(tmp_path / "x"))
+    assert settings.cache_dir("/var/cache/libvirt-arm-cpu/host.xml") == str(tmp_path / "x")
     for off in ("", "none"):
-        monkeypatch.setenv(modelcache.ENV, off)
-        assert modelcache.default_dir("/var/cache/libvirt-arm-cpu/host.xml") == ""
+        monkeypatch.setenv(settings.CACHE_ENV, off)
+        assert settings.cache_dir("/var/cache/libvirt-arm-cpu/host.xml") == ""
         assert service.model_cache(kb) is None
-    monkeypatch.delenv(modelcache.ENV)
-    assert modelcache.default_dir("/var/cache/libvirt-arm-cpu/host.xml") == \
+    monkeypatch.delenv(settings.CACHE_ENV)
+    assert settings.cache_dir("/var/cache/libvirt-arm-cpu/host.xml") == \
         "/var/cache/libvirt-arm-cpu/profiles"
     assert service.model_cache(kb, enabled=False) is None
     bad = tmp_path / "bad.conf"

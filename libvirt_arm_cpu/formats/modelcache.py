@@ -47,25 +47,19 @@ import time
 from dataclasses import fields as dc_fields
 
 from libvirt_arm_cpu import __version__
-from libvirt_arm_cpu.fileio import read_cache, write_cache
-from libvirt_arm_cpu.settings import CACHE_ENV, cache_dir
+from libvirt_arm_cpu.deferred import sha256
+from libvirt_arm_cpu.fileio import code_stamp, file_stamp, read_cache, write_cache
 from libvirt_arm_cpu.model import (CpuIdentity, CpuModel, Fingerprint, HostProfile, LoaderInfo,
                                    Platform, ProfileRegister, QemuInfo, VcpuOffValues)
-
-try:    # hashlib's sha256 itself, for a directory's name: hashlib's import (OpenSSL) costs 3 ms
-    from _sha256 import sha256
-except ImportError:     # pragma: no cover - CPython always builds it
-    from hashlib import sha256
 
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (2 ms a start)
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["FORMAT", "ENV", "RACY_SECONDS", "ModelCache", "Entry", "default_dir", "open_cache"]
+__all__ = ["FORMAT", "RACY_SECONDS", "ModelCache", "Entry", "open_cache"]
 
 FORMAT = 3          # 2: each record holds the profile too; 3: values as a delta
 _MAGIC = b"LACMODELS\n"
-ENV = CACHE_ENV     # a directory; "" or "none" switches the cache off
 RACY_SECONDS = 2.0
 SHARD_SUFFIX = ".fleet"
 # the modules whose code decides what a profile file gives (stamped: an
@@ -73,7 +67,6 @@ SHARD_SUFFIX = ".fleet"
 _CODE = ("model.py", "formats/profile.py", "formats/platform.py", "formats/fleet.py",
          "formats/modelcache.py", "service.py", "kb/registers.py", "kb/firmware.py",
          "xmlsafe.py")
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 Identity = tuple[int, int, int, int, int]          # dev, inode, size, mtime_ns, ctime_ns
 # (content key or None, schema-validated, record or None: a copy of another
@@ -81,26 +74,8 @@ Identity = tuple[int, int, int, int, int]          # dev, inode, size, mtime_ns,
 Entry = tuple["bytes | None", bool, "tuple | None"]
 
 
-def default_dir(settings_profile: str) -> str:
-    """:func:`libvirt_arm_cpu.settings.cache_dir` of the settings' host
-    profile (``/var/cache/libvirt-arm-cpu/profiles``)."""
-    return cache_dir(settings_profile)
-
-
 def _identity(st: os.stat_result) -> Identity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _file_stamp(path: str) -> tuple[str, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-
-
-def _code_stamp() -> tuple:
-    return tuple(_file_stamp(os.path.join(_PACKAGE, name)) for name in _CODE)
 
 
 # -- encoding: plain, shared values --------------------------------------------
@@ -437,7 +412,7 @@ class ModelCache:
 
     def __init__(self, directory: str, kb_path: str) -> None:
         self.directory = os.path.abspath(directory)
-        self.header = (FORMAT, __version__, _file_stamp(kb_path), _code_stamp())
+        self.header = (FORMAT, __version__, file_stamp(kb_path), code_stamp(_CODE))
         self.shards: dict[str, _Shard] = {}
         self.model_memo: dict[Any, tuple[Any, ...]] = {}   # (id, tag) -> (stored, its part)
         self.checked: dict[tuple[int, frozenset], Any] = {}   # stored tuples of the right types

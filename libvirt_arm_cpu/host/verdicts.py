@@ -38,15 +38,11 @@ import os
 import xml.etree.ElementTree as ET
 
 from libvirt_arm_cpu import __version__, namespaces
+from libvirt_arm_cpu.deferred import blake2b
 from libvirt_arm_cpu.errors import Error
 from libvirt_arm_cpu.fileio import atomic_write, read_text, which
 from libvirt_arm_cpu.paths import kb_dir, readable_file
 from libvirt_arm_cpu.settings import Settings
-
-try:    # hashlib's blake2b itself; hashlib's import (OpenSSL) costs 3 ms a start
-    from _blake2 import blake2b
-except ImportError:     # pragma: no cover - CPython always builds it
-    from hashlib import blake2b
 
 __all__ = ["SUFFIX", "MAX_ENTRIES", "FORMAT", "key", "recall", "remember"]
 

@@ -27,8 +27,9 @@ import marshal
 import os
 
 from libvirt_arm_cpu import __version__
+from libvirt_arm_cpu.deferred import sha256
 from libvirt_arm_cpu.errors import Error
-from libvirt_arm_cpu.fileio import read_cache, write_cache
+from libvirt_arm_cpu.fileio import code_stamp, file_stamp, read_cache, write_cache
 from libvirt_arm_cpu.kb.registers import Field, KnowledgeBase, Register, Reserved, Source
 
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing
@@ -48,29 +49,15 @@ SUFFIX = ".compiled"
 # never answers from a copy its old code wrote)
 _CODE = ("kb/load.py", "kb/registers.py", "kb/features.py", "kb/dependencies.py",
          "kb/compiled.py")
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _stamp(path: str) -> tuple[str, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (path, st.st_size, st.st_mtime_ns)
 
 
 def _header(kb_dir: str) -> tuple:
-    return (FORMAT, __version__,
-            tuple(_stamp(os.path.join(kb_dir, name)) for name in FILES),
-            tuple(_stamp(os.path.join(_PACKAGE, name)) for name in _CODE))
+    return (FORMAT, __version__, tuple(file_stamp(os.path.join(kb_dir, name)) for name in FILES),
+            code_stamp(_CODE))
 
 
 def path_for(kb_dir: str, cache_dir: str) -> str:
     """Where the copy of the knowledge base in *kb_dir* lives."""
-    try:    # hashlib's sha256 itself: hashlib's import (OpenSSL) costs 3 ms a start
-        from _sha256 import sha256
-    except ImportError:     # pragma: no cover - CPython always builds it
-        from hashlib import sha256
     digest = sha256(os.fsencode(os.path.abspath(kb_dir))).hexdigest()[:24]
     return os.path.join(cache_dir, f"kb-{digest}{SUFFIX}")
 
