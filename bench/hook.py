@@ -6,7 +6,10 @@ max/Linux 7.3 test-bed profile with a SYSREG-capable QEMU, refresh never,
 try-apply off, log to stderr), then runs it as libvirtd does (argv, domain
 XML on stdin, a clean environment), median of N runs:
 
-  * python -c pass (interpreter start-up, the floor);
+  * python -c pass (interpreter start-up: the issue's unit; this
+    virtualenv's python, whose editable install is a plain path, so its
+    start is Debian's python3's), and python -S -c pass (the hook's own
+    start: its #! line has -S, so its start is below the unit);
   * prepare, a domain without libvirt-arm-cpu metadata;
   * prepare, a translated domain: the first check (nothing left behind: the
     profile and knowledge base XML read, their compact copy and the verdict
@@ -102,6 +105,8 @@ def main() -> int:
 
     rows = [
         ("python -c pass", [sys.executable, "-c", "pass"], b"", None),
+        # the hook's own interpreter start (hook install writes #!PYTHON -S)
+        ("python -S -c pass", [sys.executable, "-S", "-c", "pass"], b"", None),
         ("prepare, no metadata", [hook, "g", "prepare", "begin", "-"], plain, None),
         ("prepare, first check", [hook, "g", "prepare", "begin", "-"], xml, nothing_left),
         ("prepare, check (compact copy)", [hook, "g", "prepare", "begin", "-"], xml,

@@ -26,6 +26,7 @@ import gc
 import os
 import sys
 
+from libvirt_arm_cpu import methodcache
 from libvirt_arm_cpu.errors import Error
 
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing
@@ -80,6 +81,7 @@ def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
     finally:
         if collecting:
             gc.enable()
+        methodcache.save()      # what _check compiled, for the next domain's
 
 
 def _run(name: str, op: str, data: bytes, out, err) -> int:
@@ -147,7 +149,9 @@ def _check(name: str, op: str, data: bytes, root, conf, log
     needs, or None)."""
     # imported here: a domain without our metadata never gets this far
     # and only what checking needs: not the service layer, the feature
-    # catalog or the dependency rules (translating needs those)
+    # catalog or the dependency rules (translating needs those); the value
+    # types with their methods compiled before (a third of a check)
+    methodcache.install()
     from libvirt_arm_cpu.engine.compare import IDENTICAL
     from libvirt_arm_cpu.engine.loader import ENV_PRELOAD, ENV_VALUES, LOADER_PATH, installed
     from libvirt_arm_cpu.engine.validate import validate_translation

@@ -19,7 +19,7 @@ import os
 import re
 import sys
 
-from libvirt_arm_cpu import __version__
+from libvirt_arm_cpu import __version__, methodcache
 from libvirt_arm_cpu.deferred import defer
 from libvirt_arm_cpu.cli.base import ArgumentParser, Command, CommandRef, UsageExit
 from libvirt_arm_cpu.errors import EXIT_DATA, EXIT_USAGE, Error
@@ -159,6 +159,18 @@ def _one_line(message: str) -> str:
 def run_main(prog: str, description: str, cmds: Sequence[Command | CommandRef],
              argv: Sequence[str] | None) -> int:
     """Parse, dispatch, and map errors to exit codes (shared with the helper)."""
+    # a process's start is mostly imports (libvirt_arm_cpu/deferred.py,
+    # libvirt_arm_cpu/methodcache.py)
+    defer("inspect")
+    methodcache.install()
+    try:
+        return _dispatch(prog, description, cmds, argv)
+    finally:
+        methodcache.save()
+
+
+def _dispatch(prog: str, description: str, cmds: Sequence[Command | CommandRef],
+              argv: Sequence[str] | None) -> int:
     parser = build_parser(prog, description, cmds)
     try:
         args = parser.parse_args(argv)
@@ -198,7 +210,6 @@ exit codes: 0 success, 1 bad data or an incompatible CPU, 2 bad usage,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    defer("inspect")        # 4 ms of each command's start (libvirt_arm_cpu/deferred.py)
     return run_main(PROG, DESCRIPTION, COMMANDS, argv)
 
 
