@@ -213,5 +213,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main(PROG, DESCRIPTION, COMMANDS, argv)
 
 
+def console() -> None:
+    """The installed command (setup.cfg's entry point, ``python -m
+    libvirt_arm_cpu.cli``): :func:`main`, then exit.
+
+    What is still alive then (the knowledge base, the value types, every
+    module) is frozen out of the garbage collector first: the interpreter's
+    teardown collects several times while it frees the modules, 7 ms of a
+    70 ms cpu-baseline over a thousand hosts, and finds nothing (what the
+    commands make holds no cycles).  Exit handlers and finalizers run as
+    always."""
+    status = main()
+    import gc
+    gc.freeze()
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
