@@ -21,7 +21,7 @@ import sys
 
 from libvirt_arm_cpu import __version__, methodcache
 from libvirt_arm_cpu.deferred import defer
-from libvirt_arm_cpu.cli.base import ArgumentParser, Command, CommandRef, UsageExit
+from libvirt_arm_cpu.cli.base import ArgumentParser, Command, CommandRef, HelpFormatter, UsageExit
 from libvirt_arm_cpu.errors import EXIT_DATA, EXIT_USAGE, Error
 
 __all__ = ["main", "run_main", "Command", "ArgumentParser"]
@@ -128,14 +128,14 @@ class _LazySubParsers(argparse._SubParsersAction):
 def build_parser(prog: str, description: str,
                  cmds: Sequence[Command | CommandRef]) -> ArgumentParser:
     parser = ArgumentParser(prog=prog, description=description,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser,
                                 action=_LazySubParsers)
     assert isinstance(sub, _LazySubParsers)
     for cmd in cmds:
         p = sub.add_parser(cmd.name, help=cmd.help,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=HelpFormatter)
         if isinstance(cmd, CommandRef):
             sub.refs[cmd.name] = cmd
         else:
