@@ -248,10 +248,12 @@ def test_distinct_hosts_stored_as_a_base_and_changes(kb, tmp_path, not_racy):
     assert b_model[0][1] is a_model[0][1] and b_model[0][2] == ("ID_AA64ISAR0_EL1",)
     assert a_host[0][4] is None and b_host[0][3] is a_host[0][3]
     assert len(b_host[0][4][0]) == 1                            # one register's place
+    assert b_model[6] is a_model[6] and len(a_model[6]) > 0     # one vCPU-effects table
     for _ in range(2):
         cache = modelcache.open_cache(str(tmp_path / "c"), kb.path)
         warm = service.load_inputs([str(d)], kb, False, cache)
         assert cache is not None and cache.hits == 2 and warm == plain
+        assert warm[0][1].vcpu_effects is warm[1][1].vcpu_effects      # read back as one
         assert [m.values for _, m, _ in warm] == [m.values for _, m, _ in plain]
         assert [p.registers for _, _, p in warm] == [p.registers for _, _, p in plain]
 

@@ -112,6 +112,11 @@ class _Sharer:
         """A dict of plain keys and values as (keys, values), each shared."""
         return self.tup(d), self.tup(d.values())
 
+    def nested(self, t: tuple) -> tuple:
+        """*t*, a tuple of shared parts, itself shared (a fleet's models
+        have a few vCPU-feature effect tables between them)."""
+        return self.tuples.setdefault(t, t)
+
     def delta(self, d: dict) -> tuple:
         """A model's register values: (keys, values) as :meth:`mapping`, or
         (keys, base values, keys changed, their values) when they differ in
@@ -168,7 +173,7 @@ def _enc_model(m: CpuModel, share: _Sharer) -> tuple:
     """A model but its hosts, as plain values."""
     return (share.delta(m.values), share.mapping(m.writable), m.imp_id_writable,
             share.tup(m.implementations), m.name, share.tup(m.vcpu_off),
-            tuple((f, share.mapping(e)) for f, e in m.vcpu_effects.items()),
+            share.nested(tuple((f, share.mapping(e)) for f, e in m.vcpu_effects.items())),
             share.mapping(m.firmware),
             None if m.reg_list is None else share.tup(sorted(m.reg_list)),
             _enc_platform(m.platform, share))
@@ -243,7 +248,8 @@ def _dec_model(t: tuple, label: str, memo: dict[Any, tuple[Any, ...]],
     return CpuModel(_values(values, memo, checked), _shared_dict(writable, memo, checked),
                     imp_id, (label,), _of(impls, checked), name=name,
                     vcpu_off=_of(off, checked, _STR),
-                    vcpu_effects={f: _shared_dict(e, memo, checked) for f, e in effects},
+                    vcpu_effects=_frozen(effects, memo, lambda t: {
+                        f: _shared_dict(e, memo, checked) for f, e in t}, "effects"),
                     firmware=_shared_dict(firmware, memo, checked, _INT_OR_NONE),
                     reg_list=None if reg_list is None else _frozen(reg_list, memo, _frozenset),
                     platform=_frozen(platform, memo, _dec_platform))
