@@ -13,6 +13,7 @@ sees for an ID register its kernel hides.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ __all__ = ["Test", "Always", "Group", "Not", "Condition", "Rule", "RuleBook"]
 
 _NS = "{" + NAMESPACE + "}"
 _SYMBOL = {"eq": "==", "ne": "!=", "ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_COMPARE = {"eq": operator.eq, "ne": operator.ne, "ge": operator.ge, "gt": operator.gt,
+            "le": operator.le, "lt": operator.lt}
 
 
 @dataclass(frozen=True)
@@ -50,13 +53,18 @@ class Test:
         return sign_extend(v, f.width if f is not None else 64)
 
     def holds(self, values: Mapping[str, int]) -> bool:
-        left = self.key(self.field, self.read(values))
+        # the engine asks this tens of thousands of times over a fleet's pools
+        raw = values.get(self.register, 0)
+        left = raw if self.field is None else self.field.get(raw)
         if self.ref is not None:
-            right = self.key(self.ref, self.ref.get(values.get(self.ref.register, 0)))
+            right = self.ref.get(values.get(self.ref.register, 0))
+            if self.signed:
+                left, right = self.key(self.field, left), self.key(self.ref, right)
         else:
-            right = self.key(self.field, self.value or 0)
-        return {"eq": left == right, "ne": left != right, "ge": left >= right,
-                "gt": left > right, "le": left <= right, "lt": left < right}[self.op]
+            right = self.value or 0
+            if self.signed:
+                left, right = self.key(self.field, left), self.key(self.field, right)
+        return _COMPARE[self.op](left, right)
 
     def __str__(self) -> str:
         name = f"{self.register}.{self.field.name}" if self.field else self.register
