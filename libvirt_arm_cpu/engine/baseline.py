@@ -126,6 +126,14 @@ class _Fleet:
     wrows: list[tuple[int, ...]]    # ... and writable masks
     keys: list[tuple]               # each kind's content of values and masks
     regsets: list[tuple[str, ...]]  # each kind's registers (kinds share the tuple)
+    within: _Fleet | None = None    # the fleet this is part of (subset())
+
+    @functools.cached_property
+    def uniform(self) -> dict[str, tuple[int, int]]:
+        """The registers of one (value, writable mask) over every kind, with
+        it: so too in every part of the fleet."""
+        cols = self.columns
+        return {n: next(iter(p)) for n in self.registers if len(p := cols.pairs(n)) == 1}
 
     @functools.cached_property
     def columns(self) -> Columns:
@@ -149,7 +157,8 @@ class _Fleet:
         return _Fleet([self.kinds[i] for i in which], [self.members[i] for i in which],
                       self.names, [self.rows[i] for i in which],
                       [self.wrows[i] for i in which], [self.keys[i] for i in which],
-                      [self.regsets[i] for i in which])
+                      [self.regsets[i] for i in which],
+                      self.within if self.within is not None else self)
 
 
 def _transpose(names: tuple[str, ...], rows: list[tuple[int, ...]]) -> dict[str, Sequence[int]]:
@@ -664,7 +673,13 @@ def _combine(fleet: _Fleet, labels: list[str], off: set[str], kb: KnowledgeBase,
             (n, r, _fieldwise(r)) for n, r in sorted(regs, key=lambda nr: (nr[1].encoding, nr[0])))
     out = _Resolved(fleet, labels, off)
     cols = fleet.columns
-    for name, reg, fieldwise in order:
+    todo = order
+    if fleet.within is not None:
+        # part of a fleet (the sets --exclude-incompatible and --pools try):
+        # the registers one (value, mask) over the whole fleet are combined once
+        _, _, values, masks, todo = _uniform_part(order, fleet.within, memo)
+        out.values, out.writable = values.copy(), masks.copy()
+    for name, reg, fieldwise in todo:
         values, masks = cols.values[name], cols.writable[name]
         if values.count(values[0]) == len(values) and masks.count(masks[0]) == len(masks):
             # one (value, mask) everywhere (most registers): never a conflict
@@ -682,6 +697,35 @@ def _combine(fleet: _Fleet, labels: list[str], off: set[str], kb: KnowledgeBase,
     out.conflicts += [Conflict(i.name, None, i.values or {}, i.message, decimal=True)
                       for i in issues]
     return out
+
+
+def _uniform_part(order: tuple, whole: _Fleet, memo: Memo) -> tuple:
+    """(*order*, *whole*, values, writable masks, the rest of *order*): the
+    registers of *order* one (value, mask) over the *whole* fleet, combined;
+    the rest still to combine, in the dicts as 0 so that they keep their
+    place in *order* (a model's registers are in the knowledge base's order)."""
+    key = ("uniform", id(order), id(whole))
+    got = memo.get(key)
+    if got is not None and got[0] is order and got[1] is whole:
+        return got
+    same = whole.uniform
+    values: dict[str, int] = {}
+    masks: dict[str, int] = {}
+    rest = []
+    for name, reg, fieldwise in order:
+        pair = same.get(name)
+        if pair is None:
+            values[name] = masks[name] = 0
+            rest.append((name, reg, fieldwise))
+            continue
+        k = (name, *pair)
+        outcome = memo.get(k)
+        if outcome is None:
+            outcome = memo[k] = _register_outcome(reg, {pair}) if fieldwise else \
+                (pair[0], pair[1], (), False)
+        values[name], masks[name] = outcome[0], outcome[1]
+    got = memo[key] = (order, whole, values, masks, tuple(rest))
+    return got
 
 
 def _complete(res: _Resolved, kb: KnowledgeBase, rules: RuleBook | None,
@@ -780,8 +824,9 @@ def _largest(models: Sequence[CpuModel], labels: list[str], fleet: _Fleet,
             key = (members[a][0], members[b][0])
             got = apart_memo.get(key)
             if got is None:
-                pair = _fleet([models[key[0]], models[key[1]]])
-                got = apart_memo[key] = not _resolve(pair, ["", ""], kb, memo, False).ok
+                # each group's first kind (the model of its first input)
+                pair = fleet.subset([groups[a][0], groups[b][0]])
+                got = apart_memo[key] = not _resolve(pair, labels, kb, memo, False).ok
             return got
 
         apart = {(a, b) for a, b in itertools.combinations(range(len(groups)), 2)
