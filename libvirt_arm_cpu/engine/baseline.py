@@ -329,12 +329,27 @@ def _pick(f: Field, accepted: list[int]) -> int:
     return max(accepted, key=f.order)
 
 
-def _field_value(f: Field, pairs: set[tuple[int, int]] | frozenset[tuple[int, int]]) -> int | None:
+def _field_value(f: Field, pairs: set[tuple[int, int]] | frozenset[tuple[int, int]],
+                 memo: Memo | None = None) -> int | None:
     """The field's value in the baseline, None when no value suits every
     input.  What an input accepts depends only on its own value of the
     field and whether it may change it: judged over the distinct (value,
-    writable) *pairs* of the register."""
-    kinds = {(f.get(v), covers(w, f)) for v, w in pairs}
+    writable) *pairs* of the register; with *memo*, once for each distinct
+    set of (own value, may change it) (the sets of kinds a search for pools
+    tries have the same few of those for most fields)."""
+    kinds = frozenset([(f.get(v), covers(w, f)) for v, w in pairs])
+    if memo is None:
+        return _field_choice(f, kinds)
+    key = ("field", id(f), kinds)
+    got = memo.get(key)
+    if got is None or got[0] is not f:
+        got = memo[key] = (f, _field_choice(f, kinds))
+    return got[1]
+
+
+def _field_choice(f: Field, kinds: frozenset[tuple[int, bool]]) -> int | None:
+    """:func:`_field_value` over the inputs' distinct (own value, may
+    change it) *kinds*."""
     candidates = {own for own, _ in kinds} | {0}
     if f.safe is not None:
         candidates.add(f.safe)
@@ -394,7 +409,8 @@ def _combine_register(reg: Register, name: str, fieldwise: bool, fleet: _Fleet,
         return _combine_differing(reg, name, fleet, pairs, labels, kb)
     got = memo.get(key)
     if got is None:
-        got = memo[key] = _register_outcome(reg, pairs) if fieldwise else (value, mask, (), False)
+        got = memo[key] = _register_outcome(reg, pairs, memo) if fieldwise else \
+            (value, mask, (), False)
     result, mask, bad, rest_differs = got
     if not bad and not rest_differs:
         return result, mask, []
@@ -412,8 +428,8 @@ def _fieldwise(reg: Register) -> bool:
         not taken_whole(reg)
 
 
-def _register_outcome(reg: Register, pairs: set[tuple[int, int]] | frozenset[tuple[int, int]]
-                      ) -> tuple[int, int, tuple[int, ...], bool]:
+def _register_outcome(reg: Register, pairs: set[tuple[int, int]] | frozenset[tuple[int, int]],
+                      memo: Memo | None = None) -> tuple[int, int, tuple[int, ...], bool]:
     """A register combined field by field over its distinct (value,
     writable) *pairs*: its value, its mask, which fields (positions) no
     value suits, and whether bits outside the fields differ."""
@@ -428,7 +444,7 @@ def _register_outcome(reg: Register, pairs: set[tuple[int, int]] | frozenset[tup
         if len(own) == 1 and all(w & bits != bits for _, w in pairs):
             result |= own.pop()     # the same everywhere, and nowhere writable: it
             continue
-        value = _field_value(f, pairs)
+        value = _field_value(f, pairs, memo)
         if value is None:
             bad.append(n)
         else:
