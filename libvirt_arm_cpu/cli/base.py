@@ -54,6 +54,18 @@ def _columns() -> int:
     return columns or 80
 
 
+def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    """--cache-dir and --no-cache: the profile cache of the commands that read fleets."""
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="keep what each host profile gives here, by file identity, "
+                             "so an unchanged profile is not read again (default: "
+                             "LIBVIRT_ARM_CPU_CACHE_DIR, else profiles/ beside the settings' "
+                             "host profile, /var/cache/libvirt-arm-cpu/profiles; a directory "
+                             "that cannot be written means no cache)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="read every profile, neither using nor writing the cache")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and goes through :func:`main`,
     and a mistyped command or choice comes with the closest known one."""

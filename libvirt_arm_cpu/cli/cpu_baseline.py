@@ -10,7 +10,7 @@ from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.kb import registers
 from libvirt_arm_cpu import modelstore
 from libvirt_arm_cpu.engine.baseline import BaselineResult, baseline, largest_compatible, pools
-from libvirt_arm_cpu.cli.base import Command
+from libvirt_arm_cpu.cli.base import Command, add_cache_arguments
 from libvirt_arm_cpu.cpuinputs import baseline_inputs
 from libvirt_arm_cpu.service import bulk, load_inputs, model_cache, model_features
 from libvirt_arm_cpu.engine.consistency import Consistency
@@ -21,17 +21,6 @@ from libvirt_arm_cpu.fileio import atomic_write
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (2 ms a start)
 if TYPE_CHECKING:
     from typing import Any
-
-
-def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-dir", metavar="DIR",
-                        help="keep what each host profile gives here, by file identity, "
-                             "so an unchanged profile is not read again (default: "
-                             "LIBVIRT_ARM_CPU_CACHE_DIR, else profiles/ beside the settings' "
-                             "host profile, /var/cache/libvirt-arm-cpu/profiles; a directory "
-                             "that cannot be written means no cache)")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="read every profile, neither using nor writing the cache")
 
 
 def model_data(model: CpuModel, feats: list[str]) -> dict[str, Any]:

@@ -8,8 +8,7 @@ import os
 import sys
 
 from libvirt_arm_cpu.kb import load as kb_load
-from libvirt_arm_cpu.cli.base import Command, or_give_a_profile
-from libvirt_arm_cpu.cli.cpu_baseline import add_cache_arguments
+from libvirt_arm_cpu.cli.base import Command, add_cache_arguments, or_give_a_profile
 from libvirt_arm_cpu.cli.hypervisor import CpuArg, compare_with_host_cpu, libvirt_host_cpu, read_cpu_arg
 from libvirt_arm_cpu.cpuinputs import compare_cpu_input
 from libvirt_arm_cpu.service import bulk, load_hosts, load_input, model_cache

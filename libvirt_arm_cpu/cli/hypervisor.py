@@ -19,7 +19,6 @@ import sys
 from dataclasses import dataclass
 
 from libvirt_arm_cpu.cli.base import Command, or_give_a_profile
-from libvirt_arm_cpu.engine.baseline import baseline
 from libvirt_arm_cpu.engine.compare import (IDENTICAL, INCOMPATIBLE, SUPERSET, Comparison, compare_features)
 from libvirt_arm_cpu.errors import (DataError, UsageError, path_label)
 from libvirt_arm_cpu.fileio import read_input
@@ -301,8 +300,10 @@ or bad data; 2 bad usage."""
         else:
             inputs = read_baseline_inputs(paths, kb)
         labels = [label for label, _, _ in inputs]
-        result = baseline([m for _, m, _ in inputs], kb, kb_load.dependencies(), labels)
+        # the baseline engine only here: cpu-compare imports this module too
         from libvirt_arm_cpu.cli.cpu_baseline import model_or_conflicts, report_consistency
+        from libvirt_arm_cpu.engine.baseline import baseline
+        result = baseline([m for _, m, _ in inputs], kb, kb_load.dependencies(), labels)
         model = model_or_conflicts(result, len(inputs))
         if model is None:
             return 1
