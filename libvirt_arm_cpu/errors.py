@@ -23,7 +23,9 @@ each; nothing else prints tracebacks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:       # collections.abc costs the hook 1 ms a start
+    from collections.abc import Iterable
 
 __all__ = ["Error", "UsageError", "UnknownName", "DataError", "ParseError", "WrongKind",
            "HostError", "NotArm64", "NoKvm", "KvmPermission", "TimedOut",

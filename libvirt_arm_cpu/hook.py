@@ -96,14 +96,11 @@ def _run(name: str, op: str, data: bytes, out, err) -> int:
     if conf.mode == "off":
         return 0
     log = _Log(conf.log)
-    # a start exactly like one allowed before is allowed again (host.verdicts)
+    # a start exactly like one allowed before is allowed again (host.verdicts:
+    # it reads the XML with expat alone, so such a start imports neither
+    # ElementTree nor the engine)
     from libvirt_arm_cpu.host import verdicts
-    from libvirt_arm_cpu.xmlsafe import parse_untrusted
-    try:
-        root = parse_untrusted(data, f"domain '{name}' XML")    # read once, for both
-    except Error:
-        root = None             # the check reads it again, and says what is wrong
-    memo_key = verdicts.key(name, op, root, conf) if root is not None else None
+    memo_key = verdicts.key(name, op, data, conf)
     known = verdicts.recall(conf, memo_key) if memo_key is not None else None
     if known is not None:
         if known[0]:
@@ -115,7 +112,7 @@ def _run(name: str, op: str, data: bytes, out, err) -> int:
         # or QEMU upgrade under a running guest), so the operator knows it
         # cannot be restarted or migrated here as it is
         try:
-            refusal, _, allowed = _check(name, op, data, root, conf, log)
+            refusal, _, allowed = _check(name, op, data, conf, log)
             if refusal:
                 log("warning", f"{refusal} (the running guest is left alone)")
             elif allowed is not None and memo_key is not None:
@@ -124,7 +121,7 @@ def _run(name: str, op: str, data: bytes, out, err) -> int:
             log("warning", f"domain '{name}': reconnect check failed: {e}")
         return 0
     try:
-        refusal, rewritten, allowed = _check(name, op, data, root, conf, log)
+        refusal, rewritten, allowed = _check(name, op, data, conf, log)
     except Error as e:
         refusal, rewritten, allowed = f"domain '{name}': {e}", None, None
     if refusal:
@@ -142,7 +139,7 @@ def _run(name: str, op: str, data: bytes, out, err) -> int:
     return 0
 
 
-def _check(name: str, op: str, data: bytes, root, conf, log
+def _check(name: str, op: str, data: bytes, conf, log
            ) -> tuple[str | None, bytes | None, tuple[str, str] | None]:
     """(refusal message or None, rewritten XML or None, what to remember of
     an allowance that rewrote nothing: the line logged and the loader it
@@ -161,7 +158,7 @@ def _check(name: str, op: str, data: bytes, root, conf, log
     from libvirt_arm_cpu.model import METHOD_LOADER, Translation
 
     source = f"domain '{name}' XML"
-    dom = Domain.from_root(root, source) if root is not None else Domain.parse(data, source)
+    dom = Domain.parse(data, source)
     t = dom.translation
     if t is None:               # the namespace appeared elsewhere: not ours to judge
         return None, None, None

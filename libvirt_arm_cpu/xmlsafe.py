@@ -17,15 +17,18 @@ thousand); the second decides every refusal.
 
 from __future__ import annotations
 
-import re
-import xml.etree.ElementTree as ET
-from itertools import chain
 import xml.parsers.expat
+from itertools import chain
 
 from libvirt_arm_cpu.errors import ParseError
 from libvirt_arm_cpu.fileio import MAX_INPUT_BYTES
 
-__all__ = ["parse_untrusted", "shown", "MAX_BYTES", "MAX_DEPTH"]
+TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
+    from typing import Any
+
+__all__ = ["parse_untrusted", "parse_untrusted_into", "shown", "MAX_BYTES", "MAX_DEPTH"]
 
 MAX_BYTES = MAX_INPUT_BYTES         # a domain XML is a few kB; libvirt itself caps at 10 MB
 # a libvirt domain nests about 8 deep, a profile or model 4: far deeper is
@@ -36,16 +39,23 @@ MAX_DEPTH = 64
 
 # The XML declaration's encoding, where the bytes of any ASCII character are
 # that character (so a byte search for "<!DOCTYPE" cannot be fooled: UTF-7 or
-# UTF-16 could hide one)
-_DECLARED = re.compile(rb"\A(?:\xef\xbb\xbf)?\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)")
+# UTF-16 could hide one).  Compiled when first used: the hook's answer for a
+# domain allowed before reads the XML with expat alone (parse_untrusted_into),
+# and importing re and ElementTree is most of what it would cost.
+_DECLARED_PATTERN = rb"\A(?:\xef\xbb\xbf)?\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)"
+_declared: Any = None
 _ASCII_SAFE = {b"utf-8", b"utf8", b"us-ascii", b"ascii", b"iso-8859-1", b"latin-1", b"latin1"}
 
 
 def _plainly_without_declarations(data: bytes) -> bool:
+    global _declared
     head = data[:200]
     if head.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00", b"\x4c\x6f")) or b"\x00" in head:
         return False            # UTF-16/32, EBCDIC: not byte-searchable
-    m = _DECLARED.match(head)
+    if _declared is None:
+        import re
+        _declared = re.compile(_DECLARED_PATTERN)
+    m = _declared.match(head)
     if m is None and head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<?xml") and b"?>" not in head:
         return False            # a declaration longer than we look at
     if m is not None and m.group(1).lower() not in _ASCII_SAFE:
@@ -71,6 +81,7 @@ def _fast(data: bytes) -> ET.Element | None:
     go the strict way (declarations possible, malformed, too deep)."""
     if not _plainly_without_declarations(data):
         return None
+    import xml.etree.ElementTree as ET
     parser = ET.XMLParser(target=ET.TreeBuilder())
     try:
         parser.feed(data)
@@ -128,12 +139,21 @@ def parse_untrusted(data: bytes, path: str) -> ET.Element:
     root = _fast(data)
     if root is not None:
         return root
-    return _strict(data, path)
+    import xml.etree.ElementTree as ET
+    return parse_untrusted_into(data, path, ET.TreeBuilder())
 
 
-def _strict(data: bytes, path: str) -> ET.Element:
-    """expat with the refusing handlers: the tree, or the one-line refusal."""
-    builder = ET.TreeBuilder()
+def parse_untrusted_into(data: bytes, path: str, builder: Any) -> Any:
+    """What *builder* (ElementTree's TreeBuilder interface: start(tag,
+    attrs), end(tag), data(text), close()) makes of *data*, read by expat
+    with the refusing handlers in place: :func:`parse_untrusted`'s checks
+    and errors, without ElementTree.
+
+    :raise ParseError: as :func:`parse_untrusted`.
+    """
+    if len(data) > MAX_BYTES:
+        raise ParseError(path, None, f"{len(data)} bytes: larger than the {MAX_BYTES} bytes "
+                         f"an XML document may have here")
     parser = xml.parsers.expat.ParserCreate(namespace_separator="}")
     parser.buffer_text = True
     parser.StartDoctypeDeclHandler = _refuse_doctype

@@ -122,6 +122,23 @@ def test_the_hooks_check_imports_only_what_checking_needs(bed):  # noqa: F811
         assert unwanted not in mods, unwanted
 
 
+def test_a_start_allowed_before_imports_neither_elementtree_nor_the_engine(bed):  # noqa: F811
+    """The hook's answer to a start exactly like one allowed before (the
+    common case: every start of a domain but its first on a host) reads the
+    XML with expat alone: no ElementTree, no re, no value types."""
+    xml = bed.translate(custom_cpu(bed.model, ("disable", "sve2")))
+    env = dict(LIBVIRT_ENV, LIBVIRT_ARM_CPU_CONFIG=str(bed.tmp / "lac.conf"))
+    code = ("from libvirt_arm_cpu.hook import run\n"
+            "sys.exit(run(['g', 'prepare', 'begin', '-'], sys.stdin.buffer.read()))\n")
+    first, _ = _modules_after(code, stdin=xml, env=env, flags=("-S",))
+    again, mods = _modules_after(code, stdin=xml, env=env, flags=("-S",))
+    assert "(as before)" not in first and "(as before)" in again, again
+    for unwanted in ("xml.etree.ElementTree", "re", "collections", "dataclasses",
+                     "libvirt_arm_cpu.model", "libvirt_arm_cpu.engine.compare",
+                     "libvirt_arm_cpu.formats.domain"):
+        assert unwanted not in mods, unwanted
+
+
 # -- the settings file ------------------------------------------------------------
 
 def _configparser(text: str) -> dict[str, dict[str, str]] | str:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import marshal
 import os
-import xml.etree.ElementTree as ET
 
 from libvirt_arm_cpu import __version__, namespaces
 from libvirt_arm_cpu.deferred import blake2b
@@ -43,6 +42,7 @@ from libvirt_arm_cpu.errors import Error
 from libvirt_arm_cpu.fileio import atomic_write, read_text, which
 from libvirt_arm_cpu.paths import kb_dir, readable_file
 from libvirt_arm_cpu.settings import Settings
+from libvirt_arm_cpu.xmlsafe import parse_untrusted_into
 
 __all__ = ["SUFFIX", "MAX_ENTRIES", "FORMAT", "key", "recall", "remember"]
 
@@ -68,25 +68,88 @@ def _qemu() -> str:
     return _stat(path) if path else "none"
 
 
-def _element(elem, out: list[str]) -> None:
+class _Element:
+    """An element as the key reads it: ElementTree's tag, attributes,
+    text, tail and children, nothing more (importing ElementTree and re is
+    most of what the hook would cost a domain allowed before)."""
+
+    __slots__ = ("tag", "attrib", "text", "tail", "children")
+
+    def __init__(self, tag: str, attrib: dict[str, str]) -> None:
+        self.tag, self.attrib = tag, attrib
+        self.text: str | None = None
+        self.tail: str | None = None
+        self.children: list[_Element] = []
+
+    def find(self, tag: str) -> _Element | None:
+        """The first child named *tag* (ElementTree's find of one step)."""
+        return next((c for c in self.children if c.tag == tag), None)
+
+
+class _Builder:
+    """ElementTree's TreeBuilder, making :class:`_Element` objects:
+    character data before an element's first child is its text, after its
+    end its tail."""
+
+    def __init__(self) -> None:
+        self.stack: list[_Element] = []
+        self.root: _Element | None = None
+        self.last: _Element | None = None
+        self.tail = False
+        self.pending: list[str] = []
+
+    def _flush(self) -> None:
+        if self.pending:
+            if self.last is not None:
+                text = "".join(self.pending)
+                if self.tail:
+                    self.last.tail = text
+                else:
+                    self.last.text = text
+            self.pending = []
+
+    def start(self, tag: str, attrib: dict[str, str]) -> None:
+        self._flush()
+        elem = _Element(tag, attrib)
+        if self.stack:
+            self.stack[-1].children.append(elem)
+        elif self.root is None:
+            self.root = elem
+        self.stack.append(elem)
+        self.last, self.tail = elem, False
+
+    def end(self, tag: str) -> None:
+        self._flush()
+        self.last, self.tail = self.stack.pop(), True
+
+    def data(self, text: str) -> None:
+        self.pending.append(text)
+
+    def close(self) -> _Element | None:
+        self._flush()
+        return self.root
+
+
+def _element(elem: _Element, out: list[str]) -> None:
     """*elem* and its children as text, unambiguously (lengths first)."""
     for part in (elem.tag, *sorted(f"{k}={v}" for k, v in elem.attrib.items()),
                  elem.text or "", elem.tail.strip() if elem.tail else ""):
         out.append(f"{len(part)}:{part}")
-    out.append(f"[{len(elem)}")
-    for child in elem:
+    out.append(f"[{len(elem.children)}")
+    for child in elem.children:
         _element(child, out)
     out.append("]")
 
 
-def key(name: str, op: str, root: ET.Element, conf: Settings) -> bytes | None:
-    """The digest of everything the check of the domain *root* (read by
-    xmlsafe) reads; None when it cannot be made (the full check will say
-    what is wrong)."""
+def key(name: str, op: str, data: bytes, conf: Settings) -> bytes | None:
+    """The digest of everything the check of the domain XML *data* reads;
+    None when it cannot be made (the full check will say what is wrong).
+    The XML is read as xmlsafe reads it, refusals and limits alike."""
     try:
-        meta = root.find("metadata")
+        root = parse_untrusted_into(data, f"domain '{name}' XML", _Builder())
+        meta = root.find("metadata") if root is not None else None
         ours = meta.find(_META) if meta is not None else None
-        if root.tag != "domain" or ours is None:
+        if root is None or root.tag != "domain" or ours is None:
             return None
         parts = [str(FORMAT), __version__, op, name, conf.profile, str(conf.refresh),
                  str(conf.try_apply), _stat(conf.profile),
@@ -96,11 +159,13 @@ def key(name: str, op: str, root: ET.Element, conf: Settings) -> bytes | None:
             parts.append(_qemu())
         _element(ours, parts)
         # and what else the check reads: the <cpu> (its SVE lengths) and the GIC
-        for elem in (root.find(_COMMANDLINE), root.find("cpu"), root.find("features/gic")):
+        features = [f for f in root.children if f.tag == "features"]
+        gic = next((g for f in features for g in f.children if g.tag == "gic"), None)
+        for elem in (root.find(_COMMANDLINE), root.find("cpu"), gic):
             parts.append("-" if elem is None else "+")
             if elem is not None:
                 _element(elem, parts)
-    except OSError:
+    except (OSError, Error):
         return None
     return blake2b("\0".join(parts).encode("utf-8", "surrogateescape"), digest_size=32).digest()
 
