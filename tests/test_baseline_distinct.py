@@ -415,6 +415,30 @@ def test_largest_compatible_greedy_above_twelve_kinds():
         snap_pools([o_largest(models, None, labels)])
 
 
+def test_pools_greedy_above_twelve_kinds_with_the_rules():
+    """Pools over more kinds than the exact search takes, completed with the
+    rules: each set of kinds tried is a part of one fleet (its registers of
+    one value combined once for all), most pools are of one kind (its rules
+    judged on its own values)."""
+    models = [MODELS[n] for n in NAMES[:13]]
+    models += [copy(models[i], f"copy{i}", i % 2 == 0) for i in (0, 5, 9)]
+    labels = NAMES[:13] + ["copy0", "copy5", "copy9"]
+    got = pools(models, KB, RULES, labels)
+    assert len(got) > 3
+    # (the per-input oracle's exact search over the rest takes minutes: each
+    # pool is checked as the largest of what remains, and its model as the
+    # plain baseline of its hosts)
+    remaining = list(range(len(models)))
+    for p in got:
+        first = largest_compatible([models[i] for i in remaining], KB, RULES,
+                                   [labels[i] for i in remaining])
+        assert p.indices == [remaining[i] for i in first.indices]
+        assert snap(p.result) == snap(baseline([models[i] for i in p.indices], KB, RULES,
+                                               [labels[i] for i in p.indices]))
+        remaining = [i for i in remaining if i not in set(p.indices)]
+    assert not remaining
+
+
 def test_firmware_register_lists_and_platforms_combine():
     """What is combined beside the registers, over distinct models."""
     a, b = MODELS["neoverse-n1-qemu7.2-linux6.12"], MODELS["neoverse-n1-qemu7.2-linux7.3"]

@@ -253,3 +253,20 @@ def test_falsify_removes_a_feature_by_lowering_only():
     for (r, n), v in moves[0].items():
         values[r] = KB.field(r, n).put(values[r], v)
     assert dotprod.holds(values, catalog) is False
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_one_source_is_exempt_from_the_rules_it_breaks_itself(name):
+    """One kind of source (a pool of identical hosts) is judged rule by rule
+    on its values; the same source twice goes the general way (the values
+    each rule reads, combination by combination): the same rules, each
+    naming every source."""
+    from libvirt_arm_cpu.engine.consistency import Columns, exempt_rules
+    book = kb_load.dependencies()
+    m = MODELS[name]
+    one = exempt_rules([m], book, ["a"])
+    two = exempt_rules([m, m], book, ["a", "b"], Columns.of([m, m]))
+    assert one == {rule: ["a"] for rule in two}
+    assert all(v == ["a", "b"] for v in two.values())
+    broken = {r.id for r in book.enforced if r.violated(m.values)}
+    assert set(one) == broken

@@ -8,6 +8,7 @@ from __future__ import annotations
 import configparser
 import importlib
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,23 @@ def test_a_command_imports_only_its_own_module():
     assert _cli_modules("hook", "--help") == base | {"libvirt_arm_cpu.cli.hook"}
     for argv in (["--help"], ["--version"], [], ["cpu-basline"]):
         assert _cli_modules(*argv) == base, argv
+
+
+def test_help_fits_the_terminal_without_shutil():
+    """argparse makes a formatter for every option it adds; ours measures
+    the terminal as shutil does (COLUMNS first) without importing shutil."""
+    code = ("from libvirt_arm_cpu.cli.main import main\n"
+            "sys.exit(main(['cpu-baseline', '--help']))\n")
+    for columns in (50, 120):
+        out, mods = _modules_after(code, env={**os.environ, "COLUMNS": str(columns)})
+        # the options are wrapped to the width (the description is as written)
+        lines = out.split("\noptions:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+        assert "shutil" not in mods
+        assert columns - 30 < max(map(len, lines)) <= columns, out
+    # the command a fleet's baseline runs does not import the baseline engine
+    # for cpu-compare (hypervisor imports it where hypervisor-cpu-baseline runs)
+    assert "libvirt_arm_cpu.engine.baseline" not in _modules_after(
+        "from libvirt_arm_cpu.cli import cpu_compare\n")[1]
 
 
 def test_help_and_errors_are_those_of_the_commands():
