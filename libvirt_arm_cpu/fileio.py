@@ -184,7 +184,7 @@ def write_cache(path: str, magic: bytes, body: bytes) -> None:
     user's alone (0600), not synced (a torn cache after a crash is only
     rebuilt).
 
-    :raise OSError: it cannot be written.
+    :raise DataError: it cannot be written (:func:`atomic_write`).
     """
     import zlib
     atomic_write(path, magic + zlib.crc32(body).to_bytes(4, "big") + body, mode=0o600,

@@ -98,7 +98,7 @@ def save() -> None:
         from libvirt_arm_cpu.fileio import write_cache
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_cache(path, _MAGIC, marshal.dumps(table))
-    except OSError:
-        return              # a read-only install: compiled again next time, as before
+    except Exception:       # noqa: BLE001 -- a cache never fails its caller (a read-only
+        return              # install: compiled again next time, as before)
     global _known
     _known = table

@@ -106,6 +106,18 @@ def test_a_damaged_or_foreign_cache_is_compiled_again(tmp_path):
         assert again["frozen"]
 
 
+def test_a_cache_that_cannot_be_written_fails_nothing(tmp_path):
+    """A read-only install (here: a directory where the file would go, so
+    the atomic write fails): every command and the hook's check work, and
+    compile as before."""
+    _probe(tmp_path)
+    cache = _cache_file(tmp_path)
+    cache.unlink()
+    cache.mkdir()
+    out = _probe(tmp_path)
+    assert out["compiled"] and out["frozen"] and cache.is_dir()
+
+
 def test_no_cache_is_written_where_bytecode_is_not(tmp_path):
     out = _probe(tmp_path, PYTHONDONTWRITEBYTECODE="1")
     assert out["compiled"]
