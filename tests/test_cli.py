@@ -441,6 +441,9 @@ def test_cpu_baseline_exclude_incompatible_and_pools(run):
            "a64fx-qemu7.2-linux6.12" in r.err
     assert sorted(json.loads(r.out)["hosts"]) == ["neoverse-n1-qemu7.2-linux6.12",
                                                   "neoverse-n1-qemu7.2-linux7.3"]
+    assert json.loads(r.out)["left_out"] == ["cortex-a72-qemu7.2-linux6.12",
+                                             "cortex-a72-qemu7.2-linux7.3",
+                                             "a64fx-qemu7.2-linux6.12"]
     r = run("cpu-baseline", *hosts, "--pools", "--json")
     assert [p["hosts"] for p in json.loads(r.out)] == [
         ["neoverse-n1-qemu7.2-linux6.12", "neoverse-n1-qemu7.2-linux7.3"],

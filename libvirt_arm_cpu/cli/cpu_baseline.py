@@ -130,9 +130,11 @@ or bad data; 2 bad usage."""
         labels = [label for label, _, _ in inputs]
         if args.pools:
             return self._pools(args, models, labels, kb)
+        left_out: list[str] | None = None
         if args.exclude_incompatible:
             pool = largest_compatible(models, kb, kb_load.dependencies(), labels)
-            left_out = [labels[i] for i in range(len(labels)) if i not in set(pool.indices)]
+            kept = set(pool.indices)
+            left_out = [labels[i] for i in range(len(labels)) if i not in kept]
             if left_out:
                 print(f"cpu-baseline: left out {len(left_out)} of {len(labels)} hosts: "
                       f"{' '.join(left_out)}", file=sys.stderr)
@@ -154,6 +156,8 @@ or bad data; 2 bad usage."""
             out = model_data(model, feats)
             if result.consistency is not None:
                 out["consistency"] = result.consistency.as_dict()
+            if left_out is not None:
+                out["left_out"] = left_out      # what stderr names, for scripts
             import json
             print(json.dumps(out, indent=2))
         elif not args.output:
