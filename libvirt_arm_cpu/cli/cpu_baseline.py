@@ -110,7 +110,7 @@ or bad data; 2 bad usage."""
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--exclude-incompatible", action="store_true",
                            help="leave out the fewest hosts needed for a common model "
-                                "(named on stderr)")
+                                "(named on stderr, and as left_out with --json)")
         group.add_argument("--pools", action="store_true",
                            help="split the hosts into compatible pools, largest first, and "
                                 "list them (with --save, save each pool's model)")
