@@ -14,9 +14,10 @@ rules: written only where it would write bytecode (not under ``-B`` or
 read only when this user alone can have written it (fileio.read_cache):
 a code cache another user could edit would run their code.
 
-The process that starts (the command's ``run_main``, the hook script)
-calls :func:`install` before the value types are imported and
-:func:`save` when done.  Only this package's classes go through it:
+The process that starts (the command's ``run_main``; in the hook,
+``hook.run`` before its check imports the engine) calls :func:`install`
+before the value types are imported and :func:`save` when done.  A file
+that cannot be written fails nothing.  Only this package's classes go through it:
 another module's dataclasses (an API caller's) are compiled as always.
 """
 
