@@ -699,12 +699,8 @@ def _combine(fleet: _Fleet, labels: list[str], off: set[str], kb: KnowledgeBase,
         values, masks = cols.values[name], cols.writable[name]
         if values.count(values[0]) == len(values) and masks.count(masks[0]) == len(masks):
             # one (value, mask) everywhere (most registers): never a conflict
-            key = (name, values[0], masks[0])
-            got = memo.get(key)
-            if got is None:
-                got = memo[key] = _register_outcome(reg, {key[1:]}) if fieldwise else \
-                    (values[0], masks[0], (), False)
-            out.values[name], out.writable[name] = got[0], got[1]
+            out.values[name], out.writable[name] = _one_pair(name, reg, fieldwise, values[0],
+                                                             masks[0], memo)
             continue
         v, mask, c = _combine_register(reg, name, fieldwise, fleet, labels, kb, memo, explain)
         out.conflicts.extend(c)
@@ -734,14 +730,21 @@ def _uniform_part(order: tuple, whole: _Fleet, memo: Memo) -> tuple:
             values[name] = masks[name] = 0
             rest.append((name, reg, fieldwise))
             continue
-        k = (name, *pair)
-        outcome = memo.get(k)
-        if outcome is None:
-            outcome = memo[k] = _register_outcome(reg, {pair}) if fieldwise else \
-                (pair[0], pair[1], (), False)
-        values[name], masks[name] = outcome[0], outcome[1]
+        values[name], masks[name] = _one_pair(name, reg, fieldwise, *pair, memo)
     got = memo[key] = (order, whole, values, masks, tuple(rest))
     return got
+
+
+def _one_pair(name: str, reg: Register, fieldwise: bool, value: int, mask: int,
+              memo: Memo) -> tuple[int, int]:
+    """The value and mask of a register every input has as *value* and
+    *mask* (never a conflict), worked out once a call."""
+    key = (name, value, mask)
+    got = memo.get(key)
+    if got is None:
+        got = memo[key] = _register_outcome(reg, {(value, mask)}) if fieldwise else \
+            (value, mask, (), False)
+    return got[0], got[1]
 
 
 def _complete(res: _Resolved, kb: KnowledgeBase, rules: RuleBook | None,

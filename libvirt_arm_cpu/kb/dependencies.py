@@ -53,17 +53,14 @@ class Test:
         return sign_extend(v, f.width if f is not None else 64)
 
     def holds(self, values: Mapping[str, int]) -> bool:
-        # the engine asks this tens of thousands of times over a fleet's pools
-        raw = values.get(self.register, 0)
-        left = raw if self.field is None else self.field.get(raw)
+        left = self.read(values)
+        right_field: Field | None
         if self.ref is not None:
-            right = self.ref.get(values.get(self.ref.register, 0))
-            if self.signed:
-                left, right = self.key(self.field, left), self.key(self.ref, right)
+            right, right_field = self.ref.get(values.get(self.ref.register, 0)), self.ref
         else:
-            right = self.value or 0
-            if self.signed:
-                left, right = self.key(self.field, left), self.key(self.field, right)
+            right, right_field = self.value or 0, self.field
+        if self.signed:
+            left, right = self.key(self.field, left), self.key(right_field, right)
         return _COMPARE[self.op](left, right)
 
     def __str__(self) -> str:
