@@ -14,8 +14,9 @@ XML on stdin, a clean environment), median of N runs:
   * prepare, a translated domain: the first check (nothing left behind: the
     profile and knowledge base XML read, their compact copy and the verdict
     written: what the first start after a probe or an upgrade pays), a
-    check with the compact copy (a domain not started before), and a start
-    like one allowed before (answered from the hook's memory);
+    check with the compact copy (a CPU not started before), a start like
+    one allowed before (answered from the hook's memory), and a new domain
+    with the CPU of one allowed before (answered so too);
   * migrate, a translated domain allowed before;
   * translate in-process (resolve + dependency repair + serialise).
 
@@ -112,6 +113,9 @@ def main() -> int:
         ("prepare, check (compact copy)", [hook, "g", "prepare", "begin", "-"], xml,
          not_remembered),
         ("prepare, allowed before", [hook, "g", "prepare", "begin", "-"], xml, remembered),
+        # a new domain with the CPU of one allowed before (a fleet's model)
+        ("prepare, new domain, CPU allowed", [hook, "h", "prepare", "begin", "-"],
+         xml.replace(b"<name>", b"<name>h-", 1), remembered),
         ("migrate, allowed before", [hook, "g", "migrate", "begin", "-"], xml, remembered),
     ]
     # the memory of both allowances, put back before the rows that use it

@@ -111,7 +111,7 @@ def _cpu_of(root: ET.Element, path: str) -> ET.Element:
         from libvirt_arm_cpu.formats.domain import Domain
         dom = Domain(root, path)
         _arch_of(dom.arch, "the domain's", path)
-        cpu = dom.original().root.find("cpu")      # a translated domain: its own <cpu>
+        cpu = dom.original().tree().find("cpu")    # a translated domain: its own <cpu>
         if cpu is None:
             raise ParseError(path, None, "the domain has no <cpu>: its CPU is QEMU's default, "
                                          "nothing to compare")

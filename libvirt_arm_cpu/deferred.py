@@ -26,7 +26,17 @@ try:
 except ImportError:     # pragma: no cover - CPython always builds them
     from hashlib import blake2b, sha256
 
-__all__ = ["defer", "sha256", "blake2b"]
+__all__ = ["defer", "HOOK_PUT_OFF", "sha256", "blake2b"]
+
+# What the libvirt hook script puts off: modules a domain's check imports
+# only because the modules it needs import them --
+#   inspect: dataclasses (above);
+#   copy: dataclasses, for asdict() and friends (1 ms: it tries to import
+#     Jython's org.python.core, a search of sys.path that finds nothing);
+#   xml.etree.ElementTree: the formats' modules; the check reads the domain
+#     with xmlsafe.parse_light, and only a domain rewritten for a migration
+#     needs ElementTree (1.5 ms with what it imports).
+HOOK_PUT_OFF = ("inspect", "copy", "xml.etree.ElementTree")
 
 
 def defer(name: str) -> None:
@@ -36,13 +46,20 @@ def defer(name: str) -> None:
     already."""
     if name in sys.modules:
         return
+    parent = name.rpartition(".")[0]
+    if parent:
+        # "import a.b.c as x" takes c from a.b, or from sys.modules: a.b
+        # must be there (a package's __init__, not the module put off)
+        __import__(parent)
     stand_in = types.ModuleType(name)
 
     def __getattr__(attr: str) -> object:
         if sys.modules.get(name) is stand_in:
             del sys.modules[name]
-        module = __import__(name)
-        return getattr(module, attr)
+        __import__(name)
+        return getattr(sys.modules[name], attr)
 
     stand_in.__getattr__ = __getattr__      # type: ignore[method-assign]
     sys.modules[name] = stand_in
+    if parent:      # as the import system does (it sets the real one when it loads)
+        setattr(sys.modules[parent], name.rpartition(".")[2], stand_in)

@@ -96,15 +96,21 @@ def _run(name: str, op: str, data: bytes, out, err) -> int:
     if conf.mode == "off":
         return 0
     log = _Log(conf.log)
-    # a start exactly like one allowed before is allowed again (host.verdicts:
-    # it reads the XML with expat alone, so such a start imports neither
-    # ElementTree nor the engine)
+    # The XML is read once, by expat alone (importing ElementTree would cost
+    # more than the parse); a start exactly like one allowed before is then
+    # allowed again without importing the engine (host.verdicts).  XML that
+    # does not parse is left to the check, which says why.
     from libvirt_arm_cpu.host import verdicts
-    memo_key = verdicts.key(name, op, data, conf)
+    from libvirt_arm_cpu.xmlsafe import parse_light
+    try:
+        root = parse_light(data, f"domain '{name}' XML")
+    except Error:
+        root = None
+    memo_key = verdicts.key(op, root, conf) if root is not None else None
     known = verdicts.recall(conf, memo_key) if memo_key is not None else None
     if known is not None:
         if known[0]:
-            log("info", known[0] + " (as before)")
+            log("info", f"domain '{name}': {known[0]} (as before)")
         return 0
     if op == "reconnect":
         # libvirtd restarted with the guest running: never fail (that would
@@ -112,7 +118,7 @@ def _run(name: str, op: str, data: bytes, out, err) -> int:
         # or QEMU upgrade under a running guest), so the operator knows it
         # cannot be restarted or migrated here as it is
         try:
-            refusal, _, allowed = _check(name, op, data, conf, log)
+            refusal, _, allowed = _check(name, op, data, root, conf, log)
             if refusal:
                 log("warning", f"{refusal} (the running guest is left alone)")
             elif allowed is not None and memo_key is not None:
@@ -121,7 +127,7 @@ def _run(name: str, op: str, data: bytes, out, err) -> int:
             log("warning", f"domain '{name}': reconnect check failed: {e}")
         return 0
     try:
-        refusal, rewritten, allowed = _check(name, op, data, conf, log)
+        refusal, rewritten, allowed = _check(name, op, data, root, conf, log)
     except Error as e:
         refusal, rewritten, allowed = f"domain '{name}': {e}", None, None
     if refusal:
@@ -139,11 +145,12 @@ def _run(name: str, op: str, data: bytes, out, err) -> int:
     return 0
 
 
-def _check(name: str, op: str, data: bytes, conf, log
+def _check(name: str, op: str, data: bytes, root, conf, log
            ) -> tuple[str | None, bytes | None, tuple[str, str] | None]:
     """(refusal message or None, rewritten XML or None, what to remember of
     an allowance that rewrote nothing: the line logged and the loader it
-    needs, or None)."""
+    needs, or None).  *root*: the XML *data* as read by
+    :func:`libvirt_arm_cpu.xmlsafe.parse_light` (None: read it here)."""
     # imported here: a domain without our metadata never gets this far
     # and only what checking needs: not the service layer, the feature
     # catalog or the dependency rules (translating needs those); the value
@@ -158,7 +165,7 @@ def _check(name: str, op: str, data: bytes, conf, log
     from libvirt_arm_cpu.model import METHOD_LOADER, Translation
 
     source = f"domain '{name}' XML"
-    dom = Domain.parse(data, source)
+    dom = Domain.read(data, source, root)
     t = dom.translation
     if t is None:               # the namespace appeared elsewhere: not ours to judge
         return None, None, None
@@ -186,10 +193,10 @@ def _check(name: str, op: str, data: bytes, conf, log
                     f"(install libvirt-arm-cpu's loader, then 'libvirt-arm-cpu-helper probe')"
                     ), None, None
     loader = v.env.get(ENV_PRELOAD, LOADER_PATH) if v.method == METHOD_LOADER else ""
-    checked = f"domain '{name}': CPU checked on {where}: {v.comparison.result}"
+    checked = f"CPU checked on {where}: {v.comparison.result}"     # remembered without the name
     if op in ("migrate", "restore"):
         if not v.needs_rewrite:
-            log("info", checked)
+            log("info", f"domain '{name}': {checked}")
             return None, None, (checked, loader)
         new = Translation(t.original_cpu, t.values, v.properties, host.hostname,
                           host.fingerprint.digest, t.model, method=v.method,
@@ -213,7 +220,7 @@ def _check(name: str, op: str, data: bytes, conf, log
             if refusal:
                 return (f"domain '{name}' cannot start on {where}: KVM refuses {refusal}",
                         None, None)
-        log("info", checked)
+        log("info", f"domain '{name}': {checked}")
         return None, None, (checked, loader)
     return None, None, ("", loader)         # reconnect: allowed, nothing to say
 

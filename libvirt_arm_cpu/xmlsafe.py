@@ -13,6 +13,11 @@ checked after; anything else, or anything that parser rejects, goes through
 expat with the refusing handlers, which gives the one-line message.  The
 first is several times faster (the knowledge base, profiles by the
 thousand); the second decides every refusal.
+
+For the libvirt hook, :func:`parse_light` reads a document with expat
+alone into :class:`LightElement` s: the part of ElementTree's tree that
+reading needs (tag, attributes, text, tail, children, find by tag path).
+Importing ElementTree costs the hook more than parsing the domain.
 """
 
 from __future__ import annotations
@@ -26,9 +31,14 @@ from libvirt_arm_cpu.fileio import MAX_INPUT_BYTES
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
     import xml.etree.ElementTree as ET
-    from typing import Any
+    from collections.abc import Iterator
+    from typing import Any, TypeAlias, TypeVar
+    _T = TypeVar("_T")
+    # what reading code takes: ElementTree's tree or parse_light's
+    Readable: TypeAlias = "ET.Element | LightElement"
 
-__all__ = ["parse_untrusted", "parse_untrusted_into", "shown", "MAX_BYTES", "MAX_DEPTH"]
+__all__ = ["parse_untrusted", "parse_untrusted_into", "parse_light", "LightElement", "shown",
+           "MAX_BYTES", "MAX_DEPTH"]
 
 MAX_BYTES = MAX_INPUT_BYTES         # a domain XML is a few kB; libvirt itself caps at 10 MB
 # a libvirt domain nests about 8 deep, a profile or model 4: far deeper is
@@ -40,7 +50,7 @@ MAX_DEPTH = 64
 # The XML declaration's encoding, where the bytes of any ASCII character are
 # that character (so a byte search for "<!DOCTYPE" cannot be fooled: UTF-7 or
 # UTF-16 could hide one).  Compiled when first used: the hook's answer for a
-# domain allowed before reads the XML with expat alone (parse_untrusted_into),
+# domain allowed before reads the XML with expat alone (parse_light),
 # and importing re and ElementTree is most of what it would cost.
 _DECLARED_PATTERN = rb"\A(?:\xef\xbb\xbf)?\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)"
 _declared: Any = None
@@ -196,3 +206,117 @@ def parse_untrusted_into(data: bytes, path: str, builder: Any) -> Any:
         raise ParseError(path, err.lineno, f"not well-formed XML: "
                          f"{xml.parsers.expat.ErrorString(err.code)}") from None
     return builder.close()
+
+
+class LightElement:
+    """An element as ElementTree reads it (tag, attrib, text, tail,
+    children; get, find, findall, findtext, iter), for reading only: what
+    :func:`parse_light` builds without importing ElementTree.  Paths are
+    tags joined by "/" (``features/gic``, ``{uri}cpu``), nothing more of
+    ElementPath."""
+
+    __slots__ = ("tag", "attrib", "text", "tail", "_children")
+
+    def __init__(self, tag: str, attrib: dict[str, str]) -> None:
+        self.tag, self.attrib = tag, attrib
+        self.text: str | None = None
+        self.tail: str | None = None
+        self._children: list[LightElement] = []
+
+    def __iter__(self) -> Iterator[LightElement]:
+        return iter(self._children)
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    def get(self, key: str, default: _T = None) -> str | _T:     # type: ignore[assignment]
+        return self.attrib.get(key, default)
+
+    def findall(self, path: str) -> list[LightElement]:
+        """The elements at *path*, in document order (ElementTree's findall)."""
+        level = [self]
+        for tag in _steps(path):
+            level = [c for e in level for c in e._children if c.tag == tag]
+        return level
+
+    def find(self, path: str) -> LightElement | None:
+        found = self.findall(path)
+        return found[0] if found else None
+
+    def findtext(self, path: str, default: _T = None) -> str | _T:    # type: ignore[assignment]
+        elem = self.find(path)
+        return default if elem is None else elem.text or ""
+
+    def iter(self, tag: str | None = None) -> Iterator[LightElement]:
+        """This element and all below it, in document order (with *tag* only)."""
+        if tag is None or self.tag == tag:
+            yield self
+        for child in self._children:
+            yield from child.iter(tag)
+
+
+def _steps(path: str) -> list[str]:
+    """The tags of a path ("a/{uri/with/slashes}b": ["a", "{uri/with/slashes}b"])."""
+    steps, here = [], ""
+    for part in path.split("/"):
+        here = f"{here}/{part}" if here else part
+        if here.count("{") == here.count("}"):
+            steps.append(here)
+            here = ""
+    if here or not all(steps) or any(s in (".", "..", "*") or "[" in s for s in steps):
+        raise ValueError(f"path {path!r}: only tags joined by '/' are read here")
+    return steps
+
+
+class _LightBuilder:
+    """ElementTree's TreeBuilder, making :class:`LightElement` s: character
+    data before an element's first child is its text, after its end its
+    tail."""
+
+    def __init__(self) -> None:
+        self.stack: list[LightElement] = []
+        self.root: LightElement | None = None
+        self.last: LightElement | None = None
+        self.tail = False
+        self.pending: list[str] = []
+
+    def _flush(self) -> None:
+        if self.pending:
+            if self.last is not None:
+                text = "".join(self.pending)
+                if self.tail:
+                    self.last.tail = text
+                else:
+                    self.last.text = text
+            self.pending = []
+
+    def start(self, tag: str, attrib: dict[str, str]) -> None:
+        self._flush()
+        elem = LightElement(tag, attrib)
+        if self.stack:
+            self.stack[-1]._children.append(elem)
+        elif self.root is None:
+            self.root = elem
+        self.stack.append(elem)
+        self.last, self.tail = elem, False
+
+    def end(self, tag: str) -> None:
+        self._flush()
+        self.last, self.tail = self.stack.pop(), True
+
+    def data(self, text: str) -> None:
+        self.pending.append(text)
+
+    def close(self) -> LightElement:
+        self._flush()
+        assert self.root is not None        # expat refuses a document without one
+        return self.root
+
+
+def parse_light(data: bytes, path: str) -> LightElement:
+    """The root of *data* as :class:`LightElement` s, read with
+    :func:`parse_untrusted`'s refusals, limits and errors.
+
+    :raise ParseError: as :func:`parse_untrusted`.
+    """
+    return parse_untrusted_into(data, path, _LightBuilder())

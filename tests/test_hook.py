@@ -316,28 +316,43 @@ def test_the_hook_scripts_constants_are_the_packages():
     assert ast.literal_eval(consts["MARK"]) == NAMESPACE.encode()
 
 
-def test_inspect_is_put_off_until_used():
-    """The hook script (and each command) stands in for inspect
-    (libvirt_arm_cpu/deferred.py: dataclasses imports it and uses it only
-    for classes without a docstring): the modules of a domain's check and
-    of a baseline import without it, and code that uses it later gets the
-    real module."""
+def test_what_the_hook_puts_off_is_the_real_module_when_used():
+    """The hook script stands in for inspect, copy and ElementTree
+    (deferred.HOOK_PUT_OFF; the command's main for inspect): the modules of
+    a domain's check and of a baseline import without them, and code that
+    uses them later gets the real modules, whichever way it imported them."""
+    from libvirt_arm_cpu.deferred import HOOK_PUT_OFF
     script = Path(__file__).resolve().parent.parent / "hooks" / "libvirt-arm-cpu"
-    assert 'defer("inspect")' in script.read_text()
+    assert "for module in HOOK_PUT_OFF:" in script.read_text()
+    assert set(HOOK_PUT_OFF) == {"inspect", "copy", "xml.etree.ElementTree"}
     code = (
         "import sys\n"
-        "from libvirt_arm_cpu.deferred import defer\n"
-        "defer('inspect')\n"
+        "from libvirt_arm_cpu.deferred import HOOK_PUT_OFF, defer\n"
+        "for m in HOOK_PUT_OFF: defer(m)\n"
         "import libvirt_arm_cpu.hook, libvirt_arm_cpu.engine.validate\n"
         "import libvirt_arm_cpu.cli.cpu_baseline, libvirt_arm_cpu.host.tryapply\n"
         "import libvirt_arm_cpu.formats.compact, libvirt_arm_cpu.host.verdicts\n"
-        "assert 'ast' not in sys.modules and 'dis' not in sys.modules, 'inspect was imported'\n"
+        "import libvirt_arm_cpu.formats.domain, libvirt_arm_cpu.formats.platform\n"
+        "real = lambda m: vars(sys.modules[m]).get('__spec__') is not None\n"
+        "assert not any(map(real, HOOK_PUT_OFF)), [m for m in HOOK_PUT_OFF if real(m)]\n"
+        "assert 'ast' not in sys.modules and 'weakref' not in sys.modules\n"
+        "assert 'xml.etree.ElementPath' not in sys.modules\n"
         "import inspect\n"
         "def f(a, b=2): pass\n"
         "assert str(inspect.signature(f)) == '(a, b=2)'\n"
-        "assert sys.modules['inspect'].__name__ == 'inspect' and 'ast' in sys.modules\n"
+        "assert real('inspect') and 'ast' in sys.modules\n"
         "import inspect as again\n"
-        "assert again.isfunction(f) and sys.modules['inspect'] is again\n")
+        "assert again.isfunction(f) and sys.modules['inspect'] is again\n"
+        "import copy\n"
+        "x = [[1]]; assert copy.deepcopy(x) == x and copy.deepcopy(x)[0] is not x[0]\n"
+        "import xml.etree.ElementTree\n"
+        "assert xml.etree.ElementTree.fromstring('<a b=\"1\"/>').get('b') == '1'\n"
+        "import xml.etree.ElementTree as ET\n"
+        "from xml.etree.ElementTree import Element\n"
+        "assert ET.Element is Element and real('xml.etree.ElementTree')\n"
+        "from libvirt_arm_cpu.formats.domain import Domain\n"
+        "d = Domain.parse(b'<domain><name>n</name></domain>')\n"
+        "assert d.name == 'n' and b'<name>n</name>' in d.tostring()\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        cwd=Path(__file__).resolve().parent.parent)
     assert p.returncode == 0, p.stderr

@@ -20,9 +20,10 @@ from libvirt_arm_cpu import settings as settings_mod
 from libvirt_arm_cpu.errors import ParseError
 from libvirt_arm_cpu.cli import main as cli_main
 from libvirt_arm_cpu.cli.base import Command
+from libvirt_arm_cpu.formats.domain import Domain
 
 from .conftest import run_installed
-from .domains import custom_cpu
+from .domains import MAX73, custom_cpu, with_loader
 from .test_hook import LIBVIRT_ENV, bed  # noqa: F401 - the installed hook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,6 +156,60 @@ def test_a_start_allowed_before_imports_neither_elementtree_nor_the_engine(bed):
                      "libvirt_arm_cpu.model", "libvirt_arm_cpu.engine.compare",
                      "libvirt_arm_cpu.formats.domain"):
         assert unwanted not in mods, unwanted
+
+
+def _script_modules(bed, argv: list[str], xml: bytes) -> tuple[str, set[str]]:  # noqa: F811
+    """Run the installed hook script as libvirtd does (-S, its argv, the XML
+    on stdin); its output, and the modules really loaded when it left
+    (stand-ins for modules put off are not: deferred.py)."""
+    report = ("import os, sys\n"
+              "_exit = os._exit\n"
+              "def leave(status):\n"
+              "    real = (n for n, m in list(sys.modules.items())\n"
+              "            if vars(m).get('__spec__') is not None)\n"
+              "    print('\\n@@', ' '.join(sorted(real)), flush=True)\n"
+              "    _exit(status)\n"
+              "os._exit = leave\n"
+              f"sys.argv = {[str(bed.hook), *argv]!r}\n"
+              f"exec(compile(open({str(bed.hook)!r}).read(), 'hook', 'exec'), "
+              f"{{'__name__': '__main__'}})\n")
+    env = dict(LIBVIRT_ENV, LIBVIRT_ARM_CPU_CONFIG=str(bed.tmp / "lac.conf"))
+    p = subprocess.run([sys.executable, "-S", "-c", report], input=xml, capture_output=True,
+                       cwd="/", env=env, timeout=120)
+    out, _, mods = p.stdout.decode().rpartition("\n@@ ")
+    assert mods, p.stderr.decode()
+    return out + p.stderr.decode(), set(mods.split())
+
+
+def test_the_hook_scripts_first_check_imports_neither_elementtree_nor_copy(bed):  # noqa: F811
+    """The installed script's first check of a domain reads its XML with
+    expat alone (parse_light, once, for the memory's key and the check) and
+    puts off ElementTree, copy and inspect: no module of the check uses
+    them.  A migration that rewrites the domain does use ElementTree."""
+    # another domain's check leaves the profile's compact copy behind (a
+    # first check after a probe reads the profile's XML, with ElementTree)
+    other_cpu = bed.translate(custom_cpu(bed.model), name_="o.xml")
+    assert bed.call("o", "prepare", "begin", "-", stdin=other_cpu).returncode == 0
+    assert Path(str(bed.host_a) + ".compact").exists()
+    xml = bed.translate(custom_cpu(bed.model, ("disable", "sve2")))
+    out, mods = _script_modules(bed, ["g", "prepare", "begin", "-"], xml)
+    assert "CPU checked on host host-a" in out and "(as before)" not in out, out
+    assert "libvirt_arm_cpu.engine.validate" in mods and "pyexpat" in mods
+    for unwanted in ("xml.etree.ElementTree", "xml.etree.ElementPath", "copy", "inspect",
+                     "weakref", "ast"):
+        assert unwanted not in mods, unwanted
+    # migrating in to a host with the loader alone: the domain is rewritten
+    # (with ElementTree, imported then), from the compact copy too
+    lib = bed.tmp / "loader.so"
+    lib.write_bytes(b"\x7fELF")
+    bed.settings(with_loader(MAX73, bed.tmp / "l.xml", "host-l", lib))
+    bed.call("o", "prepare", "begin", "-", stdin=other_cpu)
+    assert (bed.tmp / "l.xml.compact").exists()
+    out, mods = _script_modules(bed, ["g", "migrate", "begin", "-"], xml)
+    assert "CPU input rewritten for host host-l" in out, out
+    assert "xml.etree.ElementTree" in mods
+    new = Domain.parse(out[out.index("<domain"):out.rindex("</domain>") + 9].encode(), "out")
+    assert new.translation.method == "loader" and new.loader_env()["LD_PRELOAD"] == str(lib)
 
 
 # -- the settings file ------------------------------------------------------------

@@ -39,7 +39,11 @@ from libvirt_arm_cpu.model import (METADATA_FORMAT, sve_length_feature, METHOD_L
                                    DomainCpu, Translation)
 from libvirt_arm_cpu.formats import platform as platform_xml
 from libvirt_arm_cpu.formats.kinds import element_name
-from libvirt_arm_cpu.xmlsafe import parse_untrusted, shown
+from libvirt_arm_cpu.xmlsafe import LightElement, parse_light, parse_untrusted, shown
+
+TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from libvirt_arm_cpu.xmlsafe import Readable
 
 __all__ = ["NAMESPACE", "QEMU_NAMESPACE", "FORMAT_VERSION", "POLICIES", "PAUTH_LIBVIRT_VERSION",
            "cpu_from_element", "translation_element", "translation_from_element",
@@ -63,7 +67,7 @@ _LIBVIRT_CPU_FEATURE = {"sve": "sve", "ptrauth": "pauth"}      # pmu: <features>
 PAUTH_LIBVIRT_VERSION = 10_006_000
 
 
-def cpu_from_element(cpu: ET.Element, path: str) -> DomainCpu:
+def cpu_from_element(cpu: Readable, path: str) -> DomainCpu:
     """A domain's ``<cpu>`` element as a :class:`DomainCpu`."""
     model = cpu.find("model")
     mode = cpu.get("mode") or ("custom" if model is not None else "")
@@ -113,7 +117,7 @@ def translation_element(t: Translation) -> ET.Element:
     return root
 
 
-def translation_from_element(elem: ET.Element, path: str) -> Translation:
+def translation_from_element(elem: Readable, path: str) -> Translation:
     """Read this project's ``<metadata>`` element of a domain."""
     try:
         version = int(elem.get("version", "1"))
@@ -210,12 +214,12 @@ class Pmu:
     """``<features><pmu state='on|off'/>``: libvirt's PMU switch (-cpu ...,pmu=off)."""
 
     @staticmethod
-    def find(root: ET.Element) -> ET.Element | None:
+    def find(root: Readable) -> Readable | None:
         feats = root.find("features")
         return feats.find("pmu") if feats is not None else None
 
     @staticmethod
-    def switched_off(root: ET.Element) -> bool:
+    def switched_off(root: Readable) -> bool:
         pmu = Pmu.find(root)
         return pmu is not None and pmu.get("state") == "off"
 
@@ -260,16 +264,19 @@ class QemuCommandline:
             cmd = ET.SubElement(self.root, _QNS + "commandline")
         return cmd
 
-    def cpu_arguments(self) -> list[str]:
-        """The -cpu values given to QEMU here (normally ours alone)."""
-        cmd = self._elem()
+    @staticmethod
+    def cpu_arguments(root: Readable) -> list[str]:
+        """The -cpu values given to QEMU in the domain *root* (normally ours alone)."""
+        cmd = root.find(_QNS + "commandline")
         if cmd is None:
             return []
         args = [a.get("value", "") for a in cmd.findall(_QNS + "arg")]
         return [args[i + 1] for i in range(len(args) - 1) if args[i] == "-cpu"]
 
-    def env(self) -> dict[str, str]:
-        cmd = self._elem()
+    @staticmethod
+    def env(root: Readable) -> dict[str, str]:
+        """The <qemu:env> variables of the domain *root*."""
+        cmd = root.find(_QNS + "commandline")
         if cmd is None:
             return {}
         return {e.get("name", ""): e.get("value", "") for e in cmd.findall(_QNS + "env")}
@@ -324,16 +331,37 @@ LOADER_ENV = ("LD_PRELOAD", "LIBVIRT_ARM_CPU_ID_REGS")
 class Domain:
     """A domain XML document and the CPU edits of a translation."""
 
-    def __init__(self, root: ET.Element, path: str) -> None:
+    def __init__(self, root: Readable, path: str) -> None:
         self.root = root
         self.path = path
+        # the document, while *root* is a LightElement (Domain.read): the
+        # first edit reads it again with ElementTree
+        self._data: bytes | None = None
 
     @classmethod
     def parse(cls, data: bytes, path: str = "<domain>") -> Domain:
         return cls.from_root(parse_untrusted(data, path), path)
 
     @classmethod
-    def from_root(cls, root: ET.Element, path: str = "<domain>") -> Domain:
+    def read(cls, data: bytes, path: str = "<domain>", root: LightElement | None = None
+             ) -> Domain:
+        """:meth:`parse` for reading: the tree by expat alone
+        (:func:`libvirt_arm_cpu.xmlsafe.parse_light`; *root* when read so
+        already), which spares the libvirt hook ElementTree's import on a
+        domain's check.  Edits read the document again with ElementTree."""
+        dom = cls.from_root(parse_light(data, path) if root is None else root, path)
+        dom._data = data
+        return dom
+
+    def tree(self) -> ET.Element:
+        """The document as ElementTree's tree (what edits work on: a
+        domain :meth:`read` is read again with ElementTree)."""
+        if self._data is not None:
+            self.root, self._data = parse_untrusted(self._data, self.path), None
+        return self.root        # type: ignore[return-value]
+
+    @classmethod
+    def from_root(cls, root: Readable, path: str = "<domain>") -> Domain:
         """A document already read by :func:`libvirt_arm_cpu.xmlsafe.parse_untrusted`."""
         if root.tag != "domain":
             raise ParseError(path, None, f"root element is <{shown(element_name(root.tag))}>, expected <domain>")
@@ -382,7 +410,7 @@ class Domain:
         """Does the domain switch the PMU off itself (<features><pmu state='off'/>)?"""
         return Pmu.switched_off(self.root)
 
-    def _metadata_element(self) -> ET.Element | None:
+    def _metadata_element(self) -> Readable | None:
         meta = self.root.find("metadata")
         return meta.find(_NS + "cpu") if meta is not None else None
 
@@ -393,11 +421,11 @@ class Domain:
 
     def cpu_arguments(self) -> list[str]:
         """The -cpu values in <qemu:commandline> (normally ours alone)."""
-        return QemuCommandline(self.root).cpu_arguments()
+        return QemuCommandline.cpu_arguments(self.root)
 
     def qemu_env(self) -> dict[str, str]:
         """The <qemu:env> variables QEMU is started with."""
-        return QemuCommandline(self.root).env()
+        return QemuCommandline.env(self.root)
 
     def loader_env(self) -> dict[str, str]:
         """The loader method's variables among them."""
@@ -412,7 +440,7 @@ class Domain:
         t = self.translation
         if t is None:
             return self
-        root = _copy(self.root)
+        root = _copy(self.tree())
         meta = root.find("metadata")
         assert meta is not None
         for child in list(meta):
@@ -439,7 +467,7 @@ class Domain:
         """This domain (its original, if translated before) with *t* applied;
         *env*: the loader method's variables (``loader.environment``)."""
         base = self.original()
-        root = _copy(base.root)
+        root = _copy(base.tree())
         cpu = root.find("cpu")
         t = replace(t, original_cpu=_serialize(cpu) if cpu is not None else "")
         new_cpu = PassthroughCpu(t.vcpu_off, t.platform.sve_vls).element(cpu)
@@ -464,7 +492,7 @@ class Domain:
         or saved guest)."""
         old = self.translation
         assert old is not None
-        root = _copy(self.root)
+        root = _copy(self.tree())
         meta = root.find("metadata")
         assert meta is not None
         elem = meta.find(_NS + "cpu")
@@ -477,7 +505,7 @@ class Domain:
     def tostring(self) -> bytes:
         ET.register_namespace("arm", NAMESPACE)
         ET.register_namespace("qemu", QEMU_NAMESPACE)
-        root = _copy(self.root)
+        root = _copy(self.tree())
         ET.indent(root, space="  ")
         return ET.tostring(root, encoding="unicode").encode() + b"\n"
 

@@ -27,6 +27,10 @@ from libvirt_arm_cpu.errors import ParseError
 from libvirt_arm_cpu.model import SVE_LENGTHS, Platform
 from libvirt_arm_cpu.xmlsafe import shown
 
+TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from libvirt_arm_cpu.xmlsafe import Readable
+
 __all__ = ["to_element", "from_element", "to_json"]
 
 _YES_NO = {"yes": True, "no": False}
@@ -71,7 +75,7 @@ def to_element(parent: ET.Element, p: Platform, ns: str) -> ET.Element | None:
     return root
 
 
-def from_element(elem: ET.Element | None, path: str, ns: str) -> Platform:
+def from_element(elem: Readable | None, path: str, ns: str) -> Platform:
     """The <platform> element read and checked (an empty Platform for None).
 
     :raise ParseError: a value out of its range, naming the element.
@@ -79,7 +83,7 @@ def from_element(elem: ET.Element | None, path: str, ns: str) -> Platform:
     if elem is None:
         return Platform()
 
-    def child(tag: str) -> ET.Element | None:
+    def child(tag: str) -> Readable | None:
         return elem.find(ns + tag)
 
     def bad(tag: str, attr: str, value: str, expected: str) -> ParseError:

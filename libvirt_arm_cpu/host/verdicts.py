@@ -11,7 +11,9 @@ costs the hook most is Python importing its code, not the check.
 
 The key holds:
 
-* the operation and the domain's name (they are in the messages);
+* the operation (not the domain's name: the check reads it for its
+  messages alone, so a domain with the CPU of one allowed before, a new
+  guest of a fleet's model, is allowed as that one was);
 * the domain's ``<metadata>`` element of this project, its
   ``<qemu:commandline>``, its ``<cpu>`` (the SVE lengths) and its
   ``<features><gic>``, element by element (tags, attributes, text): the
@@ -42,18 +44,21 @@ from libvirt_arm_cpu.errors import Error
 from libvirt_arm_cpu.fileio import atomic_write, read_text, which
 from libvirt_arm_cpu.paths import kb_dir, readable_file
 from libvirt_arm_cpu.settings import Settings
-from libvirt_arm_cpu.xmlsafe import parse_untrusted_into
+
+TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from libvirt_arm_cpu.xmlsafe import LightElement
 
 __all__ = ["SUFFIX", "MAX_ENTRIES", "FORMAT", "key", "recall", "remember"]
 
 SUFFIX = ".verdicts"
 MAX_ENTRIES = 512
-FORMAT = 2          # 2: the key holds <cpu> and the GIC too
+FORMAT = 3          # 2: the key holds <cpu> and the GIC too; 3: not the name
 _MAGIC = b"LACV"
 _META = "{%s}cpu" % namespaces.DOMAIN_METADATA
 _COMMANDLINE = "{%s}commandline" % namespaces.QEMU_COMMANDLINE
 
-Entry = tuple[str, str]     # (the log line, the loader's path or "")
+Entry = tuple[str, str]     # (the log line after "domain 'NAME': ", the loader's path or "")
 
 
 def _stat(path: str) -> str:
@@ -68,90 +73,27 @@ def _qemu() -> str:
     return _stat(path) if path else "none"
 
 
-class _Element:
-    """An element as the key reads it: ElementTree's tag, attributes,
-    text, tail and children, nothing more (importing ElementTree and re is
-    most of what the hook would cost a domain allowed before)."""
-
-    __slots__ = ("tag", "attrib", "text", "tail", "children")
-
-    def __init__(self, tag: str, attrib: dict[str, str]) -> None:
-        self.tag, self.attrib = tag, attrib
-        self.text: str | None = None
-        self.tail: str | None = None
-        self.children: list[_Element] = []
-
-    def find(self, tag: str) -> _Element | None:
-        """The first child named *tag* (ElementTree's find of one step)."""
-        return next((c for c in self.children if c.tag == tag), None)
-
-
-class _Builder:
-    """ElementTree's TreeBuilder, making :class:`_Element` objects:
-    character data before an element's first child is its text, after its
-    end its tail."""
-
-    def __init__(self) -> None:
-        self.stack: list[_Element] = []
-        self.root: _Element | None = None
-        self.last: _Element | None = None
-        self.tail = False
-        self.pending: list[str] = []
-
-    def _flush(self) -> None:
-        if self.pending:
-            if self.last is not None:
-                text = "".join(self.pending)
-                if self.tail:
-                    self.last.tail = text
-                else:
-                    self.last.text = text
-            self.pending = []
-
-    def start(self, tag: str, attrib: dict[str, str]) -> None:
-        self._flush()
-        elem = _Element(tag, attrib)
-        if self.stack:
-            self.stack[-1].children.append(elem)
-        elif self.root is None:
-            self.root = elem
-        self.stack.append(elem)
-        self.last, self.tail = elem, False
-
-    def end(self, tag: str) -> None:
-        self._flush()
-        self.last, self.tail = self.stack.pop(), True
-
-    def data(self, text: str) -> None:
-        self.pending.append(text)
-
-    def close(self) -> _Element | None:
-        self._flush()
-        return self.root
-
-
-def _element(elem: _Element, out: list[str]) -> None:
+def _element(elem: LightElement, out: list[str]) -> None:
     """*elem* and its children as text, unambiguously (lengths first)."""
     for part in (elem.tag, *sorted(f"{k}={v}" for k, v in elem.attrib.items()),
                  elem.text or "", elem.tail.strip() if elem.tail else ""):
         out.append(f"{len(part)}:{part}")
-    out.append(f"[{len(elem.children)}")
-    for child in elem.children:
+    out.append(f"[{len(elem)}")
+    for child in elem:
         _element(child, out)
     out.append("]")
 
 
-def key(name: str, op: str, data: bytes, conf: Settings) -> bytes | None:
-    """The digest of everything the check of the domain XML *data* reads;
-    None when it cannot be made (the full check will say what is wrong).
-    The XML is read as xmlsafe reads it, refusals and limits alike."""
+def key(op: str, root: LightElement, conf: Settings) -> bytes | None:
+    """The digest of everything the check of the domain XML whose tree is
+    *root* (:func:`libvirt_arm_cpu.xmlsafe.parse_light`) reads; None when
+    it cannot be made (the full check will say what is wrong)."""
     try:
-        root = parse_untrusted_into(data, f"domain '{name}' XML", _Builder())
-        meta = root.find("metadata") if root is not None else None
+        meta = root.find("metadata")
         ours = meta.find(_META) if meta is not None else None
-        if root is None or root.tag != "domain" or ours is None:
+        if root.tag != "domain" or ours is None:
             return None
-        parts = [str(FORMAT), __version__, op, name, conf.profile, str(conf.refresh),
+        parts = [str(FORMAT), __version__, op, conf.profile, str(conf.refresh),
                  str(conf.try_apply), _stat(conf.profile),
                  _stat(os.path.join(kb_dir(), "registers.xml")), os.uname().release,
                  read_text("/proc/sys/kernel/random/boot_id")]
@@ -159,8 +101,7 @@ def key(name: str, op: str, data: bytes, conf: Settings) -> bytes | None:
             parts.append(_qemu())
         _element(ours, parts)
         # and what else the check reads: the <cpu> (its SVE lengths) and the GIC
-        features = [f for f in root.children if f.tag == "features"]
-        gic = next((g for f in features for g in f.children if g.tag == "gic"), None)
+        gic = root.find("features/gic")
         for elem in (root.find(_COMMANDLINE), root.find("cpu"), gic):
             parts.append("-" if elem is None else "+")
             if elem is not None:
