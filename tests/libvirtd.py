@@ -285,13 +285,17 @@ def operator_job(templates: dict[str, str], guest_py: str, between: str = "",
                  after: str = "") -> str:
     """The job for the test bed's libvirt image that sets a host up as an
     operator would -- `libvirt-arm-cpu host` probes it into the cache (copied
-    to /out/host.xml), `hook install` -- waits for libvirtd, runs *between*
+    to /out/host.xml; whether the hook's compact copy of it was left beside
+    it: /out/compact.txt), `hook install` -- waits for libvirtd, runs *between*
     (shell), then *guest_py* (Python, with the domain *templates* in
     /tmp/templates.json), then *after*.  /out/job.rc is its exit code."""
     cli = "python3 -m libvirt_arm_cpu.cli"
     return f"""set -u
 {cli} host > /out/host.txt 2> /out/host.err; echo $? > /out/host.rc
 cp /var/cache/libvirt-arm-cpu/host.xml /out/host.xml
+python3 -c "import os; from libvirt_arm_cpu.host import hostcache; from libvirt_arm_cpu.paths import kb_dir
+copy = hostcache._read_compact(hostcache.DEFAULT_CACHE, os.path.join(kb_dir(), 'registers.xml'))
+print('compact copy:', 'none' if copy is None else copy[0].hostname)" > /out/compact.txt 2>&1
 {cli} hook install > /out/install.txt 2>&1; echo $? > /out/install.rc
 i=0; until virsh -c qemu:///system list >/dev/null 2>&1 || [ $i -ge 100 ]; do sleep 0.2; i=$((i+1)); done
 {between}

@@ -198,6 +198,11 @@ def guest():
 def test_operator_setup_in_the_guest(guest):
     res, out = guest
     assert res.files["host.rc"] == b"0\n", res.files.get("host.err")
+    # the probe leaves the hook's compact copy beside the profile, so the
+    # hook's first check reads no XML
+    hostname = profile_from_xml(res.files["host.xml"]).hostname
+    assert res.files["compact.txt"].decode() == f"compact copy: {hostname}\n", \
+        res.files["compact.txt"]
     assert b"hook installed: /etc/libvirt/hooks/qemu.d/50-libvirt-arm-cpu" in \
         res.files["install.txt"]
     assert b"sent SIGHUP to libvirtd" in res.files["install.txt"]

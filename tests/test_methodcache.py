@@ -47,10 +47,14 @@ try:
     frozen = False
 except dataclasses.FrozenInstanceError:
     frozen = True
-# compiled here: what this process used that the file did not have
-compiled = [s for s in methodcache._used if s not in methodcache._read()]
+# compiled here: what this process used that the files did not have
+compiled = [s for f, used in methodcache._used.items() for s in used
+            if s not in methodcache._read(f)]
+compiled_in = sorted({f.rpartition("libvirt_arm_cpu/")[2] for f, used in methodcache._used.items()
+                      if any(s not in methodcache._read(f) for s in used)})
 methodcache.save()
 print(json.dumps({"methods": methods, "compiled": compiled, "frozen": frozen,
+                  "compiled_in": compiled_in,
                   "foreign": any("foreign_field" in s for s in compiled)}))
 """
 
@@ -66,18 +70,22 @@ def _probe(tmp_path: Path, install: bool = True, **env: str) -> dict:
     return json.loads(p.stdout)
 
 
-def _cache_file(tmp_path: Path) -> Path:
-    found = list((tmp_path / "pycache").rglob("dataclass-methods.*.bin"))
-    assert len(found) <= 1, found
-    return found[0] if found else tmp_path / "none"
+def _cache_files(tmp_path: Path) -> list[Path]:
+    """The cache's files: one a module with value types, beside its bytecode."""
+    return sorted((tmp_path / "pycache").rglob("*.methods"))
 
 
 def test_methods_from_the_cache_are_the_ones_dataclasses_compiles(tmp_path):
     plain = _probe(tmp_path, install=False)
-    assert not _cache_file(tmp_path).exists()
+    assert not _cache_files(tmp_path)
     first = _probe(tmp_path)
-    cache = _cache_file(tmp_path)
-    assert cache.exists() and (cache.stat().st_mode & 0o777) == 0o600
+    files = _cache_files(tmp_path)
+    assert all((f.stat().st_mode & 0o777) == 0o600 for f in files)
+    # beside each module's bytecode: model.py's, kb/registers.py's...
+    tag = sys.implementation.cache_tag
+    names = {str(f.relative_to(f.parents[1])) for f in files}
+    assert {f"libvirt_arm_cpu/model.{tag}.methods", f"kb/registers.{tag}.methods"} <= names
+    assert "model.py" in first["compiled_in"] and "kb/registers.py" in first["compiled_in"]
     later = _probe(tmp_path)
     assert len(plain["methods"]) > 100         # the value types of both paths
     assert first["methods"] == plain["methods"]
@@ -86,12 +94,12 @@ def test_methods_from_the_cache_are_the_ones_dataclasses_compiles(tmp_path):
     assert plain["frozen"] and first["frozen"] and later["frozen"]
     # an API caller's own dataclasses are compiled as always, never kept
     assert not first["foreign"]
-    assert b"foreign_field" not in cache.read_bytes()
+    assert not any(b"foreign_field" in f.read_bytes() for f in files)
 
 
 def test_a_damaged_or_foreign_cache_is_compiled_again(tmp_path):
     _probe(tmp_path)
-    cache = _cache_file(tmp_path)
+    cache = next(f for f in _cache_files(tmp_path) if f.name.startswith("model."))
     good = cache.read_bytes()
     # a flipped byte (the CRC), a cut file, another's writable file: ignored
     for damage in (lambda: cache.write_bytes(good[:-40] + bytes([good[-40] ^ 1]) + good[-39:]),
@@ -103,6 +111,7 @@ def test_a_damaged_or_foreign_cache_is_compiled_again(tmp_path):
         damage()
         again = _probe(tmp_path)
         assert again["compiled"], "a damaged or group-writable cache was used"
+        assert again["compiled_in"] == ["model.py"]        # the other modules' files serve
         assert again["frozen"]
 
 
@@ -111,17 +120,17 @@ def test_a_cache_that_cannot_be_written_fails_nothing(tmp_path):
     the atomic write fails): every command and the hook's check work, and
     compile as before."""
     _probe(tmp_path)
-    cache = _cache_file(tmp_path)
-    cache.unlink()
-    cache.mkdir()
+    for cache in _cache_files(tmp_path):
+        cache.unlink()
+        cache.mkdir()
     out = _probe(tmp_path)
-    assert out["compiled"] and out["frozen"] and cache.is_dir()
+    assert out["compiled"] and out["frozen"] and all(f.is_dir() for f in _cache_files(tmp_path))
 
 
 def test_no_cache_is_written_where_bytecode_is_not(tmp_path):
     out = _probe(tmp_path, PYTHONDONTWRITEBYTECODE="1")
     assert out["compiled"]
-    assert not _cache_file(tmp_path).exists()
+    assert not _cache_files(tmp_path)
 
 
 def test_each_command_and_the_hooks_check_use_it(tmp_path):
@@ -134,7 +143,7 @@ def test_each_command_and_the_hooks_check_use_it(tmp_path):
                         "ID_AA64ISAR0_EL1", "0x1000"], capture_output=True, text=True,
                        env=env, cwd="/", timeout=120)
     assert p.returncode == 0, p.stderr
-    assert _cache_file(tmp_path).exists()
+    assert _cache_files(tmp_path)
     from libvirt_arm_cpu import hook
     source = Path(hook.__file__).read_text()
     assert "methodcache.install()" in source.split("def _check", 1)[1]

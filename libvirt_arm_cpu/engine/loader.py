@@ -40,9 +40,11 @@ ENV_NAMES = (ENV_PRELOAD, ENV_VALUES)
 
 # MPIDR_EL1 is per vCPU (KVM sets it from the vCPU index): never a model's.
 _MPIDR = (3, 0, 0, 0, 5)
-_ENTRY = re.compile(r"(?:([A-Za-z0-9_]{1,63})@)?S(\d{1,2})_(\d{1,2})_C(\d{1,2})_C(\d{1,2})_(\d{1,2})"
-                    r"=(?:0x([0-9A-Fa-f]{1,16})|(absent))")
-_FW_ENTRY = re.compile(r"(?:([A-Za-z0-9_]{1,63})@)?FW(BMAP)?(\d{1,2})=(?:0x([0-9A-Fa-f]{1,16})|(absent))")
+# an entry of the loader's variable; compiled when first used (re keeps
+# them): the hook's check writes entries, it does not read them
+_ENTRY = (r"(?:([A-Za-z0-9_]{1,63})@)?S(\d{1,2})_(\d{1,2})_C(\d{1,2})_C(\d{1,2})_(\d{1,2})"
+          r"=(?:0x([0-9A-Fa-f]{1,16})|(absent))")
+_FW_ENTRY = r"(?:([A-Za-z0-9_]{1,63})@)?FW(BMAP)?(\d{1,2})=(?:0x([0-9A-Fa-f]{1,16})|(absent))"
 
 
 class LoaderValueError(DataError):
@@ -129,7 +131,7 @@ def parse_entries(text: str, kb: KnowledgeBase, source: str = ENV_VALUES
     if not entries:
         raise LoaderValueError(f"{source} is set but has no entries")
     for i, entry in enumerate(entries, 1):
-        f = _FW_ENTRY.fullmatch(entry)
+        f = re.fullmatch(_FW_ENTRY, entry)
         if f:
             n = int(f.group(3))
             enc = f"FW{f.group(2) or ''}{n}"
@@ -141,7 +143,7 @@ def parse_entries(text: str, kb: KnowledgeBase, source: str = ENV_VALUES
                 raise LoaderValueError(f"{source} entry {i}: {name} named again")
             fw[name] = None if f.group(5) else int(f.group(4), 16)
             continue
-        m = _ENTRY.fullmatch(entry)
+        m = re.fullmatch(_ENTRY, entry)
         if not m:
             raise LoaderValueError(f"{source} entry {i} '{entry[:100]}': expected "
                                    f"[LABEL@]S<op0>_<op1>_C<crn>_C<crm>_<op2>=0x<1-16 hex digits>"

@@ -30,9 +30,11 @@ HOST_PROFILE = "a host profile"
 CPU_MODEL = "a CPU model"
 REGISTER_DUMP = "a register dump"
 
+# The patterns here are compiled when first used (re keeps them): compiling
+# them all on import costs the hook's check a millisecond, and it uses none.
 # a text dump's line (formats.dump): NAME=VALUE, NAME: VALUE or NAME VALUE
-_DUMP_LINE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\s*[=:]\s*|\s+)[0-9][0-9A-Fa-fxXbBoO_]*\Z")
-_MODEL_ROOT = re.compile(rb"<cpu[\s>/]")
+_DUMP_LINE = r"[A-Za-z][A-Za-z0-9_]*(?:\s*[=:]\s*|\s+)[0-9][0-9A-Fa-fxXbBoO_]*\Z"
+_MODEL_ROOT = rb"<cpu[\s>/]"
 
 
 def kind_of(data: bytes, root: ET.Element | None = None) -> str | None:
@@ -51,7 +53,7 @@ def kind_of(data: bytes, root: ET.Element | None = None) -> str | None:
     if head.startswith(b"<"):
         if b"<hostprofile" in head[:400]:
             return HOST_PROFILE
-        if _MODEL_ROOT.search(head[:400]) and _MODEL_NAMESPACE.encode() in data:
+        if re.search(_MODEL_ROOT, head[:400]) and _MODEL_NAMESPACE.encode() in data:
             return CPU_MODEL
         return None
     if head.startswith(b"{"):
@@ -59,7 +61,7 @@ def kind_of(data: bytes, root: ET.Element | None = None) -> str | None:
     for line in head.decode("utf-8", errors="replace").splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            return REGISTER_DUMP if _DUMP_LINE.match(line) else None
+            return REGISTER_DUMP if re.match(_DUMP_LINE, line) else None
     return None
 
 
@@ -94,10 +96,10 @@ def element_name(tag: str) -> str:
     return tag
 
 
-_CLARK = re.compile(r"\{[^{}\s]*\}(?=[A-Za-z_])")
+_CLARK = r"\{[^{}\s]*\}(?=[A-Za-z_])"
 
 
 def plain_names(text: str) -> str:
     """*text* (a schema validator's message, say) with every ``{uri}name``
     written as its prefix-free local name."""
-    return _CLARK.sub("", text)
+    return re.sub(_CLARK, "", text)

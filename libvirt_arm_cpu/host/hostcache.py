@@ -58,6 +58,15 @@ def cached_profile(path: str = DEFAULT_CACHE, emulator: str | None = None,
     profile = probe_host(emulator, progress=progress)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     write_profile(profile, path)
+    # and the hook's compact copy, so that its first check after a probe
+    # reads no XML
+    from libvirt_arm_cpu.kb import load as kb_load
+    kb_path = os.path.join(kb_dir(), "registers.xml")
+    try:
+        _write_compact(path, profile, kb_load.registers(),
+                       (compact.stamp(path), compact.stamp(kb_path)))
+    except OSError:
+        pass
     return profile, True
 
 
@@ -93,12 +102,19 @@ def hook_inputs(conf: Settings) -> tuple[HostProfile, KnowledgeBase]:
     except OSError:
         after = None
     if before is not None and before == after:     # not replaced while we read it
-        try:
-            atomic_write(conf.profile + COMPACT_SUFFIX, compact.dumps(profile, kb, *after),
-                         mode=0o644, durable=False)
-        except (OSError, Error):
-            pass            # a copy is an optimisation: a read-only folder is fine
+        _write_compact(conf.profile, profile, kb, after)
     return profile, kb
+
+
+def _write_compact(profile_path: str, profile: HostProfile, kb: KnowledgeBase,
+                   stamps: tuple[compact.Stamp, compact.Stamp]) -> None:
+    """Leave the compact copy of *profile* (read from *profile_path*, whose
+    file and the knowledge base's have *stamps*) beside it."""
+    try:
+        atomic_write(profile_path + COMPACT_SUFFIX, compact.dumps(profile, kb, *stamps),
+                     mode=0o644, durable=False)
+    except (OSError, Error):
+        pass            # a copy is an optimisation: a read-only folder is fine
 
 
 def _read_compact(profile_path: str, kb_path: str

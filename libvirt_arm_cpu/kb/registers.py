@@ -103,7 +103,8 @@ def sign_extend(value: int, width: int) -> int:
     return value - (1 << width) if value >> (width - 1) else value
 
 
-_GENERIC = re.compile(r"S([0-3])_([0-7])_C([0-9]|1[0-5])_C([0-9]|1[0-5])_([0-7])")
+# compiled when first used (re keeps it): not on the hook's path
+_GENERIC = r"S([0-3])_([0-7])_C([0-9]|1[0-5])_C([0-9]|1[0-5])_([0-7])"
 
 
 def parse_u64(text: str, what: str = "value") -> int:
@@ -452,7 +453,7 @@ class KnowledgeBase:
         found = self._by_name.get(key) or self._unallocated.get(key)
         if found is not None:
             return found
-        m = _GENERIC.fullmatch(key)
+        m = re.fullmatch(_GENERIC, key)
         if m:
             op0, op1, crn, crm, op2 = (int(g) for g in m.groups())
             if in_feature_id_space(op0, op1, crn, crm, op2):
