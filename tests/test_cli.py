@@ -444,6 +444,16 @@ def test_cpu_baseline_exclude_incompatible_and_pools(run):
     assert json.loads(r.out)["left_out"] == ["cortex-a72-qemu7.2-linux6.12",
                                              "cortex-a72-qemu7.2-linux7.3",
                                              "a64fx-qemu7.2-linux6.12"]
+    # a fleet's many left out: ten named on stderr, all in --json
+    from .kvm_hosts import FIXTURES
+    many = [str(p) for p in sorted(FIXTURES.glob("*.xml"))]
+    r = run("cpu-baseline", *many, "--exclude-incompatible", "--json")
+    assert r.code == 0, r.err
+    left = json.loads(r.out)["left_out"]
+    assert len(left) > 10
+    line = f"cpu-baseline: left out {len(left)} of {len(many)} hosts: {' '.join(left[:10])} " \
+           f"and {len(left) - 10} more (--json lists them all)\n"
+    assert r.err == line
     r = run("cpu-baseline", *hosts, "--pools", "--json")
     assert [p["hosts"] for p in json.loads(r.out)] == [
         ["neoverse-n1-qemu7.2-linux6.12", "neoverse-n1-qemu7.2-linux7.3"],

@@ -52,6 +52,10 @@ def report_consistency(c: Consistency | None, prog: str = "cpu-baseline") -> Non
         print(f"{prog}: warning: rule {u}", file=sys.stderr)
 
 
+# the left-out hosts --exclude-incompatible names on stderr
+_NAMED_LEFT_OUT = 10
+
+
 class BaselineCommand(Command):
     name = "cpu-baseline"
     help = "the most capable CPU model every given host can run"
@@ -110,7 +114,8 @@ or bad data; 2 bad usage."""
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--exclude-incompatible", action="store_true",
                            help="leave out the fewest hosts needed for a common model "
-                                "(named on stderr, and as left_out with --json)")
+                                f"(the first {_NAMED_LEFT_OUT} named on stderr, all as "
+                                f"left_out with --json)")
         group.add_argument("--pools", action="store_true",
                            help="split the hosts into compatible pools, largest first, and "
                                 "list them (with --save, save each pool's model)")
@@ -136,8 +141,12 @@ or bad data; 2 bad usage."""
             kept = set(pool.indices)
             left_out = [labels[i] for i in range(len(labels)) if i not in kept]
             if left_out:
-                print(f"cpu-baseline: left out {len(left_out)} of {len(labels)} hosts: "
-                      f"{' '.join(left_out)}", file=sys.stderr)
+                # one line an operator reads; a fleet's thousands are in --json
+                named = " ".join(left_out[:_NAMED_LEFT_OUT])
+                more = len(left_out) - _NAMED_LEFT_OUT
+                print(f"cpu-baseline: left out {len(left_out)} of {len(labels)} hosts: {named}"
+                      + (f" and {more} more (--json lists them all)" if more > 0 else ""),
+                      file=sys.stderr)
             result = pool.result
         else:
             result = baseline(models, kb, kb_load.dependencies(), labels)
