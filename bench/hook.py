@@ -14,9 +14,11 @@ XML on stdin, a clean environment), median of N runs:
   * prepare, a translated domain: the first check (nothing left behind: the
     profile and knowledge base XML read, their compact copy and the verdict
     written: what the first start after a probe or an upgrade pays), a
-    check with the compact copy (a CPU not started before), a start like
-    one allowed before (answered from the hook's memory), and a new domain
-    with the CPU of one allowed before (answered so too);
+    check with the compact copy (a CPU not started before), the first start
+    of a domain `libvirt-arm-cpu define` defined (define made the check and
+    the hook remembers it), a start like one allowed before (answered from
+    the hook's memory), and a new domain with the CPU of one allowed before
+    (answered so too);
   * migrate, a translated domain allowed before;
   * translate in-process (resolve + dependency repair + serialise).
 
@@ -104,6 +106,14 @@ def main() -> int:
         memo.write_bytes(memory)
         memo.chmod(0o644)      # as the hook writes it (it believes no group-writable one)
 
+    from libvirt_arm_cpu import settings
+    from libvirt_arm_cpu.host.startcheck import precheck
+
+    def defined() -> None:
+        # what libvirt-arm-cpu define does after defining the domain (not timed)
+        memo.unlink(missing_ok=True)
+        assert precheck("g", xml, settings.load()) is None
+
     rows = [
         ("python -c pass", [sys.executable, "-c", "pass"], b"", None),
         # the hook's own interpreter start (hook install writes #!PYTHON -S)
@@ -112,6 +122,8 @@ def main() -> int:
         ("prepare, first check", [hook, "g", "prepare", "begin", "-"], xml, nothing_left),
         ("prepare, check (compact copy)", [hook, "g", "prepare", "begin", "-"], xml,
          not_remembered),
+        ("prepare, first start after define", [hook, "g", "prepare", "begin", "-"], xml,
+         defined),
         ("prepare, allowed before", [hook, "g", "prepare", "begin", "-"], xml, remembered),
         # a new domain with the CPU of one allowed before (a fleet's model)
         ("prepare, new domain, CPU allowed", [hook, "h", "prepare", "begin", "-"],
@@ -134,9 +146,9 @@ def main() -> int:
     base = [statistics.median(t[i] for t in times[rows[0][0]]) for i in (0, 1)]
     for label, *_ in rows:
         ms, cpu = (statistics.median(t[i] for t in times[label]) for i in (0, 1))
-        print(f"  {label:32s} {ms:7.1f} ms  ({ms / base[0]:.2f}x python -c pass)"
+        print(f"  {label:34s} {ms:7.1f} ms  ({ms / base[0]:.2f}x python -c pass)"
               f"   cpu {cpu:5.1f} ms ({cpu / base[1]:.2f}x)")
-    print(f"  {'translate (in-process)':32s} {statistics.median(translate_times) * 1000:7.1f} ms")
+    print(f"  {'translate (in-process)':34s} {statistics.median(translate_times) * 1000:7.1f} ms")
     scratch.cleanup()
     return 0
 

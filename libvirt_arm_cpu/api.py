@@ -72,7 +72,7 @@ from libvirt_arm_cpu.formats.domain import Domain
 from libvirt_arm_cpu.formats.kinds import (CPU_MODEL, HOST_PROFILE, kind_of)
 from libvirt_arm_cpu.kb import load as kb_load
 from libvirt_arm_cpu.model import CpuModel, HostProfile
-from libvirt_arm_cpu.service import (host_profile, model_features,
+from libvirt_arm_cpu.service import (host_profile, model_features, precheck_defined,
                                      translate_domain)
 from libvirt_arm_cpu.xmlsafe import parse_untrusted, shown
 from libvirt_arm_cpu.cpuinputs import (FeaturesOnly, SchemaInvalid, TcgNotAnswered, baseline_inputs, check_hypervisor, compare_document)
@@ -298,10 +298,20 @@ def translate_domain_xml(xml: str, host: HostProfile | str | None = None) -> str
 def define_domain(conn: libvirt.virConnect, xml: str, flags: int = 0, *,
                   host: HostProfile | str | None = None) -> libvirt.virDomain:
     """``conn.defineXMLFlags(xml, flags)`` after translating the domain's CPU
-    (for the host *conn* reaches: pass *host* for a remote connection)."""
+    (for the host *conn* reaches: pass *host* for a remote connection).
+
+    On a local connection the libvirt hook's check of the domain's start is
+    made at once and an allowance remembered, so its first start is answered
+    from the hook's memory (:func:`validate_domain` says what a refusal
+    would name; a check that cannot be made now is simply made at the start)."""
     with _libvirt_errors():
         profile = _host(host, conn)
-    return conn.defineXMLFlags(translate_domain_xml(xml, profile), flags)
+    dom = conn.defineXMLFlags(translate_domain_xml(xml, profile), flags)
+    try:
+        precheck_defined(conn, dom)
+    except Error:
+        pass                # the hook checks the start itself, and says why
+    return dom
 
 
 def validate_domain(conn_or_profile: libvirt.virConnect | HostProfile | str,

@@ -147,94 +147,9 @@ def _run(name: str, op: str, data: bytes, out, err) -> int:
 
 def _check(name: str, op: str, data: bytes, root, conf, log
            ) -> tuple[str | None, bytes | None, tuple[str, str] | None]:
-    """(refusal message or None, rewritten XML or None, what to remember of
-    an allowance that rewrote nothing: the line logged and the loader it
-    needs, or None).  *root*: the XML *data* as read by
-    :func:`libvirt_arm_cpu.xmlsafe.parse_light` (None: read it here)."""
+    """:func:`libvirt_arm_cpu.host.startcheck.check`, with the value types'
+    methods compiled before (a third of a check)."""
     # imported here: a domain without our metadata never gets this far
-    # and only what checking needs: not the service layer, the feature
-    # catalog or the dependency rules (translating needs those); the value
-    # types with their methods compiled before (a third of a check)
     methodcache.install()
-    from libvirt_arm_cpu.engine.compare import IDENTICAL
-    from libvirt_arm_cpu.engine.loader import ENV_PRELOAD, ENV_VALUES, LOADER_PATH, installed
-    from libvirt_arm_cpu.engine.validate import validate_translation
-    from libvirt_arm_cpu.errors import UnknownName
-    from libvirt_arm_cpu.formats.domain import Domain
-    from libvirt_arm_cpu.host.hostcache import hook_inputs
-    from libvirt_arm_cpu.model import METHOD_LOADER, Translation
-
-    source = f"domain '{name}' XML"
-    dom = Domain.read(data, source, root)
-    t = dom.translation
-    if t is None:               # the namespace appeared elsewhere: not ours to judge
-        return None, None, None
-    host, kb = hook_inputs(conf)
-    try:
-        v = validate_translation(t, dom.cpu_arguments(), dom.loader_env(), host, kb,
-                                 dom.gic_version, dom.sve_lengths)
-    except UnknownName as e:
-        return f"domain '{name}': its CPU metadata names {e}", None, None
-    where = f"host {host.hostname or '?'}"
-    verb = {"prepare": "start", "migrate": "migrate in", "restore": "restore",
-            "reconnect": "run"}[op]
-    if not v.ok:
-        reasons = "; ".join(str(r) for r in v.reasons[:4])
-        more = f" (and {len(v.reasons) - 4} more)" if len(v.reasons) > 4 else ""
-        return (f"domain '{name}' cannot {verb} on {where} (CPU model '{t.model}'): "
-                f"{reasons}{more}"), None, None
-    if v.method == METHOD_LOADER and op != "reconnect":
-        # the profile may be older than an uninstall: QEMU would fail to
-        # preload it (or, worse, start without it and refuse every KVM_RUN)
-        path = v.env.get(ENV_PRELOAD, LOADER_PATH)
-        if not installed(path):
-            return (f"domain '{name}' cannot {verb} on {where} (CPU model '{t.model}'): "
-                    f"it needs the ID register loader, and {path} is not installed "
-                    f"(install libvirt-arm-cpu's loader, then 'libvirt-arm-cpu-helper probe')"
-                    ), None, None
-    loader = v.env.get(ENV_PRELOAD, LOADER_PATH) if v.method == METHOD_LOADER else ""
-    checked = f"CPU checked on {where}: {v.comparison.result}"     # remembered without the name
-    if op in ("migrate", "restore"):
-        if not v.needs_rewrite:
-            log("info", f"domain '{name}': {checked}")
-            return None, None, (checked, loader)
-        new = Translation(t.original_cpu, t.values, v.properties, host.hostname,
-                          host.fingerprint.digest, t.model, method=v.method,
-                          vcpu_off=t.vcpu_off, original_pmu=t.original_pmu,
-                          firmware=t.firmware, reg_list=t.reg_list, platform=t.platform)
-        how = (f"loader, {len(v.env.get(ENV_VALUES, '').split())} registers"
-               if v.method == METHOD_LOADER else f"{len(v.properties)} SYSREG properties")
-        log("info", f"domain '{name}': CPU input rewritten for {where} ({how})")
-        return None, dom.with_arguments(new, v.env).tostring(), None
-    if op == "prepare":
-        if v.needs_rewrite:
-            return (f"domain '{name}': its QEMU input ({t.method}) was made for host "
-                    f"'{t.host}', not {where} (this host needs "
-                    f"{v.describe_expected()}): translate it again here "
-                    f"(libvirt-arm-cpu define)"), None, None
-        if conf.try_apply and v.comparison.result != IDENTICAL and \
-                os.uname().machine == "aarch64" and os.path.exists("/dev/kvm"):
-            have = host.values(t.vcpu_off)
-            refusal = _try_apply({n: x for n, x in t.values.items() if x != have.get(n, 0)},
-                                 kb, t.vcpu_off)
-            if refusal:
-                return (f"domain '{name}' cannot start on {where}: KVM refuses {refusal}",
-                        None, None)
-        log("info", f"domain '{name}': {checked}")
-        return None, None, (checked, loader)
-    return None, None, ("", loader)         # reconnect: allowed, nothing to say
-
-
-def _try_apply(values: dict[str, int], kb, off: tuple[str, ...] = ()) -> str | None:
-    """KVM's own verdict on a scratch VM (its vCPU with the features *off*
-    switched off, as the guest's) for the registers that differ from the
-    host's; None when it accepts them all."""
-    from libvirt_arm_cpu.host.probe import open_kvm
-    from libvirt_arm_cpu.host.tryapply import try_apply
-    with open_kvm() as kvm:
-        result = try_apply(kvm, kb, values, kvm.default_features().without(off))
-    if result.ok:
-        return None
-    bad = [v for v in result.verdicts if v.status not in ("unchanged", "accepted")]
-    return "; ".join(f"{v.register} = {v.wanted:#x} ({v.status}"
-                     + (f", {v.errno}" if v.errno else "") + ")" for v in bad[:4])
+    from libvirt_arm_cpu.host.startcheck import check
+    return check(name, op, data, root, conf, log)

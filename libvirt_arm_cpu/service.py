@@ -47,7 +47,7 @@ __all__ = ["bulk", "host_profile", "find_model", "load_inputs", "load_hosts", "l
            "check_against_kb",
            "model_cache",
            "resolve_model", "resolve_cpu", "model_features", "parse_domain", "translate_domain",
-           "validate_translated", "input_label"]
+           "validate_translated", "input_label", "precheck_defined"]
 
 
 def model_cache(kb: registers.KnowledgeBase, directory: str | None = None,
@@ -462,6 +462,24 @@ def model_features(model: CpuModel, all_names: bool) -> list[str]:
 
 
 # -- domains -------------------------------------------------------------------
+
+def precheck_defined(conn, dom) -> str | None:
+    """The libvirt hook's check of a start of *dom*, just defined through
+    *conn*, made now where the hook will make it: this host (a local qemu
+    connection), with the hook's settings (host.startcheck.precheck).  Its
+    first start is then answered from the hook's memory.  Returns the
+    refusal the start will get; None when allowed or not checked here (a
+    remote connection, no hook profile on this host).
+
+    :raise Error: the hook's settings do not read (the hook checks with its
+        defaults then), or the domain's XML as libvirt gives it does not.
+    """
+    uri = conn.getURI()
+    if not uri.startswith("qemu") or not uri.partition("://")[2].startswith("/"):
+        return None
+    from libvirt_arm_cpu.host.startcheck import precheck
+    return precheck(dom.name(), dom.XMLDesc(0).encode(), settings_mod.load())
+
 
 def parse_domain(data: bytes, source: str) -> Domain:
     """A domain XML; a host profile, CPU model or register dump given

@@ -22,14 +22,17 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from libvirt_arm_cpu import api
+from libvirt_arm_cpu import api, settings
+from libvirt_arm_cpu.host import verdicts
 from libvirt_arm_cpu.formats.domain import Domain
 from libvirt_arm_cpu.formats.profile import read_profile
 from libvirt_arm_cpu.model import sve_length_feature
+from libvirt_arm_cpu.xmlsafe import parse_light
 
 from .domains import FIXTURES, MAX73, N1_73, V1_73, custom_cpu, save_model, with_sysreg
 from .libvirtd import domain, domain_name, tcg_domain_xml, virsh, wait_state
 from .libvirtd import libvirt_conn_fixture  # noqa: F401  (the libvirt_conn fixture)
+from .test_hook import _host_with_one_more_feature
 
 PAUTH = FIXTURES / "max-pauth-impdef-qemu7.2-linux6.12.xml"
 NO_PAUTH = FIXTURES / "max-pauth-off-qemu7.2-linux6.12.xml"
@@ -204,6 +207,23 @@ def test_define_command_and_dumpxml_by_name(lab, libvirt_conn, run, monkeypatch)
             ET.canonicalize(ET.tostring(want), strip_text=True)
         r = run("validate", name, "--host", str(lab.hosts["n1"]))
         assert r.code == 1 and "cannot run on host host-n1" in r.out
+        # define made the hook's check of its start on this host, and the hook
+        # remembered the allowance under the key of the XML libvirt keeps
+        # (the test bed holds that the start's XML has the same key)
+        conf = settings.load()
+        key = verdicts.key("prepare", parse_light(dom.XMLDesc(0).encode(), name), conf)
+        assert verdicts.recall(conf, key) == ("CPU checked on host host-a: superset", "")
+        # translated for another host than the hook's (one feature more, so
+        # other arguments): defined, with the hook's refusal
+        other = lab.tmp / "host-c.xml"
+        _host_with_one_more_feature(lab.hosts["a"], other, "host-c")
+        dom.undefine()
+        r = run("define", str(src), "--host", str(other))
+        assert r.code == 0, r.err
+        warning = r.err.splitlines()[-1]
+        assert warning.startswith(f"define: warning: domain '{name}': its QEMU input (sysreg) was "
+                                  f"made for host 'host-c', not host host-a") and \
+            warning.endswith("(the libvirt hook will refuse its start on this host)"), r.err
     finally:
         try:
             libvirt_conn.lookupByName(name).undefine()
@@ -270,6 +290,10 @@ def test_python_api_with_a_real_connection(lab, libvirt_conn, monkeypatch):
     try:
         xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         assert api.validate_domain(host_a, xml).ok
+        # the hook's check of its start was made, and remembered (a local connection)
+        conf = settings.load()
+        key = verdicts.key("prepare", parse_light(xml.encode(), name), conf)
+        assert verdicts.recall(conf, key) == ("CPU checked on host host-a: identical", "")
         bad = api.validate_domain(n1, xml)
         assert not bad.ok and bad.reasons
         with pytest.raises(api.CpuIncompatibleError) as err:

@@ -76,9 +76,21 @@ def serial_of(name):
     except OSError as e:
         return f"(no serial output: {e})"
 
-# A: the host's own CPU as a saved model: define, start, dumpxml, destroy
+from libvirt_arm_cpu import settings
+from libvirt_arm_cpu.host import verdicts
+
+def memory():
+    """The keys of the starts the hook remembers allowing."""
+    return sorted(verdicts._load(settings.load()))
+
+# A: the host's own CPU as a saved model: define, start, dumpxml, destroy.
+# define makes the hook's check of the start and remembers it: the start
+# is answered from the hook's memory (it remembers nothing new)
+before = memory()
 out["define_a"] = sh(*CLI, "define", domain_file("same"))
+defined = memory()
 out["start_a"] = sh("virsh", "-c", "qemu:///system", "start", "lac-test-same")
+out["a_memory"] = [len(before), len(defined), memory() == defined]
 dom = conn.lookupByName("lac-test-same")
 out["a_active"] = dom.isActive()
 out["a_live_xml"] = dom.XMLDesc()
@@ -94,6 +106,7 @@ out["translate_b"] = sh(*CLI, "translate", domain_file("lowered"), "-o", "/tmp/l
 out["translated_b"] = open("/tmp/lowered-loader.xml").read() if out["translate_b"]["rc"] == 0 else ""
 out["define_b"] = sh("virsh", "-c", "qemu:///system", "define", "/tmp/lowered-loader.xml")
 out["start_b"] = sh("virsh", "-c", "qemu:///system", "start", "lac-test-lowered")
+out["b_memory"] = len(memory())     # virsh define checks nothing: the start was remembered
 out["b_serial"] = serial_of("lac-test-lowered")
 b = conn.lookupByName("lac-test-lowered")
 out["b_active"] = b.isActive()
@@ -220,6 +233,10 @@ def test_a_translated_domain_equal_to_the_host_starts_on_real_kvm(guest):
     assert out["dumpxml_a"]["rc"] == 0 and "<model fallback=\"forbid\">arm64-" in \
         out["dumpxml_a"]["out"]
     assert json.loads(out["validate_a"]["out"])["result"] == "identical"
+    # define made the hook's check of the start: the start found it in the
+    # hook's memory (a start of B, defined by virsh, added its own)
+    assert out["a_memory"] == [0, 1, True], out["a_memory"]
+    assert out["b_memory"] == 2
 
 
 def test_a_lowered_cpu_reaches_the_guest_through_the_loader_and_virsh_start(guest):

@@ -8,10 +8,11 @@ import os
 import sys
 
 from libvirt_arm_cpu.cli.base import Command, or_give_a_profile
-from libvirt_arm_cpu.service import host_profile, parse_domain, translate_domain, validate_translated
+from libvirt_arm_cpu.service import (host_profile, parse_domain, precheck_defined, translate_domain,
+                                     validate_translated)
 from libvirt_arm_cpu.formats.domain import PAUTH_LIBVIRT_VERSION
 from libvirt_arm_cpu.model import HostProfile, METHOD_LOADER
-from libvirt_arm_cpu.errors import DataError, UsageError, closest, path_label
+from libvirt_arm_cpu.errors import DataError, Error, UsageError, closest, path_label
 from libvirt_arm_cpu.fileio import atomic_write, read_input
 from libvirt_arm_cpu.engine.translate import Resolution
 from libvirt_arm_cpu.engine.validate import METHOD_CHOICES
@@ -213,7 +214,10 @@ class DefineCommand(Command):
     description = """\
 'translate', then define the result in libvirt (as 'virsh define').  The
 host profile is this host's unless --host names another (for a remote
-connection, pass the profile of the host it reaches)."""
+connection, pass the profile of the host it reaches).  On a local
+connection it then makes the libvirt hook's check of the domain's start,
+with the hook's settings: the hook remembers it (the first start costs no
+check), and a start the hook would refuse is named now, as a warning."""
     epilog = """\
 examples:
   libvirt-arm-cpu define guest.xml
@@ -243,6 +247,16 @@ exit codes: as translate; 1 also when libvirt refuses the definition."""
                                 f"{e.get_error_message()}") from None
             print(f"Domain '{dom.name()}' defined from {path_label(args.domain)} (CPU model "
                   f"'{r.model}', {method_summary(r)})")
+            # the hook's check of its start, made now: the first start is
+            # answered from the hook's memory, and a refusal is said here
+            try:
+                refusal = precheck_defined(conn, dom)
+            except Error as e:
+                print(f"define: warning: its start was not checked now: {e}", file=sys.stderr)
+            else:
+                if refusal:
+                    print(f"define: warning: {refusal} (the libvirt hook will refuse its "
+                          f"start on this host)", file=sys.stderr)
         finally:
             conn.close()
         return 0
