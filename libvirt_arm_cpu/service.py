@@ -474,11 +474,17 @@ def precheck_defined(conn, dom) -> str | None:
     :raise Error: the hook's settings do not read (the hook checks with its
         defaults then), or the domain's XML as libvirt gives it does not.
     """
-    uri = conn.getURI()
-    if not uri.startswith("qemu") or not uri.partition("://")[2].startswith("/"):
+    import libvirt
+    try:
+        uri = conn.getURI()
+        local = uri.startswith("qemu") and uri.partition("://")[2].startswith("/")
+        xml = dom.XMLDesc(0) if local else ""
+    except libvirt.libvirtError:
+        return None         # the connection's trouble, not the domain's: the hook checks
+    if not local:
         return None
     from libvirt_arm_cpu.host.startcheck import precheck
-    return precheck(dom.name(), dom.XMLDesc(0).encode(), settings_mod.load())
+    return precheck(dom.name(), xml.encode(), settings_mod.load())
 
 
 def parse_domain(data: bytes, source: str) -> Domain:
