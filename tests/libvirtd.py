@@ -293,8 +293,8 @@ def operator_job(templates: dict[str, str], guest_py: str, between: str = "",
     return f"""set -u
 {cli} host > /out/host.txt 2> /out/host.err; echo $? > /out/host.rc
 cp /var/cache/libvirt-arm-cpu/host.xml /out/host.xml
-python3 -c "import os; from libvirt_arm_cpu.host import hostcache; from libvirt_arm_cpu.paths import kb_dir
-copy = hostcache._read_compact(hostcache.DEFAULT_CACHE, os.path.join(kb_dir(), 'registers.xml'))
+python3 -c "from libvirt_arm_cpu.host import hostcache
+copy = hostcache._read_compact(hostcache.DEFAULT_CACHE)
 print('compact copy:', 'none' if copy is None else copy[0].hostname)" > /out/compact.txt 2>&1
 {cli} hook install > /out/install.txt 2>&1; echo $? > /out/install.rc
 i=0; until virsh -c qemu:///system list >/dev/null 2>&1 || [ $i -ge 100 ]; do sleep 0.2; i=$((i+1)); done

@@ -362,7 +362,9 @@ class Domain:
 
     @classmethod
     def from_root(cls, root: Readable, path: str = "<domain>") -> Domain:
-        """A document already read by :func:`libvirt_arm_cpu.xmlsafe.parse_untrusted`."""
+        """A document already read by :func:`libvirt_arm_cpu.xmlsafe.parse_untrusted`
+        (or by ``parse_light``, for reading only: :meth:`read` keeps the
+        bytes that edits need)."""
         if root.tag != "domain":
             raise ParseError(path, None, f"root element is <{shown(element_name(root.tag))}>, expected <domain>")
         return cls(root, path)

@@ -60,13 +60,10 @@ def cached_profile(path: str = DEFAULT_CACHE, emulator: str | None = None,
     write_profile(profile, path)
     # and the hook's compact copy, so that its first check after a probe
     # reads no XML
-    from libvirt_arm_cpu.kb import load as kb_load
-    kb_path = os.path.join(kb_dir(), "registers.xml")
-    try:
-        _write_compact(path, profile, kb_load.registers(),
-                       (compact.stamp(path), compact.stamp(kb_path)))
-    except OSError:
-        pass
+    stamps = _stamps(path)
+    if stamps is not None:
+        from libvirt_arm_cpu.kb import load as kb_load
+        _write_compact(path, profile, kb_load.registers(), stamps)
     return profile, True
 
 
@@ -86,24 +83,27 @@ def hook_inputs(conf: Settings) -> tuple[HostProfile, KnowledgeBase]:
     made from exactly these two files (and the profile is still fresh,
     when the settings refresh it), else from the XML, leaving a new copy
     behind for the next start where the profile's folder is writable."""
-    kb_path = os.path.join(kb_dir(), "registers.xml")
-    copy = _read_compact(conf.profile, kb_path)
+    copy = _read_compact(conf.profile)
     if copy is not None and (not conf.refresh or is_fresh(copy[0])):
         return copy
-    try:
-        before = (compact.stamp(conf.profile), compact.stamp(kb_path))
-    except OSError:
-        before = None
+    before = _stamps(conf.profile)
     from libvirt_arm_cpu.kb import load as kb_load
     profile = configured_profile(conf)
     kb = kb_load.registers()
-    try:
-        after = (compact.stamp(conf.profile), compact.stamp(kb_path))
-    except OSError:
-        after = None
+    after = _stamps(conf.profile)
     if before is not None and before == after:     # not replaced while we read it
         _write_compact(conf.profile, profile, kb, after)
     return profile, kb
+
+
+def _stamps(profile_path: str) -> tuple[compact.Stamp, compact.Stamp] | None:
+    """What identifies the versions of the profile and of the knowledge base
+    a compact copy is made from; None when either cannot be read."""
+    try:
+        return (compact.stamp(profile_path),
+                compact.stamp(os.path.join(kb_dir(), "registers.xml")))
+    except OSError:
+        return None
 
 
 def _write_compact(profile_path: str, profile: HostProfile, kb: KnowledgeBase,
@@ -117,14 +117,11 @@ def _write_compact(profile_path: str, profile: HostProfile, kb: KnowledgeBase,
         pass            # a copy is an optimisation: a read-only folder is fine
 
 
-def _read_compact(profile_path: str, kb_path: str
-                  ) -> tuple[HostProfile, KnowledgeBase] | None:
+def _read_compact(profile_path: str) -> tuple[HostProfile, KnowledgeBase] | None:
     # trusted like the profile beside it, so held to its owner: ours, and
     # writable by nobody else
     data = read_own(profile_path + COMPACT_SUFFIX)
-    if data is None:
+    stamps = _stamps(profile_path) if data is not None else None
+    if data is None or stamps is None:
         return None
-    try:
-        return compact.loads(data, compact.stamp(profile_path), compact.stamp(kb_path))
-    except OSError:
-        return None
+    return compact.loads(data, *stamps)
