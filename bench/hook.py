@@ -20,6 +20,9 @@ XML on stdin, a clean environment), median of N runs:
     the hook's memory), and a new domain with the CPU of one allowed before
     (answered so too);
   * migrate, a translated domain allowed before;
+  * prepare, a CPU not started before, with the resident checker running
+    (`libvirt-arm-cpu hook serve`, started here on a scratch socket; the
+    other rows find no socket and check by themselves);
   * translate in-process (resolve + dependency repair + serialise).
 
 The rows run round by round (each once a round), so the ratios to python -c
@@ -73,8 +76,10 @@ def main() -> int:
     os.environ["LIBVIRT_ARM_CPU_CONFIG"] = str(tmp / "lac.conf")
     model = save_model(tmp / "models", MAX73)
     host = with_sysreg(MAX73, tmp / "host-a.xml", "host-a")
+    sock = tmp / "run" / "checker.sock"
     (tmp / "lac.conf").write_text(f"[hook]\nprofile = {host}\nrefresh = never\ntry_apply = no\n"
-                                  f"log = stderr\n[models]\ndir = {tmp / 'models'}\n")
+                                  f"log = stderr\nchecker = {sock}\n"
+                                  f"[models]\ndir = {tmp / 'models'}\n")
     from libvirt_arm_cpu.cli import main as cli
     assert cli.main(["hook", "install", "--hooks-dir", str(tmp / "hooks"), "--config",
                      str(tmp / "lac.conf"), "--no-reload"]) == 0
@@ -114,6 +119,31 @@ def main() -> int:
         memo.unlink(missing_ok=True)
         assert precheck("g", xml, settings.load()) is None
 
+    # the resident checker (hook serve) answers only the row that names it:
+    # the others find no socket at the settings' path (it is moved aside)
+    import subprocess as sp
+    log = open(tmp / "checker.log", "wb")
+    checker = sp.Popen([sys.executable, "-m", "libvirt_arm_cpu.cli", "hook", "serve"],
+                       stdin=sp.DEVNULL, stdout=sp.DEVNULL, stderr=log, cwd=str(ROOT))
+    aside = tmp / "run" / "aside.sock"
+    for _ in range(600):
+        if sock.exists() or checker.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert sock.exists(), (tmp / "checker.log").read_text()
+    sock.rename(aside)
+
+    def by_the_checker() -> None:
+        aside.rename(sock)
+        memo.unlink(missing_ok=True)
+
+    def timed_row(argv, stdin, before):
+        try:
+            return timed_once(argv, stdin, before)
+        finally:
+            if sock.exists():
+                sock.rename(aside)
+
     rows = [
         ("python -c pass", [sys.executable, "-c", "pass"], b"", None),
         # the hook's own interpreter start (hook install writes #!PYTHON -S)
@@ -129,6 +159,10 @@ def main() -> int:
         ("prepare, new domain, CPU allowed", [hook, "h", "prepare", "begin", "-"],
          xml.replace(b"<name>", b"<name>h-", 1), remembered),
         ("migrate, allowed before", [hook, "g", "migrate", "begin", "-"], xml, remembered),
+        # a CPU not started before, checked by the resident checker (its own
+        # CPU time is not in the cpu column: it is not the bench's child)
+        ("prepare, check (resident checker)", [hook, "g", "prepare", "begin", "-"], xml,
+         by_the_checker),
     ]
     # the memory of both allowances, put back before the rows that use it
     # (the first-check rows of each round remove it)
@@ -142,13 +176,17 @@ def main() -> int:
     times: dict[str, list[tuple[float, float]]] = {label: [] for label, *_ in rows}
     for _ in range(args.n):
         for label, argv, stdin, before in rows:
-            times[label].append(timed_once(argv, stdin, before))
+            times[label].append(timed_row(argv, stdin, before))
     base = [statistics.median(t[i] for t in times[rows[0][0]]) for i in (0, 1)]
     for label, *_ in rows:
         ms, cpu = (statistics.median(t[i] for t in times[label]) for i in (0, 1))
         print(f"  {label:34s} {ms:7.1f} ms  ({ms / base[0]:.2f}x python -c pass)"
               f"   cpu {cpu:5.1f} ms ({cpu / base[1]:.2f}x)")
     print(f"  {'translate (in-process)':34s} {statistics.median(translate_times) * 1000:7.1f} ms")
+    checker.terminate()
+    checker.wait(timeout=60)
+    answered = (tmp / "checker.log").read_text().count("(prepare): ok")
+    assert answered == args.n, f"the checker answered {answered} of {args.n} starts"
     scratch.cleanup()
     return 0
 

@@ -23,11 +23,11 @@ It never calls back into libvirt (that deadlocks).  Settings:
 from __future__ import annotations
 
 import gc
-import os
 import sys
 
 from libvirt_arm_cpu import methodcache
 from libvirt_arm_cpu.errors import Error
+from libvirt_arm_cpu.hooklog import Log
 
 TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:
@@ -41,30 +41,13 @@ CHECKED = {("prepare", "begin"), ("migrate", "begin"), ("restore", "begin"),
 REFUSE = 1
 
 
-class _Log:
-    def __init__(self, how: str) -> None:
-        self.syslog = None
-        if how == "syslog" or (how == "auto" and os.path.exists("/dev/log")):
-            import syslog
-            syslog.openlog("libvirt-arm-cpu", syslog.LOG_PID, syslog.LOG_DAEMON)
-            self.syslog = syslog
-
-    def __call__(self, level: str, message: str) -> None:
-        if self.syslog is not None:
-            prio = {"error": self.syslog.LOG_ERR, "warning": self.syslog.LOG_WARNING}.get(
-                level, self.syslog.LOG_INFO)
-            self.syslog.syslog(prio, message)
-        else:
-            print(f"libvirt-arm-cpu: {level}: {message}", file=sys.stderr)
-
-
 def run(argv: Sequence[str], data: bytes, out=None, err=None) -> int:
     """The hook for a domain whose XML mentions this project's namespace.
     Returns the exit status; writes a rewritten XML to *out* (stdout)."""
     out = out or sys.stdout
     err = err or sys.stderr
     if len(argv) < 3:
-        _Log("auto")("warning", f"hook called with unexpected arguments {list(argv)!r} "
+        Log("auto")("warning", f"hook called with unexpected arguments {list(argv)!r} "
                                 f"(expected NAME OPERATION SUB-OPERATION EXTRA): ignored")
         return 0
     name, op, subop = argv[0], argv[1], argv[2]
@@ -91,11 +74,11 @@ def _run(name: str, op: str, data: bytes, out, err) -> int:
     except Error as e:
         # a broken settings file is reported, and the domain checked with the
         # defaults (enforce, this host's cached profile), never skipped
-        _Log("auto")("error", f"{e}; using the defaults")
+        Log("auto")("error", f"{e}; using the defaults")
         conf = settings_mod.Settings()
     if conf.mode == "off":
         return 0
-    log = _Log(conf.log)
+    log = Log(conf.log)
     # The XML is read once, by expat alone (importing ElementTree would cost
     # more than the parse); a start exactly like one allowed before is then
     # allowed again without importing the engine (host.verdicts).  XML that
@@ -147,9 +130,14 @@ def _run(name: str, op: str, data: bytes, out, err) -> int:
 
 def _check(name: str, op: str, data: bytes, root, conf, log
            ) -> tuple[str | None, bytes | None, tuple[str, str] | None]:
-    """:func:`libvirt_arm_cpu.host.startcheck.check`, with the value types'
-    methods compiled before (a third of a check)."""
+    """:func:`libvirt_arm_cpu.host.startcheck.check`: by the resident
+    checker when one runs (it has the engine loaded: host.resident), else
+    here, with the value types' methods compiled before (a third of a check)."""
     # imported here: a domain without our metadata never gets this far
+    from libvirt_arm_cpu.host import resident
+    answer = resident.ask(conf, name, op, data, log)
+    if answer is not None:
+        return answer
     methodcache.install()
     from libvirt_arm_cpu.host.startcheck import check
     return check(name, op, data, root, conf, log)

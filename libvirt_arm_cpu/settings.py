@@ -15,6 +15,10 @@
     try_apply = yes
     # auto: syslog when /dev/log exists, else stderr
     log = auto
+    # the resident checker's socket ('libvirt-arm-cpu hook serve'): the hook
+    # asks it, when it runs, to check a CPU it has not allowed before; none:
+    # never ask (the hook checks by itself, as it does when none runs)
+    checker = /run/libvirt-arm-cpu/checker.sock
 
     [models]
     # where cpu-baseline --save puts CPU models, and translate finds them
@@ -30,9 +34,10 @@ import os
 
 from libvirt_arm_cpu.errors import ParseError
 
-__all__ = ["Settings", "load", "DEFAULT_PATH"]
+__all__ = ["Settings", "load", "DEFAULT_PATH", "DEFAULT_CHECKER"]
 
 DEFAULT_PATH = "/etc/libvirt-arm-cpu.conf"
+DEFAULT_CHECKER = "/run/libvirt-arm-cpu/checker.sock"
 MODES = ("enforce", "warn", "off")
 
 
@@ -44,12 +49,14 @@ class Settings:
     must not pay for importing dataclasses (6 ms).
     """
 
-    __slots__ = ("mode", "profile", "refresh", "try_apply", "log", "models_dir", "path")
+    __slots__ = ("mode", "profile", "refresh", "try_apply", "log", "models_dir", "path",
+                 "checker")
 
     def __init__(self, mode: str = "enforce",
                  profile: str = "/var/cache/libvirt-arm-cpu/host.xml", refresh: bool = True,
                  try_apply: bool = True, log: str = "auto",
-                 models_dir: str = "/var/lib/libvirt-arm-cpu/models", path: str = "") -> None:
+                 models_dir: str = "/var/lib/libvirt-arm-cpu/models", path: str = "",
+                 checker: str = DEFAULT_CHECKER) -> None:
         self.mode = mode
         self.profile = profile
         self.refresh = refresh
@@ -57,6 +64,7 @@ class Settings:
         self.log = log
         self.models_dir = models_dir
         self.path = path
+        self.checker = checker      # "": none
 
     def as_dict(self) -> dict[str, str | bool]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -124,7 +132,14 @@ def load(path: str | None = None) -> Settings:
         try_apply=choice("try_apply", ("yes", "no"), "yes") == "yes",
         log=choice("log", ("auto", "syslog", "stderr"), defaults.log),
         models_dir=models.get("dir", defaults.models_dir).strip(),
-        path=path)
+        path=path,
+        checker=_checker(hook.get("checker", DEFAULT_CHECKER)))
+
+
+def _checker(value: str) -> str:
+    """The checker's socket path; "" for none."""
+    value = value.strip()
+    return "" if value.lower() in ("", "none", "off", "no") else value
 
 
 def _configparser_sections(path: str) -> dict[str, dict[str, str]]:

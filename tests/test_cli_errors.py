@@ -85,7 +85,7 @@ def test_helper_mistyped_command_names_the_closest():
      "choose from hwcap, aarch32-hwcap, feat"),
     (["hook", "instal"],
      "libvirt-arm-cpu: error: argument action: invalid choice 'instal' (did you mean "
-     "install?); choose from install, uninstall"),
+     "install?); choose from install, uninstall, serve"),
 ])
 def test_argparse_errors_are_one_error_line(run, argv, line):
     assert error_line(run(*argv), 2) == line

@@ -68,6 +68,21 @@ def test_hook_inputs_writes_a_copy_and_reads_it_while_the_files_stay(tmp_path):
     assert (copy.stat().st_mode & 0o777) == 0o644
 
 
+def test_a_process_decodes_the_same_copy_once(tmp_path):
+    """The resident checker reads the copy for every domain it checks: the
+    same copy of the same files gives the same (frozen) values again; a
+    replaced profile gives its own."""
+    profile = with_sysreg(MAX73, tmp_path / "host.xml", "host-c")
+    conf = Settings(profile=str(profile), refresh=False)
+    hook_inputs(conf)                               # writes the copy
+    first, kb = hook_inputs(conf)
+    again = hook_inputs(conf)
+    assert again[0] is first and again[1] is kb
+    with_sysreg(N1_73, profile, "host-n1")          # replaced: read, and copied, again
+    other = hook_inputs(conf)[0]
+    assert other.hostname == "host-n1" and hook_inputs(conf)[0] is not first
+
+
 def test_the_hook_never_believes_a_copy_of_an_older_profile(bed):  # noqa: F811
     """A domain the first profile runs is checked again, and refused, once
     the profile file is replaced by one of a host that cannot run it: the

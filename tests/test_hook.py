@@ -33,9 +33,11 @@ def bed(tmp_path, run, monkeypatch):
     host_a = with_sysreg(MAX73, tmp_path / "host-a.xml", "host-a")
     conf = tmp_path / "lac.conf"
 
-    def settings(profile: Path, mode: str = "enforce") -> None:
+    def settings(profile: Path, mode: str = "enforce", checker: str = "none") -> None:
+        # no resident checker unless a test starts one (tests/test_resident.py)
         conf.write_text(f"[hook]\nmode = {mode}\nprofile = {profile}\nrefresh = never\n"
-                        f"try_apply = no\nlog = stderr\n[models]\ndir = {models}\n")
+                        f"try_apply = no\nlog = stderr\nchecker = {checker}\n"
+                        f"[models]\ndir = {models}\n")
 
     settings(host_a)
     r = run("hook", "install", "--hooks-dir", str(tmp_path / "hooks"), "--config", str(conf),
@@ -59,6 +61,7 @@ def bed(tmp_path, run, monkeypatch):
                               env=LIBVIRT_ENV, cwd="/", timeout=120)
 
     return type("Bed", (), {"tmp": tmp_path, "model": name, "host_a": host_a, "hook": hook,
+                            "conf": conf,
                             "settings": staticmethod(settings), "call": staticmethod(call),
                             "translate": staticmethod(translate)})
 

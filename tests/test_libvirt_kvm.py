@@ -160,6 +160,33 @@ h = conn.lookupByName("lac-test-level")
 if h.isActive():
     h.destroy()
 
+# I: the resident checker (hook serve, with the settings the hook reads):
+# the hook, remembering nothing, asks it to check the start of B's domain
+# again, and it checks as the hook would (try-apply included, on this KVM)
+import os, signal
+try:
+    os.unlink("/var/cache/libvirt-arm-cpu/host.xml.verdicts")
+except FileNotFoundError:
+    pass
+checker = subprocess.Popen([*CLI, "hook", "serve"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=open("/tmp/checker.log", "wb"))
+for _ in range(600):
+    if "checker ready on" in open("/tmp/checker.log").read() or checker.poll() is not None:
+        break
+    time.sleep(0.1)
+sh("virsh", "-c", "qemu:///system", "undefine", "lac-test-lowered")     # C's, refused
+out["define_i"] = sh("virsh", "-c", "qemu:///system", "define", "/tmp/lowered-loader.xml")
+out["start_i"] = sh("virsh", "-c", "qemu:///system", "start", "lac-test-lowered")
+i = conn.lookupByName("lac-test-lowered")
+out["i_active"] = i.isActive()
+if i.isActive():
+    i.destroy()
+out["i_memory"] = len(memory())
+if checker.poll() is None:
+    checker.send_signal(signal.SIGTERM)
+out["i_checker_rc"] = checker.wait(timeout=60)
+out["i_checker_log"] = open("/tmp/checker.log").read()
+
 # F, G: the hook's last line of defence, KVM itself (try-apply).  The cached
 # profile is edited as a host with a SYSREG-capable QEMU would have it, so
 # compare lets the domain through and the hook asks KVM.
@@ -237,6 +264,21 @@ def test_a_translated_domain_equal_to_the_host_starts_on_real_kvm(guest):
     # hook's memory (a start of B, defined by virsh, added its own)
     assert out["a_memory"] == [0, 1, True], out["a_memory"]
     assert out["b_memory"] == 2
+
+
+def test_the_resident_checker_answers_the_hooks_check_on_real_kvm(guest):
+    """With `hook serve` running, a start the hook does not remember is
+    checked by the checker (try-apply on this KVM included), the domain
+    starts, and the hook remembers the allowance as its own."""
+    _, out = guest
+    log = out["i_checker_log"]
+    assert "checker ready on /run/libvirt-arm-cpu/checker.sock" in log, log
+    assert out["define_i"]["rc"] == 0, out["define_i"]["err"]
+    assert out["start_i"]["rc"] == 0, (out["start_i"]["err"], log)
+    assert out["i_active"]
+    assert "checker: domain 'lac-test-lowered' (prepare): ok" in log, log
+    assert out["i_memory"] == 1
+    assert out["i_checker_rc"] == 0, log
 
 
 def test_a_lowered_cpu_reaches_the_guest_through_the_loader_and_virsh_start(guest):

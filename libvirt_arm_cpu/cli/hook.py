@@ -1,4 +1,5 @@
-"""hook install / uninstall: put the QEMU hook where libvirtd runs it."""
+"""hook install / uninstall: put the QEMU hook where libvirtd runs it;
+hook serve: run its resident checker."""
 
 from __future__ import annotations
 
@@ -71,17 +72,29 @@ install: copy the hook to <hooks-dir>/qemu.d/<name> (executable, with this
 Python and this package's location) and send SIGHUP to libvirtd/virtqemud so
 that they run it (libvirt only notices a new hook then).  uninstall: remove
 it, and SIGHUP again.  The hook answers domains without libvirt-arm-cpu
-metadata at once; see /etc/libvirt-arm-cpu.conf for its settings."""
+metadata at once; see /etc/libvirt-arm-cpu.conf for its settings.
+
+serve: run the resident checker in the foreground, for a service manager
+(contrib/libvirt-arm-cpu-checker.service).  The hook answers a start like one
+it allowed before from its memory; any other start it checks, which is mostly
+Python loading the engine (about 15 ms).  With the checker running, the hook
+asks it instead (about 3 ms).  Optional: without it, or when it does not
+answer, the hook checks by itself.  It listens on the settings' [hook] checker
+socket (default /run/libvirt-arm-cpu/checker.sock), answers only its own user
+(run it as the user libvirtd runs hooks as: root), logs as the hook does, and
+exits with status 75 when this package is upgraded under it, for the service
+manager to start the new code."""
     epilog = f"""\
 examples:
   libvirt-arm-cpu hook install
   libvirt-arm-cpu hook install --config /etc/libvirt-arm-cpu.conf
   libvirt-arm-cpu hook uninstall
+  libvirt-arm-cpu hook serve
 
 default: {HOOKS_DIR}/qemu.d/{HOOK_NAME}"""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("action", choices=("install", "uninstall"))
+        parser.add_argument("action", choices=("install", "uninstall", "serve"))
         parser.add_argument("--hooks-dir", default=HOOKS_DIR, metavar="DIR",
                             help=f"libvirt's hooks directory (default {HOOKS_DIR})")
         parser.add_argument("--name", default=HOOK_NAME,
@@ -90,10 +103,14 @@ default: {HOOKS_DIR}/qemu.d/{HOOK_NAME}"""
                             help="settings file the hook reads (default /etc/libvirt-arm-cpu.conf)")
         parser.add_argument("--no-reload", action="store_true",
                             help="do not signal libvirtd (restart it yourself)")
+        parser.add_argument("--socket", metavar="PATH",
+                            help="serve: listen here (default: the settings' [hook] checker)")
 
     def run(self, args: argparse.Namespace) -> int:
         if "/" in args.name or not args.name:
             raise UsageError(f"--name {args.name!r}: a file name, without '/'")
+        if args.action == "serve":
+            return serve(args.config, args.socket)
         target = os.path.join(args.hooks_dir, "qemu.d", args.name)
         if args.action == "install":
             src = hook_script()
@@ -121,3 +138,16 @@ default: {HOOKS_DIR}/qemu.d/{HOOK_NAME}"""
         if not args.no_reload:
             print(reload_daemons())
         return 0
+
+
+def serve(config: str | None, socket_path: str | None) -> int:
+    """The resident checker (libvirt_arm_cpu.host.resident), with the
+    settings the hook reads from *config*."""
+    from libvirt_arm_cpu import settings as settings_mod
+    from libvirt_arm_cpu.hooklog import Log
+    from libvirt_arm_cpu.host import resident
+    conf = settings_mod.load(config)
+    path = socket_path or conf.checker
+    if not path:
+        raise UsageError(f"{conf.path}: [hook] checker = none: name a socket with --socket")
+    return resident.serve(path, Log(conf.log))

@@ -117,6 +117,13 @@ def _write_compact(profile_path: str, profile: HostProfile, kb: KnowledgeBase,
         pass            # a copy is an optimisation: a read-only folder is fine
 
 
+# The last compact copy decoded: its bytes, the stamps it was checked
+# against, and what it gave.  The resident checker (host.resident) reads
+# the copy for every domain it checks; the values are frozen, so the same
+# bytes give the same objects again.
+_last: list = []
+
+
 def _read_compact(profile_path: str) -> tuple[HostProfile, KnowledgeBase] | None:
     # trusted like the profile beside it, so held to its owner: ours, and
     # writable by nobody else
@@ -124,4 +131,9 @@ def _read_compact(profile_path: str) -> tuple[HostProfile, KnowledgeBase] | None
     stamps = _stamps(profile_path) if data is not None else None
     if data is None or stamps is None:
         return None
-    return compact.loads(data, *stamps)
+    if _last and _last[0] == data and _last[1] == stamps:
+        return _last[2]
+    got = compact.loads(data, *stamps)
+    if got is not None:
+        _last[:] = [data, stamps, got]
+    return got

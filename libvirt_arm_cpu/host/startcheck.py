@@ -32,7 +32,20 @@ if TYPE_CHECKING:
     from libvirt_arm_cpu.settings import Settings
     from libvirt_arm_cpu.xmlsafe import LightElement
 
-__all__ = ["check", "precheck"]
+__all__ = ["check", "precheck", "load_engine"]
+
+
+def load_engine() -> None:
+    """Import what :func:`check` imports when it runs (the resident
+    checker loads it all before its first request), and what try-apply
+    does where KVM is there to ask."""
+    import libvirt_arm_cpu.engine.validate
+    import libvirt_arm_cpu.formats.domain
+    import libvirt_arm_cpu.host.hostcache
+    import libvirt_arm_cpu.model  # noqa: F401
+    if os.uname().machine == "aarch64" and os.path.exists("/dev/kvm"):
+        import libvirt_arm_cpu.host.probe
+        import libvirt_arm_cpu.host.tryapply  # noqa: F401
 
 
 def check(name: str, op: str, data: bytes, root: LightElement | None, conf: Settings,
