@@ -6,6 +6,7 @@ installed hook script, run as libvirtd runs it, and the installed command."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -218,9 +219,12 @@ def test_a_checker_of_other_code_leaves_the_check_to_the_hook(bed, tmp_path):
         assert answers(log) == ["'lac-test-g1' (prepare): other"]
         call(copy_hook)
         assert answers(log)[-1] == "'lac-test-g1' (prepare): ok"
-        module = tree / "libvirt_arm_cpu" / "engine" / "validate.py"    # an upgrade
-        st = module.stat()
-        os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        # an upgrade, of the version too: the hook's request names another
+        # version, and the checker must still see its own code is gone
+        init = tree / "libvirt_arm_cpu" / "__init__.py"
+        text = init.read_text()
+        init.write_text(re.sub(r'__version__ = "([^"]+)"', r'__version__ = "\1.post1"', text))
+        assert init.read_text() != text
         call(copy_hook)
         assert answers(log)[-1] == "'lac-test-g1' (prepare): stale"
         assert checker.wait(timeout=60) == EXIT_RESTART

@@ -255,10 +255,12 @@ def _answer_one(conn, code: dict[str, tuple[int, int]], log: Log) -> bool:
                        "hook?), left to the hook")
         reply, fresh = ("other", None, None), True
     else:
-        if request[1:3] != (__version__, _PACKAGE_DIR):
-            reply, fresh = ("other", None, None), True       # another install's hook
-        elif not _unchanged(code):
+        # its own code first: an upgrade that changed the version too must
+        # not leave it answering "other" for ever
+        if not _unchanged(code):
             reply, fresh = ("stale", None, None), False
+        elif request[1:3] != (__version__, _PACKAGE_DIR):
+            reply, fresh = ("other", None, None), True       # another install's hook
         else:
             reply, fresh = _check(request, log), True
         # "ok" and "error" are the hook's answer; the rest it checks by itself
