@@ -75,11 +75,11 @@ it, and SIGHUP again.  The hook answers domains without libvirt-arm-cpu
 metadata at once; see /etc/libvirt-arm-cpu.conf for its settings.
 
 serve: run the resident checker in the foreground, for a service manager
-(contrib/libvirt-arm-cpu-checker.service).  The hook answers a start like one
-it allowed before from its memory; any other start it checks, which is mostly
-Python loading the engine (about 15 ms).  With the checker running, the hook
-asks it instead (about 3 ms).  Optional: without it, or when it does not
-answer, the hook checks by itself.  It listens on the settings' [hook] checker
+(contrib/systemd/libvirt-arm-cpu-checker.service).  The hook answers a start
+like one it allowed before from its memory; any other start it checks, and
+that is mostly Python loading the engine (22 ms a start on bench/README.md's
+machine).  With the checker running, the hook asks it instead (12 ms).
+Optional: without it, or when it does not answer, the hook checks by itself.  It listens on the settings' [hook] checker
 socket (default /run/libvirt-arm-cpu/checker.sock), answers only its own user
 (run it as the user libvirtd runs hooks as: root), logs as the hook does, and
 exits with status 75 when this package is upgraded under it, for the service

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import marshal
 import os
+import stat             # loaded with os already
 import sys
 
 from libvirt_arm_cpu import __version__
@@ -46,7 +47,6 @@ ANSWER_SECONDS = 20.0
 REQUEST_SECONDS = 5.0           # for a hook to send its request
 MAX_MESSAGE = 64 << 20          # bytes; a domain's XML is far below
 EXIT_RESTART = 75               # EX_TEMPFAIL: the code changed under the checker
-_S_IFMT, _S_IFSOCK = 0o170000, 0o140000
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__.rpartition(os.sep)[0]))
 
 
@@ -64,7 +64,7 @@ def ask(conf: Settings, name: str, op: str, data: bytes, log: Log
     if not conf.checker:
         return None
     try:
-        if os.stat(conf.checker).st_mode & _S_IFMT != _S_IFSOCK:
+        if not stat.S_ISSOCK(os.stat(conf.checker).st_mode):
             return None
     except OSError:
         return None         # none runs: the common case, a stat
@@ -88,8 +88,12 @@ def ask(conf: Settings, name: str, op: str, data: bytes, log: Log
         answer = marshal.loads(reply) if reply is not None else None
     except (ValueError, EOFError, TypeError):
         return None
-    if not isinstance(answer, tuple) or len(answer) != 3 or answer[0] not in ("ok", "error"):
-        return None         # "other", "stale", "failed": check here
+    if not (isinstance(answer, tuple) and len(answer) == 3 and answer[0] in ("ok", "error")
+            and isinstance(answer[1], list)
+            and all(isinstance(x, tuple) and len(x) == 2 for x in answer[1])
+            and (isinstance(answer[2], str) if answer[0] == "error" else
+                 isinstance(answer[2], tuple) and len(answer[2]) == 3)):
+        return None         # "other", "stale", "failed" (or not a checker's): check here
     kind, lines, result = answer
     for level, line in lines:
         log(level, line)
@@ -121,12 +125,12 @@ def _receive(sock) -> bytes | None:
 
 # -- the checker's side ------------------------------------------------------
 
-def serve(path: str, log: Log, ready: Callable[[], None] | None = None) -> int:
+def serve(path: str, log: Log) -> int:
     """Answer the hooks' checks on the Unix socket *path* until SIGTERM or
     SIGINT (exit status 0), or until this package's code changes on disk
     (:data:`EXIT_RESTART`, after telling the hook that asked to check by
-    itself).  *log* (level, message) gets what the checker does; *ready*
-    is called once it listens.
+    itself).  *log* (level, message) gets what the checker does, "checker
+    ready on PATH" first.
 
     :raise DataError: *path* is not a socket, or a checker already answers there.
     """
@@ -149,8 +153,6 @@ def serve(path: str, log: Log, ready: Callable[[], None] | None = None) -> int:
         raise SystemExit(0)
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     log("info", f"checker ready on {path} (pid {os.getpid()})")
-    if ready is not None:
-        ready()
     try:
         while True:
             conn, _ = listener.accept()
@@ -176,7 +178,6 @@ def serve(path: str, log: Log, ready: Callable[[], None] | None = None) -> int:
 def _listen(path: str, socket):
     """A listening socket at *path*, readable by this user alone; a socket
     left there by a checker that died is replaced."""
-    import stat
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -280,7 +281,7 @@ def _check(request: tuple, log: Log) -> tuple:
     _, _, _, name, op, data, settings = request
     try:
         conf = Settings(**dict(settings))
-    except TypeError:
+    except (TypeError, ValueError):
         return ("other", None, None)
     lines: list[tuple[str, str]] = []
     try:
