@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from libvirt_arm_cpu.host.hostcache import COMPACT_SUFFIX
 from libvirt_arm_cpu.host.resident import EXIT_RESTART
 
 from .domains import N1_73, custom_cpu, with_sysreg
@@ -68,7 +69,10 @@ def test_the_hook_answers_the_same_through_the_checker(bed):
     c = bed.tmp / "c.xml"
     bed.settings(bed.host_a, checker=str(sock))
     log = bed.tmp / "checker.log"
+    copy = Path(str(bed.host_a) + COMPACT_SUFFIX)
+    copy.unlink(missing_ok=True)
     checker = start_checker([str(CLI), "hook", "serve", "--config", str(bed.conf)], log)
+    assert copy.exists()        # made before it listens (as after an upgrade)
     assert sock.stat().st_mode & 0o777 == 0o600
     assert (sock.parent.stat().st_mode & 0o777) == 0o700
     # (profile, operation, XML, what the checker answers); the checker was

@@ -150,4 +150,4 @@ def serve(config: str | None, socket_path: str | None) -> int:
     path = socket_path or conf.checker
     if not path:
         raise UsageError(f"{conf.path}: [hook] checker = none: name a socket with --socket")
-    return resident.serve(path, Log(conf.log))
+    return resident.serve(path, Log(conf.log), conf)

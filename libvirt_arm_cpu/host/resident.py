@@ -125,12 +125,14 @@ def _receive(sock) -> bytes | None:
 
 # -- the checker's side ------------------------------------------------------
 
-def serve(path: str, log: Log) -> int:
+def serve(path: str, log: Log, conf: Settings | None = None) -> int:
     """Answer the hooks' checks on the Unix socket *path* until SIGTERM or
     SIGINT (exit status 0), or until this package's code changes on disk
     (:data:`EXIT_RESTART`, after telling the hook that asked to check by
     itself).  *log* (level, message) gets what the checker does, "checker
-    ready on PATH" first.
+    ready on PATH" first.  With *conf* (the hook's settings), this host's
+    profile and the knowledge base are read before it listens, their
+    compact copy made again where an upgrade made it stale.
 
     :raise DataError: *path* is not a socket, or a checker already answers there.
     """
@@ -142,6 +144,12 @@ def serve(path: str, log: Log) -> int:
     methodcache.install()
     from libvirt_arm_cpu.host import startcheck
     startcheck.load_engine()
+    if conf is not None:
+        from libvirt_arm_cpu.host.hostcache import hook_inputs
+        try:
+            hook_inputs(conf)
+        except (Error, OSError) as e:       # the hook's own check will say it again
+            log("warning", f"checker: this host's profile: {e}")
     methodcache.save()
     code = _code_stamps()
     gc.freeze()         # what is loaded now stays: collections pass over requests' objects only
