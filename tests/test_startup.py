@@ -262,6 +262,20 @@ def test_the_plain_settings_reader_reads_as_configparser(lines, end):
         assert mine == _configparser(text), text
 
 
+def test_the_readmes_settings_file_reads_as_the_defaults(tmp_path):
+    """The example an operator copies: every key documented, each with its default."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```ini\n[hook]\n", 1)[1].split("```", 1)[0]
+    conf = tmp_path / "lac.conf"
+    conf.write_text("[hook]\n" + block)
+    assert settings_mod._plain_sections(conf.read_text()) is not None
+    got = settings_mod.load(str(conf))
+    assert got == settings_mod.Settings(path=str(conf))
+    keys = {line.split("=")[0].strip() for line in block.splitlines()
+            if "=" in line and not line.startswith("#")}
+    assert keys == set(settings_mod.Settings.__slots__) - {"path", "models_dir"} | {"dir"}
+
+
 def test_the_settings_as_written_are_read_without_configparser(tmp_path):
     """The documented form, and a broken file still named by configparser."""
     conf = tmp_path / "lac.conf"
