@@ -75,17 +75,18 @@ def test_the_hook_answers_the_same_through_the_checker(bed):
     assert copy.exists()        # made before it listens (as after an upgrade)
     assert sock.stat().st_mode & 0o777 == 0o600
     assert (sock.parent.stat().st_mode & 0o777) == 0o700
-    # (profile, operation, XML, what the checker answers); the checker was
-    # started with host-a's settings: it checks with each hook's own
-    cases = [(bed.host_a, "prepare", xml, "ok"),          # allowed
-             (n1, "prepare", xml, "ok"),                  # refused, fields named
-             (c, "migrate", xml, "ok"),                   # the XML rewritten for host-c
-             (c, "restore", xml, "ok"),
-             (n1, "reconnect", xml, "ok"),                # logged, never refused
-             (bed.host_a, "prepare", broken, "error"),    # one line naming the problem
-             (bed.host_a, "reconnect", broken, "error")]
+    # (profile, operation, XML, what the checker answers, the hook's exit
+    # status, does it print XML); the checker was started with host-a's
+    # settings: it checks with each hook's own
+    cases = [(bed.host_a, "prepare", xml, "ok", 0, False),          # allowed
+             (n1, "prepare", xml, "ok", 1, False),                  # refused, fields named
+             (c, "migrate", xml, "ok", 0, True),                    # rewritten for host-c
+             (c, "restore", xml, "ok", 0, True),
+             (n1, "reconnect", xml, "ok", 0, False),                # logged, never refused
+             (bed.host_a, "prepare", broken, "error", 1, False),    # one line naming it
+             (bed.host_a, "reconnect", broken, "error", 0, False)]
     try:
-        for i, (profile, op, data, kind) in enumerate(cases):
+        for i, (profile, op, data, kind, status, prints) in enumerate(cases):
             name = f"lac-test-r{i}"
             bed.settings(profile, checker="none")
             forget(profile)
@@ -95,6 +96,8 @@ def test_the_hook_answers_the_same_through_the_checker(bed):
             asked = bed.call(name, op, "begin", "-", stdin=data)
             assert (asked.returncode, asked.stdout, asked.stderr) == \
                 (alone.returncode, alone.stdout, alone.stderr), (op, profile.name)
+            assert (asked.returncode, asked.stdout.startswith(b"<domain")) == (status, prints), \
+                (op, profile.name, asked.stderr)
             assert answers(log)[-1] == f"'{name}' ({op}): {kind}", log.read_text()
         assert len(answers(log)) == len(cases)
         # the hook remembers what the checker allowed: it does not ask again
