@@ -121,7 +121,8 @@ def _write_compact(profile_path: str, profile: HostProfile, kb: KnowledgeBase,
 # against, and what it gave.  The resident checker (host.resident) reads
 # the copy for every domain it checks; the values are frozen, so the same
 # bytes give the same objects again.
-_last: list = []
+_last: tuple[bytes, tuple[compact.Stamp, compact.Stamp],
+             tuple[HostProfile, KnowledgeBase]] | None = None
 
 
 def _read_compact(profile_path: str) -> tuple[HostProfile, KnowledgeBase] | None:
@@ -131,9 +132,10 @@ def _read_compact(profile_path: str) -> tuple[HostProfile, KnowledgeBase] | None
     stamps = _stamps(profile_path) if data is not None else None
     if data is None or stamps is None:
         return None
-    if _last and _last[0] == data and _last[1] == stamps:
+    global _last
+    if _last is not None and _last[0] == data and _last[1] == stamps:
         return _last[2]
     got = compact.loads(data, *stamps)
     if got is not None:
-        _last[:] = [data, stamps, got]
+        _last = (data, stamps, got)
     return got

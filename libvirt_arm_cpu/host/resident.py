@@ -37,6 +37,8 @@ TYPE_CHECKING = False    # typing.TYPE_CHECKING without importing typing (the ho
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from libvirt_arm_cpu.formats.compact import Stamp
+
     Log = Callable[[str, str], None]
 
 __all__ = ["ask", "serve", "ANSWER_SECONDS", "EXIT_RESTART"]
@@ -220,33 +222,30 @@ def _listen(path: str, socket):
     return listener
 
 
-def _code_stamps() -> dict[str, tuple[int, int]]:
-    """The identity (modification time, size) of every module of this
-    package loaded now: what an upgrade changes."""
-    out = {}
+def _code_stamps() -> list[Stamp]:
+    """The identity (formats.compact.stamp: path, size, modification time)
+    of every module of this package loaded now: what an upgrade changes."""
+    from libvirt_arm_cpu.formats.compact import stamp
+    out = []
     for module in list(sys.modules.values()):
         file = getattr(module, "__file__", None)
         if isinstance(file, str) and file.startswith(_PACKAGE_DIR + os.sep):
             try:
-                st = os.stat(file)
+                out.append(stamp(file))
             except OSError:
                 continue
-            out[file] = (st.st_mtime_ns, st.st_size)
     return out
 
 
-def _unchanged(code: dict[str, tuple[int, int]]) -> bool:
-    for file, stamp in code.items():
-        try:
-            st = os.stat(file)
-        except OSError:
-            return False
-        if (st.st_mtime_ns, st.st_size) != stamp:
-            return False
-    return True
+def _unchanged(code: list[Stamp]) -> bool:
+    from libvirt_arm_cpu.formats.compact import stamp
+    try:
+        return all(stamp(was[0]) == was for was in code)
+    except OSError:         # removed: changed too
+        return False
 
 
-def _answer_one(conn, code: dict[str, tuple[int, int]], log: Log) -> bool:
+def _answer_one(conn, code: list[Stamp], log: Log) -> bool:
     """Read one hook's request on *conn* and answer it; False when this
     package's code changed (the hook was told to check by itself)."""
     conn.settimeout(REQUEST_SECONDS)
